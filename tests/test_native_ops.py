@@ -134,9 +134,11 @@ def test_noise_free_mvm_output_is_bit_identical_to_reference(attributes, rng):
     {"sigma_add": 0.3, "sigma_mul": 0.0, "relative": 0, "stream": 1},
     {"sigma_add": 0.0, "sigma_mul": 0.2, "relative": 0, "stream": 2},
     {"sigma_add": 0.3, "sigma_mul": 0.2, "relative": 1, "stream": 9},
+    {"sigma_add": 0.3, "sigma_mul": 0.0, "relative": 1, "stream": 3},
 ])
-def test_noise_matches_reference_stream(attributes, rng):
-    x = rng.standard_normal((64, 3, 100)).astype(np.float32)
+@pytest.mark.parametrize("shape", [(64, 3, 100), (7, 3, 25)])  # odd rows start mid-pair
+def test_noise_matches_reference_stream(attributes, shape, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
     native, function = both("Noise", attributes, {"X": x, **controls(1.7, 42)})
     want = ref.noise(x, 1.7, 42, **attributes)
     np.testing.assert_allclose(native[0], want, rtol=1e-5, atol=1e-5)
@@ -217,10 +219,12 @@ def test_negative_seed_draws_fresh_noise_every_run():
 @pytest.mark.parametrize(("op", "attributes", "shape"), [
     ("Noise", {"sigma_add": 0.2, "sigma_mul": 0.1}, (4, 64, 40, 40)),
     ("Noise", {"sigma_add": 0.2, "relative": 1}, (3, 100000)),
+    ("Noise", {"sigma_mul": 0.2, "relative": 1}, (33, 3, 5, 7)),
     ("Quantize", {"bits": 5, "dynamic": 1, "axis": 0}, (4, 64, 40, 40)),
     ("MvmInput", {"inp_bits": 7}, (40, 16, 32, 32)),
     ("MvmInput", {"inp_bits": 7}, (2, 200000)),
     ("MvmOutput", {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0, "weight_scale": 0.3}, (40, 16, 32, 32)),
+    ("MvmOutput", {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0}, (33, 3, 5, 7)),
 ])
 def test_thread_count_does_not_change_results(op, attributes, shape, rng):
     feeds = {("Y" if op == "MvmOutput" else "X"): rng.standard_normal(shape).astype(np.float32)}
@@ -260,7 +264,7 @@ def profiled_op_types(model: onnx.ModelProto, native: bool, feeds: dict, directo
 
 def test_transformed_model_runs_native_kernels_and_agrees_with_function_bodies(exported_models, rng, tmp_path):
     model = transform_model(exported_models["cnn"], load_preset("aihwkit-default"))
-    assert {f.name for f in model.functions} >= {"NormalPair", "RowAbsMax", "ClipAndRound"}  # helpers stay
+    assert {f.name for f in model.functions} >= {"StandardNormals", "RowAbsMax", "ClipAndRound"}  # helpers stay
     feeds = {model.graph.input[0].name: rng.random((8, 3, 4, 4), dtype=np.float32), "seed": np.array(3, np.int64)}
     native = make_session(model, native=True).run(None, feeds)[0]
     function = make_session(model, native=False).run(None, feeds)[0]

@@ -51,8 +51,22 @@ def Squares32(counter, key):
 
 
 @script(analog)
-def NormalPair(X, seed: INT64, stream: int):
-    """Two N(0, 1) tensors shaped like X, from the (seed, stream) key (see rng.normal_pair)."""
+def SquaresPair(counter, key):
+    """Two 32-bit draws per counter: the high halves of rounds four and five (see rng.squares_pair)."""
+    x0 = op.Mul(counter, key)
+    z = op.Add(x0, key)
+    x1 = SwapHalves(op.Add(op.Mul(x0, x0), x0))
+    x2 = SwapHalves(op.Add(op.Mul(x1, x1), z))
+    x3 = SwapHalves(op.Add(op.Mul(x2, x2), x0))
+    t = op.Add(op.Mul(x3, x3), z)
+    x4 = SwapHalves(t)
+    n32 = op.Constant(value=_SHIFTS[32])
+    return op.BitShift(t, n32, direction="RIGHT"), op.BitShift(op.Add(op.Mul(x4, x4), x0), n32, direction="RIGHT")
+
+
+@script(analog)
+def StreamKey(seed: INT64, stream: int):
+    """The odd key of one op's stream for one run; a negative seed draws a fresh one (see rng.stream_key)."""
     fresh = op.Cast(op.RandomUniformLike(op.Cast(seed, to=TensorProto.DOUBLE), dtype=TensorProto.DOUBLE, high=4503599627370496.0), to=U64)
     # select without Where (onnxruntime has no uint64 Where): negative seeds take the fresh key
     negative = op.Cast(op.Less(seed, op.Constant(value_int=0)), to=U64)
@@ -63,21 +77,25 @@ def NormalPair(X, seed: INT64, stream: int):
     n1 = op.Constant(value=_SHIFTS[1])
     high = op.BitShift(Squares32(counter, op.Constant(value=_KEY_HIGH)), op.Constant(value=_SHIFTS[32]), direction="LEFT")
     key = op.Add(high, Squares32(counter, op.Constant(value=_KEY_LOW)))
-    key = op.Add(op.BitShift(op.BitShift(key, n1, direction="RIGHT"), n1, direction="LEFT"), one)
-    index = op.Cast(op.Range(op.Constant(value_int=0), op.Size(X), op.Constant(value_int=1)), to=U64)
-    counters = op.Mul(index, op.Cast(op.Constant(value_int=2), to=U64))
+    return op.Add(op.BitShift(op.BitShift(key, n1, direction="RIGHT"), n1, direction="LEFT"), one)
+
+
+@script(analog)
+def StandardNormals(count: INT64, key):
+    """The first `count` normals of the stream, flat (see rng.normals): pair k gives normals 2k, 2k+1."""
+    pairs = op.Div(op.Add(count, op.Constant(value_int=1)), op.Constant(value_int=2))
+    counters = op.Cast(op.Range(op.Constant(value_int=0), pairs, op.Constant(value_int=1)), to=U64)
+    bits1, bits2 = SquaresPair(counters, key)
     n8 = op.Constant(value=_SHIFTS[8])
     inv = op.Constant(value_float=1.0 / (1 << 24))
-    bits1 = op.BitShift(Squares32(counters, key), n8, direction="RIGHT")
-    bits2 = op.BitShift(Squares32(op.Add(counters, one), key), n8, direction="RIGHT")
-    u1 = op.Mul(op.Add(op.Cast(bits1, to=TensorProto.FLOAT), op.Constant(value_float=0.5)), inv)
-    u2 = op.Mul(op.Cast(bits2, to=TensorProto.FLOAT), inv)
+    u1 = op.Mul(op.Add(op.Cast(op.BitShift(bits1, n8, direction="RIGHT"), to=TensorProto.FLOAT), op.Constant(value_float=0.5)), inv)
+    u2 = op.Mul(op.Cast(op.BitShift(bits2, n8, direction="RIGHT"), to=TensorProto.FLOAT), inv)
     radius = op.Sqrt(op.Mul(op.Constant(value_float=-2.0), op.Log(u1)))
     angle = op.Mul(op.Constant(value_float=6.283185307179586), u2)
-    shape = op.Shape(X)
-    z1 = op.Reshape(op.Mul(radius, op.Cos(angle)), shape)
-    z2 = op.Reshape(op.Mul(radius, op.Sin(angle)), shape)
-    return z1, z2
+    axis1 = op.Constant(value_ints=[1])
+    interleaved = op.Concat(op.Unsqueeze(op.Mul(radius, op.Cos(angle)), axis1), op.Unsqueeze(op.Mul(radius, op.Sin(angle)), axis1), axis=1)
+    flat = op.Reshape(interleaved, op.Constant(value_ints=[-1]))
+    return op.Slice(flat, op.Constant(value_ints=[0]), op.Reshape(count, op.Constant(value_ints=[1])))
 
 
 @script(analog)
@@ -106,12 +124,18 @@ def ClipAndRound(X, bits: int, bound: float, signed: int):
 @script(analog)
 def Noise(X: FLOAT, noise_scale: FLOAT, seed: INT64, sigma_add: float = 0.0, sigma_mul: float = 0.0, relative: int = 0, stream: int = 0) -> FLOAT:
     """Y = X * (1 + s*sigma_mul*z1) + (s*sigma_add*R) * z2, R = 1 or the per-sample abs-max."""
-    z1, z2 = NormalPair(X, seed, stream=stream)
+    # one normal per element, or one pair when both sigmas are set (see rng.noise_normals)
+    zero = op.Constant(value_float=0.0)
+    both = op.And(op.Not(op.Equal(op.Constant(value_float=sigma_add), zero)), op.Not(op.Equal(op.Constant(value_float=sigma_mul), zero)))
+    per_element = op.Add(op.Cast(both, to=TensorProto.INT64), op.Constant(value_int=1))
+    z = op.Reshape(StandardNormals(op.Mul(op.Size(X), per_element), StreamKey(seed, stream=stream)), op.Concat(op.Constant(value_ints=[-1]), op.Reshape(per_element, op.Constant(value_ints=[1])), axis=0))
     flat = op.Flatten(X, axis=1)
+    z1 = op.Reshape(op.Gather(z, op.Constant(value_int=0), axis=1), op.Shape(flat))
+    z2 = op.Reshape(op.Gather(z, op.Sub(per_element, op.Constant(value_int=1)), axis=1), op.Shape(flat))
     mul = op.Mul(noise_scale, op.Constant(value_float=sigma_mul))
     ref = op.Where(op.Cast(op.Constant(value_int=relative), to=TensorProto.BOOL), RowAbsMax(X, axis=1), op.Constant(value_float=1.0))
     add = op.Mul(op.Mul(noise_scale, op.Constant(value_float=sigma_add)), ref)
-    y = op.Add(op.Mul(flat, op.Add(op.Constant(value_float=1.0), op.Mul(mul, op.Flatten(z1, axis=1)))), op.Mul(add, op.Flatten(z2, axis=1)))
+    y = op.Add(op.Mul(flat, op.Add(op.Constant(value_float=1.0), op.Mul(mul, z1))), op.Mul(add, z2))
     return op.Reshape(y, op.Shape(X))
 
 
@@ -137,14 +161,14 @@ def MvmInput(X: FLOAT, inp_bits: int = 0, inp_bound: float = 1.0, noise_manageme
 def MvmOutput(Y: FLOAT, S: FLOAT, noise_scale: FLOAT, seed: INT64, weight_scale: float = 1.0, out_noise: float = 0.0, out_bits: int = 0, out_bound: float = float("inf"), axis: int = 1, stream: int = 0) -> FLOAT:
     """ADC side: Z = ADC(Y/w + s*out_noise*z) * w * S."""
     w = op.Constant(value_float=weight_scale)
-    z, _ = NormalPair(Y, seed, stream=stream)
+    z = op.Reshape(StandardNormals(op.Size(Y), StreamKey(seed, stream=stream)), op.Shape(Y))
     yn = op.Add(op.Div(Y, w), op.Mul(op.Mul(noise_scale, op.Constant(value_float=out_noise)), z))
     adc = op.Mul(ClipAndRound(yn, bits=out_bits, bound=out_bound, signed=1), w)
     return op.Reshape(op.Mul(op.Flatten(adc, axis=axis), S), op.Shape(Y))
 
 
 PUBLIC = (Noise, Quantize, MvmInput, MvmOutput)
-HELPERS = (SwapHalves, Squares32, NormalPair, RowAbsMax, ClipAndRound)
+HELPERS = (SwapHalves, Squares32, SquaresPair, StreamKey, StandardNormals, RowAbsMax, ClipAndRound)
 
 
 def function_protos(opset: int) -> list[onnx.FunctionProto]:

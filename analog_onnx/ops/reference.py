@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analog_onnx.ops.rng import normal_pair, stream_key
+from analog_onnx.ops.rng import noise_normals, normals, stream_key
 
 F32 = np.float32
 
@@ -64,7 +64,7 @@ def noise(
 ) -> np.ndarray:
     """Y = X * (1 + s*sigma_mul*z1) + (s*sigma_add*R) * z2, z1, z2 ~ N(0, 1) per element."""
     x = x.astype(F32)
-    z1, z2 = normal_pair(stream_key(seed, stream), x.size)
+    z1, z2 = noise_normals(stream_key(seed, stream), x.size, sigma_add != 0 and sigma_mul != 0)
     s = F32(noise_scale)
     mul = s * F32(sigma_mul)
     add = (s * F32(sigma_add)) * (row_absmax(x, 1) if relative else F32(1.0))
@@ -124,7 +124,7 @@ def mvm_output(
     """ADC side: Z = ADC(Y/w + s*out_noise*z) * w * S, with w the weight scale and S the input scale."""
     y = y.astype(F32)
     w = F32(weight_scale)
-    z, _ = normal_pair(stream_key(seed, stream), y.size)
+    z = normals(stream_key(seed, stream), y.size)
     yn = y / w + (F32(noise_scale) * F32(out_noise)) * z.reshape(y.shape)
     adc = clip_and_round(yn, out_bits, out_bound, 1) * w
     return (rows(adc, axis) * scale.astype(F32)).reshape(y.shape).astype(F32)

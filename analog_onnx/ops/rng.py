@@ -11,8 +11,11 @@ modulo 2**64 in numpy, onnxruntime and C++ alike; ONNX has no XOR before opset 1
 function bodies must run in opset 13 models. (An add-shift variant of SplitMix64 is nearly
 affine modulo 2**64 and gave correlated streams: squaring is the non-linear step.)
 
-Element i uses counters 2i and 2i+1: 24 bits of each make u1 in (0, 1) and u2 in [0, 1), and
-Box-Muller turns them into two independent normals, ``r*cos(2*pi*u2)`` and ``r*sin(2*pi*u2)``.
+Normals come in pairs: counter k runs the four rounds and one more (Widynski's 64-bit variant,
+taking the high halves of rounds four and five instead of XOR-ing them), 24 bits of each make
+u1 in (0, 1) and u2 in [0, 1), and Box-Muller turns them into ``r*cos(2*pi*u2)`` (normal 2k) and
+``r*sin(2*pi*u2)`` (normal 2k+1). Five squarings and one log/sqrt/sincos give two normals, so an op
+that needs one normal per element pays for half a pair.
 """
 
 from __future__ import annotations
@@ -44,6 +47,19 @@ def squares32(counter: np.ndarray, key: np.uint64) -> np.ndarray:
         return (x * x + z) >> _32
 
 
+def squares_pair(counter: np.ndarray, key: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+    """Two 32-bit draws (held in uint64) per counter: the high halves of rounds four and five."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(counter, dtype=_U64) * key
+        y, z = x, x + key
+        x = _swap_halves(x * x + y)
+        x = _swap_halves(x * x + z)
+        x = _swap_halves(x * x + y)
+        t = x * x + z
+        x = _swap_halves(t)
+        return t >> _32, (x * x + y) >> _32
+
+
 def stream_key(seed: int, stream: int) -> np.uint64:
     """The (odd) key of one op's stream for one run. A negative seed draws a fresh random key."""
     seed_u = _U64(np.random.default_rng().integers(0, 1 << 52)) if seed < 0 else _U64(seed)
@@ -53,13 +69,26 @@ def stream_key(seed: int, stream: int) -> np.uint64:
         return ((key >> _U64(1)) << _U64(1)) + _U64(1)
 
 
-def normal_pair(key: np.uint64, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent float32 N(0, 1) vectors of length ``count``."""
-    counters = np.arange(count, dtype=_U64) * _U64(2)
-    bits1 = squares32(counters, key)
-    bits2 = squares32(counters + _U64(1), key)
+def normal_pairs(key: np.uint64, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Box-Muller pairs of counters 0..count-1: (normals 0, 2, 4, ...; normals 1, 3, 5, ...)."""
+    bits1, bits2 = squares_pair(np.arange(count, dtype=_U64), key)
     u1 = ((bits1 >> _U64(8)).astype(np.float32) + np.float32(0.5)) * INV_2_24
     u2 = (bits2 >> _U64(8)).astype(np.float32) * INV_2_24
     radius = np.sqrt(np.float32(-2.0) * np.log(u1))
     angle = TWO_PI * u2
     return radius * np.cos(angle), radius * np.sin(angle)
+
+
+def normals(key: np.uint64, count: int) -> np.ndarray:
+    """The first ``count`` float32 N(0, 1) normals of the stream: one per element."""
+    cos, sin = normal_pairs(key, (count + 1) // 2)
+    return np.stack([cos, sin], axis=1).reshape(-1)[:count]
+
+
+def noise_normals(key: np.uint64, count: int, both: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(multiplicative, additive) normals of the Noise op: element i takes pair i when it needs
+    both, else normal i for whichever sigma is set (the two are then the same array)."""
+    if both:
+        return normal_pairs(key, count)
+    z = normals(key, count)
+    return z, z

@@ -139,25 +139,25 @@ class MvmInputKernel : Kernel {
   int64_t axis_;
 };
 
-// Y = X * (1 + mul * z1) + add * z2 over elements [begin, end); a zero sigma skips its normals
-// (X * (1 + 0 * z1) is exactly X).
-void add_noise(const float* x, float* y, size_t begin, size_t end, uint64_t key, float mul,
+// Y = X * (1 + mul * z1) + add * z2 over elements [begin, end) (rng.noise_normals: element i
+// takes pair i when both sigmas are set, else normal i); a zero sigma skips its normals.
+void add_noise(const float* x, float* y, size_t begin, size_t end, uint64_t key, bool both, float mul,
                float add) {
-  alignas(64) float z1[kBlock];
+  alignas(64) float z1[kBlock + 2];
   alignas(64) float z2[kBlock];
   for (size_t first = begin; first < end; first += kBlock) {
     const size_t n = std::min(kBlock, end - first);
     const float* xb = x + first;
     float* yb = y + first;
-    if (mul != 0.0f && add != 0.0f) {
-      normal_block<Normals::kBoth>(key, first, n, z1, z2);
+    if (both) {
+      normal_pairs(key, first, n, z1, z2);
       for (size_t i = 0; i < n; ++i) yb[i] = xb[i] * (1.0f + mul * z1[i]) + add * z2[i];
     } else if (mul != 0.0f) {
-      normal_block<Normals::kFirst>(key, first, n, z1, z2);
-      for (size_t i = 0; i < n; ++i) yb[i] = xb[i] * (1.0f + mul * z1[i]);
+      const float* z = normals(key, first, n, z1);
+      for (size_t i = 0; i < n; ++i) yb[i] = xb[i] * (1.0f + mul * z[i]);
     } else if (add != 0.0f) {
-      normal_block<Normals::kSecond>(key, first, n, z1, z2);
-      for (size_t i = 0; i < n; ++i) yb[i] = xb[i] + add * z2[i];
+      const float* z = normals(key, first, n, z1);
+      for (size_t i = 0; i < n; ++i) yb[i] = xb[i] + add * z[i];
     } else if (yb != xb) {
       std::memcpy(yb, xb, n * sizeof(float));
     }
@@ -171,7 +171,8 @@ class NoiseKernel : Kernel {
         sigma_add_(attribute(info, "sigma_add", 0.0f)),
         sigma_mul_(attribute(info, "sigma_mul", 0.0f)),
         relative_(attribute(info, "relative", int64_t{0}) != 0),
-        stream_(attribute(info, "stream", int64_t{0})) {}
+        stream_(attribute(info, "stream", int64_t{0})),
+        both_(sigma_add_ != 0.0f && sigma_mul_ != 0.0f) {}
 
   void compute(OrtKernelContext* context) const {
     const InputTensor x = input_tensor(context, 0);
@@ -185,7 +186,7 @@ class NoiseKernel : Kernel {
     std::vector<float> scales(layout.rows, 1.0f);
     for_each_row_range(context, x.data, layout, relative_, scales.data(), scales.size(),
                        [&](size_t begin, size_t end, size_t, float reference) {
-                         add_noise(x.data, y, begin, end, key, mul, add * reference);
+                         add_noise(x.data, y, begin, end, key, both_, mul, add * reference);
                        });
   }
 
@@ -193,18 +194,20 @@ class NoiseKernel : Kernel {
   float sigma_add_, sigma_mul_;
   bool relative_;
   int64_t stream_;
+  bool both_;  // which normals the stream gives each element depends on the attributes only
 };
 
 // Z = ADC(Y / w + noise * z) * w * scale over elements [begin, end).
 void noisy_adc(const float* y, float* out, size_t begin, size_t end, uint64_t key, float noise,
                float w, float scale, const ClipRound& adc) {
   alignas(64) float yn[kBlock];
+  alignas(64) float buffer[kBlock + 2];
   for (size_t first = begin; first < end; first += kBlock) {
     const size_t n = std::min(kBlock, end - first);
     const float* yb = y + first;
     if (noise != 0.0f) {
-      normal_block<Normals::kFirst>(key, first, n, yn, nullptr);
-      for (size_t i = 0; i < n; ++i) yn[i] = yb[i] / w + noise * yn[i];
+      const float* z = normals(key, first, n, buffer);
+      for (size_t i = 0; i < n; ++i) yn[i] = yb[i] / w + noise * z[i];
     } else {
       for (size_t i = 0; i < n; ++i) yn[i] = yb[i] / w;
     }

@@ -1,7 +1,7 @@
-// The counter-based Gaussian generator of analog_onnx/ops/rng.py (Widynski's "Squares"), element
-// for element: each element's noise is a pure function of (key, element index), so any split of the
-// work over threads gives the same numbers, and they match the numpy reference and the function
-// bodies.
+// The counter-based Gaussian generator of analog_onnx/ops/rng.py (Widynski's "Squares"), normal
+// for normal: each normal is a pure function of (key, its index in the stream), so any split of
+// the work over threads gives the same numbers, and they match the numpy reference and the
+// function bodies.
 #pragma once
 
 #include <atomic>
@@ -65,65 +65,74 @@ inline uint64_t stream_key(int64_t seed, int64_t stream) {
   return ((uint64_t{squares32(counter, kKeyHigh)} << 32) | squares32(counter, kKeyLow)) | 1u;
 }
 
+// The two 32-bit draws of counter product y = counter * key (rng.squares_pair): the high halves
+// of round four and of a fifth round.
+struct Draws {
+  uint32_t first, second;
+};
+inline Draws squares_pair_of_product(uint64_t y, uint64_t key) {
+  const uint64_t z = y + key;
+  const uint64_t w1 = square(y) + y;
+  const uint64_t w2 = square_swapped(w1) + z;
+  const uint64_t w3 = square_swapped(w2) + y;
+  const uint64_t t = square_swapped(w3) + z;
+  return {static_cast<uint32_t>(t >> 32), static_cast<uint32_t>((square_swapped(t) + y) >> 32)};
+}
+
 #if defined(__AVX2__)
-// Four lanes of squares32_of_product. _mm256_mul_epu32 reads only the low 32 bits of each lane,
-// so the halves need no masking; the result is left in the HIGH half of each lane.
+// Four lanes of squares_pair_of_product. _mm256_mul_epu32 reads only the low 32 bits of each
+// lane, so the halves need no masking; the draws are left in the HIGH half of each lane.
 inline __m256i square_of_halves4(__m256i low, __m256i high) {
   return _mm256_add_epi64(_mm256_mul_epu32(low, low), _mm256_slli_epi64(_mm256_mul_epu32(low, high), 33));
 }
 
-inline __m256i squares32_high4(__m256i y, __m256i key) {
+inline void squares_pair_high4(__m256i y, __m256i key, __m256i& first, __m256i& second) {
   const __m256i z = _mm256_add_epi64(y, key);
   const __m256i w1 = _mm256_add_epi64(square_of_halves4(y, _mm256_srli_epi64(y, 32)), y);
   const __m256i w2 = _mm256_add_epi64(square_of_halves4(_mm256_srli_epi64(w1, 32), w1), z);
   const __m256i w3 = _mm256_add_epi64(square_of_halves4(_mm256_srli_epi64(w2, 32), w2), y);
-  return _mm256_add_epi64(square_of_halves4(_mm256_srli_epi64(w3, 32), w3), z);
+  first = _mm256_add_epi64(square_of_halves4(_mm256_srli_epi64(w3, 32), w3), z);
+  second = _mm256_add_epi64(square_of_halves4(_mm256_srli_epi64(first, 32), first), y);
 }
 
-// 24-bit draws of 8 consecutive elements: lanes of `even` hold elements 0, 2, 4, 6 and lanes of
-// `odd` elements 1, 3, 5, 7, so merging the 32-bit halves puts them in order.
-inline __m256i draws24x8(__m256i even_product, __m256i odd_product, __m256i key) {
-  const __m256i even = _mm256_srli_epi64(squares32_high4(even_product, key), 32);
-  const __m256i odd = squares32_high4(odd_product, key);
-  return _mm256_srli_epi32(_mm256_blend_epi32(even, odd, 0xAA), 8);
+// 24 of the 32 bits of 8 consecutive counters' draws, in order: lanes of `even` hold counters
+// 0, 2, 4, 6 and lanes of `odd` counters 1, 3, 5, 7, so merging the 32-bit halves orders them.
+inline __m256i merge24(__m256i even, __m256i odd) {
+  return _mm256_srli_epi32(_mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA), 8);
 }
 #endif
 
-// The uniforms of elements [first, first + n): element i draws counters 2i and 2i + 1, and 24 bits
-// of each make u1 in (0, 1) and u2 in [0, 1) (rng.normal_pair).
+// The uniforms of counters [first, first + n): 24 bits of each draw make u1 in (0, 1) and u2 in
+// [0, 1) (rng.normal_pairs).
 inline void uniform_block(uint64_t key, uint64_t first, size_t n, float* __restrict u1, float* __restrict u2) {
   size_t i = 0;
 #if defined(__AVX2__)
   const __m256i vkey = _mm256_set1_epi64x(static_cast<int64_t>(key));
-  const __m256i two_keys = _mm256_add_epi64(vkey, vkey);
-  const __m256i step = _mm256_set1_epi64x(static_cast<int64_t>(16 * key));
-  const uint64_t base = 2 * first * key;
-  __m256i even = _mm256_setr_epi64x(static_cast<int64_t>(base), static_cast<int64_t>(base + 4 * key),
-                                    static_cast<int64_t>(base + 8 * key), static_cast<int64_t>(base + 12 * key));
+  const __m256i step = _mm256_set1_epi64x(static_cast<int64_t>(8 * key));
+  const uint64_t base = first * key;
+  __m256i even = _mm256_setr_epi64x(static_cast<int64_t>(base), static_cast<int64_t>(base + 2 * key),
+                                    static_cast<int64_t>(base + 4 * key), static_cast<int64_t>(base + 6 * key));
   const __m256 half = _mm256_set1_ps(0.5f), scale = _mm256_set1_ps(kInv2Pow24);
   for (const size_t whole = n - n % 8; i < whole; i += 8, even = _mm256_add_epi64(even, step)) {
-    const __m256i odd = _mm256_add_epi64(even, two_keys);
-    const __m256i bits1 = draws24x8(even, odd, vkey);
-    const __m256i bits2 = draws24x8(_mm256_add_epi64(even, vkey), _mm256_add_epi64(odd, vkey), vkey);
+    __m256i even1, even2, odd1, odd2;
+    squares_pair_high4(even, vkey, even1, even2);
+    squares_pair_high4(_mm256_add_epi64(even, vkey), vkey, odd1, odd2);
+    const __m256i bits1 = merge24(even1, odd1);
+    const __m256i bits2 = merge24(even2, odd2);
     _mm256_storeu_ps(u1 + i, _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(bits1), half), scale));
     _mm256_storeu_ps(u2 + i, _mm256_mul_ps(_mm256_cvtepi32_ps(bits2), scale));
   }
 #endif
   for (; i < n; ++i) {
-    const uint64_t product = 2 * (first + i) * key;
-    const auto bits1 = static_cast<int32_t>(squares32_of_product(product, key) >> 8);
-    const auto bits2 = static_cast<int32_t>(squares32_of_product(product + key, key) >> 8);
-    u1[i] = (static_cast<float>(bits1) + 0.5f) * kInv2Pow24;
-    u2[i] = static_cast<float>(bits2) * kInv2Pow24;
+    const Draws bits = squares_pair_of_product((first + i) * key, key);
+    u1[i] = (static_cast<float>(static_cast<int32_t>(bits.first >> 8)) + 0.5f) * kInv2Pow24;
+    u2[i] = static_cast<float>(static_cast<int32_t>(bits.second >> 8)) * kInv2Pow24;
   }
 }
 
-// Which Box-Muller outputs a kernel needs: z1 = r cos(angle), z2 = r sin(angle).
-enum class Normals { kFirst, kSecond, kBoth };
-
-// Standard normals of elements [first, first + n), n <= kBlock (rng.normal_pair).
-template <Normals kWhich>
-inline void normal_block(uint64_t key, uint64_t first, size_t n, float* __restrict z1, float* __restrict z2) {
+// The Box-Muller pairs of counters [first, first + n), n <= kBlock (rng.normal_pairs):
+// even[k] is normal 2(first + k) of the stream and odd[k] normal 2(first + k) + 1.
+inline void normal_pairs(uint64_t key, uint64_t first, size_t n, float* __restrict even, float* __restrict odd) {
   alignas(64) float radius[kBlock];
   alignas(64) float angle[kBlock];
   uniform_block(key, first, n, radius, angle);
@@ -133,9 +142,24 @@ inline void normal_block(uint64_t key, uint64_t first, size_t n, float* __restri
   for (size_t i = 0; i < n; ++i) {
     float c, s;
     sincos_turn(kTwoPi * angle[i], c, s);
-    if (kWhich != Normals::kSecond) z1[i] = radius[i] * c;
-    if (kWhich != Normals::kFirst) z2[i] = radius[i] * s;
+    even[i] = radius[i] * c;
+    odd[i] = radius[i] * s;
   }
+}
+
+// Normals [first, first + n) of the stream, n <= kBlock (rng.normals), written into `buffer`
+// (kBlock + 2 floats); returns where normal `first` is in it (the pair may start one earlier).
+inline const float* normals(uint64_t key, uint64_t first, size_t n, float* __restrict buffer) {
+  alignas(64) float even[kBlock / 2 + 1];
+  alignas(64) float odd[kBlock / 2 + 1];
+  const size_t skip = first & 1;
+  const size_t pairs = (skip + n + 1) / 2;
+  normal_pairs(key, first / 2, pairs, even, odd);
+  for (size_t k = 0; k < pairs; ++k) {
+    buffer[2 * k] = even[k];
+    buffer[2 * k + 1] = odd[k];
+  }
+  return buffer + skip;
 }
 
 }  // namespace analog
