@@ -17,8 +17,9 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from analog_onnx import native_graph
 from analog_onnx.errors import AnalogError, ModelError
-from analog_onnx.ops import DOMAIN, reference
+from analog_onnx.ops import DOMAIN
 from analog_onnx.ops.native.build import built_library
 
 ModelLike = str | Path | bytes | onnx.ModelProto
@@ -67,7 +68,7 @@ def make_session(model: ModelLike, *, threads: int | None = None, native: bool |
     """An onnxruntime CPU session for a (possibly transformed) model; see ``session_options``."""
     options = session_options(threads, native=native)
     if _native_library(native) is not None:
-        model = fold_constant_quantizers(model) or model
+        model = native_graph.prepare(model)
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif isinstance(model, Path):
@@ -79,37 +80,6 @@ def make_session(model: ModelLike, *, threads: int | None = None, native: bool |
         if refusal is None:
             raise
         raise ModelError(refusal.group(0).strip()) from None
-
-
-def fold_constant_quantizers(model: ModelLike) -> onnx.ModelProto | None:
-    """A copy of ``model`` with each ``Quantize`` of a constant weight replaced by its result, or
-    None when there is none.
-
-    onnxruntime constant-folds the function body of such a node but never a custom kernel, so a
-    native session would quantize the weights again on every run and, worse, lose the prepacked
-    (NCHWc) convolutions that need constant weights. The numpy reference gives the same bits.
-    """
-    proto = model if isinstance(model, onnx.ModelProto) else (
-        onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model)))
-    graph = proto.graph
-    overridable = {i.name for i in graph.input}
-    weights = {i.name: i for i in graph.initializer
-               if i.name not in overridable and i.data_type == onnx.TensorProto.FLOAT}
-    foldable = {index for index, n in enumerate(graph.node)
-                if n.domain == DOMAIN and n.op_type == "Quantize" and n.input[0] in weights}
-    if not foldable:
-        return None
-    folded = onnx.ModelProto()
-    folded.CopyFrom(proto)
-    del folded.graph.node[:]
-    for index, node in enumerate(graph.node):
-        if index not in foldable:
-            folded.graph.node.append(node)
-            continue
-        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        values = reference.quantize(onnx.numpy_helper.to_array(weights[node.input[0]]), **attributes)
-        folded.graph.initializer.append(onnx.numpy_helper.from_array(values, node.output[0]))
-    return folded
 
 
 def _native_library(native: bool | None) -> Path | None:

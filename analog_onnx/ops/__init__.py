@@ -21,8 +21,13 @@ Ops (see ``reference.py`` for the exact definitions):
 ``MvmOutput(Y, S, noise_scale, seed) -> Z``
     The output side: additive output noise in normalized units, the ADC (clip to
     ``out_bound``, ``out_bits`` quantization), and rescaling by ``S`` and the weight scale.
+
+The native library has one op more, which never appears in a file: ``MvmOutputEpilogue`` is
+``MvmOutput`` followed by a per-channel scale and shift and an optional ReLU, put in place of
+those layers in memory for native sessions only (see ``analog_onnx/native_graph.py``).
 """
 
 DOMAIN = "ai.analog"
 OPSET_VERSION = 1
 OP_NAMES = ("Noise", "Quantize", "MvmInput", "MvmOutput")
+NATIVE_ONLY_OPS = ("MvmOutputEpilogue",)

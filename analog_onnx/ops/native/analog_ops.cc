@@ -197,9 +197,34 @@ class NoiseKernel : Kernel {
   bool both_;  // which normals the stream gives each element depends on the attributes only
 };
 
-// Z = ADC(Y / w + noise * z) * w * scale over elements [begin, end).
+// The digital layers that follow an MVM, applied per channel in MvmOutput's pass: Z * a[c] + b[c]
+// (a bias and an inference BatchNormalization folded together), then ReLU when asked. Only
+// sessions with this library use it (native_graph.py rewrites the graph for them).
+struct Epilogue {
+  const float* scale;
+  const float* shift;
+  size_t channels, inner;  // Y is [N, channels, inner...]
+  bool relu;
+
+  void apply(float* out, size_t first, size_t n) const {
+    size_t plane = first / inner, offset = first % inner;
+    for (size_t i = 0; i < n; offset = 0, ++plane) {
+      const size_t length = std::min(n - i, inner - offset);
+      const float a = scale[plane % channels], b = shift[plane % channels];
+      float* o = out + i;
+      if (relu) {
+        for (size_t j = 0; j < length; ++j) o[j] = std::max(o[j] * a + b, 0.0f);
+      } else {
+        for (size_t j = 0; j < length; ++j) o[j] = o[j] * a + b;
+      }
+      i += length;
+    }
+  }
+};
+
+// Z = ADC(Y / w + noise * z) * w * scale over elements [begin, end), then the epilogue if any.
 void noisy_adc(const float* y, float* out, size_t begin, size_t end, uint64_t key, float noise,
-               float w, float scale, const ClipRound& adc) {
+               float w, float scale, const ClipRound& adc, const Epilogue* epilogue) {
   alignas(64) float yn[kBlock];
   alignas(64) float buffer[kBlock + 2];
   for (size_t first = begin; first < end; first += kBlock) {
@@ -217,13 +242,14 @@ void noisy_adc(const float* y, float* out, size_t begin, size_t end, uint64_t ke
     } else {
       for (size_t i = 0; i < n; ++i) ob[i] = (adc.clip(yn[i]) * w) * scale;
     }
+    if (epilogue != nullptr) epilogue->apply(ob, first, n);
   }
 }
 
-class MvmOutputKernel : Kernel {
+class MvmOutputKernel : protected Kernel {
  public:
-  explicit MvmOutputKernel(const OrtKernelInfo* info)
-      : Kernel(info, "MvmOutput", {{0, "Y"}, {1, "S"}}),
+  explicit MvmOutputKernel(const OrtKernelInfo* info, const char* op = "MvmOutput")
+      : Kernel(info, op, {{0, "Y"}, {1, "S"}}),
         weight_scale_(attribute(info, "weight_scale", 1.0f)),
         out_noise_(attribute(info, "out_noise", 0.0f)),
         adc_(attribute(info, "out_bits", int64_t{0}),
@@ -231,7 +257,10 @@ class MvmOutputKernel : Kernel {
         axis_(attribute(info, "axis", int64_t{1})),
         stream_(attribute(info, "stream", int64_t{0})) {}
 
-  void compute(OrtKernelContext* context) const {
+  void compute(OrtKernelContext* context) const { run(context, nullptr); }
+
+ protected:
+  void run(OrtKernelContext* context, const Epilogue* epilogue) const {
     const InputTensor y = input_tensor(context, 0);
     const InputTensor scales = input_tensor(context, 1);
     const float noise_scale = input_scalar<float>(context, 2, label_ + ": noise_scale");
@@ -246,7 +275,7 @@ class MvmOutputKernel : Kernel {
     const float noise = noise_scale * out_noise_;
     for_each_row_range(context, y.data, layout, false, const_cast<float*>(scales.data), scales.shape.size,
                        [&](size_t begin, size_t end, size_t, float scale) {
-                         noisy_adc(y.data, out, begin, end, key, noise, weight_scale_, scale, adc_);
+                         noisy_adc(y.data, out, begin, end, key, noise, weight_scale_, scale, adc_, epilogue);
                        });
   }
 
@@ -254,6 +283,29 @@ class MvmOutputKernel : Kernel {
   float weight_scale_, out_noise_;
   ClipRound adc_;
   int64_t axis_, stream_;
+};
+
+// MvmOutput followed by its layer's digital epilogue: inputs 4 and 5 are the per-channel a and b.
+class MvmOutputEpilogueKernel : MvmOutputKernel {
+ public:
+  explicit MvmOutputEpilogueKernel(const OrtKernelInfo* info)
+      : MvmOutputKernel(info, "MvmOutputEpilogue"), relu_(attribute(info, "relu", int64_t{0}) != 0) {}
+
+  void compute(OrtKernelContext* context) const {
+    const Shape shape = input_tensor(context, 0).shape;
+    const InputTensor scale = input_tensor(context, 4);
+    const InputTensor shift = input_tensor(context, 5);
+    const size_t channels = shape.dims.size() < 2 ? 0 : static_cast<size_t>(shape.dims[1]);
+    if (channels == 0 || scale.shape.size != channels || shift.shape.size != channels) {
+      fail("the epilogue's scale and shift must have one value per channel (dimension 1 of Y)");
+    }
+    if (shape.size == 0) return run(context, nullptr);
+    const Epilogue epilogue{scale.data, shift.data, channels, shape.size / shape.rows(2), relu_};
+    run(context, &epilogue);
+  }
+
+ private:
+  bool relu_;
 };
 
 // Runs f, turning a C++ exception into an OrtStatus for onnxruntime.
@@ -337,6 +389,7 @@ std::vector<OpSpec>& op_table() {
       make_op<QuantizeKernel>("Quantize", {kAny}, {kAny}),
       make_op<MvmInputKernel>("MvmInput", {kAny}, {kAny, kAny}),
       make_op<MvmOutputKernel>("MvmOutput", {kAny, kAny, kFloat, kInt64}, {kAny}),
+      make_op<MvmOutputEpilogueKernel>("MvmOutputEpilogue", {kAny, kAny, kFloat, kInt64, kFloat, kFloat}, {kAny}),
   };
   return ops;
 }

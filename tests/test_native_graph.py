@@ -1,0 +1,119 @@
+"""The in-memory rewrites of native sessions: same numbers as the graph they replace."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, numpy_helper
+from onnx import helper as h
+
+from analog_onnx.config import load_preset
+from analog_onnx.native_graph import fold_constant_quantizers, fuse_epilogues, prepare
+from analog_onnx.ops import DOMAIN
+from analog_onnx.runtime import make_session, native_library_path, session_options
+from analog_onnx.transform import transform_model
+
+pytestmark = pytest.mark.skipif(native_library_path() is None, reason="native kernels are not built")
+
+
+def residual_block(rng: np.random.Generator, *, training_bn: bool = False) -> onnx.ModelProto:
+    """Conv-BN-ReLU, Conv(+bias)-BN-Add(residual)-ReLU, pooling, Gemm(+bias)-ReLU."""
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32), name)
+
+    def bn(prefix: str) -> list[onnx.TensorProto]:
+        return [numpy_helper.from_array(a.astype(np.float32), f"{prefix}_{n}") for n, a in
+                (("g", rng.uniform(0.5, 2, 4)), ("b", rng.normal(0, 0.3, 4)), ("m", rng.normal(0, 0.3, 4)),
+                 ("v", rng.uniform(0.5, 2, 4)))]
+
+    bn_extra = {"training_mode": 1} if training_bn else {}
+    nodes = [
+        h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        h.make_node("BatchNormalization", ["c1", "bn1_g", "bn1_b", "bn1_m", "bn1_v"], ["n1"], epsilon=1e-3,
+                    **bn_extra),
+        h.make_node("Relu", ["n1"], ["r1"]),
+        h.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        h.make_node("BatchNormalization", ["c2", "bn2_g", "bn2_b", "bn2_m", "bn2_v"], ["n2"]),
+        h.make_node("Add", ["n2", "r1"], ["a2"]),
+        h.make_node("Relu", ["a2"], ["r2"]),
+        h.make_node("GlobalAveragePool", ["r2"], ["p"]),
+        h.make_node("Flatten", ["p"], ["f"]),
+        h.make_node("Gemm", ["f", "w3", "b3"], ["g"], transB=1),
+        h.make_node("Relu", ["g"], ["y"]),
+    ]
+    initializers = [weight("w1", 4, 3, 3, 3), weight("w2", 4, 4, 3, 3), weight("b2", 4), weight("w3", 5, 4),
+                    weight("b3", 5), *bn("bn1"), *bn("bn2")]
+    graph = h.make_graph(nodes, "block", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 6, 6])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])], initializers)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 15 if training_bn else 13)])
+
+
+def epilogues(model: onnx.ModelProto | None) -> list[dict]:
+    nodes = [] if model is None else [n for n in model.graph.node if n.op_type == "MvmOutputEpilogue"]
+    return [{a.name: h.get_attribute_value(a) for a in n.attribute} for n in nodes]
+
+
+def run_native(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
+    """A native session of exactly ``model`` (make_session would rewrite it)."""
+    session = ort.InferenceSession(model.SerializeToString(), session_options(native=True),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("preset", ["aihwkit-default", "ideal"])
+def test_fused_epilogues_compute_what_the_layers_they_replace_do(preset, rng):
+    model = transform_model(residual_block(rng), load_preset(preset))
+    fused = fuse_epilogues(model)
+    feeds = {"x": rng.standard_normal((7, 3, 6, 6)).astype(np.float32), "seed": np.array(5, np.int64)}
+    if preset == "ideal":  # no MvmOutput, nothing to fuse
+        assert fused is None
+        return
+    # conv1 takes BN + ReLU; conv2 its bias + BN but not the residual Add; the Gemm its bias + ReLU
+    assert [e["relu"] for e in epilogues(fused)] == [1, 0, 1]
+    assert not any(n.op_type == "BatchNormalization" for n in fused.graph.node)
+    unfused = run_native(fold_constant_quantizers(model) or model, feeds)
+    np.testing.assert_allclose(run_native(fused, feeds), unfused, rtol=1e-5, atol=1e-5)
+    function_bodies = make_session(model, native=False).run(None, feeds)[0]
+    np.testing.assert_allclose(make_session(model, native=True).run(None, feeds)[0], function_bodies,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_exported_models_fuse_and_agree(exported_models, rng):
+    for name, clean in exported_models.items():
+        model = transform_model(clean, load_preset("aihwkit-default"))
+        fused = fuse_epilogues(model)
+        assert epilogues(fused), name  # TorchScript folds BatchNorm into a Conv bias: bias (+ ReLU) fuse
+        feeds = {model.graph.input[0].name: rng.random((5, 3, 4, 4), dtype=np.float32), "seed": np.array(1, np.int64)}
+        np.testing.assert_allclose(run_native(fused, feeds), run_native(model, feeds), rtol=1e-5, atol=1e-5)
+
+
+def test_only_private_per_channel_inference_chains_fuse(rng):
+    training = transform_model(residual_block(rng, training_bn=True), load_preset("aihwkit-default"))
+    assert [e["relu"] for e in epilogues(fuse_epilogues(training))] == [0, 1]  # conv1's BN computes batch stats
+
+    model = transform_model(residual_block(rng), load_preset("aihwkit-default"))
+    # conv1's output also read elsewhere: that MvmOutput must stay as it is
+    shared = next(n for n in model.graph.node if n.op_type == "MvmOutput").output[0]
+    model.graph.output.append(h.make_tensor_value_info(shared, TensorProto.FLOAT, None))
+    assert [e["relu"] for e in epilogues(fuse_epilogues(model))] == [0, 1]
+
+
+def test_a_constant_that_is_not_per_channel_is_not_folded(rng):
+    model = transform_model(residual_block(rng), load_preset("aihwkit-default"))
+    add = next(n for n in model.graph.node if n.op_type == "Add" and n.input[0].endswith("_analog"))
+    row = numpy_helper.from_array(np.full(6, 0.5, np.float32), "per_column")  # broadcasts over W, not C
+    model.graph.initializer.append(row)
+    add.input[1] = "per_column"
+    # the Conv bias step is now a per-column Add: conv2's chain ends before it
+    relus = [e["relu"] for e in epilogues(fuse_epilogues(model))]
+    assert len(relus) == 2
+    feeds = {"x": rng.standard_normal((2, 3, 6, 6)).astype(np.float32), "seed": np.array(2, np.int64)}
+    np.testing.assert_allclose(run_native(prepare(model), feeds), run_native(model, feeds), rtol=1e-5, atol=1e-5)
+
+
+def test_prepare_leaves_a_model_without_analog_ops_alone(exported_models):
+    model = exported_models["mlp"]
+    assert prepare(model) is model
+    assert not any(n.domain == DOMAIN for n in model.graph.node)
