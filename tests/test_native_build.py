@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from analog_onnx.cache import cache_dir
 from analog_onnx.cli import app
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import NATIVE_ONLY_OPS, OP_NAMES
 from analog_onnx.ops.native import build, headers
 from analog_onnx.runtime import native_required
 
-USER_CACHE = build.cache_dir()  # before any test points the cache elsewhere
+USER_CACHE = cache_dir()  # before any test points the cache elsewhere
 MEMBER = "package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers/{}"
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from analog_onnx.cache import cache_dir
 from analog_onnx.data.dataset import Dataset, checked_dataset
 from analog_onnx.errors import AnalogError
-from analog_onnx.ops.native.build import cache_dir  # the one per-user cache folder of analog-onnx
 
 CACHE_FILE = "mnist1d-default-seed42.npz"  # named after the generator arguments it holds
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from analog_onnx.cache import cache_dir
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import DOMAIN, OPSET_VERSION
 from analog_onnx.ops.native import headers
@@ -53,13 +54,6 @@ class KernelStatus:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def cache_dir() -> Path:
-    """``$ANALOG_ONNX_CACHE``, else ``$XDG_CACHE_HOME/analog-onnx``, else ``~/.cache/analog-onnx``."""
-    if os.environ.get("ANALOG_ONNX_CACHE"):
-        return Path(os.environ["ANALOG_ONNX_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "analog-onnx"
 
 
 def _cpu_identity() -> str:
