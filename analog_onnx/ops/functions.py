@@ -40,17 +40,6 @@ def SwapHalves(x):
 
 
 @script(analog)
-def Squares32(counter, key):
-    """32 random bits per counter (see rng.squares32)."""
-    x0 = op.Mul(counter, key)
-    z = op.Add(x0, key)
-    x1 = SwapHalves(op.Add(op.Mul(x0, x0), x0))
-    x2 = SwapHalves(op.Add(op.Mul(x1, x1), z))
-    x3 = SwapHalves(op.Add(op.Mul(x2, x2), x0))
-    return op.BitShift(op.Add(op.Mul(x3, x3), z), op.Constant(value=_SHIFTS[32]), direction="RIGHT")
-
-
-@script(analog)
 def SquaresPair(counter, key):
     """Two 32-bit draws per counter: the high halves of rounds four and five (see rng.squares_pair)."""
     x0 = op.Mul(counter, key)
@@ -75,8 +64,9 @@ def StreamKey(seed: INT64, stream: int):
     stream_u = op.Cast(op.Add(op.Constant(value_int=stream), op.Constant(value_int=1)), to=U64)
     counter = op.Add(base, op.Mul(op.Constant(value=_GAMMA), stream_u))
     n1 = op.Constant(value=_SHIFTS[1])
-    high = op.BitShift(Squares32(counter, op.Constant(value=_KEY_HIGH)), op.Constant(value=_SHIFTS[32]), direction="LEFT")
-    key = op.Add(high, Squares32(counter, op.Constant(value=_KEY_LOW)))
+    high, _ = SquaresPair(counter, op.Constant(value=_KEY_HIGH))
+    low, _ = SquaresPair(counter, op.Constant(value=_KEY_LOW))
+    key = op.Add(op.BitShift(high, op.Constant(value=_SHIFTS[32]), direction="LEFT"), low)
     return op.Add(op.BitShift(op.BitShift(key, n1, direction="RIGHT"), n1, direction="LEFT"), one)
 
 
@@ -168,7 +158,7 @@ def MvmOutput(Y: FLOAT, S: FLOAT, noise_scale: FLOAT, seed: INT64, weight_scale:
 
 
 PUBLIC = (Noise, Quantize, MvmInput, MvmOutput)
-HELPERS = (SwapHalves, Squares32, SquaresPair, StreamKey, StandardNormals, RowAbsMax, ClipAndRound)
+HELPERS = (SwapHalves, SquaresPair, StreamKey, StandardNormals, RowAbsMax, ClipAndRound)
 
 
 def function_protos(opset: int) -> list[onnx.FunctionProto]:

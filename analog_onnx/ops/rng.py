@@ -36,17 +36,6 @@ def _swap_halves(x: np.ndarray) -> np.ndarray:
     return (x >> _32) + (x << _32)  # the two halves do not overlap, so + is a rotation
 
 
-def squares32(counter: np.ndarray, key: np.uint64) -> np.ndarray:
-    """32 random bits (held in uint64) for each counter under ``key``."""
-    with np.errstate(over="ignore"):
-        x = np.asarray(counter, dtype=_U64) * key
-        y, z = x, x + key
-        x = _swap_halves(x * x + y)
-        x = _swap_halves(x * x + z)
-        x = _swap_halves(x * x + y)
-        return (x * x + z) >> _32
-
-
 def squares_pair(counter: np.ndarray, key: np.uint64) -> tuple[np.ndarray, np.ndarray]:
     """Two 32-bit draws (held in uint64) per counter: the high halves of rounds four and five."""
     with np.errstate(over="ignore"):
@@ -58,6 +47,11 @@ def squares_pair(counter: np.ndarray, key: np.uint64) -> tuple[np.ndarray, np.nd
         t = x * x + z
         x = _swap_halves(t)
         return t >> _32, (x * x + y) >> _32
+
+
+def squares32(counter: np.ndarray, key: np.uint64) -> np.ndarray:
+    """32 random bits (held in uint64) for each counter under ``key``: the first draw of a pair."""
+    return squares_pair(counter, key)[0]
 
 
 def stream_key(seed: int, stream: int) -> np.uint64:

@@ -38,17 +38,22 @@ inline uint64_t square_swapped(uint64_t w) {
   return square_of_halves(static_cast<uint32_t>(w >> 32), static_cast<uint32_t>(w));
 }
 
-// 32 random bits for the counter whose product with the key is y = counter * key (rng.squares32:
-// four rounds of square, add, swap halves).
-inline uint32_t squares32_of_product(uint64_t y, uint64_t key) {
+// The two 32-bit draws of counter product y = counter * key (rng.squares_pair): the high halves
+// of round four and of a fifth round.
+struct Draws {
+  uint32_t first, second;
+};
+inline Draws squares_pair_of_product(uint64_t y, uint64_t key) {
   const uint64_t z = y + key;
   const uint64_t w1 = square(y) + y;
   const uint64_t w2 = square_swapped(w1) + z;
   const uint64_t w3 = square_swapped(w2) + y;
-  return static_cast<uint32_t>((square_swapped(w3) + z) >> 32);
+  const uint64_t t = square_swapped(w3) + z;
+  return {static_cast<uint32_t>(t >> 32), static_cast<uint32_t>((square_swapped(t) + y) >> 32)};
 }
 
-inline uint32_t squares32(uint64_t counter, uint64_t key) { return squares32_of_product(counter * key, key); }
+// 32 random bits for one counter (rng.squares32): the first draw of its pair.
+inline uint32_t squares32(uint64_t counter, uint64_t key) { return squares_pair_of_product(counter * key, key).first; }
 
 // A fresh base seed in [0, 2^52) for runs with a negative seed: distinct on every call.
 inline uint64_t fresh_seed() {
@@ -63,20 +68,6 @@ inline uint64_t stream_key(int64_t seed, int64_t stream) {
   const uint64_t base = seed < 0 ? fresh_seed() : static_cast<uint64_t>(seed);
   const uint64_t counter = base + kGamma * static_cast<uint64_t>(stream + 1);
   return ((uint64_t{squares32(counter, kKeyHigh)} << 32) | squares32(counter, kKeyLow)) | 1u;
-}
-
-// The two 32-bit draws of counter product y = counter * key (rng.squares_pair): the high halves
-// of round four and of a fifth round.
-struct Draws {
-  uint32_t first, second;
-};
-inline Draws squares_pair_of_product(uint64_t y, uint64_t key) {
-  const uint64_t z = y + key;
-  const uint64_t w1 = square(y) + y;
-  const uint64_t w2 = square_swapped(w1) + z;
-  const uint64_t w3 = square_swapped(w2) + y;
-  const uint64_t t = square_swapped(w3) + z;
-  return {static_cast<uint32_t>(t >> 32), static_cast<uint32_t>((square_swapped(t) + y) >> 32)};
 }
 
 #if defined(__AVX2__)
