@@ -103,13 +103,14 @@ class Evaluator:
         if variant.noise_scale_input is not None:
             feed[variant.noise_scale_input] = np.array(unit.noise_scale, dtype=np.float32)
         seeds = batch_seeds(p.seed, unit.repeat, len(starts)) if variant.seed_input is not None else None
-        top1 = topk = 0
+        scores: np.ndarray | None = None  # all logits of the unit, counted once at the end
         for b, start in enumerate(starts):
-            feed[variant.input_name] = x[start:start + size]
+            batch = x[start:start + size]
+            feed[variant.input_name] = batch
             if seeds is not None:
                 feed[variant.seed_input] = seeds[b:b + 1].reshape(())
-            logits = session.run([variant.output_name], feed)[0]
-            counts = count_correct(logits, labels[start:start + size], p.top_k)
-            top1 += counts.top1
-            topk += counts.topk or 0
-        return Counts(top1, topk if p.top_k is not None else None)
+            logits = session.run([variant.output_name], feed)[0].reshape(len(batch), -1)
+            if scores is None:
+                scores = np.empty((len(labels), logits.shape[1]), logits.dtype)
+            scores[start:start + len(batch)] = logits
+        return count_correct(scores, labels, p.top_k)
