@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from analog_onnx.ops import DOMAIN, reference
 from analog_onnx.passes.common import ROLE_KEY
@@ -36,7 +36,7 @@ def fold_constant_quantizers(model: ModelLike) -> onnx.ModelProto | None:
     (from the numpy reference: the same bits), or None when there is none."""
     proto = _load(model)
     graph = proto.graph
-    weights = {name: array for name, array in _initializers(graph).items() if array.dtype == np.float32}
+    weights = {name: tensor for name, tensor in _initializers(graph).items() if tensor.data_type == TensorProto.FLOAT}
     foldable = {index for index, n in enumerate(graph.node)
                 if n.domain == DOMAIN and n.op_type == "Quantize" and n.input[0] in weights}
     if not foldable:
@@ -46,7 +46,7 @@ def fold_constant_quantizers(model: ModelLike) -> onnx.ModelProto | None:
         if index not in foldable:
             folded.graph.node.append(node)
             continue
-        values = reference.quantize(weights[node.input[0]], **_attributes(node))
+        values = reference.quantize(numpy_helper.to_array(weights[node.input[0]]), **_attributes(node))
         folded.graph.initializer.append(numpy_helper.from_array(values, node.output[0]))
     return folded
 
@@ -57,13 +57,15 @@ def fuse_epilogues(model: ModelLike) -> onnx.ModelProto | None:
     it alone, or None when there is no such chain."""
     proto = _load(model)
     graph = proto.graph
+    if not any(n.domain == DOMAIN and n.op_type == "MvmOutput" for n in graph.node):
+        return None
     constants = _constants(graph)
     producers = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in set(node.input):
             consumers.setdefault(name, []).append(node)
-    kept = {o.name for o in graph.output}
+    kept = {o.name for o in graph.output} | _read_by_subgraphs(graph)
 
     fused: dict[int, onnx.NodeProto] = {}  # id of the MvmOutput node -> its replacement
     absorbed: set[int] = set()
@@ -155,7 +157,7 @@ def _layer_output_shape(layer: onnx.NodeProto, constants: dict[str, np.ndarray],
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     """Values known before the run: initializers, Constant nodes, and the transform's own bias
     steps (a Reshape for Conv, a Mul by beta for Gemm) applied to those."""
-    constants = _initializers(graph)
+    constants = {name: numpy_helper.to_array(tensor) for name, tensor in _initializers(graph).items()}
     for node in graph.node:
         if node.domain != "" or not all(name in constants for name in node.input):
             continue
@@ -169,15 +171,25 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return constants
 
 
+def _read_by_subgraphs(graph: onnx.GraphProto) -> set[str]:
+    """Every name a node inside an If/Loop/Scan body reads (outer values among them)."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                names |= {name for inner in body.node for name in inner.input} | _read_by_subgraphs(body)
+    return names
+
+
 def _role(node: onnx.NodeProto) -> str | None:
     """What the transform inserted ``node`` for (see passes.common.tag), if it did."""
     return next((p.value for p in node.metadata_props if p.key == ROLE_KEY), None)
 
 
-def _initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     """Initializers that no graph input can override."""
     overridable = {i.name for i in graph.input}
-    return {i.name: numpy_helper.to_array(i) for i in graph.initializer if i.name not in overridable}
+    return {i.name: i for i in graph.initializer if i.name not in overridable}
 
 
 def _attributes(node: onnx.NodeProto) -> dict:

@@ -94,10 +94,25 @@ def test_only_private_per_channel_inference_chains_fuse(rng):
     assert [e["relu"] for e in epilogues(fuse_epilogues(training))] == [0, 1]  # conv1's BN computes batch stats
 
     model = transform_model(residual_block(rng), load_preset("aihwkit-default"))
-    # conv1's output also read elsewhere: that MvmOutput must stay as it is
+    # conv1's output also read elsewhere (a graph output, a branch of an If): that MvmOutput stays
     shared = next(n for n in model.graph.node if n.op_type == "MvmOutput").output[0]
-    model.graph.output.append(h.make_tensor_value_info(shared, TensorProto.FLOAT, None))
-    assert [e["relu"] for e in epilogues(fuse_epilogues(model))] == [0, 1]
+    as_output = onnx.ModelProto()
+    as_output.CopyFrom(model)
+    as_output.graph.output.append(h.make_tensor_value_info(shared, TensorProto.FLOAT, None))
+    assert [e["relu"] for e in epilogues(fuse_epilogues(as_output))] == [0, 1]
+
+    branch = h.make_graph([h.make_node("Identity", [shared], ["inner"])], "branch", [],
+                          [h.make_tensor_value_info("inner", TensorProto.FLOAT, None)])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "always"))
+    model.graph.node.append(h.make_node("If", ["always"], ["picked"], then_branch=branch, else_branch=branch))
+    model.graph.output.append(h.make_tensor_value_info("picked", TensorProto.FLOAT, None))
+    fused = fuse_epilogues(model)
+    assert [e["relu"] for e in epilogues(fused)] == [0, 1]
+    feeds = {"x": rng.standard_normal((2, 3, 6, 6)).astype(np.float32), "seed": np.array(4, np.int64)}
+    for got, want in zip(ort.InferenceSession(fused.SerializeToString(), session_options(native=True)).run(None, feeds),
+                         ort.InferenceSession(model.SerializeToString(), session_options(native=True)).run(None, feeds),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_a_constant_that_is_not_per_channel_is_not_folded(rng):
