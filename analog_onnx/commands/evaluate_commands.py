@@ -14,8 +14,9 @@ from analog_onnx.data.preprocess import parse_floats
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.console import print_evaluation, print_sensitivity, progress_bar
 from analog_onnx.evaluate.levels import DEFAULT_NOISE_SCALES, parse_noise_scales, parse_times
-from analog_onnx.evaluate.report import check_output_dir
+from analog_onnx.evaluate.report import EvaluationReport, check_output_dir
 from analog_onnx.evaluate.runner import RunSettings
+from analog_onnx.evaluate.sensitivity import SensitivityReport
 from analog_onnx.evaluate.sensitivity import sensitivity as run_sensitivity
 from analog_onnx.evaluate.sweep import evaluate as run_evaluation
 
@@ -49,6 +50,13 @@ def _settings(repeats: int, seed: int | None, batch_size: int, top_k: int | None
               backend: str, workers: int, ray_address: str | None) -> RunSettings:
     return RunSettings(repeats=repeats, seed=seed, batch_size=batch_size, top_k=top_k or None, threads=threads,
                        backend=backend, workers=workers, ray_address=ray_address).checked()
+
+
+def _write(report: EvaluationReport | SensitivityReport, out: Path | None, force: bool) -> None:
+    """Write the report's files into ``out`` (when given) and say which."""
+    if out is not None:
+        written = report.write(out, force=force)
+        typer.echo(f"wrote {', '.join(str(p) for p in written)}")
 
 
 def evaluate(
@@ -89,9 +97,7 @@ def evaluate(
                                 settings=settings, split=split, limit=limit, mean=parse_floats(mean, "--mean"),
                                 std=parse_floats(std, "--std"), t_inference=times, progress=progress)
     print_evaluation(report, Console())
-    if out is not None:
-        written = report.write(out, force=force)
-        typer.echo(f"wrote {', '.join(str(p) for p in written)}")
+    _write(report, out, force)
 
 
 def sensitivity(
@@ -129,9 +135,7 @@ def sensitivity(
                                  midpoint=midpoint, noise_scales=levels, settings=settings, split=split, limit=limit,
                                  mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), progress=progress)
     print_sensitivity(report, Console())
-    if out is not None:
-        written = report.write(out, force=force)
-        typer.echo(f"wrote {', '.join(str(p) for p in written)}")
+    _write(report, out, force)
 
 
 def register(app: typer.Typer) -> None:
