@@ -1,0 +1,66 @@
+"""The ``[device]`` config section: which device holds the weights, and which of its effects are on.
+
+Conductances are in microsiemens (uS), times in seconds. The section holds only device physics;
+how weights map to conductances reuses the ``[weights]`` section (``bits``: conductance levels,
+``per_channel``: one mapping scale per output channel). Device-specific constants (fit
+coefficients) live on the device classes, documented there with their sources.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from analog_onnx.errors import ConfigError
+
+DEVICE_MODELS = ("none", "pcm", "reram", "generic")
+GENERIC_KEYS = ("prog_noise_add", "prog_noise_rel", "drift_nu", "drift_nu_std", "read_noise_rel")
+
+
+@dataclass
+class DeviceConfig:
+    """The device model and its switches; every sigma below is also scaled by ``noise_scale``."""
+
+    model: str = "none"  # "none" (weights are exact), "pcm", "reram" or "generic"
+    g_max: float = 25.0  # uS: the conductance the largest |weight| maps to (aihwkit's default converter)
+    prog_noise_scale: float = 1.0  # multiplies the programming-noise sigma (aihwkit prog_noise_scale)
+    drift: bool = True  # conductances drift (pcm, generic) or relax (reram) until t_inference
+    drift_scale: float = 1.0  # multiplies each drift exponent nu (aihwkit drift_scale)
+    read_noise: bool = True  # fresh read noise on every inference (pcm: 1/f, grows with t_inference)
+    read_noise_scale: float = 1.0  # multiplies the read-noise sigma (aihwkit read_noise_scale)
+    drift_compensation: bool = True  # one output factor per layer from a reference read (aihwkit global)
+    stuck_at_zero: float = 0.0  # fraction of devices stuck at 0 uS, per chip
+    stuck_at_gmax: float = 0.0  # fraction of devices stuck at g_max, per chip
+    t_inference: float = 0.0  # s since programming ended: the default time of an evaluation
+    # "generic" only: a device described by plain numbers
+    prog_noise_add: float = 0.0  # programming sigma as a fraction of g_max
+    prog_noise_rel: float = 0.0  # programming sigma as a fraction of the target conductance
+    drift_nu: float = 0.0  # mean drift exponent nu (dimensionless)
+    drift_nu_std: float = 0.0  # spread of nu between devices
+    read_noise_rel: float = 0.0  # read-noise sigma as a fraction of the conductance
+
+    @property
+    def enabled(self) -> bool:
+        return self.model != "none"
+
+    def validate(self) -> None:
+        """Refuse bad values and combinations, naming the key (``device.<name>``)."""
+        _check(self.model in DEVICE_MODELS, "model", f"must be one of {', '.join(DEVICE_MODELS)}")
+        _check(math.isfinite(self.g_max) and self.g_max > 0, "g_max", "must be a finite number > 0 (uS)")
+        for key in ("prog_noise_scale", "drift_scale", "read_noise_scale", "t_inference", *GENERIC_KEYS):
+            value = getattr(self, key)
+            _check(math.isfinite(value) and value >= 0, key, "must be a finite number >= 0")
+        for key in ("stuck_at_zero", "stuck_at_gmax"):
+            _check(0 <= getattr(self, key) <= 1, key, "must be a fraction between 0 and 1")
+        _check(self.stuck_at_zero + self.stuck_at_gmax <= 1, "stuck_at_gmax", "plus device.stuck_at_zero exceeds 1")
+        if self.model != "generic":
+            for key in GENERIC_KEYS:
+                _check(getattr(self, key) == 0, key, 'applies only to device.model = "generic"')
+        if not self.enabled:
+            for key in ("stuck_at_zero", "stuck_at_gmax"):
+                _check(getattr(self, key) == 0, key, "needs a device.model other than none")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key device.{key} {message}")
