@@ -8,10 +8,11 @@ the reference's and ``torch_twin.py`` for the trainer's), so there is one defini
 3. stuck devices (per chip): a device whose uniform draw ``u < stuck_at_zero`` reads 0 uS, one with
    ``u < stuck_at_zero + stuck_at_gmax`` reads ``g_max``, at every time;
 4. drift to ``t_inference`` (per chip and time): ``device.drift``;
-5. global drift compensation (per chip and time): ``alpha = mean|W_prog| / mean|W(t)|``, the
-   ratio of a reference read of the whole array (one-hot inputs) right after programming to the
-   same read at ``t_inference``, as aihwkit's ``GlobalDriftCompensation``; it scales the layer's
-   output;
+5. global drift compensation (per chip and time): ``alpha = mean|W_prog| / mean|W_read(t)|``,
+   the ratio of a reference read of the whole array (one-hot inputs) right after programming to
+   the same read at ``t_inference``, as aihwkit's ``GlobalDriftCompensation``: like aihwkit's, the
+   first read is exact and the second has read noise (its own per-chip draw); alpha scales the
+   layer's output;
 6. read (per read): ``device.read`` adds fresh read noise.
 
 Weight-side work (1-5) runs once per (chip_seed, t_inference); only step 6 is per read.
@@ -60,7 +61,10 @@ def program_layer(
     g_now = g_prog
     if config.drift:
         g_now = stick(device.drift(g_target, g_prog, draws.drift, t_inference), draws.stuck, config, g_max)
-    alpha = compensation(g_prog, g_now, scale) if config.drift_compensation else 1.0
+    alpha = 1.0
+    if config.drift_compensation:
+        g_read = device.read(g_prog, g_now, draws.reference_read, t_inference) if config.read_noise else g_now
+        alpha = compensation(g_prog, g_read, scale)
     return ProgrammedLayer(g_prog=g_prog, g_now=g_now, scale=scale, alpha=alpha, t_inference=t_inference)
 
 
@@ -72,10 +76,10 @@ def stick(g: Array, u: Array, config: DeviceConfig, g_max: float) -> Array:
     return where(u < config.stuck_at_zero, g * 0.0, g)
 
 
-def compensation(g_prog: Array, g_now: Array, scale: Array) -> Array:
-    """Step 5: ``mean|W_prog| / mean|W(t)|``, each readout at least ``MIN_READOUT``."""
-    reference = mean_abs(to_weights(g_prog, scale)).clip(min=MIN_READOUT)
-    return reference / mean_abs(to_weights(g_now, scale)).clip(min=MIN_READOUT)
+def compensation(g_reference: Array, g_current: Array, scale: Array) -> Array:
+    """Step 5: ``mean|W_reference| / mean|W_current|``, each readout at least ``MIN_READOUT``."""
+    reference = mean_abs(to_weights(g_reference, scale)).clip(min=MIN_READOUT)
+    return reference / mean_abs(to_weights(g_current, scale)).clip(min=MIN_READOUT)
 
 
 def read_weights(layer: ProgrammedLayer, device: DeviceModel, config: DeviceConfig, z: Array) -> Array:

@@ -4,7 +4,8 @@ Every draw of one layer is a stream of the project's generator keyed by a contro
 stream number derived from the layer's ``stream`` and the step, so a native kernel or a function
 body can reproduce it element by element:
 
-- per chip (programming, drift exponent, stuck devices): ``stream_key(chip_seed, stream)``;
+- per chip (programming, drift exponent, stuck devices, the compensation's reference read):
+  ``stream_key(chip_seed, stream)``;
 - per read (read noise): ``stream_key(seed, stream)``.
 
 Device streams start at ``DEVICE_STREAM_BASE``, far above the op streams of a graph (small
@@ -33,6 +34,7 @@ class Draw(IntEnum):
     DRIFT = 1  # N(0, 1) per device: drift exponent (pcm, generic) or relaxation (reram)
     STUCK = 2  # U(0, 1) per device: stuck at 0 below stuck_at_zero, at g_max below that plus stuck_at_gmax
     READ = 3  # N(0, 1) per device and read: read noise
+    REFERENCE_READ = 4  # N(0, 1) per device: read noise of the drift-compensation read at t_inference
 
 
 def draw_stream(layer_stream: int, draw: Draw) -> int:
@@ -53,6 +55,7 @@ class ChipDraws:
     program: Array  # N(0, 1)
     drift: Array  # N(0, 1)
     stuck: Array  # U(0, 1)
+    reference_read: Array  # N(0, 1)
 
 
 def chip_draws(chip_seed: int, layer_stream: int, shape: tuple[int, ...]) -> ChipDraws:
@@ -65,7 +68,8 @@ def chip_draws(chip_seed: int, layer_stream: int, shape: tuple[int, ...]) -> Chi
 
     return ChipDraws(program=normals(key(Draw.PROGRAM), count).reshape(pair_shape),
                      drift=normals(key(Draw.DRIFT), count).reshape(pair_shape),
-                     stuck=uniforms(key(Draw.STUCK), count).reshape(pair_shape))
+                     stuck=uniforms(key(Draw.STUCK), count).reshape(pair_shape),
+                     reference_read=normals(key(Draw.REFERENCE_READ), count).reshape(pair_shape))
 
 
 def read_normals(seed: int, layer_stream: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -21,12 +21,14 @@ def torch_chip_draws(shape: tuple[int, ...], *, generator: torch.Generator | Non
     pair_shape = (2, *shape)
     return ChipDraws(program=torch.randn(pair_shape, generator=generator, device=device),
                      drift=torch.randn(pair_shape, generator=generator, device=device),
-                     stuck=torch.rand(pair_shape, generator=generator, device=device))
+                     stuck=torch.rand(pair_shape, generator=generator, device=device),
+                     reference_read=torch.randn(pair_shape, generator=generator, device=device))
 
 
 def draws_from_numpy(draws: ChipDraws, device: torch.device | str | None = None) -> ChipDraws:
     """The reference's draws as tensors: the torch twin then computes the reference's numbers."""
-    return ChipDraws(*(torch.as_tensor(d, device=device) for d in (draws.program, draws.drift, draws.stuck)))
+    return ChipDraws(*(torch.as_tensor(d, device=device) for d in (draws.program, draws.drift, draws.stuck,
+                                                                draws.reference_read)))
 
 
 def hwa_weights(weight: torch.Tensor, device: DeviceModel, *, channel_axis: int | None = None,
