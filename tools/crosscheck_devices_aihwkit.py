@@ -4,6 +4,8 @@ For each time since programming, programs ``--chips`` chips with each library, d
 them once, and prints the weight error ``alpha * W_read - W`` in units of max|W|, without and
 with global drift compensation: its mean, its standard deviation (average over chips, with the
 standard error of that average) and the gain (least-squares slope of the read weights on W).
+A second table compares the compensation factor of aihwkit's tile (TorchInferenceRPUConfig,
+whose reference reads pass the periphery: output noise, ADC) with the direct readout ratio.
 
 Run with aihwkit's own virtualenv (tools/make_aihwkit_venv.sh) and this checkout on the path:
 
@@ -18,6 +20,8 @@ import numpy as np
 import torch
 from aihwkit.inference.compensation.drift import GlobalDriftCompensation
 from aihwkit.inference.noise.pcm import PCMLikeNoiseModel
+from aihwkit.nn import AnalogLinear
+from aihwkit.simulator.configs import TorchInferenceRPUConfig
 
 from analog_onnx.devices import DeviceConfig, make_device
 from analog_onnx.devices.chip import program_layer, read_weights
@@ -93,6 +97,26 @@ def main() -> None:
                                      for chip in range(args.chips)]) for name, run in RUNS.items()}
             cells = [_cell(stats[name][:, column]) for column in range(len(STATS)) for name in RUNS]
             print(f"| {label} | {'on' if compensate else 'off'} | " + " | ".join(cells) + " |")
+    tile_alpha_table(weights, min(args.chips, 10))
+
+
+def tile_alpha_table(weights: np.ndarray, chips: int) -> None:
+    """aihwkit tile's alpha over ``mean|W_prog| / mean|W_drifted|`` of the same tile weights."""
+    print("\n| t | aihwkit tile alpha / direct readout ratio |\n|---|---|")
+    ratios: dict[str, list[float]] = {label: [] for label in TIMES}
+    for chip in range(chips):
+        torch.manual_seed(chip)
+        layer = AnalogLinear(weights.shape[1], weights.shape[0], bias=False, rpu_config=TorchInferenceRPUConfig())
+        layer.set_weights(torch.from_numpy(weights))
+        layer.eval()
+        layer.program_analog_weights()
+        tile = next(layer.analog_tiles())
+        for label, t in TIMES.items():
+            layer.drift_analog_weights(t)
+            direct = tile.programmed_weights.abs().mean() / tile.tile.get_weights().abs().mean()
+            ratios[label].append(float(tile.alpha) / float(direct))
+    for label, values in ratios.items():
+        print(f"| {label} | {_cell(np.array(values))} |")
 
 
 def _cell(values: np.ndarray) -> str:
