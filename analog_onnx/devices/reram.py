@@ -23,7 +23,6 @@ class ReRAMDevice(DeviceModel):
     per chip and independent of the programming one (aihwkit draws a fresh one around the target).
     """
 
-    g_max: float = 40.0  # uS: the g_max of the fits
     fits: tuple[tuple[float, tuple[float, ...]], ...] = (  # (t in s, uS coefficients of (g/g_max)^0..4)
         (1.0, (0.348, 16.030, -43.853, 45.393, -16.815)),
         (DAY, (0.701, 22.086, -50.773, 47.095, -16.458)),

@@ -8,6 +8,8 @@ export must match it exactly.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 
 from analog_onnx.devices.base import DeviceModel
@@ -27,8 +29,7 @@ def torch_chip_draws(shape: tuple[int, ...], *, generator: torch.Generator | Non
 
 def draws_from_numpy(draws: ChipDraws, device: torch.device | str | None = None) -> ChipDraws:
     """The reference's draws as tensors: the torch twin then computes the reference's numbers."""
-    return ChipDraws(*(torch.as_tensor(d, device=device) for d in (draws.program, draws.drift, draws.stuck,
-                                                                draws.reference_read)))
+    return ChipDraws(**{f.name: torch.as_tensor(getattr(draws, f.name), device=device) for f in fields(draws)})
 
 
 def hwa_weights(weight: torch.Tensor, device: DeviceModel, *, channel_axis: int | None = None,
