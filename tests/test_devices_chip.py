@@ -13,7 +13,7 @@ from analog_onnx.devices import DeviceConfig, make_device
 from analog_onnx.devices.chip import program_layer, read_weights
 from analog_onnx.devices.conductance import mapping_scale, to_conductances, to_weights
 from analog_onnx.devices.streams import chip_draws, read_normals
-from analog_onnx.devices.torch_twin import draws_from_numpy, hwa_weights, torch_chip_draws
+from analog_onnx.devices.torch_twins import draws_from_numpy, hwa_weights, torch_chip_draws
 from analog_onnx.ops.reference import quantize
 
 SHAPE = (64, 48)

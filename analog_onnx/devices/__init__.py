@@ -2,7 +2,7 @@
 
 One class per device technology (``pcm.py``, ``reram.py``, ``generic.py``) with the physics split
 into named steps (``base.py``); ``chip.py`` runs the steps for a layer on one chip, ``streams.py``
-keys the random draws to (chip_seed, stream) and (seed, stream), ``torch_twin.py`` serves the
+keys the random draws to (chip_seed, stream) and (seed, stream), ``torch_twins.py`` serves the
 trainer. The config section is ``config.DeviceConfig``.
 """
 

@@ -1,7 +1,7 @@
 """A layer on one chip: map, program, stick, drift, compensate, read (numpy reference and torch twin).
 
 The functions take numpy arrays or torch tensors alike (the draws decide; see ``streams.py`` for
-the reference's and ``torch_twin.py`` for the trainer's), so there is one definition:
+the reference's and ``torch_twins.py`` for the trainer's), so there is one definition:
 
 1. map the weights to target pairs ``[g+, g-]`` (``conductance.py``; ``bits`` rounds to levels);
 2. program (per chip): ``device.program``;
