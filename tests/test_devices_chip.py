@@ -48,6 +48,12 @@ def test_conductance_levels_are_the_signed_weight_grid() -> None:
     assert len(np.unique(to_conductances(WEIGHTS, scale, 25.0, bits=4))) == 8  # 0 .. 7 steps of g_max/7
 
 
+def test_an_all_zero_layer_stays_near_zero_and_is_not_compensated() -> None:
+    layer, read = run(PCM, chip_seed=1, seed=1, t=86400.0, weights=np.zeros(SHAPE, dtype=np.float32))
+    assert float(layer.alpha) == 1.0  # both readouts at the 1e-4 floor
+    assert np.abs(read).max() < 1e-6 and np.isfinite(read).all()
+
+
 # -- keying: per chip by chip_seed, per read by seed -------------------------------------------
 def test_per_chip_draws_depend_only_on_chip_seed_and_stream() -> None:
     first, again = chip_draws(5, 3, SHAPE), chip_draws(5, 3, SHAPE)

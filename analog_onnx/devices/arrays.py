@@ -20,7 +20,7 @@ def log(x: Array) -> Array:
 
 def where(condition: Array, a: Array, b: Array) -> Array:
     if isinstance(condition, np.ndarray):
-        return np.where(condition, a, b).astype(np.float32)
+        return np.where(condition, a, b)
     import torch
 
     return torch.where(condition, a, b)
