@@ -10,9 +10,9 @@ the reference's and ``torch_twins.py`` for the trainer's), so there is one defin
 4. drift to ``t_inference`` (per chip and time): ``device.drift``;
 5. global drift compensation (per chip and time): ``alpha = mean|W_prog| / mean|W_read(t)|``,
    the ratio of a reference read of the whole array (one-hot inputs) right after programming to
-   the same read at ``t_inference``, as aihwkit's ``GlobalDriftCompensation``: like aihwkit's, the
-   first read is exact and the second has read noise (its own per-chip draw); alpha scales the
-   layer's output;
+   the same read at ``t_inference``, as aihwkit's ``GlobalDriftCompensation``: as in aihwkit, the
+   first read sees the programmed conductances and the second also their read noise (its own
+   per-chip draw); alpha scales the layer's output;
 6. read (per read): ``device.read`` adds fresh read noise.
 
 Weight-side work (1-5) runs once per (chip_seed, t_inference); only step 6 is per read.
