@@ -8,7 +8,8 @@ import pytest
 import tomllib
 
 from analog_onnx.config import AnalogConfig
-from analog_onnx.devices import DeviceConfig, PCMDevice, ReRAMDevice, make_device
+from analog_onnx.devices import DEVICE_CLASSES, DeviceConfig, PCMDevice, ReRAMDevice, make_device
+from analog_onnx.devices.config import DEVICE_MODELS
 from analog_onnx.errors import ConfigError
 
 PENDING = resources.files("analog_onnx.presets").joinpath("pending")
@@ -27,6 +28,12 @@ PENDING = resources.files("analog_onnx.presets").joinpath("pending")
 def test_bad_values_and_combinations_name_the_key(changes: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=f"config key {key} "):
         DeviceConfig(**changes).validate()
+
+
+def test_every_model_name_has_a_device_class() -> None:
+    assert set(DEVICE_MODELS) == {"none", *DEVICE_CLASSES}
+    for name in DEVICE_CLASSES:
+        DeviceConfig(model=name).validate()
 
 
 def test_model_none_makes_no_device_and_noise_scale_scales_the_sigmas() -> None:
