@@ -65,8 +65,9 @@ def train(
     config = TrainConfig(arch=arch, data=data, out=str(out), method=method, epochs=epochs, batch_size=batch_size,
                          optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
                          seed=seed, device=device, amp=amp, augment=augment, hardware=hardware,
-                         noise_scale=noise_scale, ramp_epochs=ramp_epochs, noise_spread=noise_spread, bits=bits, act_scale=act_scale,
-                         weight_bits=weight_bits, eval_repeats=eval_repeats, limit=limit, export=export)
+                         noise_scale=noise_scale, ramp_epochs=ramp_epochs, noise_spread=noise_spread, bits=bits,
+                         act_scale=act_scale, weight_bits=weight_bits, eval_repeats=eval_repeats, limit=limit,
+                         export=export)
     run_training(config, resume=resume, force=force, progress=progress)
 
 
