@@ -74,7 +74,7 @@ def _train(task: Task, folder: Path) -> dict[str, Any]:
     from analog_onnx.train.trainer import TrainConfig, train
 
     torch.set_num_threads(task.threads)
-    config = TrainConfig(**task.settings, out=str(folder), device="auto")
+    config = TrainConfig(**task.settings, out=str(folder))
     resume = (folder / "last.pt").is_file()
     result = train(config, resume=resume, force=not resume, progress=False, verbose=False)
     return {"resumed": resume, "best": result.best, "last": result.history[-1],

@@ -5,7 +5,8 @@
 - ``midpoint_by_depth-HW.png``: midpoint noise level per method against the architectures
   ordered by depth, with 95% intervals;
 - ``cross_hardware.png``: per architecture, the midpoint of each method relative to the baseline
-  (log2 ratio), methods (with the hardware they trained for) x evaluation hardware.
+  (geometric mean of the per-seed ratios, as in the comparison table), methods (with the hardware
+  they trained for) x evaluation hardware.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def _midpoint_by_depth(results: Results, hardware: str) -> Figure:
     ax.set_ylabel("midpoint noise level")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize="small")
-    ax.set_title(f"{results.spec.name}: midpoint on {hardware} (95% interval over seeds)")
+    ax.set_title(f"{results.spec.name}: midpoint on {hardware}\n(95% interval over seeds)", fontsize=10)
     return figure
 
 
@@ -106,14 +107,16 @@ def _cross_hardware(results: Results) -> Figure:
                     layout="constrained")
     axes = figure.subplots(1, len(spec.archs), squeeze=False)[0]
     baseline = next((m.name for m in methods if m.kind == "baseline"), None)
+    ratios = {(c.arch, c.method, c.hardware): c.log10_ratio.mean for c in results.comparisons
+              if c.versus == baseline and c.log10_ratio is not None}
     for ax, arch in zip(axes, spec.archs, strict=True):
         grid = np.full((len(methods), len(hardware)), np.nan)
         for i, method in enumerate(methods):
             for j, hw in enumerate(hardware):
-                mine = results.row(arch, method.name, hw)
-                base = results.row(arch, baseline, hw) if baseline else None
-                if mine and base and mine.midpoint and base.midpoint:
-                    grid[i, j] = math.log2(mine.midpoint.mean / base.midpoint.mean)
+                if method.name == baseline and results.row(arch, method.name, hw):
+                    grid[i, j] = 0.0
+                elif (arch, method.name, hw) in ratios:
+                    grid[i, j] = ratios[(arch, method.name, hw)] * math.log2(10)
         limit = max(1.0, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 1.0
         ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         for (i, j), value in np.ndenumerate(grid):

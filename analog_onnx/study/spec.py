@@ -88,8 +88,8 @@ class TrainCell:
     arch: str
     method: Method
     seed: int
-    config: dict[str, Any]  # TrainConfig fields without out/device
-    key: str
+    config: dict[str, Any]  # TrainConfig fields without out
+    key: str  # of the config without device: where it trains does not change what it is
 
     @property
     def folder(self) -> str:
@@ -204,8 +204,8 @@ def _train_cell(data: str, arch: str, method: Method, seed: int, train: dict[str
         config.validate()
     except (AnalogError, TypeError, ValueError) as e:
         raise SpecError(f"method {method.name}, arch {arch}: {e}") from None
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "device")}
-    return TrainCell(arch, method, seed, settings, cell_key(settings))
+    settings = {k: v for k, v in asdict(config).items() if k != "out"}
+    return TrainCell(arch, method, seed, settings, cell_key({k: v for k, v in settings.items() if k != "device"}))
 
 
 def _eval_cell(train: TrainCell, hardware: str, config: dict[str, Any], levels: tuple[float, ...],
