@@ -124,6 +124,13 @@ def test_not_toml_and_no_methods_are_refused(tmp_path) -> None:
                     "evaluate": {"hardware": ["ideal"]}})
 
 
+def test_a_hardware_name_that_cannot_name_a_folder_is_refused(tmp_path) -> None:
+    config = tmp_path / "chip.toml"
+    config.write_text('name = "[red]../chip"\n[placement]\nwhere = "mvm"\n[forward]\nout_noise = 0.1\n')
+    with pytest.raises(SpecError, match="the config's name must be letters"):
+        _spec(tmp_path, TINY.replace('hardware = ["hardening-additive"]', f'hardware = ["{config}"]'))
+
+
 def test_the_grid_and_its_keys(tmp_path) -> None:
     spec = _spec(tmp_path)
     assert len(spec.train_cells) == 1 * 2 * 2 and len(spec.eval_cells) == 4

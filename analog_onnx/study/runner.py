@@ -206,7 +206,8 @@ class Board:
 
     def render(self) -> Group:
         spec = self.spec
-        table = Table("arch", "method", "trained", *[f"eval {h}" for h in spec.hardware], title=f"study {spec.name}")
+        headers = [Text(h) for h in ("arch", "method", "trained", *(f"eval {h}" for h in spec.hardware))]
+        table = Table(*headers, title=Text(f"study {spec.name}"))
         for arch in spec.archs:
             for method in spec.methods:
                 train = [c for c in spec.train_cells if c.arch == arch and c.method.name == method.name]

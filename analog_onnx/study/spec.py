@@ -173,7 +173,12 @@ def parse_spec(raw: dict[str, Any], text: str = "") -> Spec:
     hardware = {}
     for entry in hardware_names:
         config = _hardware(entry, "[evaluate] hardware")
-        hardware[config.name] = config.to_dict()
+        name = _label(config.name, f"[evaluate] hardware {entry}: the config's name")  # names folders
+        if name in hardware:
+            raise SpecError(f"[evaluate] hardware: two configs are named {name}")
+        hardware[name] = config.to_dict()
+    if not hardware:
+        raise SpecError("[evaluate] hardware is empty")
     noise_scales = tuple(noise_levels(evaluate.get("noise_scales", "0,log:1e-2:1e2:9"), "[evaluate] noise_scales"))
     report_levels = tuple(noise_levels(evaluate.get("report_levels", [1.0]), "[evaluate] report_levels"))
     missing = [level for level in report_levels if level not in noise_scales]
