@@ -259,7 +259,9 @@ def test_the_report_is_written_again_from_a_finished_folder(monkeypatch, capsys,
     assert csv_lines[0].startswith("data,arch,depth,method") and "acc_at_1_mean" in csv_lines[0]
     assert {p.name for p in (out / "figures").iterdir()} == {
         "accuracy_vs_noise-hardening-additive.png", "midpoint_by_depth-hardening-additive.png", "cross_hardware.png"}
-    assert "| baseline |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("# Study tiny\n") and "| baseline |" in summary
+    assert json.loads(before)["study"] == "tiny"
 
 
 # -- CLI ---------------------------------------------------------------------------------------

@@ -173,10 +173,10 @@ def parse_spec(raw: dict[str, Any], text: str = "") -> Spec:
     hardware = {}
     for entry in hardware_names:
         config = _hardware(entry, "[evaluate] hardware")
-        name = _label(config.name, f"[evaluate] hardware {entry}: the config's name")  # names folders
-        if name in hardware:
-            raise SpecError(f"[evaluate] hardware: two configs are named {name}")
-        hardware[name] = config.to_dict()
+        label = _label(config.name, f"[evaluate] hardware {entry}: the config's name")  # names folders
+        if label in hardware:
+            raise SpecError(f"[evaluate] hardware: two configs are named {label}")
+        hardware[label] = config.to_dict()
     if not hardware:
         raise SpecError("[evaluate] hardware is empty")
     noise_scales = tuple(noise_levels(evaluate.get("noise_scales", "0,log:1e-2:1e2:9"), "[evaluate] noise_scales"))
@@ -191,8 +191,8 @@ def parse_spec(raw: dict[str, Any], text: str = "") -> Spec:
 
     train_cells = tuple(_train_cell(data, arch, method, seed, {**train, **per_arch.get(arch, {})})
                         for arch in archs for method in methods for seed in seeds)
-    eval_cells = tuple(_eval_cell(cell, name_, config, noise_scales, run)
-                       for cell in train_cells for name_, config in hardware.items())
+    eval_cells = tuple(_eval_cell(cell, label, config, noise_scales, run)
+                       for cell in train_cells for label, config in hardware.items())
     return Spec(name=name, description=str(study.get("description", "")), data=data, archs=archs, seeds=seeds,
                 methods=methods, hardware=hardware, noise_scales=noise_scales, report_levels=report_levels,
                 evaluate=run, train_cells=train_cells, eval_cells=eval_cells, text=text)
