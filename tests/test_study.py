@@ -106,6 +106,8 @@ def _no_work(monkeypatch) -> None:
     (("repeats = 2", "repeats = 0"), "[evaluate] repeats must be an integer >= 1"),
     (("epochs = 2", "epochs = \"two\""), "method baseline, arch mlp:"),
     (("[[method]]", "[[methodz]]"), "unknown key 'methodz'"),
+    (('data = "digits"', 'data = "digitz"'), "[study] data: unknown data 'digitz'"),
+    (('preset = "hardening-additive"', 'preset = "hardening-additive"\nconfig = "x.toml"'), "not both"),
 ])
 def test_a_bad_spec_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, change, message) -> None:
     path = tmp_path / "bad.toml"

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from analog_onnx.errors import AnalogError
-from analog_onnx.study.cells import Task, read_record, run_task
+from analog_onnx.study.cells import Task, read_record, run_task, write_text
 from analog_onnx.study.spec import EvalCell, Spec, TrainCell
 
 BACKENDS = ("local", "ray")
@@ -52,13 +52,13 @@ def run_study(spec: Spec, out: str | Path, *, workers: int = 1, backend: str = "
     started = time.perf_counter()
     root = Path(out).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
-    (root / SPEC_COPY).write_text(spec.text)
+    write_text(root / SPEC_COPY, spec.text)
     run = StudyRun()
     pending_train = [c for c in spec.train_cells if read_record(root / c.folder, c.key) is None]
     waiting = {c.key for c in pending_train}
     pending_eval = [c for c in spec.eval_cells if read_record(root / c.folder, c.key) is None]
     run.skipped = len(spec.train_cells) + len(spec.eval_cells) - len(pending_train) - len(pending_eval)
-    board = Board(spec, root)
+    board = Board(spec, waiting | {c.key for c in pending_eval})
     threads = max(1, _cores() // workers) if backend == "local" else 1
     if not pending_train and not pending_eval:
         run.seconds = time.perf_counter() - started
@@ -167,11 +167,9 @@ def _ray(workers: int, address: str | None) -> Iterator[Submit]:
 class Board:
     """The live view: one row per (architecture, method), trained and evaluated cells of its seeds."""
 
-    def __init__(self, spec: Spec, root: Path) -> None:
+    def __init__(self, spec: Spec, pending: set[str]) -> None:
         self.spec = spec
-        self.state: dict[str, str] = {}
-        for cell in (*spec.train_cells, *spec.eval_cells):
-            self.state[cell.key] = "done" if read_record(root / cell.folder, cell.key) else "waiting"
+        self.state = {c.key: "waiting" if c.key in pending else "done" for c in (*spec.train_cells, *spec.eval_cells)}
         self.live: Live | None = None
         self.console: Console | None = None
 

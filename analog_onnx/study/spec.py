@@ -46,6 +46,7 @@ from typing import Any
 import tomllib
 
 from analog_onnx.config import AnalogConfig, resolve_config
+from analog_onnx.data import READERS
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.levels import noise_levels
 
@@ -149,6 +150,9 @@ def parse_spec(raw: dict[str, Any], text: str = "") -> Spec:
     _known(study, _STUDY_FIELDS, "[study]")
     name = _label(_required(study, "name", "[study]"), "[study] name")
     data = _required(study, "data", "[study]")
+    if not isinstance(data, str) or data.partition(":")[0] not in READERS:
+        kinds = ", ".join(sorted(READERS))
+        raise SpecError(f"[study] data: unknown data {data!r}; use KIND[:PATH] with KIND one of {kinds}")
     archs = tuple(_string_list(_required(study, "archs", "[study]"), "[study] archs"))
     if not archs:
         raise SpecError("[study] archs is empty")
@@ -234,10 +238,10 @@ def _method(entry: Any, index: int) -> Method:
     _known(entry, {"name", "kind"} | _METHOD_FIELDS, where)
     settings = {k: v for k, v in entry.items() if k in _METHOD_FIELDS - {"preset", "config", "set"}}
     train_hardware = "none"
+    if "preset" in entry and "config" in entry:
+        raise SpecError(f"{where}: give preset or config, not both")
     if "preset" in entry or "config" in entry:
         config = _hardware(entry.get("preset") or entry.get("config"), where, overrides=entry.get("set", []))
-        if "preset" in entry and "config" in entry:
-            raise SpecError(f"{where}: give preset or config, not both")
         settings["hardware"] = config.to_dict()
         train_hardware = config.name
     elif "set" in entry:
