@@ -7,7 +7,13 @@ import sys
 
 import typer
 
-from analog_onnx.commands import evaluate_commands, kernel_commands, model_commands, train_commands
+from analog_onnx.commands import (
+    evaluate_commands,
+    kernel_commands,
+    model_commands,
+    study_commands,
+    train_commands,
+)
 from analog_onnx.errors import AnalogError
 
 app = typer.Typer(
@@ -24,7 +30,7 @@ def _root() -> None:
     """Keep ``analog-onnx COMMAND`` a command group even while it has one command."""
 
 
-for module in (model_commands, evaluate_commands, kernel_commands, train_commands):
+for module in (model_commands, evaluate_commands, kernel_commands, train_commands, study_commands):
     module.register(app)
 
 

@@ -27,6 +27,8 @@ def train(
     noise_scale: float = typer.Option(1.0, "--noise-scale", help="NIT noise level: the transform's noise_scale "
                                       "(multiplies every sigma of the config); also the level of the noisy metric."),
     ramp_epochs: float = typer.Option(0.0, "--ramp-epochs", help="NIT: grow the noise linearly from 0 over N epochs."),
+    noise_spread: float = typer.Option(0.0, "--noise-spread", help="NIT, variance-aware: each batch trains at "
+                                       "level * max(0, 1 + spread * z), z standard normal (0: the level itself)."),
     bits: int = typer.Option(8, "--bits", help="QAT: activation bits (unsigned, after each ReLU)."),
     act_scale: float = typer.Option(1 / 16, "--act-scale", help="QAT: fixed activation step; max is (2^bits-1)*step."),
     weight_bits: int = typer.Option(0, "--weight-bits", help="QAT: signed weight bits (0: same as --bits)."),
@@ -63,8 +65,9 @@ def train(
     config = TrainConfig(arch=arch, data=data, out=str(out), method=method, epochs=epochs, batch_size=batch_size,
                          optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
                          seed=seed, device=device, amp=amp, augment=augment, hardware=hardware,
-                         noise_scale=noise_scale, ramp_epochs=ramp_epochs, bits=bits, act_scale=act_scale,
-                         weight_bits=weight_bits, eval_repeats=eval_repeats, limit=limit, export=export)
+                         noise_scale=noise_scale, ramp_epochs=ramp_epochs, noise_spread=noise_spread, bits=bits,
+                         act_scale=act_scale, weight_bits=weight_bits, eval_repeats=eval_repeats, limit=limit,
+                         export=export)
     run_training(config, resume=resume, force=force, progress=progress)
 
 

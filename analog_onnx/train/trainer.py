@@ -80,6 +80,7 @@ class TrainConfig:
     hardware: dict[str, Any] | None = None  # AnalogConfig.to_dict(): the noise NIT trains with
     noise_scale: float = 1.0  # the transform's noise_scale NIT trains at (and noisy accuracy uses)
     ramp_epochs: float = 0.0  # NIT: noise grows linearly from 0 over this many epochs
+    noise_spread: float = 0.0  # NIT: each batch trains at level * max(0, 1 + spread * z), z ~ N(0, 1)
     bits: int = 8  # QAT activation bits
     act_scale: float = 1 / 16  # QAT activation step
     weight_bits: int = 0  # QAT weight bits; 0 = bits
@@ -112,8 +113,8 @@ class TrainConfig:
                 raise AnalogError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_repeats < 1:
             raise AnalogError("epochs, batch size and eval repeats must be >= 1")
-        if self.noise_scale < 0 or self.ramp_epochs < 0 or self.lr < 0 or self.weight_decay < 0:
-            raise AnalogError("noise scale, ramp epochs, learning rate and weight decay must be >= 0")
+        if min(self.noise_scale, self.ramp_epochs, self.noise_spread, self.lr, self.weight_decay) < 0:
+            raise AnalogError("noise scale, ramp epochs, noise spread, learning rate and weight decay must be >= 0")
         hardware = self.hardware_config()
         if self.uses_noise and (hardware is None or not hardware.has_noise or self.noise_scale == 0):
             raise AnalogError(f"method {self.method} trains with noise: give a hardware config with noise "
@@ -199,6 +200,19 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return resolved
 
 
+def batch_noise_level(target: float, spread: float, generator: torch.Generator) -> float:
+    """The level one training batch sees: ``target``, or with ``spread`` > 0 a draw around it.
+
+    Variance-aware noisy training (Wang et al., arXiv 2503.16183): noise in the field changes
+    (temperature, drift), so each batch trains at ``target * max(0, 1 + spread * z)`` with a
+    fresh standard normal ``z``, and the model learns a range of levels centred on the target.
+    """
+    if spread == 0:
+        return target
+    z = float(torch.randn((), generator=generator))
+    return target * max(0.0, 1.0 + spread * z)
+
+
 def _seed_for(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 1009 + rank) % (2**63)
 
@@ -274,6 +288,7 @@ class _Run:
         return {"arch": self.arch, "data": c.data, "method": c.method, "epochs": c.epochs, "seed": c.seed,
                 "optimizer": c.optimizer, "lr": c.learning_rate, "batch_size": c.batch_size,
                 "noise_scale": c.noise_scale if c.uses_noise else 0.0, "ramp_epochs": c.ramp_epochs,
+                "noise_spread": c.noise_spread,
                 "qat": self.qat.to_dict() if self.qat else None, "hardware": c.hardware,
                 "best": self.best, "analog_onnx_version": __version__}
 
@@ -312,7 +327,7 @@ class _Run:
         return TrainResult(self.out, self.history, self.best, model_path, self.model)
 
     def _noise_level(self, progress_epochs: float) -> float:
-        """The noise scale NIT trains with after ``progress_epochs`` epochs (the linear ramp)."""
+        """The noise scale NIT aims at after ``progress_epochs`` epochs (the linear ramp)."""
         c = self.config
         if not c.uses_noise:
             return 0.0
@@ -323,6 +338,7 @@ class _Run:
         seed = _seed_for(c.seed, epoch, w.rank)
         torch.manual_seed(seed)  # noise draws
         generator = torch.Generator(w.device).manual_seed(seed)  # augmentation
+        spread_draws = torch.Generator().manual_seed(seed)  # per-batch noise levels (variance-aware NIT)
         self.net.train()
         if self.hardware is not None:
             self.hardware.level.active = c.uses_noise
@@ -334,7 +350,8 @@ class _Run:
                                     world=w.world)
             for step, index in enumerate(batches):
                 if self.hardware is not None and c.uses_noise:
-                    self.hardware.level.scale = self._noise_level(epoch + step / self.steps)
+                    target = self._noise_level(epoch + step / self.steps)
+                    self.hardware.level.scale = batch_noise_level(target, c.noise_spread, spread_draws)
                 index = index.to(w.device)
                 x = self.normalization.apply(augment(self.train_data.x[index], self.augmentation, generator))
                 y = self.train_data.y[index]

@@ -1,0 +1,98 @@
+"""Running one cell: train a model, or evaluate a trained model on one hardware.
+
+A cell is a folder; ``record.json`` in it is written last, atomically, and means "done". A rerun
+skips a folder with a record whose key matches. A training folder without a record but with a
+``last.pt`` was interrupted and continues from its last epoch (the trainer's resume); any other
+partial folder starts over. The functions here run in worker processes (or Ray tasks), so they
+take and return plain data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RECORD = "record.json"
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a worker needs to run one cell."""
+
+    kind: str  # "train" or "evaluate"
+    label: str  # for the progress display
+    folder: str  # absolute
+    key: str
+    settings: dict[str, Any]
+    model: str | None = None  # evaluate: the trained model.onnx
+    data: str | None = None  # evaluate: the data spec
+    threads: int = 1
+
+
+def read_record(folder: str | Path, key: str) -> dict[str, Any] | None:
+    """The cell's record when it is done with these settings, else None."""
+    path = Path(folder) / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("key") == key and record.get("status") == "done" else None
+
+
+def write_text(path: Path, text: str | bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place: never half a file."""
+    mode = "wb" if isinstance(text, bytes) else "w"
+    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def run_task(task: Task) -> dict[str, Any]:
+    """Run one cell and write its record; returns the record."""
+    started = time.perf_counter()
+    folder = Path(task.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    result = _train(task, folder) if task.kind == "train" else _evaluate(task, folder)
+    record = {"key": task.key, "status": "done", "kind": task.kind, "settings": task.settings,
+              "seconds": time.perf_counter() - started, **result}
+    write_json(folder / RECORD, record)
+    return record
+
+
+def _train(task: Task, folder: Path) -> dict[str, Any]:
+    import torch
+
+    from analog_onnx.train.trainer import TrainConfig, train
+
+    torch.set_num_threads(task.threads)
+    config = TrainConfig(**task.settings, out=str(folder))
+    resume = (folder / "last.pt").is_file()
+    result = train(config, resume=resume, force=not resume, progress=False, verbose=False)
+    return {"resumed": resume, "best": result.best, "last": result.history[-1],
+            "model": str(Path(result.model_path).relative_to(folder)) if result.model_path else None}
+
+
+def _evaluate(task: Task, folder: Path) -> dict[str, Any]:
+    from analog_onnx.config import AnalogConfig
+    from analog_onnx.evaluate import RunSettings, evaluate
+
+    s = task.settings
+    settings = RunSettings(repeats=s["repeats"], seed=s["seed"], batch_size=s["batch_size"], top_k=None,
+                           threads=task.threads)
+    assert task.model is not None and task.data is not None
+    report = evaluate(task.model, task.data, config=AnalogConfig.from_dict(s["hardware"]),
+                      noise_scales=s["noise_scales"], settings=settings, limit=s["limit"])
+    model = report.models[0]
+    return {"chance_accuracy": report.chance_accuracy, "clean_accuracy": model.clean_accuracy,
+            "midpoint_noise": model.midpoint.noise, "midpoint_status": model.midpoint.status,
+            "points": [{"noise_scale": p.noise_scale, "accuracies": list(p.accuracies)} for p in model.points],
+            "notes": list(report.notes)}

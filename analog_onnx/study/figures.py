@@ -1,0 +1,130 @@
+"""The study's figures (PNG, matplotlib's Agg canvas, no pyplot state):
+
+- ``accuracy_vs_noise-HW.png``: one panel per architecture, accuracy against noise scale with a
+  band (95% interval over seeds) per method;
+- ``midpoint_by_depth-HW.png``: midpoint noise level per method against the architectures
+  ordered by depth, with 95% intervals;
+- ``cross_hardware.png``: per architecture, the midpoint of each method relative to the baseline
+  (geometric mean of the per-seed ratios, as in the comparison table), methods (with the hardware
+  they trained for) x evaluation hardware.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from analog_onnx.study.cells import write_text
+from analog_onnx.study.results import Results
+from analog_onnx.study.spec import DEPTH
+
+
+def draw_figures(results: Results, folder: Path) -> list[Path]:
+    if not results.rows:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for hardware in results.spec.hardware:
+        paths.append(_save(_accuracy_vs_noise(results, hardware), folder / f"accuracy_vs_noise-{hardware}.png"))
+        paths.append(_save(_midpoint_by_depth(results, hardware), folder / f"midpoint_by_depth-{hardware}.png"))
+    paths.append(_save(_cross_hardware(results), folder / "cross_hardware.png"))
+    return paths
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    write_text(path, buffer.getvalue())
+    return path
+
+
+def _accuracy_vs_noise(results: Results, hardware: str) -> Figure:
+    archs = results.spec.archs
+    figure = Figure(figsize=(4 * len(archs), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(archs), squeeze=False)[0]
+    for ax, arch in zip(axes, archs, strict=True):
+        for method in results.spec.methods:
+            row = results.row(arch, method.name, hardware)
+            if row is None:
+                continue
+            points = [(s, stat) for s, stat in row.curve if s > 0]
+            scales = np.array([s for s, _ in points])
+            mean = np.array([stat.mean for _, stat in points])
+            (line,) = ax.plot(scales, mean, marker="o", markersize=2.5, label=method.name)
+            if all(stat.low is not None for _, stat in points):
+                ax.fill_between(scales, [stat.low for _, stat in points], [stat.high for _, stat in points],
+                                color=line.get_color(), alpha=0.18, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(arch)
+        ax.set_xlabel("noise scale")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[-1].legend(fontsize="small")
+    figure.suptitle(f"{results.spec.name}: evaluated on {hardware} (bands: 95% interval over seeds)")
+    return figure
+
+
+def _midpoint_by_depth(results: Results, hardware: str) -> Figure:
+    archs = sorted(results.spec.archs, key=lambda a: DEPTH.get(a, 0))
+    figure = Figure(figsize=(6, 3.8), layout="constrained")
+    ax = figure.add_subplot()
+    methods = results.spec.methods
+    width = 0.8 / max(1, len(methods))
+    for i, method in enumerate(methods):
+        xs, means, errors = [], [], []
+        for j, arch in enumerate(archs):
+            row = results.row(arch, method.name, hardware)
+            stat = row.midpoint if row else None
+            if stat is None:
+                continue
+            xs.append(j + (i - (len(methods) - 1) / 2) * width)
+            means.append(stat.mean)
+            low, high = (stat.low, stat.high) if stat.low is not None else (stat.mean, stat.mean)
+            errors.append((stat.mean - max(low, 1e-12), high - stat.mean))
+        if xs:
+            ax.errorbar(xs, means, yerr=np.array(errors).T, fmt="o", capsize=2, label=method.name)
+    ax.set_xticks(range(len(archs)), [f"{a}\n(depth {DEPTH.get(a, '?')})" for a in archs])
+    ax.set_yscale("log")
+    ax.set_ylabel("midpoint noise level")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="small")
+    ax.set_title(f"{results.spec.name}: midpoint on {hardware}\n(95% interval over seeds)", fontsize=10)
+    return figure
+
+
+def _cross_hardware(results: Results) -> Figure:
+    spec = results.spec
+    hardware = list(spec.hardware)
+    methods = list(spec.methods)
+    figure = Figure(figsize=(2.2 + 1.6 * len(hardware) * len(spec.archs), 0.8 + 0.45 * len(methods)),
+                    layout="constrained")
+    axes = figure.subplots(1, len(spec.archs), squeeze=False)[0]
+    baseline = next((m.name for m in methods if m.kind == "baseline"), None)
+    ratios = {(c.arch, c.method, c.hardware): c.log10_ratio.mean for c in results.comparisons
+              if c.versus == baseline and c.log10_ratio is not None}
+    for ax, arch in zip(axes, spec.archs, strict=True):
+        grid = np.full((len(methods), len(hardware)), np.nan)
+        for i, method in enumerate(methods):
+            for j, hw in enumerate(hardware):
+                if method.name == baseline and results.row(arch, method.name, hw):
+                    grid[i, j] = 0.0
+                elif (arch, method.name, hw) in ratios:
+                    grid[i, j] = ratios[(arch, method.name, hw)] * math.log2(10)
+        limit = max(1.0, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 1.0
+        ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            ax.text(j, i, "-" if np.isnan(value) else f"x{2**value:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(hardware)), hardware, fontsize=7, rotation=15)
+        labels = [f"{m.name} ({m.train_hardware})" for m in methods] if ax is axes[0] else [""] * len(methods)
+        ax.set_yticks(range(len(methods)), labels, fontsize=7)
+        ax.set_title(arch, fontsize=9)
+    figure.suptitle(f"{spec.name}: midpoint / baseline midpoint; rows: method (trained for), columns: evaluated on",
+                    fontsize=9)
+    return figure

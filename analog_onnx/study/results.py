@@ -1,0 +1,281 @@
+"""What a study found, from the records of its finished cells: ``study.json``, ``study.csv``,
+``summary.md`` and the figures.
+
+Seeds are the unit of comparison: a seed's accuracy at a noise level is the mean over its Monte
+Carlo repeats, and means and 95% intervals (Student t) are taken over seeds. Methods are
+compared per seed (the same seed initializes every method and draws the same evaluation noise),
+on the log of the midpoint noise level: the ratio of midpoints with its 95% interval, and the
+verdict "within interval" when that interval includes 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from analog_onnx.evaluate.metrics import summarize
+from analog_onnx.study.cells import read_record, write_json, write_text
+from analog_onnx.study.spec import DEPTH, Method, Spec
+
+NOISE_KINDS = ("nit", "qat+nit")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and 95% interval over seeds (no interval from a single seed)."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat | None:
+        if not values:
+            return None
+        s = summarize(values)
+        return cls(s.mean, *(s.ci95 if s.ci95 else (None, None)), len(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "ci95": [self.low, self.high] if self.low is not None else None, "n": self.n}
+
+    def text(self, digits: int = 3) -> str:
+        interval = f" [{self.low:.{digits}g}, {self.high:.{digits}g}]" if self.low is not None else ""
+        return f"{self.mean:.{digits}g}{interval}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (architecture, method, evaluation hardware) over its seeds."""
+
+    arch: str
+    method: Method
+    hardware: str
+    seeds: tuple[int, ...]  # seeds with a finished evaluation
+    clean: Stat | None
+    curve: tuple[tuple[float, Stat], ...]  # (noise scale, accuracy over seeds)
+    midpoints: tuple[float | None, ...]  # per seed
+    statuses: tuple[str, ...]
+
+    @property
+    def midpoint(self) -> Stat | None:
+        """Only when every seed has one: a mean over the seeds that happen to cross would flatter."""
+        found = [m for m in self.midpoints if m is not None]
+        return Stat.of(found) if found and len(found) == len(self.midpoints) else None
+
+    def accuracy_at(self, level: float) -> Stat | None:
+        return next((stat for scale, stat in self.curve if scale == level), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        midpoint = self.midpoint
+        return {"arch": self.arch, "depth": DEPTH.get(self.arch), "method": self.method.name,
+                "kind": self.method.kind, "train_hardware": self.method.train_hardware, "hardware": self.hardware,
+                "seeds": list(self.seeds), "clean_accuracy": self.clean.to_dict() if self.clean else None,
+                "midpoint_noise": midpoint.to_dict() if midpoint else None,
+                "midpoints_per_seed": list(self.midpoints), "midpoint_statuses": list(self.statuses),
+                "accuracy": [{"noise_scale": scale, **stat.to_dict()} for scale, stat in self.curve]}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``method`` against ``versus`` on one (arch, hardware): ratio of midpoints, paired by seed."""
+
+    arch: str
+    hardware: str
+    method: str
+    versus: str
+    log10_ratio: Stat | None  # None when a seed has no midpoint for either method
+
+    @property
+    def verdict(self) -> str:
+        r = self.log10_ratio
+        if r is None:
+            return "no midpoint"
+        if r.low is None:
+            return "one seed: no interval"
+        if r.low > 0:
+            return "more robust"
+        if r.high < 0:
+            return "less robust"
+        return "within interval"
+
+    def text(self) -> str:
+        r = self.log10_ratio
+        if r is None:
+            return "-"
+        interval = f" [{10**r.low:.2f}, {10**r.high:.2f}]" if r.low is not None else ""
+        return f"x{10**r.mean:.2f}{interval}"
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.log10_ratio
+        return {"arch": self.arch, "hardware": self.hardware, "method": self.method, "versus": self.versus,
+                "midpoint_ratio": 10**r.mean if r else None,
+                "midpoint_ratio_ci95": [10**r.low, 10**r.high] if r and r.low is not None else None,
+                "verdict": self.verdict}
+
+
+@dataclass(frozen=True)
+class Results:
+    spec: Spec
+    rows: tuple[Row, ...]
+    comparisons: tuple[Comparison, ...]
+    missing: int  # cells of the spec that are not done
+
+    def row(self, arch: str, method: str, hardware: str) -> Row | None:
+        return next((r for r in self.rows if (r.arch, r.method.name, r.hardware) == (arch, method, hardware)), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.spec
+        return {"study": s.name, "description": s.description, "data": s.data, "archs": list(s.archs),
+                "seeds": list(s.seeds), "hardware": list(s.hardware), "noise_scales": list(s.noise_scales),
+                "report_levels": list(s.report_levels), "evaluate": s.evaluate,
+                "methods": [{"name": m.name, "kind": m.kind, "train_hardware": m.train_hardware,
+                             "settings": {k: v for k, v in m.settings.items() if k != "hardware"}}
+                            for m in s.methods],
+                "cells_missing": self.missing, "rows": [r.to_dict() for r in self.rows],
+                "comparisons": [c.to_dict() for c in self.comparisons]}
+
+
+def collect(spec: Spec, root: Path) -> Results:
+    """Read every finished evaluation of ``spec`` in ``root`` and aggregate over seeds."""
+    records = {}
+    for cell in spec.eval_cells:
+        record = read_record(root / cell.folder, cell.key)
+        if record is not None:
+            records[(cell.train.arch, cell.train.method.name, cell.hardware, cell.train.seed)] = record
+    missing = sum(read_record(root / c.folder, c.key) is None for c in (*spec.train_cells, *spec.eval_cells))
+    rows = []
+    for arch in spec.archs:
+        for method in spec.methods:
+            for hardware in spec.hardware:
+                found = {seed: records[(arch, method.name, hardware, seed)] for seed in spec.seeds
+                         if (arch, method.name, hardware, seed) in records}
+                if found:
+                    rows.append(_row(arch, method, hardware, found, spec.noise_scales))
+    return Results(spec, tuple(rows), tuple(_comparisons(spec, rows)), missing)
+
+
+def _row(arch: str, method: Method, hardware: str, records: dict[int, dict[str, Any]],
+         levels: Sequence[float]) -> Row:
+    curve = []
+    for level in levels:
+        per_seed = [_mean(p["accuracies"]) for r in records.values() for p in r["points"] if p["noise_scale"] == level]
+        stat = Stat.of(per_seed)
+        if stat is not None:
+            curve.append((level, stat))
+    return Row(arch, method, hardware, tuple(records), Stat.of([r["clean_accuracy"] for r in records.values()]),
+               tuple(curve), tuple(r["midpoint_noise"] for r in records.values()),
+               tuple(r["midpoint_status"] for r in records.values()))
+
+
+def _comparisons(spec: Spec, rows: list[Row]) -> list[Comparison]:
+    """Every method against the baseline, and every noise-trained method against every QAT method."""
+    baselines = [m.name for m in spec.methods if m.kind == "baseline"]
+    qat = [m.name for m in spec.methods if m.kind == "qat"]
+    pairs = [(m.name, b) for b in baselines[:1] for m in spec.methods if m.name != b]
+    pairs += [(m.name, q) for m in spec.methods if m.kind in NOISE_KINDS for q in qat]
+    index = {(r.arch, r.method.name, r.hardware): r for r in rows}
+    out = []
+    for arch in spec.archs:
+        for hardware in spec.hardware:
+            for method, versus in pairs:
+                a, b = index.get((arch, method, hardware)), index.get((arch, versus, hardware))
+                if a is not None and b is not None:
+                    out.append(Comparison(arch, hardware, method, versus, _paired_log_ratio(a, b)))
+    return out
+
+
+def _paired_log_ratio(a: Row, b: Row) -> Stat | None:
+    mine = dict(zip(a.seeds, a.midpoints, strict=True))
+    theirs = dict(zip(b.seeds, b.midpoints, strict=True))
+    seeds = [s for s in a.seeds if s in theirs]
+    if not seeds or any(mine[s] is None or theirs[s] is None for s in seeds):
+        return None
+    return Stat.of([math.log10(mine[s]) - math.log10(theirs[s]) for s in seeds])  # type: ignore[arg-type]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+# -- files ------------------------------------------------------------------------------------
+def write_report(spec: Spec, root: Path) -> Results:
+    """``study.json``, ``study.csv``, ``summary.md`` and ``figures/*.png`` from what is done."""
+    from analog_onnx.study.figures import draw_figures
+
+    results = collect(spec, root)
+    write_json(root / "study.json", results.to_dict())
+    write_text(root / "study.csv", csv_text(results))
+    figures = draw_figures(results, root / "figures")
+    write_text(root / "summary.md", summary_markdown(results, [f.relative_to(root) for f in figures]))
+    return results
+
+
+def csv_text(results: Results) -> str:
+    levels = results.spec.report_levels
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    at = [f"acc_at_{level:g}_{part}" for level in levels for part in ("mean", "ci_low", "ci_high")]
+    writer.writerow(["data", "arch", "depth", "method", "kind", "train_hardware", "hardware", "seeds",
+                     "clean_mean", "clean_ci_low", "clean_ci_high", "midpoint_mean", "midpoint_ci_low",
+                     "midpoint_ci_high", "midpoints_found", *at])
+    for row in results.rows:
+        midpoint = row.midpoint
+        found = sum(m is not None for m in row.midpoints)
+        writer.writerow([results.spec.data, row.arch, DEPTH.get(row.arch, ""), row.method.name, row.method.kind,
+                         row.method.train_hardware, row.hardware, len(row.seeds), *_cells(row.clean),
+                         *_cells(midpoint), f"{found}/{len(row.midpoints)}",
+                         *[v for level in levels for v in _cells(row.accuracy_at(level))]])
+    return buffer.getvalue()
+
+
+def _cells(stat: Stat | None) -> list[str]:
+    if stat is None:
+        return ["", "", ""]
+    return [f"{stat.mean:.6g}", *(f"{v:.6g}" if v is not None else "" for v in (stat.low, stat.high))]
+
+
+def summary_markdown(results: Results, figures: Sequence[Path]) -> str:
+    spec = results.spec
+    lines = [f"# Study {spec.name}", "", spec.description, "",
+             f"Data `{spec.data}`; seeds {', '.join(map(str, spec.seeds))}; noise scales "
+             f"{', '.join(f'{s:g}' for s in spec.noise_scales)}; {spec.evaluate['repeats']} Monte Carlo repeats per "
+             f"seed and level. Mean [95% interval] over seeds."
+             + (f" **{results.missing} cells are not done yet.**" if results.missing else ""), ""]
+    for hardware in spec.hardware:
+        lines += [f"## Evaluated on {hardware}", "", "Midpoint noise level (higher is more robust):", ""]
+        lines += _table(results, hardware, lambda r: r.midpoint.text() if r.midpoint else _statuses(r))
+        lines += ["", "Clean accuracy:", ""]
+        lines += _table(results, hardware, lambda r: _text(r.clean))
+        for level in spec.report_levels:
+            lines += ["", f"Accuracy at noise scale {level:g}:", ""]
+            lines += _table(results, hardware, lambda r, lv=level: _text(r.accuracy_at(lv)))
+        lines += ["", "Midpoint ratio, paired by seed (method / versus):", "",
+                  "| arch | method | versus | ratio [95% interval] | verdict |", "|---|---|---|---|---|"]
+        lines += [f"| {c.arch} | {c.method} | {c.versus} | {c.text()} | {c.verdict} |"
+                  for c in results.comparisons if c.hardware == hardware]
+        lines.append("")
+    lines += ["## Figures", ""] + [f"![{f.stem}]({f.as_posix()})" for f in figures] + [""]
+    return "\n".join(lines)
+
+
+def _text(stat: Stat | None) -> str:
+    return stat.text() if stat is not None else "-"
+
+
+def _statuses(row: Row) -> str:
+    return ", ".join(sorted({s for s, m in zip(row.statuses, row.midpoints, strict=True) if m is None})) or "-"
+
+
+def _table(results: Results, hardware: str, cell: Any) -> list[str]:
+    archs = results.spec.archs
+    lines = ["| method | " + " | ".join(archs) + " |", "|---|" + "---|" * len(archs)]
+    for method in results.spec.methods:
+        values = [results.row(arch, method.name, hardware) for arch in archs]
+        lines.append(f"| {method.name} | " + " | ".join(cell(r) if r else "-" for r in values) + " |")
+    return lines

@@ -1,0 +1,329 @@
+"""A study file (TOML): the grid data x architectures x methods x seeds, and how every trained
+model is evaluated. Parsing checks everything a user can get wrong before any work starts,
+with one line naming the bad key.
+
+Each cell of the grid has a *key*: a short hash of every setting that decides its result (not
+where it runs). A cell's folder is named after its key, so a changed setting gives a new folder
+and the old result is never silently reused.
+
+```toml
+[study]
+name = "paper-digits"
+data = "digits"
+archs = ["mlp", "lenet5"]
+seeds = [0, 1, 2]
+
+[train]                      # TrainConfig fields shared by every training
+epochs = 20
+optimizer = "adam"
+
+[train.per_arch.resnet20]    # overrides for one architecture
+epochs = 10
+
+[[method]]
+name = "nit"                 # a label for tables and folders
+kind = "nit"                 # baseline, qat, nit, qat+nit (the trainer's methods)
+preset = "hardening-additive"
+noise_scale = 0.5
+ramp_epochs = 3
+
+[evaluate]
+hardware = ["hardening-additive", "aihwkit-default"]
+noise_scales = "log:1e-2:1e2:9"
+repeats = 3
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from analog_onnx.config import AnalogConfig, resolve_config
+from analog_onnx.data import READERS
+from analog_onnx.errors import AnalogError
+from analog_onnx.evaluate.levels import noise_levels
+
+
+class SpecError(AnalogError):
+    """The study file is invalid (names the file and the bad key)."""
+
+
+# TrainConfig fields a study sets itself, per cell; the rest may be given in [train]
+_CELL_FIELDS = {"arch", "data", "out", "method", "seed", "hardware", "noise_scale", "ramp_epochs", "noise_spread",
+                "bits", "act_scale", "weight_bits", "export"}
+# what a [[method]] may say besides name and kind
+_METHOD_FIELDS = {"preset", "config", "set", "noise_scale", "ramp_epochs", "noise_spread", "bits", "act_scale",
+                  "weight_bits"}
+_EVALUATE_FIELDS = {"hardware", "noise_scales", "repeats", "seed", "limit", "batch_size", "report_levels"}
+_STUDY_FIELDS = {"name", "data", "archs", "seeds", "description"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # labels become folder names
+# nominal depth (weight layers) of the zoo models, for the midpoint-by-depth figure
+DEPTH = {"mlp": 3, "lenet5": 5, "vgg11": 11, "vgg11_bn": 11, "resnet18": 18, "resnet20": 20, "mobilenetv2": 53}
+
+
+def cell_key(settings: dict[str, Any]) -> str:
+    """A short, stable hash of a cell's settings (canonical JSON)."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str
+    train_hardware: str  # the config's name, or "none" when the method trains without one
+    settings: dict[str, Any]  # TrainConfig fields this method sets (hardware resolved to a dict)
+
+
+@dataclass(frozen=True)
+class TrainCell:
+    """One trained model: (arch, method, seed)."""
+
+    arch: str
+    method: Method
+    seed: int
+    config: dict[str, Any]  # TrainConfig fields without out
+    key: str  # of the config without device: where it trains does not change what it is
+
+    @property
+    def folder(self) -> str:
+        return f"train/{self.arch}-{self.method.name}-s{self.seed}-{self.key}"
+
+
+@dataclass(frozen=True)
+class EvalCell:
+    """One trained model evaluated on one hardware over the noise grid."""
+
+    train: TrainCell
+    hardware: str
+    settings: dict[str, Any]  # hardware config dict, noise scales, repeats, seed, limit, batch size
+    key: str
+
+    @property
+    def folder(self) -> str:
+        t = self.train
+        return f"evaluate/{t.arch}-{t.method.name}-s{t.seed}-{self.hardware}-{self.key}"
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    description: str
+    data: str
+    archs: tuple[str, ...]
+    seeds: tuple[int, ...]
+    methods: tuple[Method, ...]
+    hardware: dict[str, dict[str, Any]]  # evaluation hardware name -> config dict
+    noise_scales: tuple[float, ...]
+    report_levels: tuple[float, ...]
+    evaluate: dict[str, Any]  # repeats, seed, limit, batch_size
+    train_cells: tuple[TrainCell, ...]
+    eval_cells: tuple[EvalCell, ...]
+    text: str  # the TOML as given, copied into the study folder
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"study file {path} does not exist")
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return parse_spec(raw, text)
+    except AnalogError as e:
+        raise SpecError(f"{path}: {e}") from None
+
+
+def parse_spec(raw: dict[str, Any], text: str = "") -> Spec:
+    _known(raw, {"study", "train", "method", "evaluate"}, "top level")
+    study = _table(raw, "study")
+    _known(study, _STUDY_FIELDS, "[study]")
+    name = _label(_required(study, "name", "[study]"), "[study] name")
+    data = _required(study, "data", "[study]")
+    if not isinstance(data, str) or data.partition(":")[0] not in READERS:
+        kinds = ", ".join(sorted(READERS))
+        raise SpecError(f"[study] data: unknown data {data!r}; use KIND[:PATH] with KIND one of {kinds}")
+    archs = tuple(_string_list(_required(study, "archs", "[study]"), "[study] archs"))
+    if not archs:
+        raise SpecError("[study] archs is empty")
+    _distinct(list(archs), "[study] archs")
+    seeds = tuple(_int_list(_required(study, "seeds", "[study]"), "[study] seeds"))
+    train = _table(raw, "train", required=False)
+    per_arch = train.pop("per_arch", {})
+    if not isinstance(per_arch, dict):
+        raise SpecError("[train] per_arch must be a table of tables, e.g. [train.per_arch.resnet20]")
+    _check_train_keys(train, "[train]")
+    for arch, overrides in per_arch.items():
+        if arch not in archs:
+            raise SpecError(f"[train.per_arch.{arch}]: {arch} is not in [study] archs")
+        if not isinstance(overrides, dict):
+            raise SpecError(f"[train.per_arch.{arch}] must be a table")
+        _check_train_keys(overrides, f"[train.per_arch.{arch}]")
+    methods = tuple(_method(entry, i) for i, entry in enumerate(_method_tables(raw)))
+    _distinct([m.name for m in methods], "method names")
+    evaluate = _table(raw, "evaluate")
+    _known(evaluate, _EVALUATE_FIELDS, "[evaluate]")
+    hardware_names = _string_list(_required(evaluate, "hardware", "[evaluate]"), "[evaluate] hardware")
+    hardware = {}
+    for entry in hardware_names:
+        config = _hardware(entry, "[evaluate] hardware")
+        label = _label(config.name, f"[evaluate] hardware {entry}: the config's name")  # names folders
+        if label in hardware:
+            raise SpecError(f"[evaluate] hardware: two configs are named {label}")
+        hardware[label] = config.to_dict()
+    if not hardware:
+        raise SpecError("[evaluate] hardware is empty")
+    noise_scales = tuple(noise_levels(evaluate.get("noise_scales", "0,log:1e-2:1e2:9"), "[evaluate] noise_scales"))
+    report_levels = tuple(noise_levels(evaluate.get("report_levels", [1.0]), "[evaluate] report_levels"))
+    missing = [level for level in report_levels if level not in noise_scales]
+    if missing:
+        raise SpecError(f"[evaluate] report_levels {missing} are not in noise_scales")
+    run = {"repeats": _int(evaluate.get("repeats", 3), "[evaluate] repeats", 1),
+           "seed": _int(evaluate.get("seed", 0), "[evaluate] seed", 0),
+           "limit": _int(evaluate["limit"], "[evaluate] limit", 1) if "limit" in evaluate else None,
+           "batch_size": _int(evaluate.get("batch_size", 256), "[evaluate] batch_size", 1)}
+
+    train_cells = tuple(_train_cell(data, arch, method, seed, {**train, **per_arch.get(arch, {})})
+                        for arch in archs for method in methods for seed in seeds)
+    eval_cells = tuple(_eval_cell(cell, label, config, noise_scales, run)
+                       for cell in train_cells for label, config in hardware.items())
+    return Spec(name=name, description=str(study.get("description", "")), data=data, archs=archs, seeds=seeds,
+                methods=methods, hardware=hardware, noise_scales=noise_scales, report_levels=report_levels,
+                evaluate=run, train_cells=train_cells, eval_cells=eval_cells, text=text)
+
+
+def _train_cell(data: str, arch: str, method: Method, seed: int, train: dict[str, Any]) -> TrainCell:
+    from analog_onnx.train.trainer import TrainConfig
+    from analog_onnx.train.zoo import BUILDERS
+
+    if arch not in BUILDERS:
+        raise SpecError(f"[study] archs: unknown architecture {arch!r}; use one of {', '.join(sorted(BUILDERS))}")
+    try:
+        config = TrainConfig(arch=arch, data=data, method=method.kind, seed=seed, **train, **method.settings)
+        config.validate()
+    except (AnalogError, TypeError, ValueError) as e:
+        raise SpecError(f"method {method.name}, arch {arch}: {e}") from None
+    settings = {k: v for k, v in asdict(config).items() if k != "out"}
+    return TrainCell(arch, method, seed, settings, cell_key({k: v for k, v in settings.items() if k != "device"}))
+
+
+def _eval_cell(train: TrainCell, hardware: str, config: dict[str, Any], levels: tuple[float, ...],
+               run: dict[str, Any]) -> EvalCell:
+    settings = {"train": train.key, "hardware": config, "noise_scales": list(levels), **run}
+    return EvalCell(train, hardware, settings, cell_key(settings))
+
+
+def _method(entry: Any, index: int) -> Method:
+    from analog_onnx.train.trainer import METHODS
+
+    where = f"[[method]] #{index + 1}"
+    if not isinstance(entry, dict):
+        raise SpecError(f"{where} must be a table")
+    name = _label(_required(entry, "name", where), f"{where} name")
+    where = f"method {name}"
+    kind = _required(entry, "kind", where)
+    if kind not in METHODS:
+        later = " (hardware-aware training is not in the trainer yet)" if kind == "hwa" else ""
+        raise SpecError(f"{where}: kind {kind!r} is not a training method{later}; use one of {', '.join(METHODS)}")
+    _known(entry, {"name", "kind"} | _METHOD_FIELDS, where)
+    settings = {k: v for k, v in entry.items() if k in _METHOD_FIELDS - {"preset", "config", "set"}}
+    train_hardware = "none"
+    if "preset" in entry and "config" in entry:
+        raise SpecError(f"{where}: give preset or config, not both")
+    if "preset" in entry or "config" in entry:
+        config = _hardware(entry.get("preset") or entry.get("config"), where, overrides=entry.get("set", []))
+        settings["hardware"] = config.to_dict()
+        train_hardware = config.name
+    elif "set" in entry:
+        raise SpecError(f"{where}: set needs a preset or config")
+    return Method(name, kind, train_hardware, settings)
+
+
+def _hardware(entry: Any, where: str, overrides: Any = ()) -> AnalogConfig:
+    """A preset name or a TOML/JSON config file, with optional KEY=VALUE overrides."""
+    if not isinstance(entry, str):
+        raise SpecError(f"{where}: hardware must be a preset name or a config file, got {entry!r}")
+    try:
+        is_file = entry.endswith((".toml", ".json"))
+        return resolve_config(None if is_file else entry, entry if is_file else None,
+                              _string_list(list(overrides), f"{where} set"))
+    except AnalogError as e:
+        raise SpecError(f"{where}: {e}") from None
+
+
+def _method_tables(raw: dict[str, Any]) -> list[Any]:
+    methods = raw.get("method")
+    if not isinstance(methods, list) or not methods:
+        raise SpecError("no methods: add at least one [[method]] table")
+    return methods
+
+
+def _check_train_keys(table: dict[str, Any], where: str) -> None:
+    from analog_onnx.train.trainer import TrainConfig
+
+    allowed = {f.name for f in fields(TrainConfig)} - _CELL_FIELDS
+    _known(table, allowed, where)
+
+
+def _known(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise SpecError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(allowed))}")
+
+
+def _table(raw: dict[str, Any], name: str, required: bool = True) -> dict[str, Any]:
+    if name not in raw:
+        if required:
+            raise SpecError(f"missing [{name}] table")
+        return {}
+    if not isinstance(raw[name], dict):
+        raise SpecError(f"[{name}] must be a table")
+    return dict(raw[name])
+
+
+def _required(table: dict[str, Any], key: str, where: str) -> Any:
+    if key not in table:
+        raise SpecError(f"{where}: missing {key!r}")
+    return table[key]
+
+
+def _label(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise SpecError(f"{where} must be letters, digits, '.', '_', '+' or '-', got {value!r}")
+    return value
+
+
+def _string_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SpecError(f"{where} must be a list of strings")
+    return value
+
+
+def _int_list(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"{where} must be a non-empty list of integers")
+    numbers = [_int(v, where, 0) for v in value]
+    _distinct(numbers, where)
+    return numbers
+
+
+def _int(value: Any, where: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SpecError(f"{where} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _distinct(values: list[Any], where: str) -> None:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise SpecError(f"{where} repeat {', '.join(repeated)}")
