@@ -136,7 +136,12 @@ def test_metadata_records_config_and_sites(exported_models):
     meta = read_analog_metadata(transformed)
     assert meta.config == config
     assert meta.sites == [s.name for s in analog_sites(exported_models["cnn"], config)]
-    assert (meta.noise_scale_input, meta.seed_input) == ("noise_scale", "seed")
+    assert meta.inputs == {"noise_scale": "noise_scale", "seed": "seed", "chip_seed": "chip_seed",
+                           "t_inference": "t_inference"}
+    later = transform_model(exported_models["cnn"], config.with_overrides(["t_inference=86400"]))
+    default = next(i for i in later.graph.initializer if i.name == "t_inference")
+    assert numpy_helper.to_array(default) == np.float32(86400)
+    assert read_analog_metadata(later).config.t_inference == 86400
 
 
 def test_include_exclude_and_keep_digital(exported_models):

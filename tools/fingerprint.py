@@ -74,7 +74,7 @@ def _feeds(session) -> dict[str, np.ndarray]:
 def _outputs(model: onnx.ModelProto, native: bool) -> str:
     session = make_session(model, native=native)
     feeds = _feeds(session)
-    names = {i.name for i in session.get_inputs()}
+    names = {i.name for i in (*session.get_inputs(), *session.get_overridable_initializers())}
     parts = []
     for scale, seed in LEVELS:
         run = dict(feeds)
