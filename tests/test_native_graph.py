@@ -80,6 +80,16 @@ def test_fused_epilogues_compute_what_the_layers_they_replace_do(preset, rng):
                                rtol=1e-4, atol=1e-4)
 
 
+def test_fusion_reads_the_structure_not_the_transforms_tags(rng):
+    model = transform_model(residual_block(rng), load_preset("aihwkit-default"))
+    untagged = onnx.ModelProto()
+    untagged.CopyFrom(model)
+    for node in untagged.graph.node:
+        del node.metadata_props[:]
+    assert epilogues(fuse_epilogues(untagged)) == epilogues(fuse_epilogues(model))
+    assert len(epilogues(fuse_epilogues(untagged))) == 3
+
+
 def test_exported_models_fuse_and_agree(exported_models, rng):
     for name, clean in exported_models.items():
         model = transform_model(clean, load_preset("aihwkit-default"))
