@@ -7,8 +7,8 @@ import json
 import numpy as np
 import onnx
 import pytest
+from helpers import digits_mlp, ort_accuracy
 from onnx import TensorProto, helper
-from test_evaluate_fixtures import digits_mlp, ort_accuracy
 
 from analog_onnx.config import load_preset
 from analog_onnx.data import Dataset, load_dataset

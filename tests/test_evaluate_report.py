@@ -6,8 +6,8 @@ import csv
 import json
 
 import pytest
+from helpers import digits_mlp
 from PIL import Image
-from test_evaluate_fixtures import digits_mlp
 
 from analog_onnx.config import load_preset
 from analog_onnx.errors import AnalogError

@@ -12,10 +12,10 @@ from onnx import helper as h
 from analog_onnx.config import load_preset
 from analog_onnx.native_graph import fold_constant_quantizers, fuse_epilogues, prepare
 from analog_onnx.ops import DOMAIN
-from analog_onnx.runtime import make_session, native_library_path, session_options
+from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
 
-pytestmark = pytest.mark.skipif(native_library_path() is None, reason="native kernels are not built")
+pytestmark = pytest.mark.native
 
 
 def residual_block(rng: np.random.Generator, *, training_bn: bool = False) -> onnx.ModelProto:

@@ -235,7 +235,7 @@ def test_subgraphs_are_left_intact(rng):
 
 def test_opset13_export_and_dynamic_batch(rng):
     import torch
-    from conftest import export_torch
+    from helpers import export_torch
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16, 3))
     model = export_torch(net, torch.randn(1, 3, 4, 4), opset=13)
