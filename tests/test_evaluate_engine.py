@@ -24,7 +24,7 @@ from analog_onnx.evaluate.engine import (
     chip_seed,
     count_correct,
 )
-from analog_onnx.evaluate.report import dumps_json
+from analog_onnx.evaluate.report_files import dumps_json
 from analog_onnx.transform import transform_model
 
 LEVELS = [0.0, 0.1, 1.0, 3.0]
