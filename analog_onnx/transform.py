@@ -90,9 +90,10 @@ def _check_transformable(model: ir.Model) -> None:
 
 
 def analog_sites(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> list[Site]:
-    """The places ``transform_model`` would touch under ``config``, in graph order."""
+    """The places ``transform_model`` would touch under ``config``, in graph order (none when
+    the config enables no effect)."""
     model = _as_ir(model)
-    if not (config.has_noise or config.has_quantization):
+    if not enabled_effects(config):
         return []
     return find_sites(model.graph, config)
 
