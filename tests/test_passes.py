@@ -18,11 +18,13 @@ from analog_onnx.effects import EFFECTS, enabled_effects
 from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.add_controls import CONTROLS, AddControlInputsPass
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
-from analog_onnx.passes.common import INPUTS_KEY, control_inputs
+from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, SITES_KEY, VERSION_KEY, control_inputs
 from analog_onnx.passes.insert_activation_noise import InsertActivationNoisePass
 from analog_onnx.passes.insert_mvm_periphery import InsertMvmPeripheryPass
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.quantize_weights import QuantizeWeightsPass
+from analog_onnx.passes.strip_analog import StripAnalogPass
+from analog_onnx.passes.write_metadata import WriteMetadataPass
 from analog_onnx.transform import read_analog_metadata, strip_model, transform_model
 
 
@@ -167,3 +169,24 @@ def test_duplicate_node_names_in_the_model_get_distinct_inserted_names():
     assert added == ["x/analog_noise", "gemm/analog_noise", "gemm/analog_noise_1"]
     values = [o for n in transformed.graph.node for o in n.output]
     assert len(set(values)) == len(values)
+
+
+def test_metadata_pass_records_config_version_and_sites():
+    config = load_preset("aihwkit-default")
+    work = as_ir(gemm_relu())
+    WriteMetadataPass(config, ["gemm"])(work)
+    assert json.loads(work.metadata_props[CONFIG_KEY]) == config.to_dict()
+    assert json.loads(work.metadata_props[SITES_KEY]) == ["gemm"] and work.metadata_props[VERSION_KEY]
+
+
+def test_strip_pass_removes_what_the_other_passes_added():
+    config = load_preset("aihwkit-default").with_overrides(["weights.bits=4"])
+    work = with_controls(gemm_relu())
+    for make_pass in (QuantizeWeightsPass, InsertMvmPeripheryPass):
+        make_pass(config)(work)
+    AddAnalogFunctionsPass()(work)
+    WriteMetadataPass(config, ["gemm"])(work)
+    StripAnalogPass()(work)
+    assert ops(work) == ["Gemm", "Relu"] and len(work.graph.node(0).inputs) == 3
+    assert [v.name for v in work.graph.inputs] == ["x"] and set(work.graph.initializers) == {"W", "b"}
+    assert not work.functions and DOMAIN not in work.opset_imports and not work.metadata_props

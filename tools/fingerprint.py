@@ -1,6 +1,7 @@
 """Behaviour fingerprint: the numbers a refactoring must not change, as one JSON file.
 
     python tools/fingerprint.py OUT.json [--models DIR]
+    python tools/fingerprint.py --compare BEFORE.json AFTER.json
 
 For every model (the shipped ``models/*.onnx`` and the ``.onnx`` files in ``--models``) and every
 hardware config (each preset and a few variants), it records
@@ -14,7 +15,9 @@ hardware config (each preset and a few variants), it records
 - ``demo``: the demo's sweep (both shipped LeNet-5s, hardening-additive, 13 levels, 5 repeats,
   seed 0) and a per-site sensitivity, as their report dicts.
 
-Two files from before and after a change are compared with ``diff`` or ``cmp``.
+``--compare`` lists every entry that differs between two such files (a path per difference) and
+exits 1 when there is one. To fingerprint the code before a change, run this script with
+``PYTHONPATH`` pointing at an export of the old commit (``git archive``).
 """
 
 from __future__ import annotations
@@ -136,11 +139,35 @@ def demo_numbers() -> dict:
     return {"evaluate": report.to_dict(), "sensitivity": fragile.to_dict()}
 
 
+def differences(before: object, after: object, path: str = "") -> list[str]:
+    """The paths at which two JSON values differ."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [d for key in sorted(set(before) | set(after), key=str)
+                for d in differences(before.get(key, "<missing>"), after.get(key, "<missing>"), f"{path}/{key}")]
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [d for i, (b, a) in enumerate(zip(before, after, strict=True)) for d in differences(b, a, f"{path}/{i}")]
+    return [] if before == after else [f"{path}: {before!r} -> {after!r}"]
+
+
+def compare(before_path: str, after_path: str) -> int:
+    before, after = (json.loads(Path(p).read_text()) for p in (before_path, after_path))
+    found = differences(before, after)
+    print("\n".join(found))
+    print(f"{len(before['models'])} model/config pairs, {len(before['twins'])} twins, demo sweep and sensitivity: "
+          f"{len(found)} differences", file=sys.stderr)
+    return 1 if found else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out")
+    parser.add_argument("out", nargs="?")
     parser.add_argument("--models", help="a folder of more .onnx models")
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
     args = parser.parse_args()
+    if args.compare:
+        sys.exit(compare(*args.compare))
+    if not args.out:
+        parser.error("give OUT.json or --compare BEFORE AFTER")
     paths = sorted((ROOT / "models").glob("*.onnx"))
     if args.models:
         paths += sorted(Path(args.models).glob("*.onnx"))
