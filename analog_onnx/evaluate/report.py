@@ -141,6 +141,8 @@ class SiteResult:
 
 @dataclass(frozen=True)
 class SensitivityReport:
+    """The result of :func:`analog_onnx.evaluate.sensitivity`; ``to_dict`` is ``sensitivity.json``."""
+
     model: str
     source: str
     config: dict[str, Any]
