@@ -3,12 +3,15 @@ registers itself here; heavy imports (torch, ray) happen inside the commands tha
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
 
+from analog_onnx import __version__
 from analog_onnx.commands import evaluate_commands, kernel_commands, model_commands, train_commands
 from analog_onnx.errors import AnalogError
+from analog_onnx.text import printable
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -18,20 +21,36 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"analog-onnx {__version__}")
+        raise typer.Exit()
+
 
 @app.callback()
-def _root() -> None:
-    """Keep ``analog-onnx COMMAND`` a command group even while it has one command."""
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Make deep networks ready for analog AI hardware: transform, evaluate, train."""
 
 
 for module in (model_commands, evaluate_commands, kernel_commands, train_commands):
     module.register(app)
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C does, so every ``finally`` runs (no temp files left behind)."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Entry point: a user mistake is one line on stderr and exit status 2, never a traceback."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except AnalogError as error:
-        print(f"analog-onnx: error: {error}", file=sys.stderr)
+        print(f"analog-onnx: error: {printable(str(error))}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

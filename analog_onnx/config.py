@@ -20,6 +20,7 @@ import tomli_w
 import tomllib
 
 from analog_onnx.errors import ConfigError
+from analog_onnx.files import write_text
 
 PLACEMENTS = ("activations", "mvm")
 NOISE_MANAGEMENT = ("abs_max", "none")
@@ -118,7 +119,7 @@ class AnalogConfig:
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else self.to_toml())
+        write_text(path, json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else self.to_toml(), force=True)
 
     # -- changes -------------------------------------------------------------------------
     def with_overrides(self, assignments: list[str]) -> AnalogConfig:

@@ -8,9 +8,7 @@ into one clear :class:`~analog_onnx.errors.ModelError` and never leave half-writ
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
 from analog_onnx.errors import ModelError
+from analog_onnx.files import atomic_output, atomic_outputs
 from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.add_controls import AddControlInputsPass
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
@@ -148,54 +147,37 @@ def load_model(path: str | Path) -> onnx.ModelProto:
 
 def save_model(model: onnx.ModelProto, path: str | Path, *, force: bool = False,
                inputs: Collection[str | Path] = (), external_data: bool = False) -> None:
-    """Write atomically: a temp file in the same folder, renamed over the target at the end.
-
-    Refuses to overwrite any of ``inputs``, or an existing file without ``force``.
-    """
+    """Write atomically (:mod:`analog_onnx.files`): never over one of ``inputs``, over an existing
+    file only with ``force``. With ``external_data`` every tensor, subgraphs' included, goes into
+    ``PATH.data`` beside the model, which is checked and replaced together with it."""
     path = Path(path)
-    for source in inputs:
-        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
-            raise ModelError(f"output {path} is the input; choose another -o")
-    if path.exists() and not force:
-        raise ModelError(f"output {path} exists; pass --force to overwrite it")
-    if not path.parent.is_dir():
-        raise ModelError(f"output folder {path.parent} does not exist")
-    data_name = f"{path.name}.data"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        if external_data:
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=f"{Path(tmp).name}.data", size_threshold=1024)
-            os.replace(f"{tmp}.data", path.parent / data_name)
-            _relocate_external_data(tmp, data_name)
-        else:
-            onnx.save_model(model, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; outputs get the usual mode
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, f"{tmp}.data"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
+    if not external_data:
+        with atomic_output(path, force=force, inputs=inputs) as scratch:
+            onnx.save_model(model, scratch)
+        return
+    data = path.with_name(f"{path.name}.data")
+    with atomic_outputs(data, path, force=force, inputs=inputs) as (data_scratch, model_scratch):
+        onnx.save_model(model, model_scratch, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=0)
+        data_scratch.touch()  # a model without initializers writes no data file
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers and attribute tensors, in subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _tensors(subgraph)
 
 
-def _relocate_external_data(model_path: str, data_name: str) -> None:
-    """Point the saved model's external tensors at the renamed data file."""
-    model = onnx.load(model_path, load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = data_name
-    onnx.save_model(model, model_path)
-
-
-def has_external_data(path: str | Path) -> bool:
-    """Whether the file keeps tensors outside the .onnx file (then so does our output)."""
+def external_data_files(path: str | Path) -> list[Path]:
+    """The files an ONNX file keeps tensors in, beside it (empty for a self-contained model)."""
     model = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    locations = {entry.value for tensor in _tensors(model.graph)
+                 if tensor.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in tensor.external_data if entry.key == "location"}
+    return sorted(Path(path).parent / location for location in locations)

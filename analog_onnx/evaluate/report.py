@@ -10,15 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.metrics import Midpoint, Summary, summarize
+from analog_onnx.files import write_text, write_with
 
 SCHEMA_VERSION = 1
 
@@ -140,9 +138,9 @@ class EvaluationReport:
 
         folder = prepare_output_dir(out, force=force)
         return [
-            write_atomic(folder / "report.json", lambda f: f.write(dumps_json(self.to_dict()).encode())),
-            write_atomic(folder / "results.csv", lambda f: f.write(self.csv_text().encode())),
-            write_atomic(folder / "accuracy_vs_noise.png", lambda f: accuracy_vs_noise_png(self, f)),
+            write_text(folder / "report.json", dumps_json(self.to_dict()), force=True),
+            write_text(folder / "results.csv", self.csv_text(), force=True),
+            write_with(folder / "accuracy_vs_noise.png", lambda f: accuracy_vs_noise_png(self, f), force=True),
         ]
 
 
@@ -167,16 +165,3 @@ def prepare_output_dir(out: str | Path, *, force: bool) -> Path:
     except OSError as e:
         raise AnalogError(f"cannot create --out {out}: {e.strerror}") from None
     return folder
-
-
-def write_atomic(path: Path, write: Callable[[Any], object]) -> Path:
-    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

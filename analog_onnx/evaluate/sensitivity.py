@@ -20,7 +20,7 @@ from analog_onnx.evaluate.backends import Progress
 from analog_onnx.evaluate.levels import noise_levels
 from analog_onnx.evaluate.metrics import Midpoint, midpoint_noise
 from analog_onnx.evaluate.models import ModelSource, model_names
-from analog_onnx.evaluate.report import NoisePoint, dumps_json, prepare_output_dir, write_atomic
+from analog_onnx.evaluate.report import NoisePoint, dumps_json, prepare_output_dir
 from analog_onnx.evaluate.runner import (
     ConfigLike,
     RunSettings,
@@ -32,6 +32,7 @@ from analog_onnx.evaluate.runner import (
     resolve_config,
     run_grid,
 )
+from analog_onnx.files import write_text, write_with
 from analog_onnx.transform import analog_sites, transform_model
 
 MIDPOINT_STATUS_ORDER = {"below_range": 0, "found": 1, "above_range": 2, "undefined": 3}
@@ -114,8 +115,8 @@ class SensitivityReport:
 
         folder = prepare_output_dir(out, force=force)
         return [
-            write_atomic(folder / "sensitivity.json", lambda f: f.write(dumps_json(self.to_dict()).encode())),
-            write_atomic(folder / "sensitivity.png", lambda f: sensitivity_png(self, f)),
+            write_text(folder / "sensitivity.json", dumps_json(self.to_dict()), force=True),
+            write_with(folder / "sensitivity.png", lambda f: sensitivity_png(self, f), force=True),
         ]
 
 

@@ -5,8 +5,6 @@ epoch), epoch, optimizer, scaler, best."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import torch
 from torch import nn
 
 from analog_onnx.errors import AnalogError
+from analog_onnx.files import atomic_output, first_line
 from analog_onnx.train.zoo import BUILDERS, build_model
 
 FORMAT = "analog-onnx-checkpoint-1"
@@ -21,22 +20,9 @@ CUSTOM_ARCH = "custom"
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write atomically (temp file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": FORMAT, **state}, tmp)
-        os.chmod(tmp, _file_mode())  # mkstemp makes files private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    """Write atomically (:mod:`analog_onnx.files`), replacing the run's previous checkpoint."""
+    with atomic_output(path, force=True) as scratch:
+        torch.save({"format": FORMAT, **state}, scratch)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -46,7 +32,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # pickle, zip and unpickler errors all mean "not our checkpoint"
-        raise AnalogError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise AnalogError(f"{path} is not a readable checkpoint ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise AnalogError(f"{path} is not an analog-onnx training checkpoint")
     return state

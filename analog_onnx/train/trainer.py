@@ -36,6 +36,7 @@ from analog_onnx import __version__
 from analog_onnx.config import AnalogConfig
 from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.errors import AnalogError
+from analog_onnx.files import write_text
 from analog_onnx.train.checkpoint import CUSTOM_ARCH, load_checkpoint, save_checkpoint
 from analog_onnx.train.export import add_metadata, check_export, to_onnx
 from analog_onnx.train.hardware import Hardware, attach_hardware
@@ -409,9 +410,7 @@ class _Run:
         if improved:
             save_checkpoint(state, self.out / "best.pt")
         lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in self.history)
-        tmp = self.out / ".metrics.jsonl.tmp"
-        tmp.write_text(lines)
-        os.replace(tmp, self.out / "metrics.jsonl")
+        write_text(self.out / "metrics.jsonl", lines, force=True)
 
     def _export(self) -> Path:
         """Export ``best.pt`` to ``model.onnx``, checked against torch on test samples."""
