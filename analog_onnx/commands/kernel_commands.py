@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from analog_onnx.text import printable
+
 kernels = typer.Typer(no_args_is_help=True, help="Native onnxruntime kernels of the analog ops (C++).")
 
 
@@ -19,7 +21,7 @@ def build(force: bool = typer.Option(False, "--force", help="Rebuild even when a
     if fresh:
         typer.echo("compiling the native analog kernels ...", err=True)
     path = build_library(force=force)
-    typer.echo(f"{'built' if fresh else 'up to date'}: {path}")
+    typer.echo(printable(f"{'built' if fresh else 'up to date'}: {path}"))
 
 
 @kernels.command()
@@ -33,13 +35,13 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print a JSON obje
         return
     state = "built" if report.built and not report.error else "broken" if report.built else "not built"
     typer.echo(f"native kernels: {state}")
-    typer.echo(f"library:        {report.library}")
+    typer.echo(f"library:        {printable(report.library)}")
     typer.echo(f"onnxruntime:    {report.onnxruntime}")
     if report.built and not report.error:
         typer.echo(f"C API version:  {report.ort_api_version}")
         typer.echo(f"ops:            {report.domain} v{report.opset}: {', '.join(report.ops)}")
     if report.error:
-        typer.echo(f"error:          {report.error} (fix: analog-onnx kernels build --force)")
+        typer.echo(f"error:          {printable(report.error)} (fix: analog-onnx kernels build --force)")
     if not report.built:
         typer.echo("build it with:  analog-onnx kernels build")
 

@@ -12,6 +12,7 @@ import typer
 from analog_onnx import config as cfg
 from analog_onnx.commands.model_commands import ConfigOption, PresetOption, SetOption
 from analog_onnx.errors import AnalogError
+from analog_onnx.text import printable
 
 ARCH_HELP = "mlp, lenet5, resnet20, resnet18, vgg11, vgg11_bn, mobilenetv2."
 
@@ -78,7 +79,7 @@ def export(
 
     output = output or checkpoint.with_suffix(".onnx")
     difference = export_checkpoint(checkpoint, output, force=force)
-    typer.echo(f"wrote {output} (max |onnxruntime - torch| {difference:.2g})")
+    typer.echo(printable(f"wrote {output} (max |onnxruntime - torch| {difference:.2g})"))
 
 
 def register(app: typer.Typer) -> None:

@@ -13,6 +13,7 @@ from analog_onnx.evaluate.backends import Progress as ProgressCallback
 from analog_onnx.evaluate.metrics import Midpoint, Summary
 from analog_onnx.evaluate.report import EvaluationReport
 from analog_onnx.evaluate.sensitivity import SensitivityReport
+from analog_onnx.text import shown
 
 
 @contextmanager
@@ -48,7 +49,8 @@ def print_evaluation(report: EvaluationReport, console: Console) -> None:
     k = report.settings.get("top_k")
     for model in report.models:
         clean = f"clean {model.clean_accuracy:.4f}"
-        title = (f"[bold]{model.name}[/] · config {model.config['name']} ({model.config_source}) · {clean} · "
+        title = (f"[bold]{shown(model.name)}[/] · config {shown(model.config['name'])} ({model.config_source}) · "
+                 f"{clean} · "
                  f"midpoint noise {_midpoint(model.midpoint)}")
         columns = ["noise", "accuracy ± std", "95% CI", "n"] + ([f"top-{k} ± std"] if k else [])
         table = Table(*columns, title=title)
@@ -58,22 +60,22 @@ def print_evaluation(report: EvaluationReport, console: Console) -> None:
             table.add_row(*row, *([_summary(point.topk)] if k and point.topk else []))
         console.print(table)
     console.print(f"chance accuracy {report.chance_accuracy:.4f} · {report.data['samples']} samples of "
-                  f"{report.data['spec']} ({report.data['split']}) · seed {report.settings['seed']}")
-    for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+                  f"{shown(report.data['spec'])} ({report.data['split']}) · seed {report.settings['seed']}")
+    _print_notes(report.notes, console)
 
 
 def print_sensitivity(report: SensitivityReport, console: Console) -> None:
     if report.midpoint_mode:
-        table = Table("rank", "site", "op", "midpoint noise", title=f"[bold]{report.model}[/] · per-site midpoint")
+        title = f"[bold]{shown(report.model)}[/] · per-site midpoint"
+        table = Table("rank", "site", "op", "midpoint noise", title=title)
         for rank, site in enumerate(report.ranked, 1):
-            table.add_row(str(rank), site.name, site.op_type, _midpoint(site.midpoint))
+            table.add_row(str(rank), shown(site.name), shown(site.op_type), _midpoint(site.midpoint))
         table.add_row("", report.all_sites.name, "", _midpoint(report.all_sites.midpoint))
     else:
-        title = f"[bold]{report.model}[/] · noise in one site at scale {report.noise_scale:g}"
+        title = f"[bold]{shown(report.model)}[/] · noise in one site at scale {report.noise_scale:g}"
         table = Table("rank", "site", "op", "accuracy ± std", "drop", title=title)
         for rank, site in enumerate(report.ranked, 1):
-            table.add_row(str(rank), site.name, site.op_type, _summary(site.points[0].accuracy),
+            table.add_row(str(rank), shown(site.name), shown(site.op_type), _summary(site.points[0].accuracy),
                           f"{site.accuracy_drop:+.4f}")
         everything = report.all_sites
         table.add_row("", everything.name, "", _summary(everything.points[0].accuracy),
@@ -81,5 +83,9 @@ def print_sensitivity(report: SensitivityReport, console: Console) -> None:
     console.print(table)
     console.print(f"clean accuracy {report.clean_accuracy:.4f} · chance {report.chance_accuracy:.4f} · "
                   f"seed {report.settings['seed']}")
-    for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+    _print_notes(report.notes, console)
+
+
+def _print_notes(notes: tuple[str, ...], console: Console) -> None:
+    for note in notes:
+        console.print(f"[yellow]note:[/] {shown(note)}")
