@@ -65,7 +65,7 @@ def parse_noise_scales(text: str, flag: str = "--noise-scales") -> list[float]:
     levels: list[float] = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
-            continue
+            raise AnalogError(f"{flag}: empty item in {text!r}")
         if item.startswith(("log:", "lin:")):
             levels += _range(item, flag)
         elif ":" in item:

@@ -113,8 +113,8 @@ class TrainConfig:
                 raise AnalogError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_repeats < 1:
             raise AnalogError("epochs, batch size and eval repeats must be >= 1")
-        if self.noise_scale < 0 or self.ramp_epochs < 0 or self.lr < 0 or self.weight_decay < 0:
-            raise AnalogError("noise scale, ramp epochs, learning rate and weight decay must be >= 0")
+        if not all(0 <= v < math.inf for v in (self.noise_scale, self.ramp_epochs, self.lr, self.weight_decay)):
+            raise AnalogError("noise scale, ramp epochs, learning rate and weight decay must be finite and >= 0")
         hardware = self.hardware_config()
         if self.uses_noise and (hardware is None or not hardware.has_noise or self.noise_scale == 0):
             raise AnalogError(f"method {self.method} trains with noise: give a hardware config with noise "
