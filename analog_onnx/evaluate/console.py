@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -11,7 +11,7 @@ from rich.table import Table
 
 from analog_onnx.evaluate.backends import Progress as ProgressCallback
 from analog_onnx.evaluate.metrics import Midpoint, Summary
-from analog_onnx.evaluate.report import EvaluationReport
+from analog_onnx.evaluate.report import EvaluationReport, NoisePoint
 from analog_onnx.evaluate.sensitivity import SensitivityReport
 from analog_onnx.text import shown
 
@@ -62,6 +62,8 @@ def print_evaluation(report: EvaluationReport, console: Console) -> None:
     console.print(f"chance accuracy {report.chance_accuracy:.4f} · {report.data['samples']} samples of "
                   f"{shown(report.data['spec'])} ({report.data['split']}) · seed {report.settings['seed']}")
     _print_notes(report.notes, console)
+    for model in report.models:
+        _print_nonfinite(model.name, model.points, console)
 
 
 def print_sensitivity(report: SensitivityReport, console: Console) -> None:
@@ -84,6 +86,17 @@ def print_sensitivity(report: SensitivityReport, console: Console) -> None:
     console.print(f"clean accuracy {report.clean_accuracy:.4f} · chance {report.chance_accuracy:.4f} · "
                   f"seed {report.settings['seed']}")
     _print_notes(report.notes, console)
+    for site in (*report.ranked, report.all_sites):
+        _print_nonfinite(site.name, site.points, console)
+
+
+def _print_nonfinite(name: str, points: Sequence[NoisePoint], console: Console) -> None:
+    """Say where outputs were NaN or infinite: those samples were scored as wrong."""
+    bad = [p for p in points if p.nonfinite_outputs]
+    if bad:
+        where = ", ".join(f"{p.nonfinite_outputs} at noise {p.noise_scale:g}" for p in bad)
+        console.print(f"[yellow]note:[/] {shown(name)}: outputs with NaN or infinity (counted as wrong, "
+                      f"summed over repeats): {where}")
 
 
 def _print_notes(notes: tuple[str, ...], console: Console) -> None:

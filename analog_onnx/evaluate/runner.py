@@ -162,7 +162,8 @@ def run_grid(variants: list[Variant], inputs: list[np.ndarray], labels: np.ndarr
         for n, scale in enumerate(noise_scales):
             hits = [counts[Unit(v, n, r, float(scale))] for r in range(settings.repeats)]
             topk = tuple(h.topk / total for h in hits) if top_k is not None else None
-            row.append(NoisePoint(float(scale), tuple(h.top1 / total for h in hits), topk))
+            row.append(NoisePoint(float(scale), tuple(h.top1 / total for h in hits), topk,
+                                  sum(h.nonfinite for h in hits)))
         points.append(row)
     return points
 
