@@ -8,16 +8,17 @@ into one clear :class:`~analog_onnx.errors.ModelError` and never leave half-writ
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
-from analog_onnx.errors import ModelError
-from analog_onnx.files import atomic_output, atomic_outputs
+from analog_onnx.errors import ConfigError, ModelError
+from analog_onnx.files import atomic_output, atomic_outputs, first_line
 from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.add_controls import AddControlInputsPass
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
@@ -48,14 +49,29 @@ def read_analog_metadata(model: onnx.ModelProto | ir.Model) -> AnalogMetadata | 
              else {p.key: p.value for p in model.metadata_props})
     if "analog_onnx.config" not in props:
         return None
-    inputs = json.loads(props.get("analog_onnx.inputs", "{}"))
-    return AnalogMetadata(
-        config=AnalogConfig.from_dict(json.loads(props["analog_onnx.config"])),
-        version=props.get("analog_onnx.version", ""),
-        noise_scale_input=inputs.get("noise_scale", "noise_scale"),
-        seed_input=inputs.get("seed", "seed"),
-        sites=json.loads(props.get("analog_onnx.sites", "[]")),
-    )
+    inputs = _metadata_json(props, "analog_onnx.inputs", "{}", dict)
+    sites = _metadata_json(props, "analog_onnx.sites", "[]", list)
+    try:
+        config = AnalogConfig.from_dict(_metadata_json(props, "analog_onnx.config", "{}", dict))
+    except ConfigError as e:
+        raise ModelError(f"model metadata analog_onnx.config is not a valid config: {e}") from None
+    names = [inputs.get("noise_scale", "noise_scale"), inputs.get("seed", "seed"), *sites]
+    if not all(isinstance(name, str) for name in names):
+        raise ModelError("model metadata analog_onnx.inputs/analog_onnx.sites must hold names (strings)")
+    return AnalogMetadata(config=config, version=str(props.get("analog_onnx.version", "")),
+                          noise_scale_input=names[0], seed_input=names[1], sites=names[2:])
+
+
+def _metadata_json(props: Mapping[str, str], key: str, default: str, kind: type) -> Any:
+    """One JSON metadata entry of the expected kind; anything else is one ModelError naming the key."""
+    try:
+        value = json.loads(props.get(key, default))
+    except (ValueError, RecursionError):
+        raise ModelError(f"model metadata {key} is not valid JSON; the file was not written by analog-onnx "
+                         "or was edited") from None
+    if not isinstance(value, kind):
+        raise ModelError(f"model metadata {key} must be a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def _as_ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
@@ -139,10 +155,28 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf raises several types for truncated or foreign files
-        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"{path} is not an ONNX model (no graph)")
+    try:  # by path: works past protobuf's 2 GB limit; catches cycles, dangling inputs, tensors without data
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as e:
+        raise ModelError(f"{path} is not a valid ONNX model: {first_line(e)}") from None
     return model
+
+
+def check_float32(model: onnx.ModelProto, path: str | Path) -> None:
+    """The analog ops compute in float32: refuse a model whose inputs, outputs or weights are
+    another float type, before transforming it (the checker would fail only after the work)."""
+    floats = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.DOUBLE: "float64",
+              onnx.TensorProto.BFLOAT16: "bfloat16"}
+    graph = model.graph
+    typed = [(v.name, v.type.tensor_type.elem_type) for v in (*graph.input, *graph.output)]
+    typed += [(t.name, t.data_type) for t in graph.initializer]
+    other = next(((name, floats[kind]) for name, kind in typed if kind in floats), None)
+    if other:
+        raise ModelError(f"{path}: {other[0]} is {other[1]}; analog-onnx transforms float32 models "
+                         "(convert the model to float32 first)")
 
 
 def save_model(model: onnx.ModelProto, path: str | Path, *, force: bool = False,

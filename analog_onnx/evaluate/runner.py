@@ -133,9 +133,9 @@ def _probe_outputs(session: Any, io: ModelIO, sample: np.ndarray, name: str) -> 
         logits = session.run([io.output_name], {io.input_name: sample})[0]
     except Exception as e:  # onnxruntime raises its own exception types for a bad feed
         raise ModelError(f"{name} does not run on this data: {first_line(e)}") from None
-    if logits.ndim < 2 or logits.shape[0] != 1:
+    if logits.ndim < 2 or logits.shape[0] != 1 or sum(d > 1 for d in logits.shape[1:]) > 1:
         raise ModelError(f"{name}: first output {io.output_name} has shape {list(logits.shape)}; "
-                         "evaluate needs class scores [N, classes]")
+                         "evaluate needs class scores [N, classes] (one score per class and sample)")
     return int(logits.size)
 
 
