@@ -140,6 +140,8 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, resume: bool =
     """
     config.validate()
     out = Path(config.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise AnalogError(f"--out {out} is a file; the run needs a folder")
     if resume and not (out / "last.pt").is_file():
         raise AnalogError(f"nothing to resume: {out / 'last.pt'} does not exist")
     if not resume and not force and any((out / name).exists() for name in RUN_FILES):
@@ -210,11 +212,6 @@ class _Run:
         self.config, self.world, self.progress = config, world, progress
         self.console = Console(quiet=not verbose, soft_wrap=True)
         self.out = Path(config.out).expanduser()
-        if world.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if not resume:  # --force: nothing of an earlier run survives to be mistaken for this one
-                for name in RUN_FILES:
-                    (self.out / name).unlink(missing_ok=True)
         train_set, test_set = _load(config)
         self.in_shape = tuple(int(d) for d in train_set.x.shape[1:])
         self.num_classes = max(train_set.num_classes, test_set.num_classes)
@@ -254,6 +251,11 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
         self.start_epoch = 0
+        if world.rank == 0:  # only now, with data, model and settings checked, touch the folder
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not resume:  # --force: nothing of an earlier run survives to be mistaken for this one
+                for name in RUN_FILES:
+                    (self.out / name).unlink(missing_ok=True)
         if resume:
             self._resume()
 
