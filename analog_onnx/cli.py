@@ -3,7 +3,6 @@ registers itself here; heavy imports (torch, ray) happen inside the commands tha
 
 from __future__ import annotations
 
-import signal
 import sys
 
 import typer
@@ -11,6 +10,7 @@ import typer
 from analog_onnx import __version__
 from analog_onnx.commands import evaluate_commands, kernel_commands, model_commands, train_commands
 from analog_onnx.errors import AnalogError
+from analog_onnx.files import unwind_on_sigterm
 from analog_onnx.text import printable
 
 app = typer.Typer(
@@ -37,14 +37,9 @@ for module in (model_commands, evaluate_commands, kernel_commands, train_command
     module.register(app)
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C does, so every ``finally`` runs (no temp files left behind)."""
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     """Entry point: a user mistake is one line on stderr and exit status 2, never a traceback."""
-    signal.signal(signal.SIGTERM, _terminate)
+    unwind_on_sigterm()
     try:
         app()
     except AnalogError as error:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,16 @@ from analog_onnx.errors import AnalogError
 
 PathLike = str | Path
 MAX_TEXT_BYTES = 1 << 20  # configs are a few KB; anything bigger is not one
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit (status 128 + 15), so ``finally`` blocks run and staging
+    folders are removed, as on Ctrl-C. Call it in a command's main thread."""
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def first_line(error: BaseException) -> str:

@@ -73,3 +73,10 @@ def test_evaluate_and_sensitivity_print_names_as_text_and_write_reports(run_cli,
 def test_an_error_naming_a_file_shows_control_characters_escaped(run_cli, tmp_path):
     code, _, err = run_cli("inspect", tmp_path / f"missing{ESCAPE}.onnx")
     assert code == 2 and "\x1b" not in err and "missing\\x1b[31m.onnx" in err
+
+
+def test_version_flag_prints_the_package_version(run_cli):
+    from analog_onnx import __version__
+
+    code, out, _ = run_cli("--version")
+    assert code == 0 and out.strip() == f"analog-onnx {__version__}"
