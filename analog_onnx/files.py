@@ -3,8 +3,8 @@
 Writing: every output goes through :func:`atomic_outputs`. The files are written into a private
 staging folder beside the target (``.NAME.XXXX.tmp/NAME``) under their final names, then renamed
 into place only when all of them are complete; the staging folder is removed on any exception,
-including the ``SystemExit`` the CLI raises on SIGTERM. Every file gets the mode the user's umask
-gives an ordinary file, whatever mode the writing library chose. An
+including the ``SystemExit`` that :func:`unwind_on_sigterm` makes of SIGTERM. Every file gets
+the mode the user's umask gives an ordinary file, whatever mode the writing library chose. An
 output that is a folder, one of the inputs, or an existing file without ``force`` is refused
 before anything is written.
 
@@ -14,7 +14,6 @@ file of bounded size, so ``-c /dev/zero`` or a FIFO cannot make a command read f
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -116,10 +115,6 @@ def write_bytes(target: PathLike, data: bytes, **kwargs: Any) -> Path:
 def write_text(target: PathLike, text: str, **kwargs: Any) -> Path:
     return write_bytes(target, text.encode(), **kwargs)
 
-
-def write_json(target: PathLike, data: Any, **kwargs: Any) -> Path:
-    """Strict JSON (NaN and infinities are an error, as the JSON standard has none)."""
-    return write_text(target, json.dumps(data, indent=2, allow_nan=False) + "\n", **kwargs)
 
 
 def read_small_text(path: PathLike, what: str, limit: int = MAX_TEXT_BYTES) -> str:

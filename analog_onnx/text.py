@@ -22,5 +22,6 @@ def shown(text: object) -> str:
 
 
 def console(*, stderr: bool = False) -> Console:
-    """A rich console that turns no ``:name:`` into an emoji (names may contain colons)."""
-    return Console(stderr=stderr, emoji=False)
+    """A rich console that turns no ``:name:`` into an emoji (names may contain colons) and never
+    breaks a line of text inside a path (tables still fit the terminal)."""
+    return Console(stderr=stderr, emoji=False, soft_wrap=True)

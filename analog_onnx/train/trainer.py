@@ -37,6 +37,7 @@ from analog_onnx.config import AnalogConfig
 from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.errors import AnalogError
 from analog_onnx.files import write_text
+from analog_onnx.text import shown
 from analog_onnx.train.checkpoint import CUSTOM_ARCH, load_checkpoint, save_checkpoint
 from analog_onnx.train.export import add_metadata, check_export, to_onnx
 from analog_onnx.train.hardware import Hardware, attach_hardware
@@ -210,7 +211,7 @@ class _Run:
     def __init__(self, config: TrainConfig, world: Distributed, model: nn.Module | None, resume: bool,
                  progress: bool, verbose: bool) -> None:
         self.config, self.world, self.progress = config, world, progress
-        self.console = Console(quiet=not verbose, soft_wrap=True)
+        self.console = Console(quiet=not verbose, soft_wrap=True, emoji=False)
         self.out = Path(config.out).expanduser()
         train_set, test_set = _load(config)
         self.in_shape = tuple(int(d) for d in train_set.x.shape[1:])
@@ -293,13 +294,13 @@ class _Run:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.history, self.best, self.start_epoch = state["history"], state["best"], int(state["epoch"])
-        self.console.print(f"resuming {path} after epoch {self.start_epoch}")
+        self.console.print(f"resuming {shown(path)} after epoch {self.start_epoch}")
 
     # -- loop -----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         c = self.config
         if self.hardware is not None:
-            self.console.print(f"hardware {self.hardware.config.name}: {len(self.hardware.sites)} sites "
+            self.console.print(f"hardware {shown(self.hardware.config.name)}: {len(self.hardware.sites)} sites "
                                f"({self.hardware.config.placement.where} placement)")
         for epoch in range(self.start_epoch, c.epochs):
             started = time.perf_counter()
@@ -428,7 +429,8 @@ class _Run:
                      train=best["record"])
         path = self.out / "model.onnx"
         save_model(exported.model, path, force=True)
-        self.console.print(f"exported {path} (best epoch {self.best['epoch']}, max |ORT - torch| {difference:.2g})")
+        self.console.print(f"exported {shown(path)} (best epoch {self.best['epoch']}, "
+                           f"max |ORT - torch| {difference:.2g})")
         return path
 
 
