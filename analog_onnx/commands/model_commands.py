@@ -48,7 +48,7 @@ def transform(
     activation_matmul: bool = typer.Option(False, help="Also treat MatMuls of two activations as analog."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
-    """Insert analog noise and quantization ops into MODEL."""
+    """Insert into MODEL the analog noise and quantization ops that --preset or --config describes."""
     config = cfg.resolve_config(preset, config_file, list(overrides or []))
     p = config.placement
     config = config.with_placement(
