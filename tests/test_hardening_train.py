@@ -63,3 +63,11 @@ def test_export_of_a_damaged_checkpoint_is_one_line(run_cli, tmp_path, contents)
     code, _, err = run_cli("export", path)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "checkpoint" in err, err
     assert not (tmp_path / "best.onnx").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_train_refuses_a_non_finite_noise_scale_before_touching_out(run_cli, tmp_path, value):
+    out = tmp_path / "run"
+    code, _, err = run_cli("train", "--method", "nit", "-p", "hardening-additive", "--noise-scale", value,
+                           "--epochs", "1", "--out", out, "--no-progress", "--device", "cpu")
+    assert code == 2 and "must be finite" in err and not out.exists(), err
