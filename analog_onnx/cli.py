@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from analog_onnx import __version__
 from analog_onnx.commands import (
     evaluate_commands,
     kernel_commands,
@@ -15,6 +16,8 @@ from analog_onnx.commands import (
     train_commands,
 )
 from analog_onnx.errors import AnalogError
+from analog_onnx.files import unwind_on_sigterm
+from analog_onnx.text import printable
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -24,10 +27,16 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"analog-onnx {__version__}")
+        raise typer.Exit()
+
 
 @app.callback()
-def _root() -> None:
-    """Keep ``analog-onnx COMMAND`` a command group even while it has one command."""
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Make deep networks ready for analog AI hardware: transform, evaluate, train."""
 
 
 for module in (model_commands, evaluate_commands, kernel_commands, train_commands, study_commands):
@@ -36,8 +45,13 @@ for module in (model_commands, evaluate_commands, kernel_commands, train_command
 
 def main() -> None:
     """Entry point: a user mistake is one line on stderr and exit status 2, never a traceback."""
+    unwind_on_sigterm()
     try:
         app()
     except AnalogError as error:
-        print(f"analog-onnx: error: {error}", file=sys.stderr)
+        print(f"analog-onnx: error: {printable(str(error))}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

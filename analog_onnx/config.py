@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,11 +21,13 @@ from typing import Any
 import tomli_w
 import tomllib
 
-from analog_onnx.errors import ConfigError
+from analog_onnx.errors import AnalogError, ConfigError
+from analog_onnx.files import read_small_text, write_text
 
 PLACEMENTS = ("activations", "mvm")
 NOISE_MANAGEMENT = ("abs_max", "none")
 ANALOG_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+CHANGED = "+overrides"  # appended to the name of a preset or file config changed by --set or flags
 DEFAULT_ACTIVATION_OPS = (
     "Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "Relu",
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
@@ -105,21 +109,29 @@ class AnalogConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> AnalogConfig:
-        """Read a TOML (``.toml``) or JSON file."""
+        """Read a TOML (``.toml``) or JSON file. Without a ``name`` it is named after the file; a
+        file that names a preset but changes it is called ``PRESET+overrides``."""
         path = Path(path)
         try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+            text = read_small_text(path, "config")
+        except AnalogError as e:
+            raise ConfigError(str(e)) from None
         try:
             data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"config {path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {e}") from None
-        return cls.from_dict(data)
+        except RecursionError:
+            raise ConfigError(f"config {path} is nested too deeply to be a config") from None
+        if isinstance(data, dict) and "name" not in data:
+            data["name"] = path.stem
+        config = cls.from_dict(data)
+        if config.name in preset_names() and config != load_preset(config.name):
+            config.name += CHANGED
+        return config
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else self.to_toml())
+        write_text(path, json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else self.to_toml(), force=True)
 
     # -- changes -------------------------------------------------------------------------
     def with_overrides(self, assignments: list[str]) -> AnalogConfig:
@@ -132,6 +144,18 @@ class AnalogConfig:
             section, name = _resolve_key(key.strip(), data)
             target = data[section] if section else data
             target[name] = _parse_value(raw.strip(), target[name], key)
+        return self._changed_to(data)
+
+    def with_placement(self, **changes: Any) -> AnalogConfig:
+        """This config with some ``placement`` fields replaced (the transform's flags)."""
+        data = self.to_dict()
+        data["placement"].update(changes)
+        return self._changed_to(data)
+
+    def _changed_to(self, data: dict[str, Any]) -> AnalogConfig:
+        """A config from ``data``; a changed config no longer carries its origin's bare name."""
+        if data != self.to_dict() and data["name"] == self.name and not self.name.endswith(CHANGED):
+            data["name"] = self.name + CHANGED
         return AnalogConfig.from_dict(data)
 
     @property
@@ -149,6 +173,8 @@ class AnalogConfig:
     # -- validation ----------------------------------------------------------------------
     def validate(self) -> None:
         p, n, f, w = self.placement, self.noise, self.forward, self.weights
+        for key, value in _flat_items(self.to_dict()):
+            _check(not isinstance(value, float) or math.isfinite(value), key, f"must be a finite number, got {value}")
         _check(p.where in PLACEMENTS, "placement.where", f"must be one of {', '.join(PLACEMENTS)}")
         _check(f.noise_management in NOISE_MANAGEMENT, "forward.noise_management",
                f"must be one of {', '.join(NOISE_MANAGEMENT)}")
@@ -167,6 +193,29 @@ class AnalogConfig:
                     re.compile(pattern)
                 except re.error as e:
                     raise ConfigError(f"placement.{key}: bad regex {pattern!r}: {e}") from None
+        ignored = self._ignored_keys()
+        if ignored:
+            other = "mvm" if p.where == "activations" else "activations"
+            raise ConfigError(f"config key {ignored[0]} has no effect under placement.where = {p.where!r} "
+                              f"(only under {other!r}): remove it, or change placement.where")
+
+    def _ignored_keys(self) -> list[str]:
+        """Keys set away from their defaults that the chosen placement never reads."""
+        if self.placement.where == "activations":
+            sections, placement_keys = ("forward", "weights"), ()
+        else:
+            sections, placement_keys = ("noise",), ("op_types", "network_inputs")
+        mine, default = self.to_dict(), AnalogConfig().to_dict()
+        keys = [(s, k) for s in sections for k in mine[s]] + [("placement", k) for k in placement_keys]
+        return [f"{s}.{k}" for s, k in keys if mine[s][k] != default[s][k]]
+
+
+def _flat_items(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flat_items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -249,8 +298,11 @@ def load_preset(name: str) -> AnalogConfig:
 
 
 def resolve_config(preset: str | None, config_file: str | Path | None, overrides: list[str]) -> AnalogConfig:
-    """The config a command asked for: a preset or a file (not both), then ``--set`` overrides."""
+    """The config a command asked for: a preset or a file (exactly one), then ``--set`` overrides."""
     if preset and config_file:
         raise ConfigError("give either --preset or --config, not both")
-    config = AnalogConfig.load(config_file) if config_file else load_preset(preset or "ideal")
+    if not (preset or config_file):
+        raise ConfigError(f"choose the hardware: --preset NAME ({', '.join(preset_names())}; "
+                          "see `analog-onnx presets`) or --config FILE")
+    config = AnalogConfig.load(config_file) if config_file else load_preset(preset)
     return config.with_overrides(overrides) if overrides else config

@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from analog_onnx import native_graph
 from analog_onnx.errors import AnalogError, ModelError
+from analog_onnx.files import first_line
 from analog_onnx.ops import DOMAIN
 from analog_onnx.ops.native.build import built_library
 
@@ -57,8 +58,7 @@ def session_options(threads: int | None = None, *, native: bool | None = None) -
         try:
             options.register_custom_ops_library(str(library))
         except Exception as error:  # onnxruntime raises its own exception types
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise AnalogError(f"cannot load the native analog kernels {library} ({reason}); "
+            raise AnalogError(f"cannot load the native analog kernels {library} ({first_line(error)}); "
                               f"rebuild them with `{BUILD_HINT} --force`") from None
     return options
 

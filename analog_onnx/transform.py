@@ -9,18 +9,18 @@ into one clear :class:`~analog_onnx.errors.ModelError` and never leave half-writ
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
 from analog_onnx.effects import enabled_effects
-from analog_onnx.errors import ModelError
+from analog_onnx.errors import ConfigError, ModelError
+from analog_onnx.files import atomic_output, atomic_outputs, first_line
 from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.add_controls import AddControlInputsPass
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
@@ -56,12 +56,28 @@ def read_analog_metadata(model: onnx.ModelProto | ir.Model) -> AnalogMetadata | 
              else {p.key: p.value for p in model.metadata_props})
     if CONFIG_KEY not in props:
         return None
-    return AnalogMetadata(
-        config=AnalogConfig.from_dict(json.loads(props[CONFIG_KEY])),
-        version=props.get(VERSION_KEY, ""),
-        inputs={"noise_scale": "noise_scale", "seed": "seed", **json.loads(props.get(INPUTS_KEY, "{}"))},
-        sites=json.loads(props.get(SITES_KEY, "[]")),
-    )
+    inputs = _metadata_json(props, INPUTS_KEY, "{}", dict)
+    sites = _metadata_json(props, SITES_KEY, "[]", list)
+    try:
+        config = AnalogConfig.from_dict(_metadata_json(props, CONFIG_KEY, "{}", dict))
+    except ConfigError as e:
+        raise ModelError(f"model metadata {CONFIG_KEY} is not a valid config: {e}") from None
+    inputs = {"noise_scale": "noise_scale", "seed": "seed", **inputs}
+    if not all(isinstance(name, str) for name in [*inputs.values(), *sites]):
+        raise ModelError(f"model metadata {INPUTS_KEY}/{SITES_KEY} must hold names (strings)")
+    return AnalogMetadata(config=config, version=str(props.get(VERSION_KEY, "")), inputs=inputs, sites=sites)
+
+
+def _metadata_json(props: Mapping[str, str], key: str, default: str, kind: type) -> Any:
+    """One JSON metadata entry of the expected kind; anything else is one ModelError naming the key."""
+    try:
+        value = json.loads(props.get(key, default))
+    except (ValueError, RecursionError):
+        raise ModelError(f"model metadata {key} is not valid JSON; the file was not written by analog-onnx "
+                         "or was edited") from None
+    if not isinstance(value, kind):
+        raise ModelError(f"model metadata {key} must be a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def _as_ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
@@ -140,62 +156,63 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf raises several types for truncated or foreign files
-        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"{path} is not an ONNX model (no graph)")
+    try:  # by path: works past protobuf's 2 GB limit; catches cycles, dangling inputs, tensors without data
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as e:
+        raise ModelError(f"{path} is not a valid ONNX model: {first_line(e)}") from None
     return model
+
+
+def check_float32(model: onnx.ModelProto, path: str | Path) -> None:
+    """The analog ops compute in float32: refuse a model whose inputs, outputs or weights are
+    another float type, before transforming it (the checker would fail only after the work)."""
+    floats = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.DOUBLE: "float64",
+              onnx.TensorProto.BFLOAT16: "bfloat16"}
+    graph = model.graph
+    typed = [(v.name, v.type.tensor_type.elem_type) for v in (*graph.input, *graph.output)]
+    typed += [(t.name, t.data_type) for t in graph.initializer]
+    other = next(((name, floats[kind]) for name, kind in typed if kind in floats), None)
+    if other:
+        raise ModelError(f"{path}: {other[0]} is {other[1]}; analog-onnx transforms float32 models "
+                         "(convert the model to float32 first)")
 
 
 def save_model(model: onnx.ModelProto, path: str | Path, *, force: bool = False,
                inputs: Collection[str | Path] = (), external_data: bool = False) -> None:
-    """Write atomically: a temp file in the same folder, renamed over the target at the end.
-
-    Refuses to overwrite any of ``inputs``, or an existing file without ``force``.
-    """
+    """Write atomically (:mod:`analog_onnx.files`): never over one of ``inputs``, over an existing
+    file only with ``force``. With ``external_data`` every tensor, subgraphs' included, goes into
+    ``PATH.data`` beside the model, which is checked and replaced together with it."""
     path = Path(path)
-    for source in inputs:
-        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
-            raise ModelError(f"output {path} is the input; choose another -o")
-    if path.exists() and not force:
-        raise ModelError(f"output {path} exists; pass --force to overwrite it")
-    if not path.parent.is_dir():
-        raise ModelError(f"output folder {path.parent} does not exist")
-    data_name = f"{path.name}.data"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        if external_data:
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=f"{Path(tmp).name}.data", size_threshold=1024)
-            os.replace(f"{tmp}.data", path.parent / data_name)
-            _relocate_external_data(tmp, data_name)
-        else:
-            onnx.save_model(model, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; outputs get the usual mode
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, f"{tmp}.data"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
+    if not external_data:
+        with atomic_output(path, force=force, inputs=inputs) as scratch:
+            onnx.save_model(model, scratch)
+        return
+    data = path.with_name(f"{path.name}.data")
+    with atomic_outputs(data, path, force=force, inputs=inputs) as (data_scratch, model_scratch):
+        onnx.save_model(model, model_scratch, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=0)
+        data_scratch.touch()  # a model without initializers writes no data file
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers and attribute tensors, in subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _tensors(subgraph)
 
 
-def _relocate_external_data(model_path: str, data_name: str) -> None:
-    """Point the saved model's external tensors at the renamed data file."""
-    model = onnx.load(model_path, load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = data_name
-    onnx.save_model(model, model_path)
-
-
-def has_external_data(path: str | Path) -> bool:
-    """Whether the file keeps tensors outside the .onnx file (then so does our output)."""
+def external_data_files(path: str | Path) -> list[Path]:
+    """The files an ONNX file keeps tensors in, beside it (empty for a self-contained model)."""
     model = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    locations = {entry.value for tensor in _tensors(model.graph)
+                 if tensor.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in tensor.external_data if entry.key == "location"}
+    return sorted(Path(path).parent / location for location in locations)

@@ -71,3 +71,28 @@ def dynamo_models() -> dict[str, onnx.ModelProto]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """``run_cli(*args)`` runs ``analog-onnx ARGS`` in this process: (exit code, stdout, stderr)."""
+    import signal
+    import sys
+
+    from analog_onnx.cli import main
+
+    def run(*args: object) -> tuple[int, str, str]:
+        old_argv, old_handler = sys.argv, signal.getsignal(signal.SIGTERM)
+        sys.argv = ["analog-onnx", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        finally:
+            sys.argv = old_argv
+            signal.signal(signal.SIGTERM, old_handler)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

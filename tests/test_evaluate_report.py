@@ -12,7 +12,7 @@ from PIL import Image
 from analog_onnx.config import load_preset
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate import RunSettings, evaluate, sensitivity
-from analog_onnx.evaluate.report_files import write_atomic, write_report
+from analog_onnx.evaluate.report_files import write_report
 from analog_onnx.transform import analog_sites
 
 LEVELS = [0.0, 0.3, 1.0]
@@ -63,19 +63,6 @@ def test_output_folder_rules(report, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(AnalogError, match="not a directory"):
         write_report(report, tmp_path / "file")
-
-
-def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
-    target = tmp_path / "report.json"
-    target.write_text("old")
-
-    def fail(handle):
-        handle.write(b"half")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        write_atomic(target, fail)
-    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
 def test_sensitivity_ranks_sites_and_writes_files(tmp_path):

@@ -67,8 +67,7 @@ def test_corrupt_library_names_the_rebuild_command(empty_cache):
     path = build.library_path()
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x7fELF but not really a shared library")
-    assert runtime.native_library_path() == path
-    with pytest.raises(AnalogError, match=r"cannot load the native analog kernels.*kernels build --force"):
+    with pytest.raises(AnalogError, match=r"has no readable build record; rebuild it with `analog-onnx kernels build`"):
         runtime.make_session(noise_model())
     status = build.kernel_status()
     assert status.built and status.error

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from analog_onnx import config as cfg
+from analog_onnx import text
 from analog_onnx.commands.model_commands import ConfigOption, PresetOption, SetOption
 from analog_onnx.config import AnalogConfig
 from analog_onnx.data.preprocess import parse_floats
@@ -19,6 +19,7 @@ from analog_onnx.evaluate.report_files import check_output_dir, write_report
 from analog_onnx.evaluate.runner import RunSettings
 from analog_onnx.evaluate.sensitivity import sensitivity as run_sensitivity
 from analog_onnx.evaluate.sweep import evaluate as run_evaluation
+from analog_onnx.text import printable
 
 DataOption = typer.Option(..., "--data", "-d", help="KIND[:PATH]: digits, mnist1d, npz:FILE, cifar10:DIR, "
                           "cifar100:DIR, mnist:DIR (IDX, also Fashion-MNIST), imagefolder:DIR.")
@@ -56,7 +57,7 @@ def _write(report: EvaluationReport | SensitivityReport, out: Path | None, force
     """Write the report's files into ``out`` (when given) and say which."""
     if out is not None:
         written = write_report(report, out, force=force)
-        typer.echo(f"wrote {', '.join(str(p) for p in written)}")
+        typer.echo(printable(f"wrote {', '.join(str(p) for p in written)}"))
 
 
 def evaluate(
@@ -91,12 +92,11 @@ def evaluate(
     settings = _settings(repeats, seed, batch_size, top_k, threads, backend, workers, ray_address)
     if out is not None:
         check_output_dir(out, force=force)
-    console = Console(stderr=True)
-    with progress_bar(console, "evaluating") as progress:
+    with progress_bar(text.console(stderr=True), "evaluating") as progress:
         report = run_evaluation(models, data, config=_config(preset, config_file, overrides), noise_scales=levels,
                                 settings=settings, split=split, limit=limit, mean=parse_floats(mean, "--mean"),
                                 std=parse_floats(std, "--std"), t_inference=times, progress=progress)
-    print_evaluation(report, Console())
+    print_evaluation(report, text.console())
     _write(report, out, force)
 
 
@@ -129,12 +129,11 @@ def sensitivity(
     settings = _settings(repeats, seed, batch_size, None, threads, backend, workers, ray_address)
     if out is not None:
         check_output_dir(out, force=force)
-    console = Console(stderr=True)
-    with progress_bar(console, "sites") as progress:
+    with progress_bar(text.console(stderr=True), "sites") as progress:
         report = run_sensitivity(model, data, config=_config(preset, config_file, overrides), noise_scale=noise_scale,
                                  midpoint=midpoint, noise_scales=levels, settings=settings, split=split, limit=limit,
                                  mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), progress=progress)
-    print_sensitivity(report, Console())
+    print_sensitivity(report, text.console())
     _write(report, out, force)
 
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import onnx
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from analog_onnx import config as cfg
 from analog_onnx import transform as tf
 from analog_onnx.errors import ModelError
+from analog_onnx.files import check_output
 from analog_onnx.ops import DOMAIN
+from analog_onnx.text import console, printable, shown
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Hardware config file (TOML or JSON).")
 PresetOption = typer.Option(None, "--preset", "-p", help="Named hardware preset (see `analog-onnx presets`).")
@@ -28,8 +30,8 @@ def presets(name: str = typer.Argument(None, help="Show this preset as TOML.")) 
         return
     table = Table("preset", "description")
     for preset in cfg.preset_names():
-        table.add_row(preset, cfg.load_preset(preset).description)
-    Console().print(table)
+        table.add_row(shown(preset), shown(cfg.load_preset(preset).description))
+    console().print(table)
 
 
 def transform(
@@ -46,25 +48,38 @@ def transform(
     activation_matmul: bool = typer.Option(False, help="Also treat MatMuls of two activations as analog."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
-    """Insert analog noise and quantization ops into MODEL."""
+    """Insert into MODEL the analog noise and quantization ops that --preset or --config describes."""
     config = cfg.resolve_config(preset, config_file, list(overrides or []))
-    placement = config.placement
-    placement.include += include or []
-    placement.exclude += exclude or []
-    placement.exclude_op_types += exclude_op_type or []
-    placement.keep_first_digital |= keep_first_digital
-    placement.keep_last_digital |= keep_last_digital
-    placement.activation_matmul |= activation_matmul
-    config.validate()
+    p = config.placement
+    config = config.with_placement(
+        include=p.include + list(include or []), exclude=p.exclude + list(exclude or []),
+        exclude_op_types=p.exclude_op_types + list(exclude_op_type or []),
+        keep_first_digital=p.keep_first_digital or keep_first_digital,
+        keep_last_digital=p.keep_last_digital or keep_last_digital,
+        activation_matmul=p.activation_matmul or activation_matmul)
     output = output or model.with_name(model.name.removesuffix(".onnx") + ".analog.onnx")
-    _refuse_existing(output, model, force)
     source = tf.load_model(model)
+    data_files = _check_outputs(output, model, force)
+    tf.check_float32(source, model)
+    _check_includes(source, config)
     result = tf.transform_model(source, config)
-    _save_checked(result, output, model, force)
+    _save_checked(result, output, model, data_files, force)
     sites = tf.read_analog_metadata(result).sites
     inserted = Counter(n.op_type for n in result.graph.node if n.domain == DOMAIN)
     summary = ", ".join(f"{count} {op}" for op, count in sorted(inserted.items())) or "no ops (nothing changes numbers)"
-    typer.echo(f"{output}: preset {config.name}, {len(sites)} sites, inserted {summary}")
+    typer.echo(printable(f"{output}: config {config.name}, {len(sites)} sites, inserted {summary}"))
+
+
+def _check_includes(model: onnx.ModelProto, config: cfg.AnalogConfig) -> None:
+    """Every include pattern must select something: a typo must not give a silent 0-site model."""
+    if not config.placement.include:
+        return
+    candidates = [s.name for s in tf.analog_sites(model, config.with_placement(include=[]))]
+    for pattern in config.placement.include:
+        if not any(re.search(pattern, name) for name in candidates):
+            listed = ", ".join(candidates[:8]) + (" ..." if len(candidates) > 8 else "")
+            raise ModelError(f"--include {pattern!r} matches none of the sites of this config"
+                             f"{': ' + listed if candidates else ' (there are none)'}")
 
 
 def inspect(
@@ -77,17 +92,18 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
-    console = Console()
-    console.print(f"[bold]{model}[/]: opset {info['opset']}, {info['nodes']} nodes")
+    out = console()
+    out.print(f"[bold]{shown(model)}[/]: opset {info['opset']}, {info['nodes']} nodes")
     if info["transformed"]:
-        console.print(f"transformed by analog-onnx {info['version']} with config [bold]{info['config']['name']}[/]")
-        console.print("inserted ops: " + ", ".join(f"{k} x{v}" for k, v in info["inserted_ops"].items()))
-        console.print(f"noise inputs: {info['inputs']}; sites: {len(info['sites'])}")
+        out.print(f"transformed by analog-onnx {shown(info['version'])} "
+                  f"with config [bold]{shown(info['config']['name'])}[/]")
+        out.print("inserted ops: " + ", ".join(f"{shown(k)} x{v}" for k, v in info["inserted_ops"].items()))
+        out.print(f"noise inputs: {shown(info['inputs'])}; sites: {len(info['sites'])}")
         return
     table = Table("layer", "op", "weight shape", title="analog-capable layers")
     for layer in info["analog_layers"]:
-        table.add_row(layer["name"], layer["op_type"], "x".join(map(str, layer["weight_shape"])))
-    console.print(table)
+        table.add_row(shown(layer["name"]), shown(layer["op_type"]), "x".join(map(str, layer["weight_shape"])))
+    out.print(table)
 
 
 def describe(model: onnx.ModelProto) -> dict:
@@ -120,25 +136,28 @@ def strip(
     """Remove everything analog-onnx inserted: back to the original graph."""
     stem = model.name.removesuffix(".onnx").removesuffix(".analog")
     output = output or model.with_name(stem + ".clean.onnx")
-    _refuse_existing(output, model, force)
-    result = tf.strip_model(tf.load_model(model))
-    _save_checked(result, output, model, force)
-    typer.echo(f"{output}: {len(result.graph.node)} nodes, analog ops removed")
+    source = tf.load_model(model)
+    data_files = _check_outputs(output, model, force)
+    result = tf.strip_model(source)
+    _save_checked(result, output, model, data_files, force)
+    typer.echo(printable(f"{output}: {len(result.graph.node)} nodes, analog ops removed"))
 
 
-def _refuse_existing(output: Path, model: Path, force: bool) -> None:
-    """Fail before any work when the output would clobber the input or an existing file."""
-    if output.exists() and model.exists() and output.resolve() == model.resolve():
-        raise ModelError(f"output {output} is the input; choose another -o")
-    if output.exists() and not force:
-        raise ModelError(f"output {output} exists; pass --force to overwrite it")
+def _check_outputs(output: Path, model: Path, force: bool) -> list[Path]:
+    """Fail before any work when an output (the model, or its .data file when the input keeps its
+    tensors outside) would clobber an input or an existing file; returns the input's data files."""
+    data_files = tf.external_data_files(model)
+    inputs = [model, *data_files]
+    check_output(output, force=force, inputs=inputs)
+    if data_files:
+        check_output(output.with_name(f"{output.name}.data"), force=force, inputs=inputs)
+    return data_files
 
 
-def _save_checked(result: onnx.ModelProto, output: Path, model: Path, force: bool) -> None:
-    external = tf.has_external_data(model)
-    if not external:
+def _save_checked(result: onnx.ModelProto, output: Path, model: Path, data_files: list[Path], force: bool) -> None:
+    if not data_files:
         onnx.checker.check_model(result, full_check=True)
-    tf.save_model(result, output, force=force, inputs=[model], external_data=external)
+    tf.save_model(result, output, force=force, inputs=[model, *data_files], external_data=bool(data_files))
 
 
 def register(app: typer.Typer) -> None:

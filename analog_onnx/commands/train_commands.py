@@ -12,6 +12,8 @@ import typer
 from analog_onnx import config as cfg
 from analog_onnx.commands.model_commands import ConfigOption, PresetOption, SetOption
 from analog_onnx.errors import AnalogError
+from analog_onnx.files import check_output
+from analog_onnx.text import printable
 
 ARCH_HELP = "mlp, lenet5, resnet20, resnet18, vgg11, vgg11_bn, mobilenetv2."
 
@@ -80,8 +82,9 @@ def export(
     from analog_onnx.train.export import export_checkpoint
 
     output = output or checkpoint.with_suffix(".onnx")
+    check_output(output, force=force, inputs=[checkpoint])  # before the export's work, not after it
     difference = export_checkpoint(checkpoint, output, force=force)
-    typer.echo(f"wrote {output} (max |onnxruntime - torch| {difference:.2g})")
+    typer.echo(printable(f"wrote {output} (max |onnxruntime - torch| {difference:.2g})"))
 
 
 def register(app: typer.Typer) -> None:

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from analog_onnx.errors import AnalogError
+
+MAX_BYTES_ENV = "ANALOG_ONNX_MAX_DATA_BYTES"
+DEFAULT_MAX_BYTES = 1 << 30  # one array; MNIST is 47 MB, CIFAR-100's training images 150 MB
+
+
+def max_data_bytes() -> int:
+    """The most bytes a reader may allocate for one array: ``$ANALOG_ONNX_MAX_DATA_BYTES`` or 1 GiB."""
+    raw = os.environ.get(MAX_BYTES_ENV, "")
+    try:
+        return int(float(raw)) if raw else DEFAULT_MAX_BYTES
+    except ValueError:
+        raise AnalogError(f"{MAX_BYTES_ENV}={raw!r} is not a number of bytes") from None
+
+
+def check_declared_size(nbytes: int, source: str) -> None:
+    """Refuse, before reading, an array whose header declares more than :func:`max_data_bytes`:
+    a small compressed file can claim gigabytes."""
+    limit = max_data_bytes()
+    if nbytes > limit:
+        raise AnalogError(f"{source}: declares {nbytes / 2**30:.3g} GiB of data, more than the limit of "
+                          f"{limit / 2**30:.3g} GiB (set {MAX_BYTES_ENV} to allow more)")
 
 
 @dataclass(frozen=True)
@@ -16,6 +38,13 @@ class Dataset:
     y: np.ndarray  # int64, [N]
     num_classes: int
     name: str
+
+    def __post_init__(self) -> None:
+        """Samples with NaN or infinity would be scored as if they meant something: refuse them."""
+        if self.x.dtype.kind == "f" and len(self.x):
+            bad = int(np.count_nonzero(~np.isfinite(self.x).reshape(len(self.x), -1).all(axis=1)))
+            if bad:
+                raise AnalogError(f"{self.name}: {bad} of {len(self.x)} samples contain NaN or infinite values")
 
     def __len__(self) -> int:
         return len(self.y)

@@ -7,11 +7,13 @@ with ``.`` for the last ``-`` and a ``.gz`` suffix, the spellings the common mir
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from analog_onnx.data.dataset import Dataset, checked_dataset, existing_path
+from analog_onnx.data.dataset import Dataset, check_declared_size, checked_dataset, existing_path
 from analog_onnx.errors import AnalogError
 
 # IDX type codes: big-endian element types
@@ -19,21 +21,29 @@ IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x
 PREFIXES = {"train": "train", "test": "t10k"}
 
 
-def parse_idx(raw: bytes, source: str) -> np.ndarray:
-    """An IDX file's array: magic ``0 0 type ndim``, ``ndim`` big-endian int32 sizes, then the data."""
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
+def read_idx(stream: BinaryIO, source: str) -> np.ndarray:
+    """An IDX array: magic ``0 0 type ndim``, ``ndim`` big-endian uint32 sizes, then the data.
+
+    The declared size is checked against the data limit before the data is read, and exactly
+    that many bytes are read, so a small gzip file cannot expand into memory unbounded.
+    """
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_TYPES:
         raise AnalogError(f"{source}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+    ndim = magic[3]
+    sizes = stream.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
         raise AnalogError(f"{source}: truncated IDX header")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    dtype = np.dtype(IDX_TYPES[raw[2]])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
+    shape = tuple(int(d) for d in np.frombuffer(sizes, ">u4"))
+    dtype = np.dtype(IDX_TYPES[magic[2]])
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: no overflow
+    check_declared_size(expected, source)
+    data = stream.read(expected + 1)
+    if len(data) != expected:
+        found = f"{len(data)}" if len(data) < expected else "more"
         raise AnalogError(f"{source}: IDX header says {list(shape)} ({expected} bytes) "
-                          f"but the file has {len(raw) - header} data bytes")
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+                          f"but the file has {found} data bytes")
+    return np.frombuffer(data, dtype).reshape(shape)
 
 
 def _find(root: Path, prefix: str, what: str, dims: int) -> Path:
@@ -46,10 +56,10 @@ def _find(root: Path, prefix: str, what: str, dims: int) -> Path:
 
 def _read(file: Path) -> np.ndarray:
     try:
-        raw = gzip.decompress(file.read_bytes()) if file.suffix == ".gz" else file.read_bytes()
+        with gzip.open(file) if file.suffix == ".gz" else open(file, "rb") as stream:
+            return read_idx(stream, f"mnist: {file.name}")
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         raise AnalogError(f"mnist: cannot read {file.name}: {e}") from None
-    return parse_idx(raw, f"mnist: {file.name}")
 
 
 def read_mnist(path: str | None, split: str) -> Dataset:

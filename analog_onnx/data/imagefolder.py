@@ -7,11 +7,12 @@ anything else is converted to RGB (and a folder mixing both becomes RGB).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from analog_onnx.data.dataset import Dataset, checked_dataset, existing_path
+from analog_onnx.data.dataset import Dataset, check_declared_size, checked_dataset, existing_path
 from analog_onnx.errors import AnalogError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -53,8 +54,12 @@ def _pixels(file: Path) -> np.ndarray:
     """uint8 pixels of one image: [H, W] for grayscale, [H, W, 3] for anything else."""
     from PIL import Image, UnidentifiedImageError
 
+    source = f"imagefolder: {file.parent.name}/{file.name}"
     try:
-        with Image.open(file) as image:
-            return np.asarray(image.convert("L" if image.mode in GRAY_MODES else "RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        with warnings.catch_warnings():  # Pillow only warns about a decompression bomb of up to 2x its limit
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                check_declared_size(image.width * image.height * 3, source)  # before decoding a pixel
+                return np.asarray(image.convert("L" if image.mode in GRAY_MODES else "RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise AnalogError(f"imagefolder: cannot read {file.parent.name}/{file.name}: {e}") from None

@@ -8,9 +8,7 @@ Samples are returned as ``[N, 1, 40]`` (one channel, 40 steps) so per-channel no
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import numpy as np
 from analog_onnx.cache import cache_dir
 from analog_onnx.data.dataset import Dataset, checked_dataset
 from analog_onnx.errors import AnalogError
+from analog_onnx.files import write_with
 
 CACHE_FILE = "mnist1d-default-seed42.npz"  # named after the generator arguments it holds
 
@@ -41,15 +40,9 @@ def _save(arrays: dict[str, np.ndarray], file: Path) -> None:
     """Write the cache atomically; a cache we cannot write is not an error, only slower next time."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".mnist1d-", suffix=".tmp")
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, file)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        write_with(file, lambda handle: np.savez(handle, **arrays), force=True)
+    except (OSError, AnalogError):
+        pass
 
 
 def _load_cached(file: Path) -> dict[str, np.ndarray] | None:

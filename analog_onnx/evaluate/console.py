@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -11,7 +11,8 @@ from rich.table import Table
 
 from analog_onnx.evaluate.backends import Progress as ProgressCallback
 from analog_onnx.evaluate.metrics import Midpoint, Summary
-from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
+from analog_onnx.evaluate.report import EvaluationReport, NoisePoint, SensitivityReport
+from analog_onnx.text import shown
 
 
 @contextmanager
@@ -47,7 +48,8 @@ def print_evaluation(report: EvaluationReport, console: Console) -> None:
     k = report.settings.get("top_k")
     for model in report.models:
         clean = f"clean {model.clean_accuracy:.4f}"
-        title = (f"[bold]{model.name}[/] · config {model.config['name']} ({model.config_source}) · {clean} · "
+        title = (f"[bold]{shown(model.name)}[/] · config {shown(model.config['name'])} ({model.config_source}) · "
+                 f"{clean} · "
                  f"midpoint noise {_midpoint(model.midpoint)}")
         columns = ["noise", "accuracy ± std", "95% CI", "n"] + ([f"top-{k} ± std"] if k else [])
         table = Table(*columns, title=title)
@@ -57,22 +59,24 @@ def print_evaluation(report: EvaluationReport, console: Console) -> None:
             table.add_row(*row, *([_summary(point.topk)] if k and point.topk else []))
         console.print(table)
     console.print(f"chance accuracy {report.chance_accuracy:.4f} · {report.data['samples']} samples of "
-                  f"{report.data['spec']} ({report.data['split']}) · seed {report.settings['seed']}")
-    for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+                  f"{shown(report.data['spec'])} ({report.data['split']}) · seed {report.settings['seed']}")
+    _print_notes(report.notes, console)
+    for model in report.models:
+        _print_nonfinite(model.name, model.points, console)
 
 
 def print_sensitivity(report: SensitivityReport, console: Console) -> None:
     if report.midpoint_mode:
-        table = Table("rank", "site", "op", "midpoint noise", title=f"[bold]{report.model}[/] · per-site midpoint")
+        title = f"[bold]{shown(report.model)}[/] · per-site midpoint"
+        table = Table("rank", "site", "op", "midpoint noise", title=title)
         for rank, site in enumerate(report.ranked, 1):
-            table.add_row(str(rank), site.name, site.op_type, _midpoint(site.midpoint))
+            table.add_row(str(rank), shown(site.name), shown(site.op_type), _midpoint(site.midpoint))
         table.add_row("", report.all_sites.name, "", _midpoint(report.all_sites.midpoint))
     else:
-        title = f"[bold]{report.model}[/] · noise in one site at scale {report.noise_scale:g}"
+        title = f"[bold]{shown(report.model)}[/] · noise in one site at scale {report.noise_scale:g}"
         table = Table("rank", "site", "op", "accuracy ± std", "drop", title=title)
         for rank, site in enumerate(report.ranked, 1):
-            table.add_row(str(rank), site.name, site.op_type, _summary(site.points[0].accuracy),
+            table.add_row(str(rank), shown(site.name), shown(site.op_type), _summary(site.points[0].accuracy),
                           f"{site.accuracy_drop:+.4f}")
         everything = report.all_sites
         table.add_row("", everything.name, "", _summary(everything.points[0].accuracy),
@@ -80,5 +84,20 @@ def print_sensitivity(report: SensitivityReport, console: Console) -> None:
     console.print(table)
     console.print(f"clean accuracy {report.clean_accuracy:.4f} · chance {report.chance_accuracy:.4f} · "
                   f"seed {report.settings['seed']}")
-    for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+    _print_notes(report.notes, console)
+    for site in (*report.ranked, report.all_sites):
+        _print_nonfinite(site.name, site.points, console)
+
+
+def _print_nonfinite(name: str, points: Sequence[NoisePoint], console: Console) -> None:
+    """Say where outputs were NaN or infinite: those samples were scored as wrong."""
+    bad = [p for p in points if p.nonfinite_outputs]
+    if bad:
+        where = ", ".join(f"{p.nonfinite_outputs} at noise {p.noise_scale:g}" for p in bad)
+        console.print(f"[yellow]note:[/] {shown(name)}: outputs with NaN or infinity (counted as wrong, "
+                      f"summed over repeats): {where}")
+
+
+def _print_notes(notes: tuple[str, ...], console: Console) -> None:
+    for note in notes:
+        console.print(f"[yellow]note:[/] {shown(note)}")

@@ -68,6 +68,7 @@ class Counts:
 
     top1: int
     topk: int | None
+    nonfinite: int = 0  # samples whose scores hold NaN or infinity: never counted as correct
 
 
 def batch_seeds(seed: int, repeat: int, batches: int) -> np.ndarray:
@@ -84,14 +85,18 @@ def chip_seed(seed: int, repeat: int) -> np.ndarray:
 
 def count_correct(logits: np.ndarray, labels: np.ndarray, top_k: int | None) -> Counts:
     """Top-1 is argmax (first index on ties, as onnxruntime users compute it); a sample is in the
-    top k when fewer than k classes score strictly higher than its label (cheaper than a sort)."""
+    top k when fewer than k classes score strictly higher than its label (cheaper than a sort).
+    A sample with any NaN or infinite score is wrong (NaN compares false, so it would otherwise
+    be in every top k) and is counted in ``nonfinite``."""
     scores = logits.reshape(len(labels), -1)
-    top1 = int(np.count_nonzero(scores.argmax(axis=1) == labels))
+    finite = np.isfinite(scores).all(axis=1)
+    nonfinite = len(labels) - int(np.count_nonzero(finite))
+    top1 = int(np.count_nonzero((scores.argmax(axis=1) == labels) & finite))
     if top_k is None:
-        return Counts(top1, None)
+        return Counts(top1, None, nonfinite)
     label_scores = scores[np.arange(len(labels)), labels]
     higher = (scores > label_scores[:, None]).sum(axis=1)
-    return Counts(top1, int(np.count_nonzero(higher < top_k)))
+    return Counts(top1, int(np.count_nonzero((higher < top_k) & finite)), nonfinite)
 
 
 class Evaluator:

@@ -63,9 +63,9 @@ def _checked_levels(levels: list[float], flag: str) -> list[float]:
 def parse_noise_scales(text: str, flag: str = "--noise-scales") -> list[float]:
     """Comma-separated items, each a number or a ``log:``/``lin:`` range: ``0,log:1e-2:1e2:17``."""
     levels: list[float] = []
-    for item in (part.strip() for part in text.split(",")):
+    for item in (part.strip() for part in text.split(",") if text.strip()):
         if not item:
-            continue
+            raise AnalogError(f"{flag}: empty item in {text!r}")
         if item.startswith(("log:", "lin:")):
             levels += _range(item, flag)
         elif ":" in item:

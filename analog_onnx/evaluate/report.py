@@ -20,6 +20,7 @@ class NoisePoint:
     noise_scale: float
     accuracies: tuple[float, ...]
     topk_accuracies: tuple[float, ...] | None = None
+    nonfinite_outputs: int = 0  # samples, over all repeats, whose outputs held NaN or infinity (counted wrong)
 
     @property
     def accuracy(self) -> Summary:
@@ -43,6 +44,8 @@ class NoisePoint:
             out.update(topk_accuracy_mean=topk.mean, topk_accuracy_std=topk.std,
                        topk_accuracy_ci95=list(topk.ci95) if topk.ci95 else None,
                        topk_accuracies=list(self.topk_accuracies))
+        if self.nonfinite_outputs:
+            out["nonfinite_outputs"] = self.nonfinite_outputs
         return out
 
 

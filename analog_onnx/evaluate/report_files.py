@@ -2,8 +2,8 @@
 
 ``write_report`` writes an evaluation's ``report.json``, ``results.csv`` and
 ``accuracy_vs_noise.png``, or a sensitivity run's ``sensitivity.json`` and ``sensitivity.png``.
-Every file is written to a temporary name in the output folder and renamed into place, so a
-crash never leaves a half-written file. Plots are drawn with matplotlib's Agg canvas directly
+Every file goes through ``analog_onnx.files``, so a crash never leaves a half-written file.
+Plots are drawn with matplotlib's Agg canvas directly
 (no pyplot, no global backend state).
 """
 
@@ -12,9 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,6 +21,7 @@ from matplotlib.figure import Figure
 
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
+from analog_onnx.files import write_text, write_with
 
 
 def write_report(report: EvaluationReport | SensitivityReport, out: str | Path, *, force: bool = False) -> list[Path]:
@@ -31,13 +29,13 @@ def write_report(report: EvaluationReport | SensitivityReport, out: str | Path, 
     folder = prepare_output_dir(out, force=force)
     if isinstance(report, SensitivityReport):
         return [
-            write_atomic(folder / "sensitivity.json", lambda f: f.write(dumps_json(report.to_dict()).encode())),
-            write_atomic(folder / "sensitivity.png", lambda f: sensitivity_png(report, f)),
+            write_text(folder / "sensitivity.json", dumps_json(report.to_dict()), force=True),
+            write_with(folder / "sensitivity.png", lambda f: sensitivity_png(report, f), force=True),
         ]
     return [
-        write_atomic(folder / "report.json", lambda f: f.write(dumps_json(report.to_dict()).encode())),
-        write_atomic(folder / "results.csv", lambda f: f.write(results_csv(report).encode())),
-        write_atomic(folder / "accuracy_vs_noise.png", lambda f: accuracy_vs_noise_png(report, f)),
+        write_text(folder / "report.json", dumps_json(report.to_dict()), force=True),
+        write_text(folder / "results.csv", results_csv(report), force=True),
+        write_with(folder / "accuracy_vs_noise.png", lambda f: accuracy_vs_noise_png(report, f), force=True),
     ]
 
 
@@ -77,19 +75,6 @@ def prepare_output_dir(out: str | Path, *, force: bool) -> Path:
     except OSError as e:
         raise AnalogError(f"cannot create --out {out}: {e.strerror}") from None
     return folder
-
-
-def write_atomic(path: Path, write: Callable[[Any], object]) -> Path:
-    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # -- plots --------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from analog_onnx.evaluate.engine import Counts, Evaluator, Payload, Unit, Varian
 from analog_onnx.evaluate.inputs import check_labels, fit_inputs
 from analog_onnx.evaluate.models import ModelIO, ModelSource, PreparedModel, model_io, prepare_model
 from analog_onnx.evaluate.report import NoisePoint
+from analog_onnx.files import first_line
 from analog_onnx.runtime import make_session
 from analog_onnx.transform import read_analog_metadata
 
@@ -131,11 +132,10 @@ def _probe_outputs(session: Any, io: ModelIO, sample: np.ndarray, name: str) -> 
     try:
         logits = session.run([io.output_name], {io.input_name: sample})[0]
     except Exception as e:  # onnxruntime raises its own exception types for a bad feed
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{name} does not run on this data: {first_line}") from None
-    if logits.ndim < 2 or logits.shape[0] != 1:
+        raise ModelError(f"{name} does not run on this data: {first_line(e)}") from None
+    if logits.ndim < 2 or logits.shape[0] != 1 or sum(d > 1 for d in logits.shape[1:]) > 1:
         raise ModelError(f"{name}: first output {io.output_name} has shape {list(logits.shape)}; "
-                         "evaluate needs class scores [N, classes]")
+                         "evaluate needs class scores [N, classes] (one score per class and sample)")
     return int(logits.size)
 
 
@@ -162,7 +162,8 @@ def run_grid(variants: list[Variant], inputs: list[np.ndarray], labels: np.ndarr
         for n, scale in enumerate(noise_scales):
             hits = [counts[Unit(v, n, r, float(scale))] for r in range(settings.repeats)]
             topk = tuple(h.topk / total for h in hits) if top_k is not None else None
-            row.append(NoisePoint(float(scale), tuple(h.top1 / total for h in hits), topk))
+            row.append(NoisePoint(float(scale), tuple(h.top1 / total for h in hits), topk,
+                                  sum(h.nonfinite for h in hits)))
         points.append(row)
     return points
 

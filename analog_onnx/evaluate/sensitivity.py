@@ -8,6 +8,7 @@ is swept over the noise levels and ranked by its midpoint noise level (lower is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from analog_onnx.data import Dataset
@@ -53,8 +54,8 @@ def sensitivity(
         if len(levels) < 2:
             raise AnalogError("--midpoint needs at least two positive noise scales")
     else:
-        if noise_scale <= 0:
-            raise AnalogError(f"--noise-scale must be > 0, got {noise_scale}")
+        if not 0 < noise_scale < math.inf:  # also false for NaN
+            raise AnalogError(f"--noise-scale must be a finite number > 0, got {noise_scale}")
         levels = [float(noise_scale)]
     settings = (settings or RunSettings()).checked()
     dataset, spec = read_data(data, split, limit)

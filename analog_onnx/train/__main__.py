@@ -11,13 +11,16 @@ import typer
 
 from analog_onnx.commands.train_commands import train
 from analog_onnx.errors import AnalogError
+from analog_onnx.files import unwind_on_sigterm
+from analog_onnx.text import printable
 
 
 def main() -> None:
+    unwind_on_sigterm()
     try:
         typer.run(train)
     except AnalogError as error:
-        print(f"analog-onnx train: error: {error}", file=sys.stderr)
+        print(f"analog-onnx train: error: {printable(str(error))}", file=sys.stderr)
         sys.exit(2)
 
 

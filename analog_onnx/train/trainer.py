@@ -36,6 +36,8 @@ from analog_onnx import __version__
 from analog_onnx.config import AnalogConfig
 from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.errors import AnalogError
+from analog_onnx.files import write_text
+from analog_onnx.text import shown
 from analog_onnx.train.checkpoint import CUSTOM_ARCH, load_checkpoint, save_checkpoint
 from analog_onnx.train.export import add_metadata, check_export, to_onnx
 from analog_onnx.train.hardware import Hardware, attach_hardware
@@ -113,8 +115,10 @@ class TrainConfig:
                 raise AnalogError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_repeats < 1:
             raise AnalogError("epochs, batch size and eval repeats must be >= 1")
-        if min(self.noise_scale, self.ramp_epochs, self.noise_spread, self.lr, self.weight_decay) < 0:
-            raise AnalogError("noise scale, ramp epochs, noise spread, learning rate and weight decay must be >= 0")
+        if not all(0 <= v < math.inf for v in (self.noise_scale, self.ramp_epochs, self.noise_spread, self.lr,
+                                                self.weight_decay)):
+            raise AnalogError("noise scale, ramp epochs, noise spread, learning rate and weight decay must be finite "
+                              "and >= 0")
         hardware = self.hardware_config()
         if self.uses_noise and (hardware is None or not hardware.has_noise or self.noise_scale == 0):
             raise AnalogError(f"method {self.method} trains with noise: give a hardware config with noise "
@@ -140,6 +144,8 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, resume: bool =
     """
     config.validate()
     out = Path(config.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise AnalogError(f"--out {out} is a file; the run needs a folder")
     if resume and not (out / "last.pt").is_file():
         raise AnalogError(f"nothing to resume: {out / 'last.pt'} does not exist")
     if not resume and not force and any((out / name).exists() for name in RUN_FILES):
@@ -221,13 +227,8 @@ class _Run:
     def __init__(self, config: TrainConfig, world: Distributed, model: nn.Module | None, resume: bool,
                  progress: bool, verbose: bool) -> None:
         self.config, self.world, self.progress = config, world, progress
-        self.console = Console(quiet=not verbose, soft_wrap=True)
+        self.console = Console(quiet=not verbose, soft_wrap=True, emoji=False)
         self.out = Path(config.out).expanduser()
-        if world.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if not resume:  # --force: nothing of an earlier run survives to be mistaken for this one
-                for name in RUN_FILES:
-                    (self.out / name).unlink(missing_ok=True)
         train_set, test_set = _load(config)
         self.in_shape = tuple(int(d) for d in train_set.x.shape[1:])
         self.num_classes = max(train_set.num_classes, test_set.num_classes)
@@ -267,6 +268,11 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
         self.start_epoch = 0
+        if world.rank == 0:  # only now, with data, model and settings checked, touch the folder
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not resume:  # --force: nothing of an earlier run survives to be mistaken for this one
+                for name in RUN_FILES:
+                    (self.out / name).unlink(missing_ok=True)
         if resume:
             self._resume()
 
@@ -305,13 +311,13 @@ class _Run:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.history, self.best, self.start_epoch = state["history"], state["best"], int(state["epoch"])
-        self.console.print(f"resuming {path} after epoch {self.start_epoch}")
+        self.console.print(f"resuming {shown(path)} after epoch {self.start_epoch}")
 
     # -- loop -----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         c = self.config
         if self.hardware is not None:
-            self.console.print(f"hardware {self.hardware.config.name}: {len(self.hardware.sites)} sites "
+            self.console.print(f"hardware {shown(self.hardware.config.name)}: {len(self.hardware.sites)} sites "
                                f"({self.hardware.config.placement.where} placement)")
         for epoch in range(self.start_epoch, c.epochs):
             started = time.perf_counter()
@@ -426,9 +432,7 @@ class _Run:
         if improved:
             save_checkpoint(state, self.out / "best.pt")
         lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in self.history)
-        tmp = self.out / ".metrics.jsonl.tmp"
-        tmp.write_text(lines)
-        os.replace(tmp, self.out / "metrics.jsonl")
+        write_text(self.out / "metrics.jsonl", lines, force=True)
 
     def _export(self) -> Path:
         """Export ``best.pt`` to ``model.onnx``, checked against torch on test samples."""
@@ -444,7 +448,8 @@ class _Run:
                      train=best["record"])
         path = self.out / "model.onnx"
         save_model(exported.model, path, force=True)
-        self.console.print(f"exported {path} (best epoch {self.best['epoch']}, max |ORT - torch| {difference:.2g})")
+        self.console.print(f"exported {shown(path)} (best epoch {self.best['epoch']}, "
+                           f"max |ORT - torch| {difference:.2g})")
         return path
 
 

@@ -4,18 +4,23 @@ The library is compiled with the system C++ compiler on the machine that uses it
 ``-march=native`` is safe, into a per-user cache directory keyed by the onnxruntime version and a
 hash of the sources, flags and CPU: upgrading onnxruntime or editing a kernel simply selects a
 new path. Nothing is compiled at import or session time; ``analog-onnx kernels build`` does it.
+
+Loading a library runs its code, and loading a truncated file can kill the process (SIGBUS), so
+the build records the library's size and sha256 beside it and nothing loads a library that does
+not match its record, or that lies in a folder other users could write to.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,12 +29,15 @@ import onnxruntime as ort
 
 from analog_onnx.cache import cache_dir
 from analog_onnx.errors import AnalogError
+from analog_onnx.files import atomic_outputs, first_line
 from analog_onnx.ops import DOMAIN, OPSET_VERSION
 from analog_onnx.ops.native import headers
 
 SOURCE_DIR = Path(__file__).parent
 TRANSLATION_UNIT = SOURCE_DIR / "analog_ops.cc"
 LIBRARY_NAME = "libanalog_onnx_ops.dylib" if sys.platform == "darwin" else "libanalog_onnx_ops.so"
+RECORD_NAME = "build-record.json"  # {"size": bytes, "sha256": hex} of the library, written by the build
+REBUILD_HINT = "rebuild it with `analog-onnx kernels build`"
 # -ffp-contract=off keeps every float operation as written, so quantization is bit-identical to
 # numpy; -fno-math-errno and -fno-trapping-math only let sqrt and rounding vectorize. Never -ffast-math.
 CXXFLAGS = (
@@ -84,36 +92,88 @@ def library_path() -> Path:
 
 
 def built_library() -> Path | None:
+    """The library, verified against its build record; None when it is not built.
+
+    A library that fails the check is an error, never loaded: a damaged file can crash the process.
+    """
     path = library_path()
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    problem = untrusted_folder(path) or damage(path)
+    if problem:
+        raise AnalogError(problem)
+    return path
 
 
-def build_library(*, force: bool = False) -> Path:
-    """Compile the library unless an up-to-date one exists; check that onnxruntime can load it."""
+def _record(path: Path) -> dict[str, object]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def damage(path: Path) -> str | None:
+    """Why the library at ``path`` does not match what the build recorded (None: it matches)."""
+    try:
+        recorded = json.loads((path.parent / RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return f"the native kernel library {path} has no readable build record; {REBUILD_HINT}"
+    actual = _record(path)
+    if actual != recorded:
+        return (f"the native kernel library {path} is damaged ({actual['size']} bytes, the build wrote "
+                f"{recorded.get('size') if isinstance(recorded, dict) else '?'}); {REBUILD_HINT}")
+    return None
+
+
+def untrusted_folder(path: Path) -> str | None:
+    """Why the library at ``path`` or a folder above it (up to the cache) could be replaced by
+    another user: writable by others, or owned by someone else (None: it could not)."""
+    chain = [path, *path.parents]
+    root = cache_dir()
+    for item in chain[: chain.index(root) + 1] if root in chain else chain[:1]:
+        try:
+            info = item.stat()
+        except OSError:  # not there (yet): nothing to trust or distrust
+            continue
+        if info.st_mode & stat.S_IWOTH:
+            return f"{item} is writable by every user, so the native kernels in it cannot be trusted; chmod o-w it"
+        if info.st_uid not in (os.getuid(), 0):
+            return f"{item} belongs to another user, so the native kernels in it cannot be trusted"
+    return None
+
+
+def build_library(*, force: bool = False) -> tuple[Path, bool]:
+    """Compile the library unless a verified one exists; check that onnxruntime can load it.
+
+    Returns the path and whether it was (re)built.
+    """
     target = library_path()
-    if target.is_file() and not force:
-        return target
+    problem = untrusted_folder(target)
+    if problem:
+        raise AnalogError(problem)
+    if target.is_file() and not force and damage(target) is None:
+        return target, False
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         raise AnalogError("building the native kernels needs a C++17 compiler: install g++ (or set CXX)")
-    include = headers.include_dir(cache_dir())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
-    os.close(handle)
     try:
-        command = [compiler, *CXXFLAGS, "-I", str(include), str(TRANSLATION_UNIT), "-o", scratch]
+        include = headers.include_dir(cache_dir())
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AnalogError(f"cannot write the native kernels into {cache_dir()}: {e.strerror}; "
+                          "set ANALOG_ONNX_CACHE to a writable folder") from None
+    with atomic_outputs(target.parent / RECORD_NAME, target, force=True) as (record, scratch):
+        command = [compiler, *CXXFLAGS, "-I", str(include), str(TRANSLATION_UNIT), "-o", str(scratch)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
             raise AnalogError(f"compiling the native kernels failed: {(errors or ['no output'])[0]}")
-        problem = load_problem(Path(scratch))
+        problem = load_problem(scratch)
         if problem:
             raise AnalogError(f"the freshly built native kernels do not load: {problem}")
-        os.replace(scratch, target)
-    finally:
-        if os.path.exists(scratch):
-            os.unlink(scratch)
-    return target
+        record.write_text(json.dumps(_record(scratch)))
+    return target, True
 
 
 def load_problem(path: Path) -> str | None:
@@ -121,7 +181,7 @@ def load_problem(path: Path) -> str | None:
     try:
         ort.SessionOptions().register_custom_ops_library(str(path))
     except Exception as error:  # onnxruntime raises its own exception types
-        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return first_line(error)
     return None
 
 
@@ -130,6 +190,9 @@ def kernel_status() -> KernelStatus:
     path = library_path()
     status = KernelStatus(built=path.is_file(), library=str(path), onnxruntime=ort.__version__)
     if not status.built:
+        return status
+    status.error = untrusted_folder(path) or damage(path)
+    if status.error:  # never load it: a truncated library crashes the process
         return status
     try:
         library = ctypes.CDLL(str(path))

@@ -1,0 +1,135 @@
+"""Files analog-onnx writes and reads on the user's behalf, made safe in one place.
+
+Writing: every output goes through :func:`atomic_outputs`. The files are written into a private
+staging folder beside the target (``.NAME.XXXX.tmp/NAME``) under their final names, then renamed
+into place only when all of them are complete; the staging folder is removed on any exception,
+including the ``SystemExit`` that :func:`unwind_on_sigterm` makes of SIGTERM. Every file gets
+the mode the user's umask gives an ordinary file, whatever mode the writing library chose. An
+output that is a folder, one of the inputs, or an existing file without ``force`` is refused
+before anything is written.
+
+Reading: :func:`read_small_text` reads a user's text file (a config) only when it is a regular
+file of bounded size, so ``-c /dev/zero`` or a FIFO cannot make a command read forever.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from analog_onnx.errors import AnalogError
+
+PathLike = str | Path
+MAX_TEXT_BYTES = 1 << 20  # configs are a few KB; anything bigger is not one
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit (status 128 + 15), so ``finally`` blocks run and staging
+    folders are removed, as on Ctrl-C. Call it in a command's main thread."""
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (libraries write pages), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_output(path: PathLike, *, force: bool = False, inputs: Collection[PathLike] = ()) -> Path:
+    """``path`` as an output file, or one clear error: a folder, an input, or existing without force."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise AnalogError(f"output {path} is a folder; give a file name")
+    if path.exists():
+        for source in inputs:
+            if Path(source).exists() and os.path.samefile(path, source):
+                raise AnalogError(f"output {path} is an input of this command; choose another output")
+        if not force:
+            raise AnalogError(f"output {path} exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise AnalogError(f"output folder {path.parent} does not exist")
+    return path
+
+
+@contextmanager
+def atomic_outputs(*targets: PathLike, force: bool = False, inputs: Collection[PathLike] = ()
+                   ) -> Iterator[list[Path]]:
+    """Yield one scratch path per target (same folder, same names); they replace the targets
+    together when the block ends normally, and vanish when it does not."""
+    checked = [check_output(t, force=force, inputs=inputs) for t in targets]
+    folder = checked[0].parent
+    if any(t.parent.resolve() != folder.resolve() for t in checked):
+        raise ValueError("atomic_outputs needs all targets in one folder")
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{checked[0].name}.", suffix=".tmp", dir=folder))
+    except OSError as e:
+        raise AnalogError(f"cannot write into {folder}: {e.strerror}") from None
+    try:
+        scratch = [staging / t.name for t in checked]
+        yield scratch
+        for source, target in zip(scratch, checked, strict=True):  # the last target (the model) last
+            os.chmod(source, _usual_mode(source))
+            os.replace(source, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _usual_mode(path: Path) -> int:
+    """The mode a plain ``open``/``touch`` would give (executables keep their x bits), whatever
+    mode the writing library chose: some write private 0600 files."""
+    mask = os.umask(0)
+    os.umask(mask)
+    executable = os.stat(path).st_mode & 0o111
+    return (0o777 if executable else 0o666) & ~mask
+
+
+@contextmanager
+def atomic_output(target: PathLike, *, force: bool = False, inputs: Collection[PathLike] = ()) -> Iterator[Path]:
+    """:func:`atomic_outputs` for one file."""
+    with atomic_outputs(target, force=force, inputs=inputs) as (scratch,):
+        yield scratch
+
+
+def write_with(target: PathLike, write: Callable[[BinaryIO], Any], *, force: bool = False,
+               inputs: Collection[PathLike] = ()) -> Path:
+    """Call ``write(binary_file)`` and put the result at ``target`` atomically; returns the path."""
+    with atomic_output(target, force=force, inputs=inputs) as scratch, open(scratch, "wb") as handle:
+        write(handle)
+    return Path(target).expanduser()
+
+
+def write_bytes(target: PathLike, data: bytes, **kwargs: Any) -> Path:
+    return write_with(target, lambda handle: handle.write(data), **kwargs)
+
+
+def write_text(target: PathLike, text: str, **kwargs: Any) -> Path:
+    return write_bytes(target, text.encode(), **kwargs)
+
+
+
+def read_small_text(path: PathLike, what: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes; anything else is one error."""
+    path = Path(path).expanduser()
+    try:
+        if not path.is_file():
+            raise AnalogError(f"{what} {path} is not a regular file" if path.exists() else f"no such {what}: {path}")
+        with open(path, "rb") as handle:
+            raw = handle.read(limit + 1)
+    except OSError as e:
+        raise AnalogError(f"cannot read {what} {path}: {e.strerror}") from None
+    if len(raw) > limit:
+        raise AnalogError(f"{what} {path} is larger than {limit // 1024} KiB; that is not a {what}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AnalogError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None

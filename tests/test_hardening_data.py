@@ -1,0 +1,126 @@
+"""Readers allocate only what a file's header declares, within a limit, checked before reading;
+non-finite inputs are refused and non-finite outputs are scored as wrong, and counted."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+from onnx import helper as h
+
+from analog_onnx.data import Dataset, load_dataset
+from analog_onnx.data.dataset import MAX_BYTES_ENV
+from analog_onnx.errors import AnalogError
+from analog_onnx.evaluate import RunSettings, evaluate
+from analog_onnx.evaluate.engine import count_correct
+
+
+def idx_header(code: int, shape: tuple[int, ...]) -> bytes:
+    return struct.pack(">BBBB", 0, 0, code, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def write_mnist(folder: Path, images: bytes, labels: bytes, *, compressed: bool) -> None:
+    for name, raw in (("t10k-images-idx3-ubyte", images), ("t10k-labels-idx1-ubyte", labels)):
+        if compressed:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (folder / name).write_bytes(raw)
+
+
+def test_an_idx_header_whose_size_overflows_int64_is_one_error(tmp_path):
+    write_mnist(tmp_path, idx_header(0x08, (2**32 - 1,) * 3), idx_header(0x08, (3,)) + bytes(3), compressed=False)
+    with pytest.raises(AnalogError, match="declares .* GiB of data, more than the limit"):
+        load_dataset(f"mnist:{tmp_path}")
+
+
+def test_a_gzip_idx_is_refused_before_it_is_decompressed_past_the_limit(tmp_path, monkeypatch):
+    shape = (100, 28, 28)
+    write_mnist(tmp_path, idx_header(0x08, shape) + bytes(100 * 28 * 28), idx_header(0x08, (100,)) + bytes(100),
+                compressed=True)
+    assert load_dataset(f"mnist:{tmp_path}").x.shape == (100, 1, 28, 28)
+    monkeypatch.setenv(MAX_BYTES_ENV, "50000")
+    with pytest.raises(AnalogError, match=f"set {MAX_BYTES_ENV} to allow more"):
+        load_dataset(f"mnist:{tmp_path}")
+
+
+def npz_with_header(path: Path, shape: tuple[int, ...]) -> Path:
+    """An .npz whose x.npy header claims ``shape`` but holds only a few bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    y = io.BytesIO()
+    np.save(y, np.zeros(3, np.int64))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + bytes(64))
+        archive.writestr("y.npy", y.getvalue())
+    return path
+
+
+def test_an_npz_header_claiming_terabytes_is_refused_before_reading(tmp_path):
+    path = npz_with_header(tmp_path / "big.npz", (10**12, 1))
+    with pytest.raises(AnalogError, match=r"array x: declares 3.73e\+03 GiB"):
+        load_dataset(f"npz:{path}")
+
+
+def test_images_over_the_limit_or_pillows_bomb_warning_are_refused(tmp_path, monkeypatch):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        Image.fromarray(np.zeros((80, 80), np.uint8)).save(tmp_path / label / "0.png")
+    assert load_dataset(f"imagefolder:{tmp_path}").x.shape == (2, 1, 80, 80)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # 6400 pixels: Pillow only warns below 2x
+    with pytest.raises(AnalogError, match="cannot read a/0.png"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    monkeypatch.setenv(MAX_BYTES_ENV, "10000")
+    with pytest.raises(AnalogError, match="a/0.png: declares"):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_samples_are_refused(tmp_path, bad, run_cli):
+    x = np.ones((4, 1, 8, 8), np.float32)
+    x[2, 0, 3, 3] = bad
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(4))
+    with pytest.raises(AnalogError, match="1 of 4 samples contain NaN or infinite values"):
+        load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    with pytest.raises(AnalogError, match="contain NaN"):
+        Dataset(x, np.arange(4), 4, "mine")
+    model = Path(__file__).parents[1] / "models" / "digits-mlp-baseline.onnx"
+    code, _, err = run_cli("evaluate", model, "-d", f"npz:{tmp_path / 'd.npz'}", "-p", "hardening-additive")
+    assert code == 2 and "contain NaN" in err and len(err.strip().splitlines()) == 1
+
+
+def test_nan_scores_are_wrong_in_top1_and_topk():
+    labels = np.array([0, 1, 2, 3])
+    scores = np.full((4, 10), np.nan, np.float32)
+    scores[3] = np.arange(10)  # one finite row: label 3 is 7th best
+    counts = count_correct(scores, labels, 7)
+    assert (counts.top1, counts.topk, counts.nonfinite) == (0, 1, 3)
+
+
+def nan_classifier() -> onnx.ModelProto:
+    """A digits 'classifier' whose scores are all NaN: x @ w * NaN."""
+    w = numpy_helper.from_array(np.ones((64, 10), np.float32), "w")
+    nan = numpy_helper.from_array(np.array(np.nan, np.float32), "nan")
+    nodes = [h.make_node("Flatten", ["x"], ["f"]), h.make_node("MatMul", ["f", "w"], ["s"], name="mm"),
+             h.make_node("Mul", ["s", "nan"], ["y"])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], [w, nan])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_all_nan_logits_score_zero_and_are_counted():
+    report = evaluate(nan_classifier(), "digits", config="aihwkit-default", noise_scales=[0.5], limit=30,
+                      settings=RunSettings(repeats=2, seed=0, top_k=5))
+    point = report.models[0].points[0]
+    assert report.models[0].clean_accuracy == 0.0
+    assert point.accuracy.mean == 0.0 and point.topk.mean == 0.0
+    assert point.nonfinite_outputs == 60 and report.to_dict()["points"][0]["nonfinite_outputs"] == 60

@@ -1,0 +1,109 @@
+"""Models that are not valid ONNX, not float32, or carry damaged metadata are one clear line;
+evaluate scores only classifiers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+from onnx import helper as h
+
+from analog_onnx.errors import ModelError
+from analog_onnx.evaluate import RunSettings, evaluate
+from analog_onnx.transform import read_analog_metadata
+
+MODEL = Path(__file__).parents[1] / "models" / "digits-mlp-baseline.onnx"
+
+
+def model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
+    graph = h.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def tensor(name: str, elem: int, shape: list) -> onnx.ValueInfoProto:
+    return h.make_tensor_value_info(name, elem, shape)
+
+
+def matmul(elem: int = TensorProto.FLOAT, dtype: type = np.float32) -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.ones((64, 10), dtype), "w")
+    return model([h.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [tensor("x", elem, ["n", 64])],
+                 [tensor("y", elem, ["n", 10])], [weight])
+
+
+def huge_weight_without_data() -> onnx.ModelProto:
+    weight = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[100_000, 100_000])  # 37 GiB, no bytes
+    io = [tensor(name, TensorProto.FLOAT, ["n", 100_000]) for name in ("x", "y")]
+    return model([h.make_node("MatMul", ["x", "w"], ["y"], name="mm")], io[:1], io[1:], [weight])
+
+
+def cyclic() -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    nodes = [h.make_node("MatMul", ["a", "w"], ["b"], name="mm"), h.make_node("Add", ["x", "b"], ["a"], name="add")]
+    return model(nodes, [tensor("x", TensorProto.FLOAT, ["n", 64])], [tensor("b", TensorProto.FLOAT, ["n", 64])],
+                 [weight])
+
+
+def dangling() -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    nodes = [h.make_node("MatMul", ["x", "w"], ["b"], name="mm"), h.make_node("Add", ["nowhere", "b"], ["y"])]
+    return model(nodes, [tensor("x", TensorProto.FLOAT, ["n", 64])], [tensor("y", TensorProto.FLOAT, ["n", 64])],
+                 [weight])
+
+
+def with_metadata(key: str, value: str) -> onnx.ModelProto:
+    proto = matmul()
+    proto.metadata_props.add(key="analog_onnx.config", value="{}")
+    entry = next((p for p in proto.metadata_props if p.key == key), None) or proto.metadata_props.add(key=key)
+    entry.value = value
+    return proto
+
+
+CASES = {
+    "huge weight without data": (huge_weight_without_data, "should contain one and only one value field"),
+    "cycle": (cyclic, "topologically sorted"),
+    "dangling input": (dangling, "topologically sorted"),
+    "float16": (lambda: matmul(TensorProto.FLOAT16, np.float16), "x is float16; analog-onnx transforms float32"),
+    "float64": (lambda: matmul(TensorProto.DOUBLE, np.float64), "x is float64"),
+    "garbage config metadata": (lambda: with_metadata("analog_onnx.config", "{not json"),
+                                "analog_onnx.config is not valid JSON"),
+    "garbage sites metadata": (lambda: with_metadata("analog_onnx.sites", "[[["), "analog_onnx.sites is not valid"),
+    "sites not names": (lambda: with_metadata("analog_onnx.sites", "[1, 2]"), "must hold names"),
+    "config not a config": (lambda: with_metadata("analog_onnx.config", '{"forward": {"out_noise": -1}}'),
+                            "is not a valid config"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_models_are_one_line_in_transform_and_inspect(run_cli, tmp_path, case):
+    build, message = CASES[case]
+    path = tmp_path / "m.onnx"
+    onnx.save_model(build(), path)
+    for args in (("transform", path, "-o", tmp_path / "out.onnx", "-p", "aihwkit-default"), ("inspect", path)):
+        if args[0] == "inspect" and case.startswith("float"):
+            continue  # inspecting a float16 model is fine
+        code, _, err = run_cli(*args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args[0], err)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_metadata_of_our_own_models_still_reads():
+    proto = onnx.load(MODEL)
+    assert read_analog_metadata(proto) is None
+    with pytest.raises(ModelError, match="not valid JSON"):
+        read_analog_metadata(with_metadata("analog_onnx.inputs", "{"))
+
+
+def test_a_sequence_output_is_not_scored_as_classes():
+    """[N, 4, 10] per-step scores: evaluate would flatten them into 40 'classes'."""
+    weight = numpy_helper.from_array(np.ones((64, 40), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1, 4, 10], np.int64), "shape")
+    nodes = [h.make_node("Flatten", ["x"], ["f"]), h.make_node("MatMul", ["f", "w"], ["s"], name="mm"),
+             h.make_node("Reshape", ["s", "shape"], ["y"])]
+    proto = model(nodes, [tensor("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                  [tensor("y", TensorProto.FLOAT, ["n", 4, 10])], [weight, shape])
+    with pytest.raises(ModelError, match=r"has shape \[1, 4, 10\]; evaluate needs class scores"):
+        evaluate(proto, "digits", config="aihwkit-default", noise_scales=[1.0], limit=20,
+                 settings=RunSettings(repeats=1, seed=0))

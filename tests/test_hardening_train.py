@@ -1,0 +1,73 @@
+"""train and export check everything before they delete or write anything, and speak in one line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+import torch  # noqa: E402
+
+from analog_onnx.train.checkpoint import FORMAT  # noqa: E402
+
+RUN_FILES = ("last.pt", "best.pt", "model.onnx", "metrics.jsonl")
+
+
+@pytest.fixture
+def previous_run(tmp_path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in RUN_FILES:
+        (run / name).write_text(f"previous {name}")
+    return run
+
+
+@pytest.mark.parametrize("bad", [("--data", "npz:no-such-file.npz"), ("--arch", "no-such-arch"),
+                                 ("--data", "mnist:no-such-dir")])
+def test_force_keeps_the_previous_run_when_the_new_one_cannot_start(run_cli, previous_run, bad):
+    code, _, err = run_cli("train", *bad, "--out", previous_run, "--force", "--epochs", "1", "--no-progress",
+                           "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert {p.name: p.read_text() for p in previous_run.iterdir()} == {n: f"previous {n}" for n in RUN_FILES}
+
+
+def test_train_out_an_existing_file_is_one_line(run_cli, tmp_path):
+    (tmp_path / "file").write_text("mine")
+    code, _, err = run_cli("train", "--out", tmp_path / "file", "--epochs", "1", "--no-progress")
+    assert code == 2 and "is a file" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_export_of_something_else_is_one_line(run_cli, tmp_path):
+    (tmp_path / "notes.pt").write_text("these are notes\n" * 20)
+    code, _, err = run_cli("export", tmp_path / "notes.pt")
+    assert code == 2 and "is not a readable checkpoint" in err and len(err.strip().splitlines()) == 1, err
+    torch.save(argparse.Namespace(lr=0.1), tmp_path / "namespace.pt")  # torch explains this over a page
+    code, _, err = run_cli("export", tmp_path / "namespace.pt")
+    assert code == 2 and "(argparse.Namespace)" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("contents", [
+    {},  # the right tag, nothing else
+    {"arch": "mlp", "in_shape": [64], "num_classes": 10, "state_dict": {"x": torch.zeros(1)}, "config": {},
+     "qat": None, "normalization": {"mean": [0.0], "std": [1.0]}, "record": {}},  # weights of another model
+    {"arch": "mlp", "in_shape": "sixty-four", "num_classes": 10, "state_dict": {}, "config": {}, "qat": None,
+     "normalization": {}, "record": {}},
+])
+def test_export_of_a_damaged_checkpoint_is_one_line(run_cli, tmp_path, contents):
+    path = tmp_path / "best.pt"
+    torch.save({"format": FORMAT, **contents}, path)
+    code, _, err = run_cli("export", path)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "checkpoint" in err, err
+    assert not (tmp_path / "best.onnx").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_train_refuses_a_non_finite_noise_scale_before_touching_out(run_cli, tmp_path, value):
+    out = tmp_path / "run"
+    code, _, err = run_cli("train", "--method", "nit", "-p", "hardening-additive", "--noise-scale", value,
+                           "--epochs", "1", "--out", out, "--no-progress", "--device", "cpu")
+    assert code == 2 and "must be finite" in err and not out.exists(), err
