@@ -91,3 +91,17 @@ def test_sensitivity_midpoint_mode_sweeps_each_site(tmp_path):
     data = json.loads((tmp_path / "mid" / "sensitivity.json").read_text())
     assert data["mode"] == "midpoint" and "midpoint_noise" in data["sites"][0]
     assert_png(tmp_path / "mid" / "sensitivity.png", (300, 100))
+
+
+def test_plot_labels_show_names_from_files_as_plain_text(report, tmp_path):
+    """A '$' would start matplotlib mathtext (an unbalanced one fails the whole write) and an ESC
+    would be a missing glyph: both come out as written."""
+    import dataclasses
+    import warnings
+
+    hostile = dataclasses.replace(report, models=[dataclasses.replace(m, name=f"m$\\frac{{\x1b[31m{i}")
+                                                  for i, m in enumerate(report.models)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_report(hostile, tmp_path / "out")
+    assert_png(tmp_path / "out" / "accuracy_vs_noise.png")

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
 from analog_onnx.files import write_text, write_with
+from analog_onnx.text import printable
 
 
 def write_report(report: EvaluationReport | SensitivityReport, out: str | Path, *, force: bool = False) -> list[Path]:
@@ -78,6 +79,11 @@ def prepare_output_dir(out: str | Path, *, force: bool) -> Path:
 
 
 # -- plots --------------------------------------------------------------------------------------
+def _label(text: str) -> str:
+    """Text from a file as plain plot text: control characters escaped, ``$`` not mathtext."""
+    return printable(text).replace("$", r"\$")
+
+
 def _save(figure: Figure, file: BinaryIO) -> None:
     FigureCanvasAgg(figure)
     figure.savefig(file, format="png", dpi=120)
@@ -95,7 +101,7 @@ def accuracy_vs_noise_png(report: EvaluationReport, file: BinaryIO) -> None:
         scales = np.array([p.noise_scale for p in points])
         mean = np.array([p.accuracy.mean for p in points])
         std = np.array([p.accuracy.std for p in points])
-        label = f"{model.name} (clean {model.clean_accuracy:.3f})"
+        label = f"{_label(model.name)} (clean {model.clean_accuracy:.3f})"
         (line,) = ax.plot(scales, mean, marker="o", markersize=3, label=label)
         ax.fill_between(scales, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
         if model.midpoint.noise is not None:
@@ -137,8 +143,8 @@ def sensitivity_png(report: SensitivityReport, file: BinaryIO) -> None:
     if reference is not None:
         ax.axvline(reference, color="gray", linestyle="--", linewidth=1, label="all sites")
         ax.legend(fontsize="small")
-    ax.set_yticks(rows, [f"{s.name} ({s.op_type})" for s in sites], fontsize="small")
+    ax.set_yticks(rows, [_label(f"{s.name} ({s.op_type})") for s in sites], fontsize="small")
     ax.set_ylim(len(sites) - 0.5, -0.5)
     ax.grid(True, axis="x", alpha=0.3)
-    ax.set_title(f"per-site noise sensitivity of {report.model}")
+    ax.set_title(f"per-site noise sensitivity of {_label(report.model)}")
     _save(figure, file)
