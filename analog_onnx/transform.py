@@ -8,6 +8,7 @@ into one clear :class:`~analog_onnx.errors.ModelError` and never leave half-writ
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Collection
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx.version_converter
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
@@ -30,6 +32,8 @@ from analog_onnx.passes.strip_analog import StripAnalogPass
 from analog_onnx.passes.write_metadata import WriteMetadataPass
 
 MIN_OPSET = 13
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,13 +79,28 @@ def _like(result: ir.Model, original: onnx.ModelProto | ir.Model) -> onnx.ModelP
     return result if isinstance(original, ir.Model) else ir.serde.serialize_model(result)
 
 
-def _check_transformable(model: ir.Model) -> None:
+def _transformable(model: ir.Model) -> ir.Model:
+    """The working copy, refused when already transformed and upgraded to ``MIN_OPSET`` when older
+    (with ``onnx.version_converter``; the caller's model is a different object and stays as it was)."""
     if read_analog_metadata(model) is not None or DOMAIN in model.opset_imports:
         raise ModelError("model is already transformed; run `analog-onnx strip` first")
     opset = model.opset_imports.get("")
-    if opset is None or opset < MIN_OPSET:
-        raise ModelError(f"model uses opset {opset}; analog-onnx needs {MIN_OPSET} or newer "
-                         f"(convert it with onnx.version_converter.convert_version(model, {MIN_OPSET}))")
+    if opset is None:
+        raise ModelError("model imports no default ONNX opset; analog-onnx needs the standard operators")
+    if opset >= MIN_OPSET:
+        return model
+    try:
+        upgraded = onnx.version_converter.convert_version(ir.serde.serialize_model(model), MIN_OPSET)
+    except Exception as e:  # the converter raises RuntimeError, ValueError or onnx's own errors
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"model uses opset {opset} and onnx.version_converter cannot upgrade it to "
+                         f"{MIN_OPSET} ({reason})") from None
+    # the IR version goes with the opset (before IR 4, ORT cannot feed an input that has an initializer)
+    upgraded.ir_version = max(upgraded.ir_version, onnx.helper.find_min_ir_version_for(
+        [onnx.helper.make_opsetid("", MIN_OPSET)]))
+    log.warning("model uses opset %d: upgraded to opset %d with onnx.version_converter (the input is unchanged)",
+                opset, MIN_OPSET)
+    return ir.serde.deserialize_model(upgraded)
 
 
 def analog_sites(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> list[Site]:
@@ -98,8 +117,7 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
 
     Returns the same kind of object it was given (a new one; the input is not changed).
     """
-    work = _working_copy(model)
-    _check_transformable(work)
+    work = _transformable(_working_copy(model))
     chosen = analog_sites(work, config)
     if sites is not None:
         unknown = set(sites) - {s.name for s in chosen}
