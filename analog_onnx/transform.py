@@ -26,6 +26,7 @@ from analog_onnx.passes.add_controls import AddControlInputsPass
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
 from analog_onnx.passes.insert_activation_noise import InsertActivationNoisePass
 from analog_onnx.passes.insert_mvm_periphery import InsertMvmPeripheryPass
+from analog_onnx.passes.qonnx_to_standard import QonnxToStandardPass
 from analog_onnx.passes.quantize_weights import QuantizeWeightsPass
 from analog_onnx.passes.sites import Site, find_sites
 from analog_onnx.passes.strip_analog import StripAnalogPass
@@ -79,11 +80,28 @@ def _like(result: ir.Model, original: onnx.ModelProto | ir.Model) -> onnx.ModelP
     return result if isinstance(original, ir.Model) else ir.serde.serialize_model(result)
 
 
+def standard_model(model: onnx.ModelProto | ir.Model) -> onnx.ModelProto | ir.Model:
+    """``model`` as standard ONNX the transform works on (a new object; the input is not changed):
+    opsets below ``MIN_OPSET`` upgraded, QONNX quantizers converted (passes/qonnx_to_standard.py)."""
+    return _like(_standardized(_working_copy(model)), model)
+
+
+def _standardized(model: ir.Model) -> ir.Model:
+    model = _upgraded(model)
+    QonnxToStandardPass()(model)
+    return model
+
+
 def _transformable(model: ir.Model) -> ir.Model:
-    """The working copy, refused when already transformed and upgraded to ``MIN_OPSET`` when older
-    (with ``onnx.version_converter``; the caller's model is a different object and stays as it was)."""
+    """The working copy, refused when already transformed, else standardized."""
     if read_analog_metadata(model) is not None or DOMAIN in model.opset_imports:
         raise ModelError("model is already transformed; run `analog-onnx strip` first")
+    return _standardized(model)
+
+
+def _upgraded(model: ir.Model) -> ir.Model:
+    """The model at ``MIN_OPSET`` when older, upgraded with ``onnx.version_converter`` (it works on
+    the caller's working copy, so the caller's model stays as it was)."""
     opset = model.opset_imports.get("")
     if opset is None:
         raise ModelError("model imports no default ONNX opset; analog-onnx needs the standard operators")
