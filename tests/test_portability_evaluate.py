@@ -3,6 +3,13 @@ are told to stop."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from contextlib import suppress
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -53,3 +60,58 @@ def test_fixed_batch_runs_at_its_size_and_scores_every_sample(fixed, probe_data)
     assert points == dynamic_points  # padding the last batch leaves the real samples' noise as it was
     assert [n for n in notes if "fixed batch size" in n] == [
         f"model0 has a fixed batch size of {fixed}: it runs in batches of {fixed} instead of 256"]
+
+
+# -- worker processes ----------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "digits-mlp-baseline.onnx"
+UNGUARDED = f"""
+from analog_onnx.evaluate import RunSettings, evaluate
+evaluate({str(MODEL)!r}, "digits", config="hardening-additive", noise_scales="0,1",
+         settings=RunSettings(repeats=2, seed=0, workers=2))
+print("finished")
+"""
+
+
+def spawned_worker(pid: int) -> int | None:
+    """The parent of a live process running multiprocessing's spawn_main, else None (from /proc)."""
+    with suppress(OSError):
+        state, parent = (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2])
+        if state != "Z" and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return int(parent)
+    return None
+
+
+def spawned_workers(parent: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").glob("[0-9]*") if spawned_worker(int(p.name)) == parent]
+
+
+def test_workers_from_an_unguarded_script_fail_fast(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode != 0 and "finished" not in done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("analog_onnx.errors.AnalogError: an evaluate worker process stopped")
+    assert 'if __name__ == "__main__":' in last
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+def test_sigterm_stops_the_workers(tmp_path):
+    command = [sys.executable, "-c", "from analog_onnx.cli import main; main()", "evaluate", str(MODEL),
+               "-d", "digits", "-p", "hardening-additive", "--repeats", "400", "--workers", "2", "--seed", "0"]
+    parent = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := spawned_workers(parent.pid)) < 2:
+            assert parent.poll() is None and time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.2)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while any(spawned_worker(pid) is not None for pid in workers):
+            assert time.monotonic() < deadline, f"workers {workers} outlived their parent"
+            time.sleep(0.2)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
