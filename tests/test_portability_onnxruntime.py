@@ -36,6 +36,23 @@ def conv_mlp(opset: int, rng: np.random.Generator) -> onnx.ModelProto:
     return h.make_model(graph, opset_imports=[h.make_opsetid("", opset)], ir_version=8)
 
 
+@pytest.mark.parametrize("opset", range(13, onnx.defs.onnx_opset_version() + 1))
+def test_function_bodies_load_and_draw_at_every_opset(opset):
+    """Through the function bodies alone: a seed reproduces the noise, a negative seed draws fresh
+    noise on each run (no onnxruntime implements the Random* ops from opset 22 on)."""
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    for preset in preset_names():
+        config = load_preset(preset)
+        if not config.has_noise:
+            continue
+        analog = transform_model(conv_mlp(opset, np.random.default_rng(opset)), config)
+        session = make_session(analog, native=False)
+        seed = read_analog_metadata(analog).seed_input
+        runs = {s: [session.run(None, {"x": x, seed: np.array(s, np.int64)})[0] for _ in range(2)] for s in (7, -1)}
+        np.testing.assert_array_equal(*runs[7])
+        assert not np.array_equal(*runs[-1]), preset
+
+
 @pytest.fixture(scope="module", params=[oldest_onnxruntime(), MIDDLE])
 def side(request) -> Path:
     python, reason = side_python(request.param)

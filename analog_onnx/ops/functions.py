@@ -4,10 +4,12 @@ These make a transformed model portable: any ONNX runtime inlines them when our 
 library is not loaded. They follow ``reference.py`` operation by operation, so deterministic
 parts agree exactly and the noise is the same counter-based stream (see ``rng.py``).
 
-Every onnxruntime that ``pyproject.toml`` allows must load them, so they use only what the
-oldest one implements: it has no uint64 Add, Sub or Mul (only BitShift), so the generator's
-arithmetic runs in int64, whose wrapping sum and product have the same 64 bits as the uint64
-ones, and Cast between int64 and uint64 (which keeps the bits) surrounds each BitShift.
+Every onnxruntime that ``pyproject.toml`` allows must load them, at every opset from 13, so they
+use only what all of them implement. The oldest has no uint64 Add, Sub or Mul (only BitShift),
+so the generator's arithmetic runs in int64, whose wrapping sum and product have the same 64 bits
+as the uint64 ones, and Cast between int64 and uint64 (which keeps the bits) surrounds each
+BitShift. No onnxruntime implements the Random* ops at opset 22 or later, so the fresh key of a
+negative seed comes from the mask of a Dropout in training mode, which every version runs.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ _SHIFTS = {n: _bits64(f"shift{n}", n, np.uint64) for n in (1, 8, 32)}
 # a [1] tensor, not value_ints: older onnx infers no shape for value_ints inside a function
 # call, and TopK then refuses to load ("K input must be a one-dimensional tensor of size 1")
 _ONE_K = onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "k")
+FRESH_BITS = 52
+_BIT_VALUES = onnx.numpy_helper.from_array(np.left_shift(1, np.arange(FRESH_BITS, dtype=np.int64)), "bit_values")
+_TRAINING = onnx.numpy_helper.from_array(np.array(True), "training")
 
 
 @script(analog)
@@ -67,7 +72,10 @@ def SquaresPair(counter, key):
 @script(analog)
 def StreamKey(seed: INT64, stream: int):
     """The odd key (int64 bits) of one op's stream for one run; a negative seed draws a fresh one (see rng.stream_key)."""
-    fresh = op.Cast(op.RandomUniformLike(op.Cast(seed, to=TensorProto.DOUBLE), dtype=TensorProto.DOUBLE, high=4503599627370496.0), to=I64)
+    # 52 fresh random bits: a Dropout mask at ratio 1/2 (its input depends on the seed, so it is never constant-folded)
+    coins = op.Expand(op.Cast(seed, to=TensorProto.FLOAT), op.Constant(value_ints=[FRESH_BITS]))
+    _, mask = op.Dropout(coins, op.Constant(value_float=0.5), op.Constant(value=_TRAINING))
+    fresh = op.ReduceSum(op.Mul(op.Cast(mask, to=I64), op.Constant(value=_BIT_VALUES)), keepdims=0)
     # select by arithmetic: negative seeds take the fresh key
     negative = op.Cast(op.Less(seed, op.Constant(value_int=0)), to=I64)
     one = op.Constant(value_int=1)
