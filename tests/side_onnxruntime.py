@@ -52,8 +52,8 @@ def side_python(series: str) -> tuple[Path | None, str]:
         if ready.is_file():
             return python, ""
         venv.create(home, clear=True, with_pip=True)
-        command = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                   "--only-binary=:all:", f"onnxruntime=={series}.*", NUMPY_PIN]
+        command = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--retries", "2",
+                   "--timeout", "30", "--only-binary=:all:", f"onnxruntime=={series}.*", NUMPY_PIN]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
         except subprocess.TimeoutExpired:
