@@ -61,7 +61,7 @@ class _Emitter:
 
     def __init__(self, node: ir.Node) -> None:
         self.tape = ir.tape.Tape()  # nodes and initializers are added to the graph by the caller
-        self.prefix = node.name or node.outputs[0].name or node.op_type
+        self.prefix = node.outputs[0].name or node.name or node.op_type  # output names are unique
 
     def const(self, value: Any) -> ir.Value:
         return self.tape.initializer(ir.tensor(np.asarray(value, dtype=F32)),
