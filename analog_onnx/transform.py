@@ -9,12 +9,14 @@ into one clear :class:`~analog_onnx.errors.ModelError` and never leave half-writ
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx.version_converter
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
@@ -25,11 +27,14 @@ from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.add_controls import AddControlInputsPass
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
 from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, SITES_KEY, VERSION_KEY
+from analog_onnx.passes.qonnx_to_standard import QonnxToStandardPass
 from analog_onnx.passes.sites import Site, find_sites
 from analog_onnx.passes.strip_analog import StripAnalogPass
 from analog_onnx.passes.write_metadata import WriteMetadataPass
 
 MIN_OPSET = 13
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,13 +101,44 @@ def _like(result: ir.Model, original: onnx.ModelProto | ir.Model) -> onnx.ModelP
     return result if isinstance(original, ir.Model) else ir.serde.serialize_model(result)
 
 
-def _check_transformable(model: ir.Model) -> None:
+def standard_model(model: onnx.ModelProto | ir.Model) -> onnx.ModelProto | ir.Model:
+    """``model`` as standard ONNX the transform works on (a new object; the input is not changed):
+    opsets below ``MIN_OPSET`` upgraded, QONNX quantizers converted (passes/qonnx_to_standard.py)."""
+    return _like(_standardized(_working_copy(model)), model)
+
+
+def _standardized(model: ir.Model) -> ir.Model:
+    model = _upgraded(model)
+    QonnxToStandardPass()(model)
+    return model
+
+
+def _transformable(model: ir.Model) -> ir.Model:
+    """The working copy, refused when already transformed, else standardized."""
     if read_analog_metadata(model) is not None or DOMAIN in model.opset_imports:
         raise ModelError("model is already transformed; run `analog-onnx strip` first")
+    return _standardized(model)
+
+
+def _upgraded(model: ir.Model) -> ir.Model:
+    """The model at ``MIN_OPSET`` when older, upgraded with ``onnx.version_converter`` (it works on
+    the caller's working copy, so the caller's model stays as it was)."""
     opset = model.opset_imports.get("")
-    if opset is None or opset < MIN_OPSET:
-        raise ModelError(f"model uses opset {opset}; analog-onnx needs {MIN_OPSET} or newer "
-                         f"(convert it with onnx.version_converter.convert_version(model, {MIN_OPSET}))")
+    if opset is None:
+        raise ModelError("model imports no default ONNX opset; analog-onnx needs the standard operators")
+    if opset >= MIN_OPSET:
+        return model
+    try:
+        upgraded = onnx.version_converter.convert_version(ir.serde.serialize_model(model), MIN_OPSET)
+    except Exception as e:  # the converter raises RuntimeError, ValueError or onnx's own errors
+        raise ModelError(f"model uses opset {opset} and onnx.version_converter cannot upgrade it to "
+                         f"{MIN_OPSET} ({first_line(e)})") from None
+    # the IR version goes with the opset (before IR 4, ORT cannot feed an input that has an initializer)
+    upgraded.ir_version = max(upgraded.ir_version, onnx.helper.find_min_ir_version_for(
+        [onnx.helper.make_opsetid("", MIN_OPSET)]))
+    log.warning("model uses opset %d: upgraded to opset %d with onnx.version_converter (the input is unchanged)",
+                opset, MIN_OPSET)
+    return ir.serde.deserialize_model(upgraded)
 
 
 def analog_sites(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> list[Site]:
@@ -120,8 +156,7 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
 
     Returns the same kind of object it was given (a new one; the input is not changed).
     """
-    work = _working_copy(model)
-    _check_transformable(work)
+    work = _transformable(_working_copy(model))
     chosen = [s.name for s in analog_sites(work, config)]
     if sites is not None:
         unknown = set(sites) - set(chosen)

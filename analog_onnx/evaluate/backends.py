@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
+import signal
 import socket
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import replace
+from multiprocessing.connection import Connection, wait
+from typing import Any, NoReturn
 
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.engine import Counts, Evaluator, Payload, Unit
@@ -20,7 +25,7 @@ BACKENDS = ("local", "ray")
 Progress = Callable[[int, int], None]  # called with (units finished so far, units in all)
 Done = Callable[[int], None]  # called with the number of units just finished
 
-_worker: Evaluator | None = None  # the evaluator of a local worker process
+MAIN_GUARD = 'if __name__ == "__main__":'
 
 
 def run_units(payload: Payload, units: list[Unit], *, backend: str = "local", workers: int = 1,
@@ -61,27 +66,136 @@ def _threads_per_worker(payload: Payload, workers: int) -> int:
     return payload.threads or max(1, cores // workers)
 
 
-def _init_worker(payload: Payload) -> None:
-    global _worker
-    _worker = Evaluator(payload)
-
-
-def _run_in_worker(unit: Unit) -> tuple[Unit, Counts]:
-    assert _worker is not None, "worker not initialized"
-    return unit, _worker.run(unit)
-
-
 def _run_processes(payload: Payload, units: list[Unit], workers: int, done: Done) -> dict[Unit, Counts]:
     # spawn, not fork: onnxruntime's thread pools do not survive a fork
     workers = min(workers, len(units))
     payload = replace(payload, threads=_threads_per_worker(payload, workers))
-    context = multiprocessing.get_context("spawn")
-    results = {}
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(payload,)) as pool:
-        for unit, counts in pool.map(_run_in_worker, units):
-            results[unit] = counts
-            done(1)
-    return results
+    with _sigterm_exits(), _WorkerPool(multiprocessing.get_context("spawn"), payload, workers) as pool:
+        return pool.run(units, done)
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """While workers run, SIGTERM exits through ``finally`` blocks as Ctrl-C does, so the workers are
+    stopped instead of orphaned. A handler the program installed itself is left alone."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def exit_(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class _WorkerPool:
+    """Worker processes fed one unit at a time, each through its own pipe. The parent waits on the
+    pipes and on the processes together, so a worker that dies is an error at once, never a hang."""
+
+    def __init__(self, context: Any, payload: Payload, count: int) -> None:
+        self.workers: list[tuple[Any, Connection]] = []
+        try:
+            for _ in range(count):
+                parent_end, child_end = context.Pipe()
+                process = context.Process(target=_worker_main, args=(child_end,), daemon=True,
+                                          name="analog-onnx-evaluate-worker")
+                process.start()
+                child_end.close()
+                self.workers.append((process, parent_end))
+            # the payload goes through our pipe, not the start arguments: multiprocessing writes those
+            # while holding the pipe's read end, and blocks for ever when a worker dies before reading
+            data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+            for process, conn in self.workers:
+                try:
+                    conn.send_bytes(data)
+                except OSError:
+                    _worker_died(process)
+        except BaseException as error:  # a dead worker, SIGTERM or Ctrl-C while starting: stop them all
+            self.__exit__(type(error), error, None)
+            raise
+
+    def __enter__(self) -> _WorkerPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        finished = exc_info[0] is None
+        for process, conn in self.workers:
+            with suppress(OSError):
+                if finished:
+                    conn.send(None)
+            conn.close()  # a worker still reading sees end of file and returns
+            if not finished:
+                process.terminate()
+        for process, _ in self.workers:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    def run(self, units: list[Unit], done: Done) -> dict[Unit, Counts]:
+        todo = list(reversed(units))
+        busy: dict[Connection, Any] = {}  # the pipes of workers running a unit -> their process
+        results: dict[Unit, Counts] = {}
+
+        def hand_out(conn: Connection, process: Any) -> None:
+            if todo:
+                try:
+                    conn.send(todo.pop())
+                except OSError:
+                    _worker_died(process)
+                busy[conn] = process
+
+        for process, conn in self.workers:
+            hand_out(conn, process)
+        while busy:
+            wait([*busy, *(p.sentinel for p in busy.values())])
+            for conn in [c for c in busy if c.poll()]:
+                process = busy.pop(conn)
+                try:
+                    status, unit, value = conn.recv()
+                except EOFError:
+                    _worker_died(process)
+                if status == "error":
+                    raise value
+                results[unit] = value
+                done(1)
+                hand_out(conn, process)
+            for process in busy.values():
+                if process.exitcode is not None:
+                    _worker_died(process)
+        return results
+
+
+def _worker_died(process: Any) -> NoReturn:
+    process.join(timeout=5)
+    raise AnalogError(f"an evaluate worker process stopped (exit status {process.exitcode}) before finishing; from "
+                      f"a script, call evaluate under {MAIN_GUARD} (workers re-import the main module)")
+
+
+def _worker_main(conn: Connection) -> None:
+    """A worker's loop: the payload, then units in, (status, unit, counts or exception) out, until
+    None or end of file."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
+    try:
+        evaluator = Evaluator(pickle.loads(conn.recv_bytes()))
+    except EOFError:
+        return
+    while True:
+        try:
+            unit = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        if unit is None:
+            return
+        try:
+            conn.send(("ok", unit, evaluator.run(unit)))
+        except Exception as error:  # handed to the parent, which raises it
+            conn.send(("error", unit, error))
 
 
 def _run_ray(payload: Payload, units: list[Unit], workers: int, address: str | None,

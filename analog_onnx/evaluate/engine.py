@@ -39,6 +39,7 @@ class Variant:
     chip_seed_input: str | None = None  # None: a model transformed before chips were an input
     t_inference_input: str | None = None
     t_inference: float = 0.0  # seconds since programming, fed to t_inference_input
+    fixed_batch: int | None = None  # the batch size the model's input fixes; it then runs at that size
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,14 @@ def count_correct(logits: np.ndarray, labels: np.ndarray, top_k: int | None) -> 
     return Counts(top1, int(np.count_nonzero((higher < top_k) & finite)), nonfinite)
 
 
+def padded(batch: np.ndarray, size: int) -> np.ndarray:
+    """``batch`` with zero samples appended up to ``size`` (their results are dropped). Samples do
+    not interact and each element's noise depends on its index only, so the real ones are unchanged."""
+    if len(batch) >= size:
+        return batch
+    return np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
+
+
 class Evaluator:
     """Runs units; builds each variant's session on first use and keeps it."""
 
@@ -115,7 +124,7 @@ class Evaluator:
         p = self.payload
         variant = p.variants[unit.variant]
         session = self.session(unit.variant)
-        x, labels, size = p.inputs[variant.inputs_index], p.labels, p.batch_size
+        x, labels, size = p.inputs[variant.inputs_index], p.labels, variant.fixed_batch or p.batch_size
         starts = range(0, len(labels), size)
         feed: dict[str, np.ndarray] = {}
         if variant.noise_scale_input is not None:
@@ -128,10 +137,11 @@ class Evaluator:
         scores: np.ndarray | None = None  # all logits of the unit, counted once at the end
         for b, start in enumerate(starts):
             batch = x[start:start + size]
-            feed[variant.input_name] = batch
+            feed[variant.input_name] = padded(batch, size) if variant.fixed_batch else batch
             if seeds is not None:
                 feed[variant.seed_input] = seeds[b:b + 1].reshape(())
-            logits = session.run([variant.output_name], feed)[0].reshape(len(batch), -1)
+            logits = session.run([variant.output_name], feed)[0]
+            logits = logits.reshape(len(feed[variant.input_name]), -1)[:len(batch)]
             if scores is None:
                 scores = np.empty((len(labels), logits.shape[1]), logits.dtype)
             scores[start:start + len(batch)] = logits

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from analog_onnx.config import AnalogConfig
 from analog_onnx.data.preprocess import Normalization, from_model
 from analog_onnx.errors import ModelError
-from analog_onnx.transform import load_model, read_analog_metadata, strip_model, transform_model
+from analog_onnx.transform import load_model, read_analog_metadata, standard_model, strip_model, transform_model
 
 ModelSource = str | Path | onnx.ModelProto
 
@@ -46,7 +46,8 @@ def prepare_model(model: ModelSource, config: AnalogConfig | None, name: str) ->
     if meta is None:
         if config is None:
             raise ModelError(f"{name} has no analog ops; give --preset or --config to transform it in memory")
-        clean, analog, config_source = proto, transform_model(proto, config), "given"
+        clean = standard_model(proto)  # what onnxruntime can run: QONNX converted, old opsets upgraded
+        analog, config_source = transform_model(clean, config), "given"
     else:
         clean = strip_model(proto)
         if config is None:

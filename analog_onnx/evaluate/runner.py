@@ -20,7 +20,7 @@ from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.data.preprocess import Normalization
 from analog_onnx.errors import AnalogError, ModelError
 from analog_onnx.evaluate.backends import BACKENDS, Progress, run_units
-from analog_onnx.evaluate.engine import Counts, Evaluator, Payload, Unit, Variant
+from analog_onnx.evaluate.engine import Counts, Evaluator, Payload, Unit, Variant, padded
 from analog_onnx.evaluate.inputs import check_labels, fit_inputs
 from analog_onnx.evaluate.models import ModelIO, ModelSource, PreparedModel, model_io, prepare_model
 from analog_onnx.evaluate.report import NoisePoint
@@ -111,13 +111,17 @@ def prepare_targets(sources: Sequence[ModelSource], names: Sequence[str], config
         if key not in keys:
             keys.append(key)
             inputs.append(x)
-        num_outputs = _probe_outputs(session, io, x[:1], name)
+        fixed = io.input_shape[0]
+        if fixed is not None and fixed != settings.batch_size:
+            model.notes.append(f"{name} has a fixed batch size of {fixed}: it runs in batches of {fixed} "
+                               f"instead of {settings.batch_size}")
+        num_outputs = _probe_outputs(session, io, padded(x[:fixed or 1], fixed or 1), name)
         check_labels(data, num_outputs, name)
         targets.append(Target(model, io, keys.index(key), normalization, num_outputs))
         sessions.append(session)
     top_k = effective_top_k(settings, targets)
     clean = [Variant(t.model.clean.SerializeToString(), t.io.input_name, t.io.output_name, t.inputs_index,
-                     None, None) for t in targets]
+                     None, None, fixed_batch=t.io.input_shape[0]) for t in targets]
     payload = Payload(tuple(clean), tuple(inputs), data.y, settings.batch_size, top_k, settings.seed or 0,
                       settings.threads)
     evaluator = Evaluator(payload)
@@ -133,10 +137,10 @@ def _probe_outputs(session: Any, io: ModelIO, sample: np.ndarray, name: str) -> 
         logits = session.run([io.output_name], {io.input_name: sample})[0]
     except Exception as e:  # onnxruntime raises its own exception types for a bad feed
         raise ModelError(f"{name} does not run on this data: {first_line(e)}") from None
-    if logits.ndim < 2 or logits.shape[0] != 1 or sum(d > 1 for d in logits.shape[1:]) > 1:
+    if logits.ndim < 2 or logits.shape[0] != len(sample) or sum(d > 1 for d in logits.shape[1:]) > 1:
         raise ModelError(f"{name}: first output {io.output_name} has shape {list(logits.shape)}; "
                          "evaluate needs class scores [N, classes] (one score per class and sample)")
-    return int(logits.size)
+    return int(logits.size) // len(sample)
 
 
 def effective_top_k(settings: RunSettings, targets: list[Target]) -> int | None:
@@ -174,7 +178,7 @@ def analog_variant(target: Target, analog: onnx.ModelProto | None = None) -> Var
     meta = read_analog_metadata(analog)
     return Variant(analog.SerializeToString(), target.io.input_name, target.io.output_name, target.inputs_index,
                    meta.noise_scale_input, meta.seed_input, meta.inputs.get("chip_seed"),
-                   meta.inputs.get("t_inference"), meta.config.t_inference)
+                   meta.inputs.get("t_inference"), meta.config.t_inference, fixed_batch=target.io.input_shape[0])
 
 
 def data_summary(dataset: Dataset, spec: str, split: str, limit: int | None) -> dict[str, Any]:

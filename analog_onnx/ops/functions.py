@@ -3,6 +3,13 @@
 These make a transformed model portable: any ONNX runtime inlines them when our native
 library is not loaded. They follow ``reference.py`` operation by operation, so deterministic
 parts agree exactly and the noise is the same counter-based stream (see ``rng.py``).
+
+Every onnxruntime that ``pyproject.toml`` allows must load them, at every opset from 13, so they
+use only what all of them implement. The oldest has no uint64 Add, Sub or Mul (only BitShift),
+so the generator's arithmetic runs in int64, whose wrapping sum and product have the same 64 bits
+as the uint64 ones, and Cast between int64 and uint64 (which keeps the bits) surrounds each
+BitShift. No onnxruntime implements the Random* ops at opset 22 or later, so the fresh key of a
+negative seed comes from the mask of a Dropout in training mode, which every version runs.
 """
 
 from __future__ import annotations
@@ -20,28 +27,37 @@ from analog_onnx.ops.rng import GAMMA, KEY_HIGH, KEY_LOW
 analog = Opset(DOMAIN, OPSET_VERSION)
 
 U64 = TensorProto.UINT64
+I64 = TensorProto.INT64
 
 
-def _u64(name: str, value: int) -> onnx.TensorProto:
-    return onnx.numpy_helper.from_array(np.array(value, dtype=np.uint64), name)
+def _bits64(name: str, value: int, dtype: type = np.int64) -> onnx.TensorProto:
+    """A scalar holding the 64 bits of the unsigned ``value`` (as int64 unless asked)."""
+    return onnx.numpy_helper.from_array(np.array(value, dtype=np.uint64).view(dtype), name)
 
 
-_GAMMA = _u64("gamma", GAMMA)
-_KEY_HIGH = _u64("key_high", KEY_HIGH)
-_KEY_LOW = _u64("key_low", KEY_LOW)
-_SHIFTS = {n: _u64(f"shift{n}", n) for n in (1, 8, 32)}
+_GAMMA = _bits64("gamma", GAMMA)
+_KEY_HIGH = _bits64("key_high", KEY_HIGH)
+_KEY_LOW = _bits64("key_low", KEY_LOW)
+_SHIFTS = {n: _bits64(f"shift{n}", n, np.uint64) for n in (1, 8, 32)}
+# a [1] tensor, not value_ints: older onnx infers no shape for value_ints inside a function
+# call, and TopK then refuses to load ("K input must be a one-dimensional tensor of size 1")
+_ONE_K = onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "k")
+FRESH_BITS = 52
+_BIT_VALUES = onnx.numpy_helper.from_array(np.left_shift(1, np.arange(FRESH_BITS, dtype=np.int64)), "bit_values")
+_TRAINING = onnx.numpy_helper.from_array(np.array(True), "training")
 
 
 @script(analog)
 def SwapHalves(x):
-    """Rotate a uint64 by 32 bits (the halves do not overlap, so Add is Or)."""
+    """Rotate the 64 bits of an int64 by 32 (the halves do not overlap, so Add is Or)."""
     n32 = op.Constant(value=_SHIFTS[32])
-    return op.Add(op.BitShift(x, n32, direction="RIGHT"), op.BitShift(x, n32, direction="LEFT"))
+    bits = op.Cast(x, to=U64)
+    return op.Add(op.Cast(op.BitShift(bits, n32, direction="RIGHT"), to=I64), op.Cast(op.BitShift(bits, n32, direction="LEFT"), to=I64))
 
 
 @script(analog)
 def SquaresPair(counter, key):
-    """Two 32-bit draws per counter: the high halves of rounds four and five (see rng.squares_pair)."""
+    """Two 32-bit draws (uint64) per int64 counter: the high halves of rounds four and five (see rng.squares_pair)."""
     x0 = op.Mul(counter, key)
     z = op.Add(x0, key)
     x1 = SwapHalves(op.Add(op.Mul(x0, x0), x0))
@@ -50,31 +66,34 @@ def SquaresPair(counter, key):
     t = op.Add(op.Mul(x3, x3), z)
     x4 = SwapHalves(t)
     n32 = op.Constant(value=_SHIFTS[32])
-    return op.BitShift(t, n32, direction="RIGHT"), op.BitShift(op.Add(op.Mul(x4, x4), x0), n32, direction="RIGHT")
+    return op.BitShift(op.Cast(t, to=U64), n32, direction="RIGHT"), op.BitShift(op.Cast(op.Add(op.Mul(x4, x4), x0), to=U64), n32, direction="RIGHT")
 
 
 @script(analog)
 def StreamKey(seed: INT64, stream: int):
-    """The odd key of one op's stream for one run; a negative seed draws a fresh one (see rng.stream_key)."""
-    fresh = op.Cast(op.RandomUniformLike(op.Cast(seed, to=TensorProto.DOUBLE), dtype=TensorProto.DOUBLE, high=4503599627370496.0), to=U64)
-    # select without Where (onnxruntime has no uint64 Where): negative seeds take the fresh key
-    negative = op.Cast(op.Less(seed, op.Constant(value_int=0)), to=U64)
-    one = op.Cast(op.Constant(value_int=1), to=U64)
-    base = op.Add(op.Mul(negative, fresh), op.Mul(op.Sub(one, negative), op.Cast(seed, to=U64)))
-    stream_u = op.Cast(op.Add(op.Constant(value_int=stream), op.Constant(value_int=1)), to=U64)
-    counter = op.Add(base, op.Mul(op.Constant(value=_GAMMA), stream_u))
+    """The odd key (int64 bits) of one op's stream for one run; a negative seed draws a fresh one (see rng.stream_key)."""
+    # 52 fresh random bits: a Dropout mask at ratio 1/2 (its input depends on the seed, so it is never constant-folded)
+    coins = op.Expand(op.Cast(seed, to=TensorProto.FLOAT), op.Constant(value_ints=[FRESH_BITS]))
+    _, mask = op.Dropout(coins, op.Constant(value_float=0.5), op.Constant(value=_TRAINING))
+    fresh = op.ReduceSum(op.Mul(op.Cast(mask, to=I64), op.Constant(value=_BIT_VALUES)), keepdims=0)
+    # select by arithmetic: negative seeds take the fresh key
+    negative = op.Cast(op.Less(seed, op.Constant(value_int=0)), to=I64)
+    one = op.Constant(value_int=1)
+    base = op.Add(op.Mul(negative, fresh), op.Mul(op.Sub(one, negative), seed))
+    counter = op.Add(base, op.Mul(op.Constant(value=_GAMMA), op.Add(op.Constant(value_int=stream), one)))
     n1 = op.Constant(value=_SHIFTS[1])
     high, _ = SquaresPair(counter, op.Constant(value=_KEY_HIGH))
     low, _ = SquaresPair(counter, op.Constant(value=_KEY_LOW))
-    key = op.Add(op.BitShift(high, op.Constant(value=_SHIFTS[32]), direction="LEFT"), low)
-    return op.Add(op.BitShift(op.BitShift(key, n1, direction="RIGHT"), n1, direction="LEFT"), one)
+    key = op.Add(op.Cast(op.BitShift(high, op.Constant(value=_SHIFTS[32]), direction="LEFT"), to=I64), op.Cast(low, to=I64))
+    even = op.BitShift(op.BitShift(op.Cast(key, to=U64), n1, direction="RIGHT"), n1, direction="LEFT")
+    return op.Add(op.Cast(even, to=I64), one)
 
 
 @script(analog)
 def StandardNormals(count: INT64, key):
     """The first `count` normals of the stream, flat (see rng.normals): pair k gives normals 2k, 2k+1."""
     pairs = op.Div(op.Add(count, op.Constant(value_int=1)), op.Constant(value_int=2))
-    counters = op.Cast(op.Range(op.Constant(value_int=0), pairs, op.Constant(value_int=1)), to=U64)
+    counters = op.Range(op.Constant(value_int=0), pairs, op.Constant(value_int=1))
     bits1, bits2 = SquaresPair(counters, key)
     n8 = op.Constant(value=_SHIFTS[8])
     inv = op.Constant(value_float=1.0 / (1 << 24))
@@ -91,7 +110,7 @@ def StandardNormals(count: INT64, key):
 @script(analog)
 def RowAbsMax(X, axis: int):
     """Abs-max of each row of Flatten(X, axis), shape [rows, 1]; zero rows give 1."""
-    m, _ = op.TopK(op.Flatten(op.Abs(X), axis=axis), op.Constant(value_ints=[1]), axis=1)
+    m, _ = op.TopK(op.Flatten(op.Abs(X), axis=axis), op.Constant(value=_ONE_K), axis=1)
     return op.Where(op.Greater(m, op.Constant(value_float=0.0)), m, op.Constant(value_float=1.0))
 
 
@@ -104,8 +123,8 @@ def ClipAndRound(X, bits: int, bound: float, signed: int):
     bits_t = op.Constant(value_int=bits)
     one = op.Constant(value_int=1)
     # levels: 2**(bits-1)-1 signed, 2**bits-1 unsigned (integer arithmetic, then exact float)
-    exponent = op.Sub(bits_t, op.Cast(op.Constant(value_int=signed), to=TensorProto.INT64))
-    n = op.Cast(op.Sub(op.BitShift(op.Cast(one, to=U64), op.Cast(op.Max(exponent, op.Constant(value_int=0)), to=U64), direction="LEFT"), op.Cast(one, to=U64)), to=TensorProto.FLOAT)
+    exponent = op.Max(op.Sub(bits_t, op.Constant(value_int=signed)), op.Constant(value_int=0))
+    n = op.Cast(op.Sub(op.Cast(op.BitShift(op.Cast(one, to=U64), op.Cast(exponent, to=U64), direction="LEFT"), to=I64), one), to=TensorProto.FLOAT)
     step = op.Div(bound_t, n)
     rounded = op.Mul(op.Round(op.Div(clipped, step)), step)
     return op.Where(op.Greater(bits_t, op.Constant(value_int=0)), rounded, clipped)
