@@ -100,8 +100,8 @@ def test_external_data_models(capsys, tmp_path, rng):
     assert (out_dir / "analog.onnx.data").exists() and digest(source / "big.weights") == before
     session = ort.InferenceSession(str(out_dir / "analog.onnx"), providers=["CPUExecutionProvider"])
     x = rng.standard_normal((3, 64)).astype(np.float32)
-    y = session.run(None, {"x": x})[0]
-    assert np.abs(y - x @ weight).max() < 0.1 * np.abs(x @ weight).max()
+    y = session.run(None, {"x": x, "noise_scale": np.array(0, np.float32)})[0]  # DAC and ADC only: deterministic
+    assert np.abs(y - x @ weight).max() < 0.05 * np.abs(x @ weight).max()
 
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "not_onnx", "unknown_preset", "unknown_key", "same_as_input",
