@@ -10,12 +10,12 @@ take and return plain data.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from analog_onnx.files import write_text
 
 RECORD = "record.json"
 
@@ -44,16 +44,9 @@ def read_record(folder: str | Path, key: str) -> dict[str, Any] | None:
     return record if record.get("key") == key and record.get("status") == "done" else None
 
 
-def write_text(path: Path, text: str | bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place: never half a file."""
-    mode = "wb" if isinstance(text, bytes) else "w"
-    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
 def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    """A cell's or the study's JSON file, replaced atomically (records are rewritten on resume)."""
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n", force=True)
 
 
 def run_task(task: Task) -> dict[str, Any]:

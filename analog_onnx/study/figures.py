@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analog_onnx.study.cells import write_text
+from analog_onnx.files import write_bytes
 from analog_onnx.study.results import Results
 from analog_onnx.study.spec import DEPTH
 
@@ -40,7 +40,7 @@ def _save(figure: Figure, path: Path) -> Path:
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
-    write_text(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue(), force=True)
     return path
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from analog_onnx.evaluate.metrics import summarize
-from analog_onnx.study.cells import read_record, write_json, write_text
+from analog_onnx.files import write_text
+from analog_onnx.study.cells import read_record, write_json
 from analog_onnx.study.spec import DEPTH, Method, Spec
 
 NOISE_KINDS = ("nit", "qat+nit")
@@ -210,9 +211,10 @@ def write_report(spec: Spec, root: Path) -> Results:
 
     results = collect(spec, root)
     write_json(root / "study.json", results.to_dict())
-    write_text(root / "study.csv", csv_text(results))
+    write_text(root / "study.csv", csv_text(results), force=True)
     figures = draw_figures(results, root / "figures")
-    write_text(root / "summary.md", summary_markdown(results, [f.relative_to(root) for f in figures]))
+    write_text(root / "summary.md", summary_markdown(results, [f.relative_to(root) for f in figures]),
+               force=True)
     return results
 
 

@@ -24,7 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 from analog_onnx.errors import AnalogError
-from analog_onnx.study.cells import Task, read_record, run_task, write_text
+from analog_onnx.files import write_text
+from analog_onnx.study.cells import Task, read_record, run_task
 from analog_onnx.study.spec import EvalCell, Spec, TrainCell
 
 BACKENDS = ("local", "ray")
@@ -52,7 +53,7 @@ def run_study(spec: Spec, out: str | Path, *, workers: int = 1, backend: str = "
     started = time.perf_counter()
     root = Path(out).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
-    write_text(root / SPEC_COPY, spec.text)
+    write_text(root / SPEC_COPY, spec.text, force=True)
     run = StudyRun()
     pending_train = [c for c in spec.train_cells if read_record(root / c.folder, c.key) is None]
     waiting = {c.key for c in pending_train}
