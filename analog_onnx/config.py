@@ -85,6 +85,7 @@ class AnalogConfig:
     noise: Noise = field(default_factory=Noise)
     forward: Forward = field(default_factory=Forward)
     weights: Weights = field(default_factory=Weights)
+    t_inference: float = 0.0  # seconds since the weights were programmed (the model's default); 0 = no time effects
 
     # -- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -155,6 +156,7 @@ class AnalogConfig:
                            ("forward.out_noise", f.out_noise), ("forward.out_bound", f.out_bound)):
             _check(value >= 0, key, "must be >= 0")
         _check(f.inp_bound > 0, "forward.inp_bound", "must be > 0")
+        _check(self.t_inference >= 0, "t_inference", "must be >= 0 (seconds since programming)")
         for key, bits in (("forward.inp_bits", f.inp_bits), ("forward.out_bits", f.out_bits),
                           ("weights.bits", w.bits)):
             _check(bits == 0 or 2 <= bits <= 24, key, "must be 0 (off) or between 2 and 24")

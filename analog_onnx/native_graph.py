@@ -8,6 +8,9 @@ running anywhere through its function bodies.
 - ``fuse_epilogues``: our nodes sit between each convolution and the digital layers onnxruntime
   would otherwise fuse into it (bias, BatchNormalization, ReLU), which then run as separate passes
   over the activations. ``MvmOutputEpilogue`` applies them per channel in MvmOutput's own pass.
+
+Both are onnx_ir rewrites that recognize what they change by its structure (which op reads which
+constant), never by how the transform tagged its nodes.
 """
 
 from __future__ import annotations
@@ -16,111 +19,108 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
 
 from analog_onnx.ops import DOMAIN, reference
-from analog_onnx.passes.common import ROLE_KEY
+from analog_onnx.passes.names import Names
 
 ModelLike = str | Path | bytes | onnx.ModelProto
 
 
 def prepare(model: ModelLike) -> ModelLike:
     """``model`` with both rewrites applied, or ``model`` itself when neither applies."""
-    proto = _load(model)
-    folded = fold_constant_quantizers(proto) or proto
-    return fuse_epilogues(folded) or (folded if folded is not proto else model)
+    work = ir.serde.deserialize_model(_load(model))
+    changed = _fold_constant_quantizers(work)
+    changed = _fuse_epilogues(work) or changed
+    return ir.serde.serialize_model(work) if changed else model
 
 
 def fold_constant_quantizers(model: ModelLike) -> onnx.ModelProto | None:
     """A copy of ``model`` with each ``Quantize`` of a constant weight replaced by its result
     (from the numpy reference: the same bits), or None when there is none."""
-    proto = _load(model)
-    graph = proto.graph
-    weights = {name: tensor for name, tensor in _initializers(graph).items() if tensor.data_type == TensorProto.FLOAT}
-    foldable = {index for index, n in enumerate(graph.node)
-                if n.domain == DOMAIN and n.op_type == "Quantize" and n.input[0] in weights}
-    if not foldable:
-        return None
-    folded = _copy_without_nodes(proto)
-    for index, node in enumerate(graph.node):
-        if index not in foldable:
-            folded.graph.node.append(node)
-            continue
-        values = reference.quantize(numpy_helper.to_array(weights[node.input[0]]), **_attributes(node))
-        folded.graph.initializer.append(numpy_helper.from_array(values, node.output[0]))
-    return folded
+    work = ir.serde.deserialize_model(_load(model))
+    return ir.serde.serialize_model(work) if _fold_constant_quantizers(work) else None
 
 
 def fuse_epilogues(model: ModelLike) -> onnx.ModelProto | None:
     """A copy of ``model`` where each per-sample ``MvmOutput`` of a Conv or Gemm absorbs the chain
-    of constant bias ``Add``s, inference ``BatchNormalization``s and a final ``Relu`` that follows
-    it alone, or None when there is no such chain."""
-    proto = _load(model)
-    graph = proto.graph
-    if not any(n.domain == DOMAIN and n.op_type == "MvmOutput" for n in graph.node):
-        return None
-    constants = _constants(graph)
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in set(node.input):
-            consumers.setdefault(name, []).append(node)
-    kept = {o.name for o in graph.output} | _read_by_subgraphs(graph)
+    of constant per-channel ``Add``s, inference ``BatchNormalization``s and a final ``Relu`` that
+    follows it alone, or None when there is no such chain."""
+    work = ir.serde.deserialize_model(_load(model))
+    return ir.serde.serialize_model(work) if _fuse_epilogues(work) else None
 
-    fused: dict[int, onnx.NodeProto] = {}  # id of the MvmOutput node -> its replacement
-    absorbed: set[int] = set()
-    new_constants: list[onnx.TensorProto] = []
-    for node in graph.node:
-        layer = producers.get(node.input[0]) if node.domain == DOMAIN and node.op_type == "MvmOutput" else None
-        shape = _layer_output_shape(layer, constants, producers) if layer is not None else None
-        if shape is None or _attributes(node).get("axis", 1) != 1:
+
+# -- the rewrites ------------------------------------------------------------------------------
+def _fold_constant_quantizers(model: ir.Model) -> bool:
+    graph = model.graph
+    quantizers = [n for n in graph if _is_ours(n, "Quantize") and _weight_initializer(graph, n.inputs[0])]
+    for node in quantizers:
+        values = reference.quantize(node.inputs[0].const_value.numpy(), **_attributes(node))
+        _replace_by_constant(graph, node.outputs[0], values)
+        graph.remove(node, safe=True)
+    return bool(quantizers)
+
+
+def _fuse_epilogues(model: ir.Model) -> bool:
+    graph, names = model.graph, Names(model)
+    fused = False
+    for node in list(graph):
+        if not _is_ours(node, "MvmOutput") or _attributes(node).get("axis", 1) != 1:
             continue
-        rank, channels = shape
-        scale, shift = np.ones(channels), np.zeros(channels)
-        chain, value, relu = [], node.output[0], 0
-        while value not in kept and len(consumers.get(value, [])) == 1:
-            step = consumers[value][0]
-            if step.op_type == "Relu" and step.domain == "":
-                chain.append(step)
-                relu = 1
-                break
-            affine = _affine_step(step, value, constants, rank, channels)
-            if affine is None:
-                break
-            scale, shift = scale * affine[0], shift * affine[0] + affine[1]
-            chain.append(step)
-            value = step.output[0]
-        if not chain:
+        shape = _layer_output_shape(node.inputs[0].producer())
+        if shape is None:
             continue
-        name = f"{node.name or node.output[0]}/epilogue"
-        new_constants += [numpy_helper.from_array(scale.astype(np.float32), f"{name}/scale"),
-                          numpy_helper.from_array(shift.astype(np.float32), f"{name}/shift")]
-        fused[id(node)] = helper.make_node(
-            "MvmOutputEpilogue", [*node.input, f"{name}/scale", f"{name}/shift"], [chain[-1].output[0]],
-            name=name, domain=DOMAIN, relu=relu, **_attributes(node))
-        absorbed.update(id(step) for step in chain)
-    if not fused:
-        return None
-    result = _copy_without_nodes(proto)
-    result.graph.initializer.extend(new_constants)
-    for node in graph.node:
-        if id(node) not in absorbed:
-            result.graph.node.append(fused.get(id(node), node))
-    return result
+        chain, scale, shift, relu = _epilogue_chain(graph, node.outputs[0], *shape)
+        if chain:
+            _fuse(graph, names, node, chain, scale, shift, relu)
+            fused = True
+    return fused
 
 
-def _affine_step(step: onnx.NodeProto, value: str, constants: dict[str, np.ndarray], rank: int,
-                 channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _epilogue_chain(graph: ir.Graph, value: ir.Value, rank: int, channels: int
+                    ) -> tuple[list[ir.Node], np.ndarray, np.ndarray, int]:
+    """The affine steps (and a final Relu) that read ``value`` alone, folded to scale and shift."""
+    scale, shift, chain = np.ones(channels), np.zeros(channels), []
+    while (step := _only_consumer(graph, value)) is not None:
+        if step.op_type == "Relu" and step.domain == "":
+            return [*chain, step], scale, shift, 1
+        affine = _affine_step(step, value, rank, channels)
+        if affine is None:
+            break
+        scale, shift = scale * affine[0], shift * affine[0] + affine[1]
+        chain.append(step)
+        value = step.outputs[0]
+    return chain, scale, shift, 0
+
+
+def _fuse(graph: ir.Graph, names: Names, node: ir.Node, chain: list[ir.Node], scale: np.ndarray,
+          shift: np.ndarray, relu: int) -> None:
+    """Put one ``MvmOutputEpilogue`` where ``node`` was; it defines the chain's last value."""
+    base = f"{node.name or node.outputs[0].name}/epilogue"
+    constants = [_initializer(graph, names.value(f"{base}/{what}"), array.astype(np.float32))
+                 for what, array in (("scale", scale), ("shift", shift))]
+    fused = ir.node("MvmOutputEpilogue", [*node.inputs, *constants], {**_attributes(node), "relu": relu},
+                    domain=DOMAIN, name=names.node(base))
+    last = chain[-1].outputs[0]
+    name, kind, dims = last.name, last.type, last.shape
+    last.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+    graph.insert_before(node, fused)
+    graph.remove([node, *chain], safe=True)
+    fused.outputs[0].name, fused.outputs[0].type, fused.outputs[0].shape = name, kind, dims
+
+
+# -- what the rewrites recognize ---------------------------------------------------------------
+def _affine_step(step: ir.Node, value: ir.Value, rank: int, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(a, b) per channel when ``step`` computes ``value * a + b`` from constants, else None."""
-    if step.domain != "" or len(step.output) != 1:
+    if step.domain != "" or len(step.outputs) != 1:
         return None
-    if step.op_type == "Add" and len(step.input) == 2 and value in step.input:
-        other = step.input[1] if step.input[0] == value else step.input[0]
-        bias = _per_channel(constants.get(other), rank, channels)
+    if step.op_type == "Add" and len(step.inputs) == 2 and value in step.inputs:
+        other = step.inputs[1] if step.inputs[0] is value else step.inputs[0]
+        bias = _per_channel(_constant(other), rank, channels)
         return None if bias is None else (np.ones(channels), bias)
-    if step.op_type == "BatchNormalization" and step.input[0] == value and not _attributes(step).get("training_mode"):
-        params = [constants.get(name) for name in step.input[1:5]]
-        if any(p is None or p.shape != (channels,) for p in params):
+    if step.op_type == "BatchNormalization" and step.inputs[0] is value and not _attributes(step).get("training_mode"):
+        params = [_constant(v) for v in step.inputs[1:5]]
+        if len(params) < 4 or any(p is None or p.shape != (channels,) for p in params):
             return None
         gamma, beta, mean, var = (p.astype(np.float64) for p in params)
         a = gamma / np.sqrt(var + _attributes(step).get("epsilon", 1e-5))
@@ -138,15 +138,14 @@ def _per_channel(array: np.ndarray | None, rank: int, channels: int) -> np.ndarr
     return np.broadcast_to(padded.reshape(-1), (channels,)).astype(np.float64)
 
 
-def _layer_output_shape(layer: onnx.NodeProto, constants: dict[str, np.ndarray],
-                        producers: dict[str, onnx.NodeProto]) -> tuple[int, int] | None:
+def _layer_output_shape(layer: ir.Node | None) -> tuple[int, int] | None:
     """(rank, channels) of a Conv's or Gemm's output, from its constant weight; None otherwise."""
-    if layer.domain != "" or len(layer.input) < 2 or layer.op_type not in ("Conv", "Gemm"):
+    if layer is None or layer.domain != "" or layer.op_type not in ("Conv", "Gemm") or len(layer.inputs) < 2:
         return None
-    weight = constants.get(layer.input[1])
-    source = producers.get(layer.input[1])
+    weight = _constant(layer.inputs[1])
+    source = layer.inputs[1].producer() if layer.inputs[1] is not None else None
     if weight is None and source is not None and source.op_type == "DequantizeLinear":  # a QDQ model
-        weight = constants.get(source.input[0])
+        weight = _constant(source.inputs[0])
     if weight is None:
         return None
     if layer.op_type == "Conv":
@@ -154,53 +153,65 @@ def _layer_output_shape(layer: onnx.NodeProto, constants: dict[str, np.ndarray],
     return 2, weight.shape[0] if _attributes(layer).get("transB", 0) else weight.shape[1]
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Values known before the run: initializers, Constant nodes, and the transform's own bias
-    steps (a Reshape for Conv, a Mul by beta for Gemm) applied to those."""
-    constants = {name: numpy_helper.to_array(tensor) for name, tensor in _initializers(graph).items()}
-    for node in graph.node:
-        if node.domain != "" or not all(name in constants for name in node.input):
-            continue
-        inputs = [constants[name] for name in node.input]
-        if node.op_type == "Constant" and "value" in _attributes(node):
-            constants[node.output[0]] = numpy_helper.to_array(_attributes(node)["value"])
-        elif _role(node) == "bias" and node.op_type == "Reshape":
-            constants[node.output[0]] = inputs[0].reshape(inputs[1])
-        elif _role(node) == "bias" and node.op_type == "Mul":
-            constants[node.output[0]] = inputs[0] * inputs[1]
-    return constants
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    """The value if it is known before the run: an initializer no input overrides, a Constant, or
+    a Reshape or Mul of those (how a bias is shaped for a Conv or scaled by Gemm's beta)."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return None if value.is_graph_input() else value.const_value.numpy()
+    node = value.producer()
+    if node is None or node.domain != "":
+        return None
+    if node.op_type == "Constant" and "value" in node.attributes:
+        return node.attributes["value"].as_tensor().numpy()
+    if node.op_type not in ("Reshape", "Mul") or len(node.inputs) != 2:
+        return None
+    inputs = [_constant(v) for v in node.inputs]
+    if inputs[0] is None or inputs[1] is None:
+        return None
+    return inputs[0].reshape(inputs[1]) if node.op_type == "Reshape" else inputs[0] * inputs[1]
 
 
-def _read_by_subgraphs(graph: onnx.GraphProto) -> set[str]:
-    """Every name a node inside an If/Loop/Scan body reads (outer values among them)."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                names |= {name for inner in body.node for name in inner.input} | _read_by_subgraphs(body)
-    return names
+def _only_consumer(graph: ir.Graph, value: ir.Value) -> ir.Node | None:
+    """The one node of ``graph`` that reads ``value``, when nothing else does (no graph output,
+    no second node, no node inside an If/Loop body)."""
+    if value.is_graph_output():
+        return None
+    readers = {use.node for use in value.uses()}
+    if len(readers) != 1:
+        return None
+    reader = readers.pop()
+    return reader if reader.graph is graph else None
 
 
-def _role(node: onnx.NodeProto) -> str | None:
-    """What the transform inserted ``node`` for (see passes.common.tag), if it did."""
-    return next((p.value for p in node.metadata_props if p.key == ROLE_KEY), None)
+def _weight_initializer(graph: ir.Graph, value: ir.Value | None) -> bool:
+    return (value is not None and value.const_value is not None and not value.is_graph_input()
+            and value.dtype == ir.DataType.FLOAT and value.name in graph.initializers)
 
 
-def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    """Initializers that no graph input can override."""
-    overridable = {i.name for i in graph.input}
-    return {i.name: i for i in graph.initializer if i.name not in overridable}
+# -- small helpers ------------------------------------------------------------------------------
+def _is_ours(node: ir.Node, op_type: str) -> bool:
+    return node.domain == DOMAIN and node.op_type == op_type
 
 
-def _attributes(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+def _attributes(node: ir.Node) -> dict:
+    return {name: attribute.value for name, attribute in node.attributes.items()}
 
 
-def _copy_without_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    del copy.graph.node[:]
-    return copy
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
+                     type=ir.TensorType(ir.DataType.FLOAT))
+    graph.register_initializer(value)
+    return value
+
+
+def _replace_by_constant(graph: ir.Graph, value: ir.Value, array: np.ndarray) -> None:
+    """Every reader of ``value`` reads ``array`` instead, an initializer taking ``value``'s name."""
+    name = value.name
+    value.name = None
+    constant = _initializer(graph, name, array)
+    value.replace_all_uses_with(constant, replace_graph_outputs=True)
 
 
 def _load(model: ModelLike) -> onnx.ModelProto:

@@ -1,6 +1,7 @@
 """Public API of the graph transform: make an ONNX model analog, inspect it, undo it.
 
-``transform_model`` composes the passes in ``analog_onnx/passes`` (one rule per file). Model
+``transform_model`` runs one pass manager: the control inputs, the pass of each enabled effect
+(``analog_onnx/effects.py``), our function bodies and the metadata (one rule per file). Model
 files are read and written by ``load_model``/``save_model``, which turn every reading problem
 into one clear :class:`~analog_onnx.errors.ModelError` and never leave half-written output.
 """
@@ -18,13 +19,12 @@ import onnx
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
+from analog_onnx.effects import enabled_effects
 from analog_onnx.errors import ModelError
 from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.add_controls import AddControlInputsPass
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
-from analog_onnx.passes.insert_activation_noise import InsertActivationNoisePass
-from analog_onnx.passes.insert_mvm_periphery import InsertMvmPeripheryPass
-from analog_onnx.passes.quantize_weights import QuantizeWeightsPass
+from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, SITES_KEY, VERSION_KEY
 from analog_onnx.passes.sites import Site, find_sites
 from analog_onnx.passes.strip_analog import StripAnalogPass
 from analog_onnx.passes.write_metadata import WriteMetadataPass
@@ -38,24 +38,29 @@ class AnalogMetadata:
 
     config: AnalogConfig
     version: str
-    noise_scale_input: str
-    seed_input: str
+    inputs: dict[str, str]  # control (noise_scale, seed, chip_seed, t_inference) -> graph input name
     sites: list[str]
+
+    @property
+    def noise_scale_input(self) -> str:
+        return self.inputs["noise_scale"]
+
+    @property
+    def seed_input(self) -> str:
+        return self.inputs["seed"]
 
 
 def read_analog_metadata(model: onnx.ModelProto | ir.Model) -> AnalogMetadata | None:
     """The analog metadata of a transformed model, or None for a plain model."""
     props = (model.metadata_props if isinstance(model, ir.Model)
              else {p.key: p.value for p in model.metadata_props})
-    if "analog_onnx.config" not in props:
+    if CONFIG_KEY not in props:
         return None
-    inputs = json.loads(props.get("analog_onnx.inputs", "{}"))
     return AnalogMetadata(
-        config=AnalogConfig.from_dict(json.loads(props["analog_onnx.config"])),
-        version=props.get("analog_onnx.version", ""),
-        noise_scale_input=inputs.get("noise_scale", "noise_scale"),
-        seed_input=inputs.get("seed", "seed"),
-        sites=json.loads(props.get("analog_onnx.sites", "[]")),
+        config=AnalogConfig.from_dict(json.loads(props[CONFIG_KEY])),
+        version=props.get(VERSION_KEY, ""),
+        inputs={"noise_scale": "noise_scale", "seed": "seed", **json.loads(props.get(INPUTS_KEY, "{}"))},
+        sites=json.loads(props.get(SITES_KEY, "[]")),
     )
 
 
@@ -85,9 +90,10 @@ def _check_transformable(model: ir.Model) -> None:
 
 
 def analog_sites(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> list[Site]:
-    """The places ``transform_model`` would touch under ``config``, in graph order."""
+    """The places ``transform_model`` would touch under ``config``, in graph order (none when
+    the config enables no effect)."""
     model = _as_ir(model)
-    if not (config.has_noise or config.has_quantization):
+    if not enabled_effects(config):
         return []
     return find_sites(model.graph, config)
 
@@ -100,25 +106,19 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
     """
     work = _working_copy(model)
     _check_transformable(work)
-    chosen = analog_sites(work, config)
+    chosen = [s.name for s in analog_sites(work, config)]
     if sites is not None:
-        unknown = set(sites) - {s.name for s in chosen}
+        unknown = set(sites) - set(chosen)
         if unknown:
             raise ModelError(f"unknown site(s): {', '.join(sorted(unknown))}")
-        chosen = [s for s in chosen if s.name in set(sites)]
-    controls_pass = AddControlInputsPass()
-    controls_pass(work)
-    controls = controls_pass.controls
-    passes: list[ir.passes.PassBase] = []
-    if config.placement.where == "activations":
-        passes.append(InsertActivationNoisePass(chosen, controls, config))
-    else:
-        if config.weights.bits:
-            passes.append(QuantizeWeightsPass(chosen, config))
-        if config.has_noise or config.forward.inp_bits or config.forward.out_bits or config.forward.out_bound:
-            passes.append(InsertMvmPeripheryPass(chosen, controls, config))
-    passes += [AddAnalogFunctionsPass(), WriteMetadataPass(config, controls, [s.name for s in chosen])]
-    ir.passes.PassManager(passes)(work)
+        chosen = [name for name in chosen if name in set(sites)]
+    only = None if sites is None else frozenset(sites)
+    ir.passes.PassManager([
+        AddControlInputsPass(config.t_inference),
+        *(effect.make_pass(config, only) for effect in enabled_effects(config)),
+        AddAnalogFunctionsPass(),
+        WriteMetadataPass(config, chosen),
+    ])(work)
     return _like(work, model)
 
 

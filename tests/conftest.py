@@ -1,29 +1,24 @@
-"""Shared fixtures: small exported models, built once per test session."""
+"""Shared fixtures (small exported models, built once per test session) and the one gate for
+tests that need the native kernel library: mark them ``@pytest.mark.native``."""
 
 from __future__ import annotations
-
-import io
 
 import numpy as np
 import onnx
 import pytest
+from helpers import export_torch
+
+from analog_onnx.runtime import REQUIRE_NATIVE_ENV, native_library_path, native_required
 
 
-def export_torch(module, example, *, dynamo: bool = False, opset: int = 17) -> onnx.ModelProto:
-    """Export a torch module with a dynamic batch (TorchScript or dynamo exporter)."""
-    import torch
-
-    module = module.eval()
-    if dynamo:
-        batch = torch.export.Dim("batch", min=1)
-        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
-                                    input_names=["x"], output_names=["y"],
-                                    dynamic_shapes=({0: batch},), verbose=False)
-        return program.model_proto
-    buffer = io.BytesIO()
-    torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset, input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    return onnx.load_from_string(buffer.getvalue())
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a ``native`` test when the library is not built, or fail it when CI requires it."""
+    if item.get_closest_marker("native") is None or native_library_path() is not None:
+        return
+    message = "native kernels are not built: run `analog-onnx kernels build`"
+    if native_required():
+        pytest.fail(f"{REQUIRE_NATIVE_ENV}=1 but {message}")
+    pytest.skip(message)
 
 
 def _architectures():

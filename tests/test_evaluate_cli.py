@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from test_evaluate_fixtures import digits_mlp
+from helpers import digits_mlp
 
 from analog_onnx.cli import main
 

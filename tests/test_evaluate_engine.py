@@ -7,15 +7,24 @@ import json
 import numpy as np
 import onnx
 import pytest
+from helpers import digits_mlp, ort_accuracy
 from onnx import TensorProto, helper
-from test_evaluate_fixtures import digits_mlp, ort_accuracy
 
 from analog_onnx.config import load_preset
 from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.errors import AnalogError, ModelError
 from analog_onnx.evaluate import RunSettings, evaluate
-from analog_onnx.evaluate.engine import Counts, Evaluator, Payload, Unit, Variant, batch_seeds, count_correct
-from analog_onnx.evaluate.report import dumps_json
+from analog_onnx.evaluate.engine import (
+    Counts,
+    Evaluator,
+    Payload,
+    Unit,
+    Variant,
+    batch_seeds,
+    chip_seed,
+    count_correct,
+)
+from analog_onnx.evaluate.report_files import dumps_json
 from analog_onnx.transform import transform_model
 
 LEVELS = [0.0, 0.1, 1.0, 3.0]
@@ -211,3 +220,43 @@ def test_a_hand_built_analog_model_runs_by_its_metadata_alone():
     assert means[0] == report.clean_accuracy > means[1] > means[2]
     assert run(model, config=None, levels=[0.3], repeats=2).to_dict() == run(
         model, config=None, levels=[0.3], repeats=2).to_dict()
+
+
+def chip_probe() -> onnx.ModelProto:
+    """Scores [chip_seed >= 0 and t_inference > 4, 0.5]: class 0 wins only when both were fed."""
+    nodes = [helper.make_node("Constant", [], ["zero"], value_int=0),
+             helper.make_node("Constant", [], ["four"], value_float=4.0),
+             helper.make_node("Constant", [], ["half"],
+                              value=onnx.numpy_helper.from_array(np.full((1, 1), 0.5, np.float32))),
+             helper.make_node("GreaterOrEqual", ["chip", "zero"], ["chip_ok"]),
+             helper.make_node("Greater", ["t", "four"], ["t_ok"]),
+             helper.make_node("And", ["chip_ok", "t_ok"], ["ok"]),
+             helper.make_node("Cast", ["ok"], ["okf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "zero_f"], ["x0"]),
+             helper.make_node("Add", ["x0", "okf"], ["first"]),
+             helper.make_node("Add", ["x0", "half"], ["second"]),
+             helper.make_node("Concat", ["first", "second"], ["y"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1]),
+         helper.make_tensor_value_info("chip", TensorProto.INT64, []),
+         helper.make_tensor_value_info("t", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+        [onnx.numpy_helper.from_array(np.array(-1, np.int64), "chip"),
+         onnx.numpy_helper.from_array(np.array(0.0, np.float32), "t"),
+         onnx.numpy_helper.from_array(np.zeros((1, 1), np.float32), "zero_f")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("chip_input", "t_inference", "hits"), [("chip", 5.0, 6), (None, 5.0, 0), ("chip", 1.0, 0)])
+def test_the_engine_feeds_chip_seed_and_t_inference(chip_input, t_inference, hits):
+    variant = Variant(chip_probe().SerializeToString(), "x", "y", 0, None, None, chip_input, "t", t_inference)
+    payload = Payload((variant,), (np.ones((6, 1), np.float32),), np.zeros(6, np.int64), 4, None, 3, 1)
+    assert Evaluator(payload).run(Unit(0, 0, 2, 1.0)) == Counts(hits, None)
+
+
+def test_chip_seeds_are_one_per_repeat_and_apart_from_batch_seeds():
+    chips = [int(chip_seed(7, r)) for r in range(4)]
+    assert chips == [int(chip_seed(7, r)) for r in range(4)] and len(set(chips)) == 4 and min(chips) >= 0
+    assert not set(chips) & {int(s) for r in range(4) for s in batch_seeds(7, r, 8)}
+    assert int(chip_seed(8, 0)) != chips[0]

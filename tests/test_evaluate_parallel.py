@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from test_evaluate_fixtures import digits_mlp
+from helpers import digits_mlp
 
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate import RunSettings, evaluate, sensitivity

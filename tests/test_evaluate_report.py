@@ -6,13 +6,13 @@ import csv
 import json
 
 import pytest
+from helpers import digits_mlp
 from PIL import Image
-from test_evaluate_fixtures import digits_mlp
 
 from analog_onnx.config import load_preset
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate import RunSettings, evaluate, sensitivity
-from analog_onnx.evaluate.report import write_atomic
+from analog_onnx.evaluate.report_files import write_atomic, write_report
 from analog_onnx.transform import analog_sites
 
 LEVELS = [0.0, 0.3, 1.0]
@@ -32,7 +32,7 @@ def assert_png(path, min_size=(300, 200)):
 
 
 def test_report_files_are_written_and_valid(report, tmp_path):
-    written = report.write(tmp_path / "out")
+    written = write_report(report, tmp_path / "out")
     assert sorted(p.name for p in written) == ["accuracy_vs_noise.png", "report.json", "results.csv"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in written)
     data = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -57,12 +57,12 @@ def test_output_folder_rules(report, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(AnalogError, match="not empty; pass --force"):
-        report.write(out)
-    report.write(out, force=True)
+        write_report(report, out)
+    write_report(report, out, force=True)
     assert (out / "keep.txt").read_text() == "mine" and (out / "report.json").is_file()
     (tmp_path / "file").write_text("x")
     with pytest.raises(AnalogError, match="not a directory"):
-        report.write(tmp_path / "file")
+        write_report(report, tmp_path / "file")
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
@@ -87,7 +87,7 @@ def test_sensitivity_ranks_sites_and_writes_files(tmp_path):
     drops = [s.accuracy_drop for s in result.ranked]
     assert drops == sorted(drops, reverse=True)
     assert result.all_sites.accuracy_drop >= max(drops) - 0.05
-    result.write(tmp_path / "sens")
+    write_report(result, tmp_path / "sens")
     data = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
     assert data["mode"] == "fixed_noise" and [s["rank"] for s in data["sites"]] == list(range(1, len(names) + 1))
     assert data["sites"][0]["accuracy_drop"] == pytest.approx(drops[0])
@@ -100,7 +100,7 @@ def test_sensitivity_midpoint_mode_sweeps_each_site(tmp_path):
     assert all(len(s.points) == 7 and s.midpoint is not None for s in result.sites)
     found = [s.midpoint.noise for s in result.ranked if s.midpoint.status == "found"]
     assert found == sorted(found) and found
-    result.write(tmp_path / "mid")
+    write_report(result, tmp_path / "mid")
     data = json.loads((tmp_path / "mid" / "sensitivity.json").read_text())
     assert data["mode"] == "midpoint" and "midpoint_noise" in data["sites"][0]
     assert_png(tmp_path / "mid" / "sensitivity.png", (300, 100))

@@ -12,10 +12,10 @@ from onnx import helper as h
 from analog_onnx.config import load_preset
 from analog_onnx.native_graph import fold_constant_quantizers, fuse_epilogues, prepare
 from analog_onnx.ops import DOMAIN
-from analog_onnx.runtime import make_session, native_library_path, session_options
+from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
 
-pytestmark = pytest.mark.skipif(native_library_path() is None, reason="native kernels are not built")
+pytestmark = pytest.mark.native
 
 
 def residual_block(rng: np.random.Generator, *, training_bn: bool = False) -> onnx.ModelProto:
@@ -78,6 +78,16 @@ def test_fused_epilogues_compute_what_the_layers_they_replace_do(preset, rng):
     function_bodies = make_session(model, native=False).run(None, feeds)[0]
     np.testing.assert_allclose(make_session(model, native=True).run(None, feeds)[0], function_bodies,
                                rtol=1e-4, atol=1e-4)
+
+
+def test_fusion_reads_the_structure_not_the_transforms_tags(rng):
+    model = transform_model(residual_block(rng), load_preset("aihwkit-default"))
+    untagged = onnx.ModelProto()
+    untagged.CopyFrom(model)
+    for node in untagged.graph.node:
+        del node.metadata_props[:]
+    assert epilogues(fuse_epilogues(untagged)) == epilogues(fuse_epilogues(model))
+    assert len(epilogues(fuse_epilogues(untagged))) == 3
 
 
 def test_exported_models_fuse_and_agree(exported_models, rng):

@@ -136,7 +136,12 @@ def test_metadata_records_config_and_sites(exported_models):
     meta = read_analog_metadata(transformed)
     assert meta.config == config
     assert meta.sites == [s.name for s in analog_sites(exported_models["cnn"], config)]
-    assert (meta.noise_scale_input, meta.seed_input) == ("noise_scale", "seed")
+    assert meta.inputs == {"noise_scale": "noise_scale", "seed": "seed", "chip_seed": "chip_seed",
+                           "t_inference": "t_inference"}
+    later = transform_model(exported_models["cnn"], config.with_overrides(["t_inference=86400"]))
+    default = next(i for i in later.graph.initializer if i.name == "t_inference")
+    assert numpy_helper.to_array(default) == np.float32(86400)
+    assert read_analog_metadata(later).config.t_inference == 86400
 
 
 def test_include_exclude_and_keep_digital(exported_models):
@@ -230,7 +235,7 @@ def test_subgraphs_are_left_intact(rng):
 
 def test_opset13_export_and_dynamic_batch(rng):
     import torch
-    from conftest import export_torch
+    from helpers import export_torch
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16, 3))
     model = export_torch(net, torch.randn(1, 3, 4, 4), opset=13)

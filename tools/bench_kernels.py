@@ -37,20 +37,14 @@ from analog_onnx import native_graph
 from analog_onnx.config import load_preset
 from analog_onnx.ops import DOMAIN, OPSET_VERSION
 from analog_onnx.ops.functions import function_protos
+from analog_onnx.ops.schema import OPS, OpSchema
 from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
 
 IMAGE = (3, 32, 32)
 PRESETS = ("aihwkit-default", "hardening-additive")
-# (op, attributes, inputs besides the tensor): the configurations the presets emit
-OP_CASES = {
-    "Noise (additive)": ("Noise", {"sigma_add": 1.0}, ("noise_scale", "seed")),
-    "Noise (add + mul)": ("Noise", {"sigma_add": 0.1, "sigma_mul": 0.1}, ("noise_scale", "seed")),
-    "Quantize (dynamic)": ("Quantize", {"bits": 8, "dynamic": 1, "axis": 1}, ()),
-    "MvmInput (7-bit DAC)": ("MvmInput", {"inp_bits": 7}, ()),
-    "MvmOutput (noise, 9-bit ADC)": ("MvmOutput", {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0,
-                                                   "weight_scale": 0.5}, ("S", "noise_scale", "seed")),
-}
+# the configurations the presets emit, as the op schema names them
+OP_CASES = {f"{op.name} ({label})": (op, op.cases[label]) for op in OPS for label in op.benchmarked}
 
 
 def fastest(run: Callable[[], object], rounds: int) -> float:
@@ -63,13 +57,12 @@ def fastest(run: Callable[[], object], rounds: int) -> float:
     return best
 
 
-def op_model(op: str, attributes: dict, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
+def op_model(op: OpSchema, attributes: dict, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
               for n, a in feeds.items()]
-    outputs = ["out0", "out1"] if op == "MvmInput" else ["out0"]
-    node = helper.make_node(op, list(feeds), outputs, domain=DOMAIN, **attributes)
-    graph = helper.make_graph([node], op, inputs, [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None)
-                                                   for o in outputs])
+    node = helper.make_node(op.name, list(feeds), list(op.outputs), domain=DOMAIN, **attributes)
+    graph = helper.make_graph([node], op.name, inputs, [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None)
+                                                        for o in op.outputs])
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, OPSET_VERSION)]
     return helper.make_model(graph, opset_imports=opsets, functions=function_protos(17))
 
@@ -77,12 +70,12 @@ def op_model(op: str, attributes: dict, feeds: dict[str, np.ndarray]) -> onnx.Mo
 def bench_ops(batch: int, threads: int, rounds: int) -> None:
     shape = (batch, 16, 32, 32)  # the largest activation of a CIFAR ResNet-20
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    extra = {"S": np.ones((batch, 1), np.float32), "noise_scale": np.array(1.0, np.float32),
+    given = {"X": x, "Y": x, "S": np.ones((batch, 1), np.float32), "noise_scale": np.array(1.0, np.float32),
              "seed": np.array(1, np.int64)}
     print(f"per op, tensor {shape}, {threads} threads: ns per element")
     print(f"  {'op':30s} {'native':>8s} {'function':>9s} {'speed-up':>9s}")
-    for label, (op, attributes, names) in OP_CASES.items():
-        feeds = {"X" if op != "MvmOutput" else "Y": x, **{n: extra[n] for n in names}}
+    for label, (op, attributes) in OP_CASES.items():
+        feeds = {name: given[name] for name in op.inputs}
         model = op_model(op, attributes, feeds)
         times = {}
         for native in (True, False):

@@ -14,9 +14,9 @@ from analog_onnx.data.preprocess import parse_floats
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.console import print_evaluation, print_sensitivity, progress_bar
 from analog_onnx.evaluate.levels import DEFAULT_NOISE_SCALES, parse_noise_scales, parse_times
-from analog_onnx.evaluate.report import EvaluationReport, check_output_dir
+from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
+from analog_onnx.evaluate.report_files import check_output_dir, write_report
 from analog_onnx.evaluate.runner import RunSettings
-from analog_onnx.evaluate.sensitivity import SensitivityReport
 from analog_onnx.evaluate.sensitivity import sensitivity as run_sensitivity
 from analog_onnx.evaluate.sweep import evaluate as run_evaluation
 
@@ -55,7 +55,7 @@ def _settings(repeats: int, seed: int | None, batch_size: int, top_k: int | None
 def _write(report: EvaluationReport | SensitivityReport, out: Path | None, force: bool) -> None:
     """Write the report's files into ``out`` (when given) and say which."""
     if out is not None:
-        written = report.write(out, force=force)
+        written = write_report(report, out, force=force)
         typer.echo(f"wrote {', '.join(str(p) for p in written)}")
 
 

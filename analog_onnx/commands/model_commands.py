@@ -102,7 +102,7 @@ def describe(model: onnx.ModelProto) -> dict:
         inserted = Counter(n.op_type for n in model.graph.node if n.domain == DOMAIN)
         info.update(version=meta.version, config=meta.config.to_dict(), sites=meta.sites,
                     inserted_ops=dict(sorted(inserted.items())),
-                    inputs={"noise_scale": meta.noise_scale_input, "seed": meta.seed_input})
+                    inputs=meta.inputs)
         return info
     probe = cfg.AnalogConfig.from_dict({"placement": {"where": "mvm"}, "forward": {"out_noise": 1.0}})
     info["analog_layers"] = [

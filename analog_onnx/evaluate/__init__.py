@@ -2,7 +2,7 @@
 
 Python API (the CLI commands ``evaluate`` and ``sensitivity`` are thin wrappers)::
 
-    from analog_onnx.evaluate import RunSettings, evaluate, sensitivity
+    from analog_onnx.evaluate import RunSettings, evaluate, sensitivity, write_report
 
     report = evaluate("model.onnx", "digits", config="hardening-additive",
                       noise_scales="0,log:1e-2:1e1:13", settings=RunSettings(repeats=5, seed=0))
@@ -10,7 +10,7 @@ Python API (the CLI commands ``evaluate`` and ``sensitivity`` are thin wrappers)
     for point in report.models[0].points:
         point.noise_scale, point.accuracy.mean, point.accuracy.std, point.accuracy.ci95, point.accuracies
     report.to_dict()                  # what report.json holds (docs/report-schema.md)
-    report.write("results/")          # report.json, results.csv, accuracy_vs_noise.png
+    write_report(report, "results/")  # report.json, results.csv, accuracy_vs_noise.png
 
 - ``models``: one or several paths or ``onnx.ModelProto``. A clean model needs ``config`` (an
   ``AnalogConfig``, a preset name or a TOML/JSON path) and is transformed in memory; an already
@@ -28,12 +28,13 @@ per-site midpoint noise level).
 """
 
 from analog_onnx.evaluate.metrics import Midpoint, Summary
-from analog_onnx.evaluate.report import EvaluationReport, ModelResult, NoisePoint
+from analog_onnx.evaluate.report import EvaluationReport, ModelResult, NoisePoint, SensitivityReport, SiteResult
+from analog_onnx.evaluate.report_files import write_report
 from analog_onnx.evaluate.runner import RunSettings
-from analog_onnx.evaluate.sensitivity import SensitivityReport, SiteResult, sensitivity
+from analog_onnx.evaluate.sensitivity import sensitivity
 from analog_onnx.evaluate.sweep import evaluate
 
 __all__ = [
     "EvaluationReport", "Midpoint", "ModelResult", "NoisePoint", "RunSettings", "SensitivityReport",
-    "SiteResult", "Summary", "evaluate", "sensitivity",
+    "SiteResult", "Summary", "evaluate", "sensitivity", "write_report",
 ]

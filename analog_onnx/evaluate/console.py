@@ -11,8 +11,7 @@ from rich.table import Table
 
 from analog_onnx.evaluate.backends import Progress as ProgressCallback
 from analog_onnx.evaluate.metrics import Midpoint, Summary
-from analog_onnx.evaluate.report import EvaluationReport
-from analog_onnx.evaluate.sensitivity import SensitivityReport
+from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
 
 
 @contextmanager

@@ -5,9 +5,12 @@ level fed through the ``noise_scale`` input and one seed per batch through the `
 A unit's result depends only on the unit, the data, the batch size and the run's seed, never on
 which process or machine runs it, so every backend gives the same numbers.
 
-Seeds: batch ``b`` of repeat ``r`` gets ``SeedSequence(seed, spawn_key=(r,))``'s ``b``-th word.
-They do not depend on the noise level or the model: a sweep uses common random numbers, so the
-difference between two levels (or two models) reflects the level, not a luckier draw.
+Seeds: batch ``b`` of repeat ``r`` gets ``SeedSequence(seed, spawn_key=(r,))``'s ``b``-th word
+(per-read draws, the ``seed`` input). Repeat ``r`` is one programmed chip: its ``chip_seed`` is
+the first word of ``SeedSequence(seed, spawn_key=(r, CHIP_KEY))``, the same for every batch of
+the repeat (per-chip draws). Neither depends on the noise level or the model: a sweep uses common
+random numbers, so the difference between two levels (or two models) reflects the level, not a
+luckier draw. ``t_inference`` is fed as the variant's time since programming.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import onnxruntime as ort
 
 from analog_onnx.runtime import make_session
 
-SEED_MASK = np.uint64((1 << 63) - 1)  # the seed input is int64 and must be >= 0 to be reproducible
+SEED_MASK = np.uint64((1 << 63) - 1)  # the seed inputs are int64 and must be >= 0 to be reproducible
+CHIP_KEY = 1  # keeps chip seeds apart from the batch seeds of the same repeat
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,9 @@ class Variant:
     inputs_index: int  # which of Payload.inputs this variant reads
     noise_scale_input: str | None  # None: a clean model, run once without noise controls
     seed_input: str | None
+    chip_seed_input: str | None = None  # None: a model transformed before chips were an input
+    t_inference_input: str | None = None
+    t_inference: float = 0.0  # seconds since programming, fed to t_inference_input
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,12 @@ def batch_seeds(seed: int, repeat: int, batches: int) -> np.ndarray:
     return (words & SEED_MASK).astype(np.int64)
 
 
+def chip_seed(seed: int, repeat: int) -> np.ndarray:
+    """The non-negative int64 ``chip_seed`` of one repeat (one programmed chip), as a scalar."""
+    word = np.random.SeedSequence(seed, spawn_key=(repeat, CHIP_KEY)).generate_state(1, np.uint64)[0]
+    return np.array(word & SEED_MASK, dtype=np.int64)
+
+
 def count_correct(logits: np.ndarray, labels: np.ndarray, top_k: int | None) -> Counts:
     """Top-1 is argmax (first index on ties, as onnxruntime users compute it); a sample is in the
     top k when fewer than k classes score strictly higher than its label (cheaper than a sort)."""
@@ -103,6 +116,10 @@ class Evaluator:
         if variant.noise_scale_input is not None:
             feed[variant.noise_scale_input] = np.array(unit.noise_scale, dtype=np.float32)
         seeds = batch_seeds(p.seed, unit.repeat, len(starts)) if variant.seed_input is not None else None
+        if variant.chip_seed_input is not None:
+            feed[variant.chip_seed_input] = chip_seed(p.seed, unit.repeat)
+        if variant.t_inference_input is not None:
+            feed[variant.t_inference_input] = np.array(variant.t_inference, dtype=np.float32)
         scores: np.ndarray | None = None  # all logits of the unit, counted once at the end
         for b, start in enumerate(starts):
             batch = x[start:start + size]

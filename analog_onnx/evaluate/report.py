@@ -1,26 +1,16 @@
-"""What an evaluation found, as objects (the Python API) and as files (``--out DIR``).
-
-``report.json`` follows docs/report-schema.md; ``results.csv`` has one row per model and noise
-level; ``accuracy_vs_noise.png`` is the plot. Every file is written to a temporary name in the
-output folder and renamed into place, so a crash never leaves a half-written file.
+"""What an evaluation or a sensitivity run found, as plain data: the Python API's objects and,
+through ``to_dict``, ``report.json`` / ``sensitivity.json`` (docs/report-schema.md). Writing
+them to files and plotting them is ``report_files.py``'s job.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.metrics import Midpoint, Summary, summarize
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # of report.json and sensitivity.json; changes when a field changes meaning
 
 
 @dataclass(frozen=True)
@@ -120,63 +110,79 @@ class EvaluationReport:
         out["models"] = [m.to_dict() for m in self.models]
         return out
 
-    def csv_text(self) -> str:
-        """One row per model and noise level."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["model", "noise_scale", "repeats", "accuracy_mean", "accuracy_std", "ci95_low",
-                         "ci95_high", "topk_accuracy_mean", "topk_accuracy_std", "clean_accuracy"])
-        for model in self.models:
-            for point in model.points:
-                acc, topk = point.accuracy, point.topk
-                low, high = acc.ci95 or ("", "")
-                writer.writerow([model.name, point.noise_scale, len(point.accuracies), acc.mean, acc.std, low, high,
-                                 topk.mean if topk else "", topk.std if topk else "", model.clean_accuracy])
-        return buffer.getvalue()
 
-    def write(self, out: str | Path, *, force: bool = False) -> list[Path]:
-        """Write report.json, results.csv and accuracy_vs_noise.png into ``out``; returns the paths."""
-        from analog_onnx.evaluate.plots import accuracy_vs_noise_png
-
-        folder = prepare_output_dir(out, force=force)
-        return [
-            write_atomic(folder / "report.json", lambda f: f.write(dumps_json(self.to_dict()).encode())),
-            write_atomic(folder / "results.csv", lambda f: f.write(self.csv_text().encode())),
-            write_atomic(folder / "accuracy_vs_noise.png", lambda f: accuracy_vs_noise_png(self, f)),
-        ]
+MIDPOINT_STATUS_ORDER = {"below_range": 0, "found": 1, "above_range": 2, "undefined": 3}
 
 
-def dumps_json(data: dict[str, Any]) -> str:
-    return json.dumps(data, indent=2, allow_nan=False) + "\n"
+@dataclass(frozen=True)
+class SiteResult:
+    """One site with noise (or every site, for the reference row)."""
+
+    name: str
+    op_type: str
+    points: tuple[NoisePoint, ...]
+    clean_accuracy: float
+    midpoint: Midpoint | None  # only in midpoint mode
+
+    @property
+    def accuracy_drop(self) -> float:
+        """Clean accuracy minus the mean accuracy at the (first) noise level."""
+        return self.clean_accuracy - self.points[0].accuracy.mean
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"site": self.name, "op_type": self.op_type}
+        if self.midpoint is None:
+            out.update(self.points[0].to_dict(), accuracy_drop=self.accuracy_drop)
+        else:
+            out.update(midpoint_noise=self.midpoint.noise, midpoint_status=self.midpoint.status,
+                       points=[p.to_dict() for p in self.points])
+        return out
 
 
-def check_output_dir(out: str | Path, *, force: bool) -> Path:
-    """Fail early (before any work) when ``out`` cannot take our files."""
-    folder = Path(out).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise AnalogError(f"--out {out} exists and is not a directory")
-    if folder.is_dir() and any(folder.iterdir()) and not force:
-        raise AnalogError(f"--out {out} exists and is not empty; pass --force to write into it")
-    return folder
+@dataclass(frozen=True)
+class SensitivityReport:
+    """The result of :func:`analog_onnx.evaluate.sensitivity`; ``to_dict`` is ``sensitivity.json``."""
 
+    model: str
+    source: str
+    config: dict[str, Any]
+    data: dict[str, Any]
+    settings: dict[str, Any]
+    clean_accuracy: float
+    chance_accuracy: float
+    all_sites: SiteResult  # noise everywhere, for reference
+    sites: tuple[SiteResult, ...]  # in graph order
+    notes: tuple[str, ...] = field(default=())
 
-def prepare_output_dir(out: str | Path, *, force: bool) -> Path:
-    folder = check_output_dir(out, force=force)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AnalogError(f"cannot create --out {out}: {e.strerror}") from None
-    return folder
+    @property
+    def midpoint_mode(self) -> bool:
+        return self.all_sites.midpoint is not None
 
+    @property
+    def noise_scale(self) -> float:
+        return self.all_sites.points[0].noise_scale
 
-def write_atomic(path: Path, write: Callable[[Any], object]) -> Path:
-    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    @property
+    def ranked(self) -> list[SiteResult]:
+        """Most fragile first: biggest drop, or lowest midpoint (ties keep graph order)."""
+        if not self.midpoint_mode:
+            return sorted(self.sites, key=lambda s: -s.accuracy_drop)
+        return sorted(self.sites, key=lambda s: (MIDPOINT_STATUS_ORDER[s.midpoint.status],
+                                                 s.midpoint.noise if s.midpoint.noise is not None else 0.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "sensitivity",
+            "model": self.model,
+            "source": self.source,
+            "config": self.config,
+            "data": self.data,
+            "settings": self.settings,
+            "mode": "midpoint" if self.midpoint_mode else "fixed_noise",
+            "clean_accuracy": self.clean_accuracy,
+            "chance_accuracy": self.chance_accuracy,
+            "all_sites": self.all_sites.to_dict(),
+            "sites": [dict(rank=i + 1, **s.to_dict()) for i, s in enumerate(self.ranked)],
+            "notes": list(self.notes),
+        }

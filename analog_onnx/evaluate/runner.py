@@ -172,7 +172,8 @@ def analog_variant(target: Target, analog: onnx.ModelProto | None = None) -> Var
     analog = analog if analog is not None else target.model.analog
     meta = read_analog_metadata(analog)
     return Variant(analog.SerializeToString(), target.io.input_name, target.io.output_name, target.inputs_index,
-                   meta.noise_scale_input, meta.seed_input)
+                   meta.noise_scale_input, meta.seed_input, meta.inputs.get("chip_seed"),
+                   meta.inputs.get("t_inference"), meta.config.t_inference)
 
 
 def data_summary(dataset: Dataset, spec: str, split: str, limit: int | None) -> dict[str, Any]:

@@ -9,18 +9,15 @@ is swept over the noise levels and ranked by its midpoint noise level (lower is 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from analog_onnx.data import Dataset
 from analog_onnx.data.preprocess import from_flags
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.backends import Progress
 from analog_onnx.evaluate.levels import noise_levels
-from analog_onnx.evaluate.metrics import Midpoint, midpoint_noise
+from analog_onnx.evaluate.metrics import midpoint_noise
 from analog_onnx.evaluate.models import ModelSource, model_names
-from analog_onnx.evaluate.report import NoisePoint, dumps_json, prepare_output_dir, write_atomic
+from analog_onnx.evaluate.report import NoisePoint, SensitivityReport, SiteResult
 from analog_onnx.evaluate.runner import (
     ConfigLike,
     RunSettings,
@@ -33,90 +30,6 @@ from analog_onnx.evaluate.runner import (
     run_grid,
 )
 from analog_onnx.transform import analog_sites, transform_model
-
-MIDPOINT_STATUS_ORDER = {"below_range": 0, "found": 1, "above_range": 2, "undefined": 3}
-
-
-@dataclass(frozen=True)
-class SiteResult:
-    """One site with noise (or every site, for the reference row)."""
-
-    name: str
-    op_type: str
-    points: tuple[NoisePoint, ...]
-    clean_accuracy: float
-    midpoint: Midpoint | None  # only in midpoint mode
-
-    @property
-    def accuracy_drop(self) -> float:
-        """Clean accuracy minus the mean accuracy at the (first) noise level."""
-        return self.clean_accuracy - self.points[0].accuracy.mean
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"site": self.name, "op_type": self.op_type}
-        if self.midpoint is None:
-            out.update(self.points[0].to_dict(), accuracy_drop=self.accuracy_drop)
-        else:
-            out.update(midpoint_noise=self.midpoint.noise, midpoint_status=self.midpoint.status,
-                       points=[p.to_dict() for p in self.points])
-        return out
-
-
-@dataclass(frozen=True)
-class SensitivityReport:
-    model: str
-    source: str
-    config: dict[str, Any]
-    data: dict[str, Any]
-    settings: dict[str, Any]
-    clean_accuracy: float
-    chance_accuracy: float
-    all_sites: SiteResult  # noise everywhere, for reference
-    sites: tuple[SiteResult, ...]  # in graph order
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def midpoint_mode(self) -> bool:
-        return self.all_sites.midpoint is not None
-
-    @property
-    def noise_scale(self) -> float:
-        return self.all_sites.points[0].noise_scale
-
-    @property
-    def ranked(self) -> list[SiteResult]:
-        """Most fragile first: biggest drop, or lowest midpoint (ties keep graph order)."""
-        if not self.midpoint_mode:
-            return sorted(self.sites, key=lambda s: -s.accuracy_drop)
-        return sorted(self.sites, key=lambda s: (MIDPOINT_STATUS_ORDER[s.midpoint.status],
-                                                 s.midpoint.noise if s.midpoint.noise is not None else 0.0))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": 1,
-            "kind": "sensitivity",
-            "model": self.model,
-            "source": self.source,
-            "config": self.config,
-            "data": self.data,
-            "settings": self.settings,
-            "mode": "midpoint" if self.midpoint_mode else "fixed_noise",
-            "clean_accuracy": self.clean_accuracy,
-            "chance_accuracy": self.chance_accuracy,
-            "all_sites": self.all_sites.to_dict(),
-            "sites": [dict(rank=i + 1, **s.to_dict()) for i, s in enumerate(self.ranked)],
-            "notes": list(self.notes),
-        }
-
-    def write(self, out: str | Path, *, force: bool = False) -> list[Path]:
-        """Write sensitivity.json and sensitivity.png into ``out``."""
-        from analog_onnx.evaluate.plots import sensitivity_png
-
-        folder = prepare_output_dir(out, force=force)
-        return [
-            write_atomic(folder / "sensitivity.json", lambda f: f.write(dumps_json(self.to_dict()).encode())),
-            write_atomic(folder / "sensitivity.png", lambda f: sensitivity_png(self, f)),
-        ]
 
 
 def sensitivity(

@@ -22,6 +22,10 @@ Ops (see ``reference.py`` for the exact definitions):
     The output side: additive output noise in normalized units, the ADC (clip to
     ``out_bound``, ``out_bits`` quantization), and rescaling by ``S`` and the weight scale.
 
+Each op is declared once in ``schema.py`` (inputs, outputs, attributes and defaults, example
+cases); the function bodies, the native library's op list, the benchmarks and the conformance
+test read it.
+
 The native library has one op more, which never appears in a file: ``MvmOutputEpilogue`` is
 ``MvmOutput`` followed by a per-channel scale and shift and an optional ReLU, put in place of
 those layers in memory for native sessions only (see ``analog_onnx/native_graph.py``).
@@ -29,5 +33,8 @@ those layers in memory for native sessions only (see ``analog_onnx/native_graph.
 
 DOMAIN = "ai.analog"
 OPSET_VERSION = 1
-OP_NAMES = ("Noise", "Quantize", "MvmInput", "MvmOutput")
-NATIVE_ONLY_OPS = ("MvmOutputEpilogue",)
+
+from analog_onnx.ops.schema import OPS  # noqa: E402 (the schema needs nothing from here)
+
+OP_NAMES = tuple(op.name for op in OPS if not op.native_only)
+NATIVE_ONLY_OPS = tuple(op.name for op in OPS if op.native_only)

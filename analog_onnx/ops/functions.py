@@ -14,7 +14,7 @@ from onnxscript import FLOAT, INT64, script
 from onnxscript import opset13 as op
 from onnxscript.values import Opset
 
-from analog_onnx.ops import DOMAIN, OPSET_VERSION
+from analog_onnx.ops import DOMAIN, OP_NAMES, OPSET_VERSION
 from analog_onnx.ops.rng import GAMMA, KEY_HIGH, KEY_LOW
 
 analog = Opset(DOMAIN, OPSET_VERSION)
@@ -157,7 +157,7 @@ def MvmOutput(Y: FLOAT, S: FLOAT, noise_scale: FLOAT, seed: INT64, weight_scale:
     return op.Reshape(op.Mul(op.Flatten(adc, axis=axis), S), op.Shape(Y))
 
 
-PUBLIC = (Noise, Quantize, MvmInput, MvmOutput)
+PUBLIC = tuple(globals()[name] for name in OP_NAMES)  # the schema's ops, in its order
 HELPERS = (SwapHalves, SquaresPair, StreamKey, StandardNormals, RowAbsMax, ClipAndRound)
 
 

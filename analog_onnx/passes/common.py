@@ -1,27 +1,48 @@
-"""Small helpers shared by the passes: making our nodes and splicing them into a graph."""
+"""Small helpers shared by the passes: metadata keys, control inputs, streams, making our nodes
+and splicing them into a graph."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
 
 import onnx_ir as ir
 
 from analog_onnx.ops import DOMAIN
+from analog_onnx.passes.names import Names
 
 ROLE_KEY = "analog_onnx.role"  # node metadata: what an inserted node is for (strip reads it)
+WEIGHT_ROLES = ("weight_quant", "transpose")  # roles of nodes that act on a layer's weight
+
+# model metadata the transform writes (see write_metadata.py and add_controls.py)
+CONFIG_KEY = "analog_onnx.config"
+VERSION_KEY = "analog_onnx.version"
+INPUTS_KEY = "analog_onnx.inputs"  # JSON {control: graph input name}
+SITES_KEY = "analog_onnx.sites"
+METADATA_KEYS = (CONFIG_KEY, VERSION_KEY, INPUTS_KEY, SITES_KEY)
 
 
-@dataclass
-class Controls:
-    """The graph inputs every noisy op reads, and the counter that gives each op its own stream."""
+def control_names(model: ir.Model) -> dict[str, str]:
+    """{control: graph input name} as the controls pass recorded it ({} before it ran)."""
+    return json.loads(model.metadata_props.get(INPUTS_KEY, "{}"))
 
-    noise_scale: ir.Value
-    seed: ir.Value
-    next_stream: int = 0
 
-    def stream(self) -> int:
-        self.next_stream += 1
-        return self.next_stream
+def control_inputs(model: ir.Model, wanted: tuple[str, ...]) -> list[ir.Value]:
+    """The graph inputs of the ``wanted`` controls, looked up by the names the controls pass chose."""
+    names = control_names(model)
+    inputs = {v.name: v for v in model.graph.inputs}
+    missing = [c for c in wanted if names.get(c) not in inputs]
+    if missing:
+        raise ir.passes.PreconditionError(f"control input(s) {', '.join(missing)} missing: "
+                                          "run AddControlInputsPass first")
+    return [inputs[names[c]] for c in wanted]
+
+
+def next_stream(graph: ir.Graph) -> int:
+    """The first noise stream no op of ours in ``graph`` uses yet: streams count up in the order
+    the ops are placed, so each op draws its own numbers and the same model gets the same ones."""
+    used = [node.attributes["stream"].as_int() for node in graph
+            if node.domain == DOMAIN and "stream" in node.attributes]
+    return max(used, default=0) + 1
 
 
 def tag(node: ir.Node, role: str) -> ir.Node:
@@ -35,7 +56,7 @@ def analog_node(op_type: str, inputs: list[ir.Value | None], attributes: dict, *
     return tag(node, role)
 
 
-def splice_after(graph: ir.Graph, value: ir.Value, node: ir.Node) -> None:
+def splice_after(graph: ir.Graph, value: ir.Value, node: ir.Node, names: Names) -> None:
     """Make every consumer of ``value`` (graph outputs included) read ``node``'s first output instead.
 
     A graph output keeps its name: the new value takes it, the original is renamed after ``node``.
@@ -46,10 +67,10 @@ def splice_after(graph: ir.Graph, value: ir.Value, node: ir.Node) -> None:
     node.replace_input_with(0, value)
     if is_output:
         original_name = value.name
-        value.name = f"{node.name}/input"
+        value.name = names.value(f"{node.name}/input")
         new.name = original_name
     else:
-        new.name = f"{value.name}_analog"
+        new.name = names.value(f"{value.name}_analog")
     new.type, new.shape = value.type, value.shape
     producer = value.producer()
     if producer is not None and producer.graph is graph:

@@ -1,33 +1,45 @@
 """Pass: Gaussian noise on activations ("activations" placement, the Hardening-DNNs model).
 
-Rule: after each site's tensor (a listed node's first output, or a network input) insert one
-``ai.analog.Noise`` node with the config's sigmas and its own stream; every consumer, graph
-outputs included, reads the noisy tensor.
+Rule:
+
+1. The sites are ``find_sites`` under the config (restricted to ``only`` when given).
+2. After each site's tensor (a listed node's first output, or a network input) one
+   ``ai.analog.Noise`` node with the config's sigmas reads the ``noise_scale`` and ``seed``
+   controls; every consumer, graph outputs included, reads the noisy tensor.
+3. Each node draws its own stream: the next free one in the graph, in site order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
-from analog_onnx.passes.common import Controls, analog_node, splice_after
-from analog_onnx.passes.sites import Site
+from analog_onnx.passes.common import analog_node, control_inputs, next_stream, splice_after
+from analog_onnx.passes.names import Names
+from analog_onnx.passes.sites import find_sites
+
+CONTROLS = ("noise_scale", "seed")
 
 
 class InsertActivationNoisePass(ir.passes.InPlacePass):
-    def __init__(self, sites: list[Site], controls: Controls, config: AnalogConfig) -> None:
+    def __init__(self, config: AnalogConfig, only: Collection[str] | None = None) -> None:
         super().__init__()
-        self.sites, self.controls, self.noise = sites, controls, config.noise
+        self.config, self.only = config, only
+
+    def requires(self, model: ir.Model) -> None:
+        control_inputs(model, CONTROLS)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        for site in self.sites:
-            attributes = {
-                "sigma_add": self.noise.additive,
-                "sigma_mul": self.noise.multiplicative,
-                "relative": int(self.noise.relative),
-                "stream": self.controls.stream(),
-            }
-            node = analog_node("Noise", [site.value, self.controls.noise_scale, self.controls.seed], attributes,
-                               name=f"{site.name}/analog_noise", role="noise")
-            splice_after(model.graph, site.value, node)
-        return ir.passes.PassResult(model, modified=bool(self.sites))
+        graph, names, noise = model.graph, Names(model), self.config.noise
+        controls = control_inputs(model, CONTROLS)
+        sites = find_sites(graph, self.config, self.only)
+        first = next_stream(graph)
+        for index, site in enumerate(sites):
+            attributes = {"sigma_add": noise.additive, "sigma_mul": noise.multiplicative,
+                          "relative": int(noise.relative), "stream": first + index}
+            node = analog_node("Noise", [site.value, *controls], attributes,
+                               name=names.node(f"{site.name}/analog_noise"), role="noise")
+            splice_after(graph, site.value, node, names)
+        return ir.passes.PassResult(model, modified=bool(sites))

@@ -1,6 +1,7 @@
 """Pass: the periphery of analog matrix-vector products ("mvm" placement, aihwkit's model).
 
-Rule, for each analog layer ``Y = Layer(X, W, b)``:
+Rule, for each analog layer ``Y = Layer(X, W, b)`` among ``find_sites`` under the config
+(restricted to ``only`` when given), in graph order:
 
 - ``X`` goes through ``MvmInput`` (abs-max noise management, DAC); the layer reads the
   normalized ``Xn``. Rows are per sample for Conv/Gemm (axis 1) and per vector for MatMul (axis -1).
@@ -10,18 +11,24 @@ Rule, for each analog layer ``Y = Layer(X, W, b)``:
   for Conv, times ``beta`` for Gemm, by tagged nodes). A computed bias stays inside the layer.
 - For a MatMul of two activations, the second operand is normalized per tensor like a weight
   array and its scale multiplied back after ``MvmOutput``.
+- ``MvmOutput`` reads the ``noise_scale`` and ``seed`` controls and draws its own stream (the
+  next free one in the graph, in site order).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
-from analog_onnx.passes.common import Controls, analog_node, splice_after, tag
-from analog_onnx.passes.sites import Site, constant_array, site_name
+from analog_onnx.passes.common import analog_node, control_inputs, next_stream, splice_after, tag
+from analog_onnx.passes.names import Names
+from analog_onnx.passes.sites import Site, constant_array, find_sites, site_name
+
+CONTROLS = ("noise_scale", "seed")
 
 BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
 
@@ -35,62 +42,70 @@ def _attr(node: ir.Node, name: str, default: float) -> float:
 
 
 class InsertMvmPeripheryPass(ir.passes.InPlacePass):
-    def __init__(self, sites: list[Site], controls: Controls, config: AnalogConfig) -> None:
+    def __init__(self, config: AnalogConfig, only: Collection[str] | None = None) -> None:
         super().__init__()
-        self.sites, self.controls, self.forward = sites, controls, config.forward
+        self.config, self.forward, self.only = config, config.forward, only
+
+    def requires(self, model: ir.Model) -> None:
+        control_inputs(model, CONTROLS)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        for site in self.sites:
-            self._wrap(model.graph, site)
-        return ir.passes.PassResult(model, modified=bool(self.sites))
+        graph = model.graph
+        sites = find_sites(graph, self.config, self.only)
+        controls, names, first = control_inputs(model, CONTROLS), Names(model), next_stream(graph)
+        for index, site in enumerate(sites):
+            self._wrap(graph, site, controls, names, first + index)
+        return ir.passes.PassResult(model, modified=bool(sites))
 
-    def _mvm_input(self, graph: ir.Graph, node: ir.Node, index: int, axis: int, name: str) -> ir.Value:
+    def _mvm_input(self, graph: ir.Graph, node: ir.Node, index: int, axis: int, name: str, names: Names) -> ir.Value:
         f = self.forward
         attributes = {"inp_bits": f.inp_bits, "inp_bound": f.inp_bound,
                       "noise_management": int(f.noise_management == "abs_max"), "axis": axis}
         source = node.inputs[index]
-        mvm_in = analog_node("MvmInput", [source], attributes, name=name, role="mvm_input", num_outputs=2)
-        mvm_in.outputs[0].name, mvm_in.outputs[1].name = f"{name}/x", f"{name}/scale"
+        mvm_in = analog_node("MvmInput", [source], attributes, name=names.node(name), role="mvm_input", num_outputs=2)
+        mvm_in.outputs[0].name = names.value(f"{mvm_in.name}/x")
+        mvm_in.outputs[1].name = names.value(f"{mvm_in.name}/scale")
         mvm_in.outputs[0].type, mvm_in.outputs[1].type = source.type, source.type
         graph.insert_before(node, mvm_in)
         node.replace_input_with(index, mvm_in.outputs[0])
         return mvm_in.outputs[1]
 
-    def _wrap(self, graph: ir.Graph, site: Site) -> None:
+    def _wrap(self, graph: ir.Graph, site: Site, controls: list[ir.Value], names: Names, stream: int) -> None:
         node, f = site.node, self.forward
         axis = rows_axis(node.op_type)
-        scale = self._mvm_input(graph, node, 0, axis, f"{site.name}/analog_in")
+        scale = self._mvm_input(graph, node, 0, axis, f"{site.name}/analog_in", names)
         operand_scale = None
         if site.weight is None:  # MatMul of two activations
-            operand_scale = self._mvm_input(graph, node, 1, 0, f"{site.name}/analog_operand")
+            operand_scale = self._mvm_input(graph, node, 1, 0, f"{site.name}/analog_operand", names)
             weight_scale = 1.0
         else:
             peak = float(np.abs(site.weight).max()) * abs(_attr(node, "alpha", 1.0))
             weight_scale = peak if peak > 0 else 1.0
-        bias = self._take_bias(graph, site)
+        bias = self._take_bias(graph, site, names)
 
         attributes = {"weight_scale": weight_scale, "out_noise": f.out_noise, "out_bits": f.out_bits,
                       "out_bound": f.out_bound if f.out_bound > 0 else math.inf, "axis": axis,
-                      "stream": self.controls.stream()}
+                      "stream": stream}
         y = node.outputs[0]
-        mvm_out = analog_node("MvmOutput", [y, scale, self.controls.noise_scale, self.controls.seed],
-                              attributes, name=f"{site.name}/analog_out", role="mvm_output")
-        splice_after(graph, y, mvm_out)
+        mvm_out = analog_node("MvmOutput", [y, scale, *controls], attributes,
+                              name=names.node(f"{site.name}/analog_out"), role="mvm_output")
+        splice_after(graph, y, mvm_out, names)
         last = mvm_out
         if operand_scale is not None:
-            last = self._append(graph, last, "Mul", operand_scale, f"{site.name}/analog_operand_scale", "scale")
+            last = self._append(graph, last, "Mul", operand_scale, f"{site.name}/analog_operand_scale", "scale", names)
         if bias is not None:
-            self._append(graph, last, "Add", bias, f"{site.name}/analog_bias", "bias")
+            self._append(graph, last, "Add", bias, f"{site.name}/analog_bias", "bias", names)
             node.replace_input_with(BIAS_INPUT[node.op_type], None)
 
     @staticmethod
-    def _append(graph: ir.Graph, after: ir.Node, op_type: str, operand: ir.Value, name: str, role: str) -> ir.Node:
-        node = tag(ir.node(op_type, [after.outputs[0], operand], name=name), role)
-        splice_after(graph, after.outputs[0], node)
+    def _append(graph: ir.Graph, after: ir.Node, op_type: str, operand: ir.Value, name: str, role: str,
+                names: Names) -> ir.Node:
+        node = tag(ir.node(op_type, [after.outputs[0], operand], name=names.node(name)), role)
+        splice_after(graph, after.outputs[0], node, names)
         return node
 
     @staticmethod
-    def _take_bias(graph: ir.Graph, site: Site) -> ir.Value | None:
+    def _take_bias(graph: ir.Graph, site: Site, names: Names) -> ir.Value | None:
         """The layer's constant bias, shaped to add to its output (None: keep the bias inside).
 
         The original bias value feeds the new nodes, so nothing is copied and strip can put it back.
@@ -104,18 +119,20 @@ class InsertMvmPeripheryPass(ir.passes.InPlacePass):
             return None
         if node.op_type == "Gemm":
             beta = _attr(node, "beta", 1.0)
-            return bias if beta == 1.0 else _constant_step(graph, node, "Mul", bias, np.float32(beta), "beta")
+            return bias if beta == 1.0 else _constant_step(graph, node, "Mul", bias, np.float32(beta), "beta", names)
         shape = np.array([-1] + [1] * (site.weight.ndim - 2), dtype=np.int64)
-        return _constant_step(graph, node, "Reshape", bias, shape, "bias_shape")
+        return _constant_step(graph, node, "Reshape", bias, shape, "bias_shape", names)
 
 
 def _constant_step(graph: ir.Graph, layer: ir.Node, op_type: str, value: ir.Value, operand: np.ndarray,
-                   what: str) -> ir.Value:
+                   what: str, names: Names) -> ir.Value:
     """``op_type(value, operand)`` inserted before ``layer``, tagged so strip removes it."""
-    name = f"{site_name(layer)}/analog_{what}"
-    constant = ir.node("Constant", [], {"value": ir.tensor(operand, name=f"{name}_value")}, name=f"{name}_value")
-    step = tag(ir.node(op_type, [value, constant.outputs[0]], name=name), "bias")
-    constant.outputs[0].name, step.outputs[0].name = f"{name}_value", name
+    base = f"{site_name(layer)}/analog_{what}"
+    constant_name = names.value(f"{base}_value")
+    constant = ir.node("Constant", [], {"value": ir.tensor(operand, name=constant_name)},
+                       name=names.node(f"{base}_value"))
+    step = tag(ir.node(op_type, [value, constant.outputs[0]], name=names.node(base)), "bias")
+    constant.outputs[0].name, step.outputs[0].name = constant_name, names.value(base)
     tag(constant, "bias")
     graph.insert_before(layer, [constant, step])
     return step.outputs[0]

@@ -1,19 +1,27 @@
 """Pass: quantize the weights of analog layers (``weights.bits``).
 
-Rule: the weight input of each analog layer with a constant weight goes through
-``ai.analog.Quantize`` (signed, symmetric, dynamic abs-max scale, bound 1), per output channel
-or per tensor. The original initializer stays untouched, so ``strip`` gives it back; the
-function body is folded to constants by onnxruntime at session start. Output channels that do
-not lie on axis 0 (MatMul, Gemm without transB, ConvTranspose) are brought there by a Transpose.
+Rule:
+
+1. The sites are the analog layers with a constant weight among ``find_sites`` under the config
+   (restricted to ``only`` when given).
+2. Each weight goes through ``ai.analog.Quantize`` (signed, symmetric, dynamic abs-max scale,
+   bound 1), per output channel or per tensor; the layer reads the result.
+3. Output channels that do not lie on axis 0 (MatMul, Gemm without transB, ConvTranspose) are
+   brought there by a Transpose and back after.
+4. The original initializer stays untouched, so ``strip`` gives it back; onnxruntime folds the
+   function body to constants at session start.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
 from analog_onnx.passes.common import analog_node, tag
-from analog_onnx.passes.sites import WEIGHT_INPUT, Site
+from analog_onnx.passes.names import Names
+from analog_onnx.passes.sites import WEIGHT_INPUT, Site, find_sites
 
 
 def channel_axis(node: ir.Node, rank: int) -> int | None:
@@ -29,37 +37,39 @@ def channel_axis(node: ir.Node, rank: int) -> int | None:
 
 
 class QuantizeWeightsPass(ir.passes.InPlacePass):
-    def __init__(self, sites: list[Site], config: AnalogConfig) -> None:
+    def __init__(self, config: AnalogConfig, only: Collection[str] | None = None) -> None:
         super().__init__()
-        self.sites, self.weights = [s for s in sites if s.weight is not None], config.weights
+        self.config, self.only = config, only
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        for site in self.sites:
-            self._quantize(model.graph, site)
-        return ir.passes.PassResult(model, modified=bool(self.sites))
+        sites = [s for s in find_sites(model.graph, self.config, self.only) if s.weight is not None]
+        names = Names(model)
+        for site in sites:
+            self._quantize(model.graph, site, names)
+        return ir.passes.PassResult(model, modified=bool(sites))
 
-    def _quantize(self, graph: ir.Graph, site: Site) -> None:
+    def _quantize(self, graph: ir.Graph, site: Site, names: Names) -> None:
+        weights = self.config.weights
         node, index = site.node, WEIGHT_INPUT[site.op_type]
-        weight = node.inputs[index]
-        axis = channel_axis(node, site.weight.ndim) if self.weights.per_channel else None
+        axis = channel_axis(node, site.weight.ndim) if weights.per_channel else None
         perm = None
         if axis:
             perm = list(range(site.weight.ndim))
             perm[0], perm[axis] = axis, 0
-        attributes = {"bits": self.weights.bits, "bound": 1.0, "signed": 1, "dynamic": 1,
+        attributes = {"bits": weights.bits, "bound": 1.0, "signed": 1, "dynamic": 1,
                       "axis": 0 if axis is None else 1}
         chain: list[ir.Node] = []
-        source = weight
+        source = node.inputs[index]
         if perm:
-            chain.append(tag(ir.node("Transpose", [source], {"perm": perm}, name=f"{site.name}/analog_wt"),
+            chain.append(tag(ir.node("Transpose", [source], {"perm": perm}, name=names.node(f"{site.name}/analog_wt")),
                              "transpose"))
             source = chain[-1].outputs[0]
-        chain.append(analog_node("Quantize", [source], attributes, name=f"{site.name}/analog_wq",
+        chain.append(analog_node("Quantize", [source], attributes, name=names.node(f"{site.name}/analog_wq"),
                                  role="weight_quant"))
         if perm:
             chain.append(tag(ir.node("Transpose", [chain[-1].outputs[0]], {"perm": perm},
-                                     name=f"{site.name}/analog_wt_back"), "transpose"))
+                                     name=names.node(f"{site.name}/analog_wt_back")), "transpose"))
         for i, step in enumerate(chain):
-            step.outputs[0].name = f"{site.name}/analog_w{i}"
+            step.outputs[0].name = names.value(f"{site.name}/analog_w{i}")
         graph.insert_before(node, chain)
         node.replace_input_with(index, chain[-1].outputs[0])

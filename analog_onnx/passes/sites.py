@@ -6,17 +6,22 @@ MatMul of two activations counts too. Placement "mvm" wraps analog layers; place
 "activations" perturbs the outputs of every node whose op type is listed (and the network
 inputs). Include/exclude regexes, excluded op types and keep-first/last-digital apply to both.
 Only the top-level graph is searched: subgraphs of If/Loop are left intact.
+
+Every pass finds its own sites with ``find_sites``; a layer stays an analog layer after a pass
+changed its weight (a quantized weight is still a constant weight), so passes compose in any order.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
 from analog_onnx.config import ANALOG_OP_TYPES, AnalogConfig
+from analog_onnx.passes.common import ROLE_KEY, WEIGHT_ROLES
 
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
@@ -66,19 +71,27 @@ def _dequantize(node: ir.Node) -> np.ndarray | None:
     return (x - zero) * scale
 
 
+def layer_weight(node: ir.Node) -> np.ndarray | None:
+    """The constant weight of a layer, looking through the transform's own weight-side nodes."""
+    value = node.inputs[WEIGHT_INPUT[node.op_type]]
+    while value is not None and (producer := value.producer()) is not None \
+            and producer.metadata_props.get(ROLE_KEY) in WEIGHT_ROLES:
+        value = producer.inputs[0]
+    return constant_array(value)
+
+
 def is_analog_layer(node: ir.Node, activation_matmul: bool) -> bool:
     if node.domain != "" or node.op_type not in ANALOG_OP_TYPES:
         return False
     if node.op_type == "Gemm" and "transA" in node.attributes and node.attributes["transA"].as_int():
         return False  # rows of A are not input vectors
-    weight = node.inputs[WEIGHT_INPUT[node.op_type]]
-    if constant_array(weight) is not None:
+    if layer_weight(node) is not None:
         return True
     return node.op_type == "MatMul" and activation_matmul
 
 
-def find_sites(graph: ir.Graph, config: AnalogConfig) -> list[Site]:
-    """The sites of ``graph`` under ``config``, in graph order."""
+def find_sites(graph: ir.Graph, config: AnalogConfig, only: Collection[str] | None = None) -> list[Site]:
+    """The sites of ``graph`` under ``config`` (named in ``only``, when given), in graph order."""
     p = config.placement
     layers = [n for n in graph if is_analog_layer(n, p.activation_matmul)]
     digital = set()
@@ -97,9 +110,10 @@ def find_sites(graph: ir.Graph, config: AnalogConfig) -> list[Site]:
             continue
         if not _selected(name, p.include, p.exclude):
             continue
-        weight = constant_array(node.inputs[WEIGHT_INPUT[node.op_type]]) if node in layers else None
+        weight = layer_weight(node) if node in layers else None
         sites.append(Site(name, node.op_type, node.outputs[0], node, weight))
-    return [s for s in sites if s.op_type != "Input" or _selected(s.name, p.include, p.exclude)]
+    sites = [s for s in sites if s.op_type != "Input" or _selected(s.name, p.include, p.exclude)]
+    return sites if only is None else [s for s in sites if s.name in only]
 
 
 def _selected(name: str, include: list[str], exclude: list[str]) -> bool:

@@ -7,14 +7,11 @@ back into it; the control inputs, our functions, our opset import and our metada
 
 from __future__ import annotations
 
-import json
-
 import onnx_ir as ir
 
 from analog_onnx.ops import DOMAIN
-from analog_onnx.passes.common import ROLE_KEY
+from analog_onnx.passes.common import METADATA_KEYS, ROLE_KEY, control_names
 from analog_onnx.passes.insert_mvm_periphery import BIAS_INPUT
-from analog_onnx.passes.write_metadata import METADATA_KEYS
 
 
 def is_inserted(node: ir.Node) -> bool:
@@ -68,7 +65,7 @@ class StripAnalogPass(ir.passes.InPlacePass):
     @staticmethod
     def _remove_controls(model: ir.Model) -> None:
         graph = model.graph
-        names = json.loads(model.metadata_props.get("analog_onnx.inputs", "{}")).values()
+        names = control_names(model).values()
         for value in [v for v in graph.inputs if v.name in names]:
             graph.inputs.remove(value)
             graph.initializers.pop(value.name, None)

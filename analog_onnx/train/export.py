@@ -31,6 +31,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from analog_onnx.data.preprocess import PREPROCESS_KEY
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import DOMAIN, OPSET_VERSION
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
@@ -41,7 +42,6 @@ from analog_onnx.train.qat import QatSpec, attach_qat, quantize_weights_
 OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-PREPROCESS_KEY = "analog_onnx.preprocess"
 TRAIN_KEY = "analog_onnx.train"
 
 

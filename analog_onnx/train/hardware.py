@@ -6,12 +6,14 @@ that graph, and each site is mapped back to the module whose call produced the n
 TorchScript exporter names nodes after the module path). So include/exclude patterns,
 excluded op types, keep-first/last-digital and the op-type list mean the same in both worlds.
 
-- "activations" placement: a forward hook puts ``Noise`` on the module's output (run before
-  any QAT quantizer of the same module, as the transform splices noise right after the node),
-  and a pre-hook on the root module puts it on a network input.
-- "mvm" placement: each analog layer computes through its twin: the hardware's weight
-  quantization, then ``MvmInput``, the layer without bias, ``MvmOutput`` (weight scale max|W|
-  of the deployed weight) and the bias.
+Each enabled effect (``analog_onnx/effects.py``) attaches its twin with one function here:
+
+- activation noise: a forward hook puts ``Noise`` on the module's output (run before any QAT
+  quantizer of the same module, as the transform splices noise right after the node), and a
+  pre-hook on the root module puts it on a network input;
+- weight quantization and the MVM periphery: each analog layer computes through its twin: the
+  hardware's weight quantization, then ``MvmInput``, the layer without bias, ``MvmOutput``
+  (weight scale max|W| of the deployed weight) and the bias.
 
 A site must be the output of a leaf module: a noise site on a functional call inside a larger
 module (``torch.relu`` in a ``forward``) cannot be hooked and is reported as an error.
@@ -28,6 +30,7 @@ from torch import nn
 
 from analog_onnx.config import AnalogConfig
 from analog_onnx.config import Noise as NoiseConfig
+from analog_onnx.effects import enabled_effects
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import torch_twins as tw
 from analog_onnx.train.attach import NoiseLevel, Periphery, TwinHook, WeightQuant, layer_twin
@@ -79,30 +82,21 @@ class Hardware:
         self.level = NoiseLevel(scale=noise_scale)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._layers: list[nn.Module] = []
-        if config.placement.where == "activations":
-            self._attach_noise()
-        else:
-            self._attach_layers()
+        for effect in enabled_effects(config):
+            effect.attach_twin(self, sites)
 
-    def _attach_noise(self) -> None:
-        inputs = [s.name for s in self.sites if s.op_type == "Input"]
-        for site in self.sites:
-            if site.op_type == "Input":
-                hook = InputNoiseHook(site, self.level, self.config.noise, inputs.index(site.name))
-                self._handles.append(self.model.register_forward_pre_hook(hook, prepend=True))
-            else:
-                hook = NoiseHook(site, self.level, self.config.noise)
-                module = self.model.get_submodule(site.module)
-                self._handles.append(module.register_forward_hook(hook, prepend=True))
+    def hook(self, handle: torch.utils.hooks.RemovableHandle) -> None:
+        """Keep a twin's hook so ``remove`` detaches it."""
+        self._handles.append(handle)
 
-    def _attach_layers(self) -> None:
-        f, w = self.config.forward, self.config.weights
-        periphery = self.config.has_noise or bool(f.inp_bits or f.out_bits or f.out_bound)
-        for site in self.sites:
-            module = self.model.get_submodule(site.module)
-            weights = WeightQuant(w.bits, 1 if w.per_channel else 0) if w.bits else None
-            layer_twin(module).hardware = Periphery(self.level, weights, f if periphery else None)
+    def periphery(self, site: TwinSite) -> Periphery:
+        """The twin of a site's analog layer, made on first use (``remove`` detaches it)."""
+        module = self.model.get_submodule(site.module)
+        twin = layer_twin(module)
+        if twin.hardware is None:
+            twin.hardware = Periphery(self.level, None, None)
             self._layers.append(module)
+        return twin.hardware
 
     def remove(self) -> None:
         """Detach the hardware; the model computes as before (QAT quantizers stay)."""
@@ -122,6 +116,31 @@ class Hardware:
             yield
         finally:
             self.level.scale, self.level.active = saved
+
+
+def attach_activation_noise(hardware: Hardware, sites: list[TwinSite]) -> None:
+    """Twin of the activation-noise effect: ``Noise`` hooks on module outputs and network inputs."""
+    noise, inputs = hardware.config.noise, [s.name for s in sites if s.op_type == "Input"]
+    for site in sites:
+        if site.op_type == "Input":
+            hook = InputNoiseHook(site, hardware.level, noise, inputs.index(site.name))
+            hardware.hook(hardware.model.register_forward_pre_hook(hook, prepend=True))
+        else:
+            module = hardware.model.get_submodule(site.module)
+            hardware.hook(module.register_forward_hook(NoiseHook(site, hardware.level, noise), prepend=True))
+
+
+def attach_weight_quantization(hardware: Hardware, sites: list[TwinSite]) -> None:
+    """Twin of the weight-quantization effect: each analog layer quantizes its weight."""
+    w = hardware.config.weights
+    for site in sites:
+        hardware.periphery(site).weights = WeightQuant(w.bits, 1 if w.per_channel else 0)
+
+
+def attach_mvm_periphery(hardware: Hardware, sites: list[TwinSite]) -> None:
+    """Twin of the MVM-periphery effect: DAC, output noise and ADC around each analog layer."""
+    for site in sites:
+        hardware.periphery(site).forward = hardware.config.forward
 
 
 def find_twin_sites(model: nn.Module, config: AnalogConfig, in_shape: tuple[int, ...], *,

@@ -1,0 +1,159 @@
+"""Report files and plots: the one module that turns report data into files.
+
+``write_report`` writes an evaluation's ``report.json``, ``results.csv`` and
+``accuracy_vs_noise.png``, or a sensitivity run's ``sensitivity.json`` and ``sensitivity.png``.
+Every file is written to a temporary name in the output folder and renamed into place, so a
+crash never leaves a half-written file. Plots are drawn with matplotlib's Agg canvas directly
+(no pyplot, no global backend state).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from analog_onnx.errors import AnalogError
+from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
+
+
+def write_report(report: EvaluationReport | SensitivityReport, out: str | Path, *, force: bool = False) -> list[Path]:
+    """Write the report's files into the folder ``out``; returns their paths."""
+    folder = prepare_output_dir(out, force=force)
+    if isinstance(report, SensitivityReport):
+        return [
+            write_atomic(folder / "sensitivity.json", lambda f: f.write(dumps_json(report.to_dict()).encode())),
+            write_atomic(folder / "sensitivity.png", lambda f: sensitivity_png(report, f)),
+        ]
+    return [
+        write_atomic(folder / "report.json", lambda f: f.write(dumps_json(report.to_dict()).encode())),
+        write_atomic(folder / "results.csv", lambda f: f.write(results_csv(report).encode())),
+        write_atomic(folder / "accuracy_vs_noise.png", lambda f: accuracy_vs_noise_png(report, f)),
+    ]
+
+
+def results_csv(report: EvaluationReport) -> str:
+    """``results.csv``: one row per model and noise level."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "noise_scale", "repeats", "accuracy_mean", "accuracy_std", "ci95_low",
+                     "ci95_high", "topk_accuracy_mean", "topk_accuracy_std", "clean_accuracy"])
+    for model in report.models:
+        for point in model.points:
+            acc, topk = point.accuracy, point.topk
+            low, high = acc.ci95 or ("", "")
+            writer.writerow([model.name, point.noise_scale, len(point.accuracies), acc.mean, acc.std, low, high,
+                             topk.mean if topk else "", topk.std if topk else "", model.clean_accuracy])
+    return buffer.getvalue()
+
+
+def dumps_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"
+
+
+def check_output_dir(out: str | Path, *, force: bool) -> Path:
+    """Fail early (before any work) when ``out`` cannot take our files."""
+    folder = Path(out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise AnalogError(f"--out {out} exists and is not a directory")
+    if folder.is_dir() and any(folder.iterdir()) and not force:
+        raise AnalogError(f"--out {out} exists and is not empty; pass --force to write into it")
+    return folder
+
+
+def prepare_output_dir(out: str | Path, *, force: bool) -> Path:
+    folder = check_output_dir(out, force=force)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AnalogError(f"cannot create --out {out}: {e.strerror}") from None
+    return folder
+
+
+def write_atomic(path: Path, write: Callable[[Any], object]) -> Path:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# -- plots --------------------------------------------------------------------------------------
+def _save(figure: Figure, file: BinaryIO) -> None:
+    FigureCanvasAgg(figure)
+    figure.savefig(file, format="png", dpi=120)
+
+
+def accuracy_vs_noise_png(report: EvaluationReport, file: BinaryIO) -> None:
+    """Mean accuracy against noise scale (log x; level 0 is in the report but not on the axis),
+    a band of one standard deviation, one curve per model, and the chance level."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    for model in report.models:
+        points = [p for p in model.points if p.noise_scale > 0]
+        if not points:
+            continue
+        scales = np.array([p.noise_scale for p in points])
+        mean = np.array([p.accuracy.mean for p in points])
+        std = np.array([p.accuracy.std for p in points])
+        label = f"{model.name} (clean {model.clean_accuracy:.3f})"
+        (line,) = ax.plot(scales, mean, marker="o", markersize=3, label=label)
+        ax.fill_between(scales, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        if model.midpoint.noise is not None:
+            ax.axvline(model.midpoint.noise, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.axhline(report.chance_accuracy, color="gray", linestyle="--", linewidth=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("noise scale")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(f"accuracy under noise on {report.data.get('spec', 'data')} "
+                 f"({report.settings.get('repeats')} repeats, mean ± std)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(figure, file)
+
+
+def sensitivity_png(report: SensitivityReport, file: BinaryIO) -> None:
+    """One row per site, most fragile on top: bars of accuracy drop at one noise level, or with
+    --midpoint dots at each site's midpoint noise scale (log axis; sites outside the sweep are labelled)."""
+    sites = report.ranked
+    figure = Figure(figsize=(7, 1.5 + 0.3 * len(sites)), layout="constrained")
+    ax = figure.add_subplot()
+    rows = range(len(sites))
+    if report.midpoint_mode:
+        for row, site in zip(rows, sites, strict=True):
+            if site.midpoint.noise is not None:
+                ax.plot(site.midpoint.noise, row, "o", color="tab:red")
+            else:
+                ax.annotate(site.midpoint.status.replace("_", " "), (0.01, row), xycoords=("axes fraction", "data"),
+                            va="center", fontsize="small", color="gray")
+        reference = report.all_sites.midpoint.noise
+        ax.set_xscale("log")
+        ax.set_xlim(min(report.settings["noise_scales"]), max(report.settings["noise_scales"]))
+        ax.set_xlabel("midpoint noise scale (lower = more fragile)")
+    else:
+        ax.barh(rows, [s.accuracy_drop for s in sites], color="tab:red")
+        reference = report.all_sites.accuracy_drop
+        ax.set_xlabel(f"accuracy drop at noise scale {report.noise_scale:g} (higher = more fragile)")
+    if reference is not None:
+        ax.axvline(reference, color="gray", linestyle="--", linewidth=1, label="all sites")
+        ax.legend(fontsize="small")
+    ax.set_yticks(rows, [f"{s.name} ({s.op_type})" for s in sites], fontsize="small")
+    ax.set_ylim(len(sites) - 0.5, -0.5)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_title(f"per-site noise sensitivity of {report.model}")
+    _save(figure, file)

@@ -1,0 +1,77 @@
+"""The op set, declared once: what every implementation, benchmark and conformance test reads.
+
+Each ``OpSchema`` gives an op's inputs and outputs (names as the function bodies use them), its
+attributes with their defaults (``REQUIRED`` for none), which attributes are noise sigmas (a
+case with all of them 0 is deterministic), whether it exists only in the native library, and
+named example ``cases`` (attribute sets): the configurations the presets emit (``benchmarked``)
+and the corners worth testing. The four implementations are found by name: ``functions.<Name>`` (ONNX function
+body), ``reference.<snake_name>`` (numpy), ``torch_twins.<snake_name>`` and the native kernel
+registered as ``<Name>``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+REQUIRED = None  # an attribute without a default
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attributes: dict[str, int | float | None]  # name -> default (REQUIRED: none)
+    sigmas: tuple[str, ...] = ()  # attributes that are noise sigmas (times the noise_scale input)
+    native_only: bool = False  # put in place by native sessions only; never in a file
+    cases: dict[str, dict[str, int | float]] = field(default_factory=dict)
+    benchmarked: tuple[str, ...] = ()  # the cases tools/bench_kernels.py times: what the presets emit
+
+    @property
+    def python_name(self) -> str:
+        """The name of the numpy reference and the torch twin: ``MvmInput`` -> ``mvm_input``."""
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", self.name).lower()
+
+    def is_random(self, attributes: dict[str, int | float]) -> bool:
+        """Whether a node with these attributes draws noise."""
+        return any(attributes.get(sigma, self.attributes[sigma]) for sigma in self.sigmas)
+
+
+_MVM_OUTPUT_ATTRIBUTES = {"weight_scale": 1.0, "out_noise": 0.0, "out_bits": 0, "out_bound": math.inf, "axis": 1,
+                          "stream": 0}
+
+OPS: tuple[OpSchema, ...] = (
+    OpSchema("Noise", ("X", "noise_scale", "seed"), ("Y",),
+             {"sigma_add": 0.0, "sigma_mul": 0.0, "relative": 0, "stream": 0}, sigmas=("sigma_add", "sigma_mul"),
+             cases={"additive": {"sigma_add": 1.0},
+                    "add + mul": {"sigma_add": 0.1, "sigma_mul": 0.1},
+                    "multiplicative": {"sigma_mul": 0.2, "stream": 2},
+                    "relative, both": {"sigma_add": 0.3, "sigma_mul": 0.2, "relative": 1, "stream": 9},
+                    "relative": {"sigma_add": 0.3, "relative": 1, "stream": 3}},
+             benchmarked=("additive", "add + mul")),
+    OpSchema("Quantize", ("X",), ("Y",), {"bits": REQUIRED, "bound": 1.0, "signed": 1, "dynamic": 0, "axis": 0},
+             cases={"dynamic": {"bits": 8, "dynamic": 1, "axis": 1},
+                    "4-bit": {"bits": 4},
+                    "unsigned": {"bits": 8, "bound": 2.5, "signed": 0},
+                    "per vector": {"bits": 3, "dynamic": 1, "axis": -1},
+                    "per tensor": {"bits": 7, "dynamic": 1, "axis": 0},
+                    "axis 2": {"bits": 5, "dynamic": 1, "axis": 2}},
+             benchmarked=("dynamic",)),
+    OpSchema("MvmInput", ("X",), ("Xn", "S"), {"inp_bits": 0, "inp_bound": 1.0, "noise_management": 1, "axis": 1},
+             cases={"7-bit DAC": {"inp_bits": 7},
+                    "unmanaged": {"inp_bits": 0, "inp_bound": 0.5, "noise_management": 0, "axis": -1},
+                    "per vector": {"inp_bits": 5, "inp_bound": 0.8, "axis": -1}},
+             benchmarked=("7-bit DAC",)),
+    OpSchema("MvmOutput", ("Y", "S", "noise_scale", "seed"), ("Z",), _MVM_OUTPUT_ATTRIBUTES, sigmas=("out_noise",),
+             cases={"noise, 9-bit ADC": {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0, "weight_scale": 0.5},
+                    "9-bit ADC": {"weight_scale": 0.37, "out_bits": 9, "out_bound": 12.0},
+                    "clip only": {"weight_scale": 1.5, "out_bound": 2.0, "axis": -1},
+                    "plain": {},
+                    "noise per vector": {"out_noise": 0.1, "out_bound": 3.0, "axis": -1, "stream": 2}},
+             benchmarked=("noise, 9-bit ADC",)),
+    OpSchema("MvmOutputEpilogue", ("Y", "S", "noise_scale", "seed", "scale", "shift"), ("Z",),
+             {**_MVM_OUTPUT_ATTRIBUTES, "relu": 0}, sigmas=("out_noise",), native_only=True),
+)
+SCHEMAS = {op.name: op for op in OPS}

@@ -1,0 +1,377 @@
+"""The op set: one conformance test over the four implementations of every op case the schema
+declares, then what each implementation must do on its own (the reference's definition, noise
+statistics, seeds, threads, gradients, errors).
+
+Deterministic parts agree bit for bit; noise agrees element for element with the reference's
+counter-based stream (function bodies and native kernels to float tolerance, the torch twin
+exactly when given the same normals) and in distribution.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from helpers import op_model
+from onnx import TensorProto
+from onnx import helper as h
+from scipy import stats
+
+from analog_onnx import native_graph
+from analog_onnx.config import load_preset
+from analog_onnx.errors import ModelError
+from analog_onnx.native_graph import fold_constant_quantizers
+from analog_onnx.ops import DOMAIN, OPSET_VERSION, functions
+from analog_onnx.ops import reference as ref
+from analog_onnx.ops import torch_twins as tw
+from analog_onnx.ops.functions import function_protos
+from analog_onnx.ops.rng import noise_normals, normals, stream_key
+from analog_onnx.ops.schema import OPS, REQUIRED, SCHEMAS, OpSchema
+from analog_onnx.runtime import make_session, session_options
+from analog_onnx.transform import transform_model
+
+NATIVE = pytest.param("native", marks=pytest.mark.native)
+ENGINES = ["function", NATIVE]  # the implementations that run in onnxruntime
+NOISE_SCALE, SEED = 1.7, 42
+SHAPES = [(5, 3, 4), (7, 3, 25), (64, 300), (3, 40000)]  # odd rows start mid-pair; rows split in chunks
+
+
+def controls(noise_scale: float, seed: int) -> dict[str, np.ndarray]:
+    return {"noise_scale": np.array(noise_scale, np.float32), "seed": np.array(seed, np.int64)}
+
+
+def feeds_for(op: OpSchema, attributes: dict, shape: tuple[int, ...], rng: np.random.Generator) -> dict:
+    """Inputs named as the schema names them: data with an all-zero row, a scale per row, controls."""
+    x = (rng.standard_normal(shape) * 2).astype(np.float32)
+    x[0] = 0.0  # an all-zero row must not divide by zero
+    feeds = {op.inputs[0]: x}
+    if "S" in op.inputs:
+        feeds["S"] = rng.uniform(0.5, 2.0, (ref.rows(x, attributes.get("axis", 1)).shape[0], 1)).astype(np.float32)
+    if "seed" in op.inputs:
+        feeds.update(controls(NOISE_SCALE, SEED))
+    return feeds
+
+
+def run(implementation: str, op: OpSchema, attributes: dict, feeds: dict, *, threads: int | None = None
+        ) -> list[np.ndarray]:
+    """The op's outputs from one implementation: "reference", "function", "native" or "twin"."""
+    if implementation in ("function", "native"):
+        session = make_session(op_model(op.name, attributes, feeds), threads=threads,
+                               native=implementation == "native")
+        return session.run(None, feeds)
+    args = list(feeds.values())
+    if implementation == "reference":
+        result = getattr(ref, op.python_name)(*args, **attributes)
+    else:
+        result = run_twin(op, attributes, args)
+    return [np.asarray(r.detach().numpy() if isinstance(r, torch.Tensor) else r) for r in
+            (result if isinstance(result, tuple) else (result,))]
+
+
+def run_twin(op: OpSchema, attributes: dict, args: list[np.ndarray]) -> tuple | torch.Tensor:
+    """The torch twin, fed the reference's normals for this seed and stream (it has no stream of its own)."""
+    twin = getattr(tw, op.python_name)
+    settings = {k: v for k, v in attributes.items() if k != "stream"}
+    tensors = [torch.from_numpy(a) for a in args if a.ndim]
+    if "seed" not in op.inputs:
+        return twin(*tensors, **settings)
+    key, size = stream_key(SEED, attributes.get("stream", 0)), args[0].size
+    if op.name == "Noise":
+        both = bool(attributes.get("sigma_add")) and bool(attributes.get("sigma_mul"))
+        z1, z2 = (torch.from_numpy(z.reshape(args[0].shape)) for z in noise_normals(key, size, both))
+        return twin(*tensors, NOISE_SCALE, normals=(z1, z2), **settings)
+    return twin(*tensors, NOISE_SCALE, normals=torch.from_numpy(normals(key, size)), **settings)
+
+
+CASES = [pytest.param(op, attributes, id=f"{op.name}-{label}")
+         for op in OPS if not op.native_only for label, attributes in op.cases.items()]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("implementation", ["function", NATIVE, "twin"])
+@pytest.mark.parametrize(("op", "attributes"), CASES)
+def test_every_implementation_computes_the_reference(op, attributes, implementation, shape, rng):
+    feeds = feeds_for(op, attributes, shape, rng)
+    want = run("reference", op, attributes, feeds)
+    got = run(implementation, op, attributes, feeds)
+    assert len(got) == len(want) == len(op.outputs)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == np.float32 and g.shape == w.shape
+        if implementation == "twin" or not op.is_random(attributes):
+            np.testing.assert_array_equal(g, w)
+        elif "out_bits" not in attributes:
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+        else:  # float-tolerance noise may move a value on an ADC rounding tie by one step
+            step = np.float32(attributes["out_bound"] / 255) * np.float32(attributes["weight_scale"])
+            assert np.abs(g - w).max() <= step * feeds["S"].max() * 1.0001
+            assert np.mean(g != w) < 1e-3
+
+
+@pytest.mark.parametrize("op", [op for op in OPS if not op.native_only], ids=lambda op: op.name)
+def test_function_bodies_declare_the_schemas_inputs_outputs_and_defaults(op):
+    proto = getattr(functions, op.name).to_function_proto()
+    assert tuple(proto.input) == op.inputs and len(proto.output) == len(op.outputs)
+    declared = {a.name: h.get_attribute_value(a) for a in proto.attribute_proto}
+    assert set(proto.attribute) | set(declared) == set(op.attributes)
+    assert declared == {k: v for k, v in op.attributes.items() if v is not REQUIRED}
+    assert set(op.benchmarked) <= set(op.cases)
+
+
+@pytest.mark.parametrize("opset", [13, 17, 21])
+@pytest.mark.parametrize("attributes", list(SCHEMAS["Quantize"].cases.values()))
+def test_quantize_function_equals_reference_at_every_opset(attributes, opset, rng):
+    x = (rng.standard_normal((5, 3, 4)) * 2).astype(np.float32)
+    x[0] = 0.0
+    session = make_session(op_model("Quantize", attributes, {"X": x}, opset=opset), native=False)
+    np.testing.assert_array_equal(session.run(None, {"X": x})[0], ref.quantize(x, **attributes))
+
+
+def test_function_bodies_pass_the_checker():
+    for opset in (13, 18, 21):
+        for proto in function_protos(opset):
+            assert {i.domain: i.version for i in proto.opset_import}[""] == opset
+    model = h.make_model(h.make_graph([], "g", [], []), opset_imports=[h.make_opsetid("", 18)],
+                         functions=function_protos(18))
+    onnx.checker.check_model(model, full_check=True)
+
+
+# -- the reference's definition ------------------------------------------------------------------
+def test_quantize_grid_clip_and_half_to_even():
+    # 2-bit signed: levels -1, 0, 1 times step 1.0; 0.5 and -0.5 round to even (0); beyond bound clips
+    x = np.array([[-3.0, -0.5, 0.5, 1.5, 0.49, 7.0]], np.float32)
+    np.testing.assert_array_equal(ref.quantize(x, bits=2, bound=1.0), [[-1, 0, 0, 1, 0, 1]])
+    # 3-bit unsigned, bound 7: integer grid 0..7; negatives clip to 0, 2.5 -> 2, 3.5 -> 4
+    x = np.array([[-1.0, 2.5, 3.5, 9.0]], np.float32)
+    np.testing.assert_array_equal(ref.quantize(x, bits=3, bound=7.0, signed=0), [[0, 2, 4, 7]])
+
+
+@pytest.mark.parametrize("implementation", ["function", NATIVE])
+def test_quantize_rounds_ties_to_even_like_numpy(implementation):
+    step = np.float32(1.0) / np.float32(127)
+    x = ((np.arange(-140, 140, dtype=np.float32) + np.float32(0.5)) * step).reshape(1, -1)
+    got = run(implementation, SCHEMAS["Quantize"], {"bits": 8}, {"X": x})[0]
+    np.testing.assert_array_equal(got, ref.quantize(x, bits=8))
+
+
+def test_dynamic_quantization_keeps_each_row_abs_max():
+    x = np.array([[0.1, -4.0, 2.0], [0.3, 0.2, -0.1]], np.float32)
+    q = ref.quantize(x, bits=4, dynamic=1, axis=1)
+    np.testing.assert_allclose(np.abs(q).max(axis=1), np.abs(x).max(axis=1))
+
+
+def test_adc_clips_at_bound_times_scales():
+    y = np.array([[100.0, -100.0, 0.0]], np.float32)
+    z = ref.mvm_output(y, np.array([[2.0]], np.float32), 0.0, 0, weight_scale=0.5, out_bits=9, out_bound=12.0)
+    np.testing.assert_array_equal(z, [[12.0, -12.0, 0.0]])
+
+
+# -- noise: distribution, seeds, streams -----------------------------------------------------------
+def noise(implementation: str, x: np.ndarray, noise_scale: float, seed: int, **attributes) -> np.ndarray:
+    return run(implementation, SCHEMAS["Noise"], attributes, {"X": x, **controls(noise_scale, seed)})[0]
+
+
+@pytest.mark.parametrize("implementation", ["reference", *ENGINES])
+def test_noise_scale_zero_is_identity(implementation, rng):
+    x = rng.standard_normal((8, 5000)).astype(np.float32)
+    np.testing.assert_array_equal(noise(implementation, x, 0.0, 3, sigma_add=1.0, sigma_mul=0.5), x)
+
+
+@pytest.mark.parametrize("implementation", ENGINES)
+def test_additive_noise_is_standard_normal_per_sigma(implementation):
+    deviation = noise(implementation, np.zeros((200, 1000), np.float32), 0.5, 11, sigma_add=2.0, stream=4).ravel()
+    assert abs(deviation.mean()) < 0.01  # sigma = 0.5 * 2.0
+    assert abs(deviation.std() - 1.0) < 0.01
+    assert stats.kstest(deviation, "norm").pvalue > 1e-3
+
+
+@pytest.mark.parametrize("implementation", ENGINES)
+def test_multiplicative_and_relative_noise_scale_with_the_signal(implementation):
+    x = np.full((4000, 2), 3.0, np.float32)
+    mul = noise(implementation, x, 1.0, 1, sigma_mul=0.1)
+    assert abs((mul / 3.0 - 1.0).std() - 0.1) < 0.005  # N(1, sigma) factor
+    x[:, 1] = -6.0  # per-sample abs-max is 6
+    rel = noise(implementation, x, 1.0, 2, sigma_add=0.05, relative=1)
+    assert abs((rel - x).std() - 0.3) < 0.01
+
+
+@pytest.mark.parametrize("implementation", ENGINES)
+def test_same_seed_reproduces_other_seeds_and_streams_differ(implementation):
+    x = np.zeros((32, 2000), np.float32)
+    a = noise(implementation, x, 1, 5, sigma_add=1.0, stream=1)
+    np.testing.assert_array_equal(a, noise(implementation, x, 1, 5, sigma_add=1.0, stream=1))
+    assert abs(np.corrcoef(a.ravel(), noise(implementation, x, 1, 6, sigma_add=1.0, stream=1).ravel())[0, 1]) < 0.05
+    assert abs(np.corrcoef(a.ravel(), noise(implementation, x, 1, 5, sigma_add=1.0, stream=2).ravel())[0, 1]) < 0.05
+
+
+@pytest.mark.parametrize("implementation", ENGINES)
+def test_negative_seed_draws_fresh_noise_every_run(implementation):
+    feeds = {"X": np.zeros((16, 3000), np.float32), **controls(1.0, -1)}
+    session = make_session(op_model("Noise", {"sigma_add": 1.0}, feeds), native=implementation == "native")
+    first, second = session.run(None, feeds)[0], session.run(None, feeds)[0]
+    assert not np.array_equal(first, second)
+    assert abs(first.std() - 1.0) < 0.02
+
+
+@pytest.mark.parametrize("implementation", ["reference", *ENGINES])
+def test_mvm_output_noise_is_normal_in_normalized_units(implementation):
+    feeds = {"Y": np.zeros((500, 400), np.float32), "S": np.full((500, 1), 2.0, np.float32), **controls(1.0, 8)}
+    attributes = {"weight_scale": 0.5, "out_noise": 0.06, "axis": 1, "stream": 5}
+    z = run(implementation, SCHEMAS["MvmOutput"], attributes, feeds)[0]
+    normalized = z.ravel() / np.float32(0.06)  # times weight scale 0.5 and input scale 2.0
+    assert abs(normalized.mean()) < 0.01
+    assert abs(normalized.std() - 1.0) < 0.01
+    assert stats.kstest(normalized, "norm").pvalue > 1e-3
+
+
+# -- native kernels: threads, errors, whole models -----------------------------------------------
+@pytest.mark.native
+@pytest.mark.parametrize(("op", "attributes", "shape"), [
+    ("Noise", {"sigma_add": 0.2, "sigma_mul": 0.1}, (4, 64, 40, 40)),
+    ("Noise", {"sigma_add": 0.2, "relative": 1}, (3, 100000)),
+    ("Noise", {"sigma_mul": 0.2, "relative": 1}, (33, 3, 5, 7)),
+    ("Quantize", {"bits": 5, "dynamic": 1, "axis": 0}, (4, 64, 40, 40)),
+    ("MvmInput", {"inp_bits": 7}, (40, 16, 32, 32)),
+    ("MvmInput", {"inp_bits": 7}, (2, 200000)),
+    ("MvmOutput", {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0, "weight_scale": 0.3}, (40, 16, 32, 32)),
+    ("MvmOutput", {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0}, (33, 3, 5, 7)),
+])
+def test_thread_count_does_not_change_results(op, attributes, shape, rng):
+    feeds = feeds_for(SCHEMAS[op], attributes, shape, rng)
+    results = [run("native", SCHEMAS[op], attributes, feeds, threads=threads) for threads in (1, 2, 3)]
+    for other in results[1:]:
+        for got, want in zip(other, results[0], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.native
+def test_float16_input_is_refused_with_a_clear_error():
+    feeds = {"X": np.zeros((2, 3), np.float16), **controls(1.0, 0)}
+    with pytest.raises(ModelError, match=r"Noise node 'the_noise': input X is float16.*float32"):
+        make_session(op_model("Noise", {"sigma_add": 0.1}, feeds), native=True)
+
+
+@pytest.mark.native
+def test_mvm_output_rejects_a_scale_of_the_wrong_length():
+    feeds = {"Y": np.zeros((4, 10), np.float32), "S": np.ones((3, 1), np.float32), **controls(1.0, 0)}
+    with pytest.raises(Exception, match="S has 3 values but Flatten"):
+        run("native", SCHEMAS["MvmOutput"], {}, feeds)
+
+
+def profiled_op_types(model: onnx.ModelProto, native: bool, feeds: dict, directory: Path) -> set[str]:
+    """The op types onnxruntime actually executed (function bodies are inlined into standard ops)."""
+    options = session_options(native=native)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(directory / f"profile-{native}")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})}
+
+
+@pytest.mark.native
+def test_transformed_model_runs_native_kernels_and_agrees_with_function_bodies(exported_models, rng, tmp_path):
+    model = transform_model(exported_models["cnn"], load_preset("aihwkit-default"))
+    assert {f.name for f in model.functions} >= {"StandardNormals", "RowAbsMax", "ClipAndRound"}  # helpers stay
+    feeds = {model.graph.input[0].name: rng.random((8, 3, 4, 4), dtype=np.float32), "seed": np.array(3, np.int64)}
+    native = make_session(model, native=True).run(None, feeds)[0]
+    function = make_session(model, native=False).run(None, feeds)[0]
+    np.testing.assert_allclose(native, function, rtol=1e-4, atol=1e-4)
+    native_ops = profiled_op_types(native_graph.prepare(model), True, feeds, tmp_path)
+    assert "MvmInput" in native_ops and native_ops & {"MvmOutput", "MvmOutputEpilogue"}
+    assert "MvmOutput" not in profiled_op_types(model, False, feeds, tmp_path)
+
+
+@pytest.mark.native
+def test_quantized_weights_are_folded_to_constants_before_the_session(rng, tmp_path):
+    """onnxruntime never constant-folds a custom kernel; the runtime folds Quantize of a weight."""
+    weight = rng.standard_normal((6, 4)).astype(np.float32)
+    nodes = [h.make_node("Quantize", ["w"], ["wq"], domain=DOMAIN, bits=4, dynamic=1, axis=1),
+             h.make_node("MatMul", ["X", "wq"], ["Y"])]
+    graph = h.make_graph(nodes, "weights", [h.make_tensor_value_info("X", TensorProto.FLOAT, [3, 6])],
+                         [h.make_tensor_value_info("Y", TensorProto.FLOAT, [3, 4])],
+                         [onnx.numpy_helper.from_array(weight, "w")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid(DOMAIN, OPSET_VERSION)],
+                         functions=function_protos(17))
+    feeds = {"X": rng.standard_normal((3, 6)).astype(np.float32)}
+    native = make_session(model, native=True).run(None, feeds)[0]
+    np.testing.assert_array_equal(native, make_session(model, native=False).run(None, feeds)[0])
+    np.testing.assert_array_equal(native, feeds["X"] @ ref.quantize(weight, bits=4, dynamic=1, axis=1))
+    assert "Quantize" not in profiled_op_types(fold_constant_quantizers(model), True, feeds, tmp_path)
+    assert fold_constant_quantizers(op_model("Quantize", {"bits": 4}, feeds)) is None  # nothing constant
+
+
+# -- torch twins: what only they do ----------------------------------------------------------------
+def _ties(bits: int, bound: float, signed: int) -> np.ndarray:
+    """Values exactly halfway between grid points, and beyond the bounds: where rounding rules differ."""
+    n = ref.levels(bits, signed)
+    step = np.float32(bound) / np.float32(n)
+    k = np.arange(-n - 3, n + 3, dtype=np.float32)
+    return np.concatenate([(k + np.float32(0.5)) * step, k * step]).astype(np.float32)
+
+
+@pytest.mark.parametrize(("bits", "bound", "signed"), [(0, 1.0, 1), (4, 1.0, 1), (8, 12.75, 0), (3, 0.7, 0),
+                                                       (9, 12.0, 1), (0, float("inf"), 1)])
+def test_twin_clip_and_round_is_bit_identical(bits: int, bound: float, signed: int, rng) -> None:
+    x = (rng.standard_normal(4096) * (bound if np.isfinite(bound) else 5.0)).astype(np.float32)
+    x[::7] = 0.0
+    if bits:
+        x = np.concatenate([x, _ties(bits, bound, signed)])
+    got = tw.clip_and_round(torch.from_numpy(x), bits, bound, signed)
+    assert got.dtype == torch.float32
+    np.testing.assert_array_equal(got.numpy(), ref.clip_and_round(x, bits, bound, signed))
+
+
+def test_twin_noise_off_returns_the_input_unchanged(rng) -> None:
+    x = torch.from_numpy(rng.standard_normal((4, 10)).astype(np.float32))
+    assert torch.equal(tw.noise(x, 0.0, sigma_add=1.0, sigma_mul=1.0), x)
+    assert torch.equal(tw.noise(x, 2.0), x)
+
+
+def test_twin_noise_distribution_matches_the_definition() -> None:
+    torch.manual_seed(0)
+    x = torch.full((200, 500), 2.0)
+    additive = tw.noise(x, 0.5, sigma_add=0.4) - x  # sigma 0.2
+    multiplicative = tw.noise(x, 1.0, sigma_mul=0.1) / x - 1  # sigma 0.1
+    relative = tw.noise(x, 1.0, sigma_add=0.1, relative=1) - x  # sigma 0.1 * absmax 2
+    for sample, sigma in ((additive, 0.2), (multiplicative, 0.1), (relative, 0.2)):
+        assert abs(sample.mean().item()) < 4 * sigma / np.sqrt(sample.numel())
+        assert sample.std().item() == pytest.approx(sigma, rel=0.01)
+    assert not torch.equal(tw.noise(x, 1.0, sigma_add=1.0), tw.noise(x, 1.0, sigma_add=1.0))  # fresh draws
+
+
+def test_twin_clip_and_round_gradient_is_straight_through_inside_the_range() -> None:
+    x = torch.tensor([-2.0, -0.99, -0.3, 0.0, 0.26, 0.99, 1.0, 1.5], requires_grad=True)
+    tw.clip_and_round(x, 3, 1.0, 1).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    x.grad = None
+    tw.clip_and_round(x, 3, 1.0, 0).sum().backward()  # unsigned: negatives are outside
+    assert x.grad.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_twin_dynamic_quantization_gradient_is_identity() -> None:
+    w = torch.randn(8, 4, 3, 3, requires_grad=True)
+    tw.quantize(w, bits=4, dynamic=1, axis=1).mul(torch.arange(w.numel()).reshape(w.shape)).sum().backward()
+    torch.testing.assert_close(w.grad, torch.arange(w.numel(), dtype=torch.float32).reshape(w.shape))
+
+
+def test_twin_mvm_chain_passes_the_layer_gradient_through() -> None:
+    """Without noise and quantization the MVM periphery is the identity, and so is its gradient."""
+    torch.manual_seed(1)
+    x = torch.randn(5, 7, requires_grad=True)
+    w = torch.randn(3, 7)
+    xn, s = tw.mvm_input(x, axis=-1)
+    z = tw.mvm_output(xn @ w.T, s, 1.0, weight_scale=w.abs().max(), axis=-1)
+    torch.testing.assert_close(z, x @ w.T)
+    z.sum().backward()
+    torch.testing.assert_close(x.grad, w.sum(0).expand(5, 7))
+
+
+def test_twin_half_precision_inputs_compute_in_float32() -> None:
+    x = torch.randn(4, 6).half()
+    assert tw.noise(x, 1.0, sigma_add=0.1).dtype == torch.float32
+    assert tw.quantize(x, bits=4, dynamic=1).dtype == torch.float32
