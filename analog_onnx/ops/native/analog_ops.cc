@@ -10,12 +10,14 @@
 #include <cstring>
 #include <initializer_list>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "counter_rng.h"
+#include "device_physics.h"
 #include "ort_glue.h"
 #include "quantize.h"
 #include "row_schedule.h"
@@ -308,6 +310,84 @@ class MvmOutputEpilogueKernel : MvmOutputKernel {
   bool relu_;
 };
 
+// The weights on a chip (devices/chip.py): the programmed and drifted conductances of the last
+// (chip_seed, t_inference, noise_scale, W) are kept, so a run with the same chip and time only
+// draws its read noise; a negative chip_seed is a fresh chip on every run and is never kept.
+class DeviceWeightsKernel : Kernel {
+ public:
+  explicit DeviceWeightsKernel(const OrtKernelInfo* info)
+      : Kernel(info, "DeviceWeights", {{0, "W"}}),
+        settings_{attribute(info, "device", int64_t{1}),
+                  attribute(info, "g_max", 25.0f),
+                  attribute(info, "prog_noise_scale", 1.0f),
+                  attribute(info, "drift_scale", 1.0f),
+                  attribute(info, "read_noise_scale", 1.0f),
+                  attribute(info, "stuck_at_zero", 0.0f),
+                  attribute(info, "stuck_at_gmax", 0.0f),
+                  attribute(info, "drift", int64_t{1}) != 0,
+                  attribute(info, "read_noise", int64_t{1}) != 0,
+                  attribute(info, "drift_compensation", int64_t{1}) != 0,
+                  attribute(info, "prog_noise_add", 0.0f),
+                  attribute(info, "prog_noise_rel", 0.0f),
+                  attribute(info, "drift_nu", 0.0f),
+                  attribute(info, "drift_nu_std", 0.0f),
+                  attribute(info, "read_noise_rel", 0.0f),
+                  attribute(info, "bits", int64_t{0}),
+                  attribute(info, "per_channel", int64_t{0}) != 0,
+                  attribute(info, "stream", int64_t{0})},
+        physics_(settings_) {
+    if (settings_.device < kPcm || settings_.device > kGeneric) fail("attribute device must be 1, 2 or 3");
+  }
+
+  void compute(OrtKernelContext* context) const {
+    const InputTensor w = input_tensor(context, 0);
+    const float noise_scale = input_scalar<float>(context, 1, label_ + ": noise_scale");
+    const int64_t seed = input_scalar<int64_t>(context, 2, label_ + ": seed");
+    const int64_t chip_seed = input_scalar<int64_t>(context, 3, label_ + ": chip_seed");
+    const float t = input_scalar<float>(context, 4, label_ + ": t_inference");
+    const RowLayout layout = settings_.per_channel ? flatten(w.shape, 1) : RowLayout{1, w.shape.size};
+    const std::shared_ptr<const Entry> entry = chip(w, layout, noise_scale, chip_seed, t);
+    const ProgrammedChip& programmed = entry->chip;
+    const size_t size = w.shape.size;
+    float* out = output_tensor(context, 0, w.shape.dims);  // may share W's buffer: W was read above
+    *output_tensor(context, 1, {}) = programmed.alpha;
+    const std::vector<float> z = settings_.read_noise ? stream_normals(draw_key(seed, settings_.stream, kRead), 2 * size)
+                                                      : std::vector<float>(2 * size, 0.0f);
+    for (size_t i = 0; i < size; ++i) {
+      const float plus = std::max(programmed.now[i] + programmed.read_sigma[i] * z[i], 0.0f);
+      const float minus = std::max(programmed.now[size + i] + programmed.read_sigma[size + i] * z[size + i], 0.0f);
+      out[i] = (plus - minus) / programmed.scale[i / programmed.columns];
+    }
+  }
+
+ private:
+  struct Entry {
+    int64_t chip_seed;
+    float t, noise_scale;
+    std::vector<float> weights;
+    ProgrammedChip chip;
+  };
+
+  std::shared_ptr<const Entry> chip(const InputTensor& w, const RowLayout& layout, float noise_scale,
+                                    int64_t chip_seed, float t) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const bool same = cached_ != nullptr && chip_seed >= 0 && cached_->chip_seed == chip_seed && cached_->t == t &&
+                      cached_->noise_scale == noise_scale && cached_->weights.size() == w.shape.size &&
+                      std::equal(w.data, w.data + w.shape.size, cached_->weights.begin());
+    if (same) return cached_;
+    auto entry = std::make_shared<Entry>(Entry{chip_seed, t, noise_scale, std::vector<float>(w.data, w.data + w.shape.size),
+                                               physics_.program(w.data, layout.rows, layout.length, noise_scale,
+                                                                chip_seed, t)});
+    if (chip_seed >= 0) cached_ = entry;
+    return entry;
+  }
+
+  DeviceSettings settings_;
+  DevicePhysics physics_;
+  mutable std::mutex mutex_;
+  mutable std::shared_ptr<const Entry> cached_;
+};
+
 // Runs f, turning a C++ exception into an OrtStatus for onnxruntime.
 template <typename F>
 OrtStatus* guarded(F&& f) {
@@ -389,6 +469,7 @@ std::vector<OpSpec>& op_table() {
       make_op<QuantizeKernel>("Quantize", {kAny}, {kAny}),
       make_op<MvmInputKernel>("MvmInput", {kAny}, {kAny, kAny}),
       make_op<MvmOutputKernel>("MvmOutput", {kAny, kAny, kFloat, kInt64}, {kAny}),
+      make_op<DeviceWeightsKernel>("DeviceWeights", {kAny, kFloat, kInt64, kInt64, kFloat}, {kAny, kFloat}),
       make_op<MvmOutputEpilogueKernel>("MvmOutputEpilogue", {kAny, kAny, kFloat, kInt64, kFloat, kFloat}, {kAny}),
   };
   return ops;
