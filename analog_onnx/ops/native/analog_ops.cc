@@ -399,6 +399,18 @@ OrtStatus* guarded(F&& f) {
   }
 }
 
+// Declares output `index` a float32 scalar (DeviceWeights' alpha), so the layer output it scales
+// keeps its inferred shape.
+void set_scalar_output(OrtShapeInferContext* context, size_t index) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  check(g_api->CreateTensorTypeAndShapeInfo(&info));
+  OrtStatus* status = g_api->SetTensorElementType(info, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (status == nullptr) status = g_api->SetDimensions(info, nullptr, 0);
+  if (status == nullptr) status = g_api->ShapeInferContext_SetOutputTypeShape(context, index, info);
+  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  check(status);
+}
+
 // One op of the domain: the OrtCustomOp table onnxruntime reads, plus our names and types.
 struct OpSpec : OrtCustomOp {
   const char* op_name;
@@ -432,11 +444,12 @@ OpSpec make_op(const char* name, std::vector<ONNXTensorElementDataType> inputs,
   };
   spec.KernelDestroy = [](void* kernel) { delete static_cast<K*>(kernel); };
   // The first output has the first input's shape; the type onnxruntime already takes from the inputs.
-  spec.InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* context) {
+  spec.InferOutputShapeFn = [](const OrtCustomOp* op, OrtShapeInferContext* context) {
     return guarded([&] {
       OrtTensorTypeAndShapeInfo* input = nullptr;  // owned by the context
       check(g_api->ShapeInferContext_GetInputTypeShape(context, 0, &input));
       check(g_api->ShapeInferContext_SetOutputTypeShape(context, 0, input));
+      if (std::string(spec_of(op).op_name) == "DeviceWeights") set_scalar_output(context, 1);
     });
   };
   // Every kernel reads an element (or its whole row) before writing the same element, so the
