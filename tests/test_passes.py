@@ -101,15 +101,19 @@ def test_device_weights_pass_feeds_the_layer_and_compensates_after_the_adc():
         InsertDeviceWeightsPass(config)(as_ir(gemm_relu()))
     InsertMvmPeripheryPass(config)(work)
     InsertDeviceWeightsPass(config)(work)
-    assert ops(work) == ["MvmInput", "DeviceWeights", "Gemm", "MvmOutput", "Mul", "Add", "Relu"]
-    device, gemm, mul = work.graph.node(1), work.graph.node(2), work.graph.node(4)
-    assert gemm.inputs[1] is device.outputs[0] and mul.inputs == (work.graph.node(3).outputs[0], device.outputs[1])
+    assert ops(work) == ["MvmInput", "DeviceWeights", "Gemm", "Mul", "MvmOutput", "Add", "Relu"]
+    mvm_in, device, gemm, mul, mvm_out = (work.graph.node(i) for i in range(5))
+    assert gemm.inputs[1] is device.outputs[0] and mul.inputs == (mvm_in.outputs[1], device.outputs[1])
+    assert mvm_out.inputs[1] is mul.outputs[0]  # alpha rescales after the ADC, before the bias
     assert [v.name for v in device.inputs[1:]] == list(CONTROLS)
     assert device.attributes["stream"].as_int() == 2 and device.attributes["device"].as_int() == 1
     uncompensated = with_controls(gemm_relu())
     InsertDeviceWeightsPass(config.with_overrides(["drift_compensation=false", "weights.per_channel=true"]))(
         uncompensated)
     assert ops(uncompensated) == ["DeviceWeights", "Gemm", "Relu"]
+    bare = with_controls(gemm_relu())  # no periphery: alpha multiplies the layer's output
+    InsertDeviceWeightsPass(config)(bare)
+    assert ops(bare) == ["DeviceWeights", "Gemm", "Mul", "Relu"]
     assert uncompensated.graph.node(0).attributes["per_channel"].as_int() == 1
 
 

@@ -10,8 +10,9 @@ Rule, for each analog layer with a constant weight among ``find_sites`` under th
    not on axis 0 (MatMul, Gemm without transB, ConvTranspose) are brought there by a Transpose
    and back after.
 3. With ``drift_compensation`` the layer's output is multiplied by the op's ``alpha`` after the ADC
-   (after the layer's ``MvmOutput`` when there is one) and before the digital bias, as aihwkit's
-   global drift compensation scales the tile's digital output.
+   and before the digital bias, as aihwkit's global drift compensation scales the tile's digital
+   output: through the rescaling input ``S`` of the layer's ``MvmOutput``, or by a Mul after a
+   layer without one.
 4. Each layer draws its own streams, keyed by the op's ``stream``: the next free one, in site order.
 5. The original initializer stays untouched, so ``strip`` gives it back.
 """
@@ -87,10 +88,18 @@ class InsertDeviceWeightsPass(ir.passes.InPlacePass):
 
     @staticmethod
     def _compensate(graph: ir.Graph, site: Site, alpha: ir.Value, names: Names) -> None:
-        """Multiply the layer's output, after its MvmOutput when it has one, by ``alpha``."""
+        """Scale the layer's output by ``alpha``: through its MvmOutput's rescaling input ``S`` when it
+        has one (``ADC(.) * w * (S * alpha)``: after the ADC, one multiply per row, and the output
+        chain stays fusable), else by a Mul after the layer."""
         output = site.node.outputs[0]
         periphery = [user for user, _ in output.uses() if user.op_type == "MvmOutput"]
-        after = periphery[0].outputs[0] if periphery else output
-        scale = tag(ir.node("Mul", [after, alpha], name=names.node(f"{site.name}/analog_compensation")),
-                    "drift_compensation")
-        splice_after(graph, after, scale, names)
+        name = names.node(f"{site.name}/analog_compensation")
+        if periphery:
+            mvm_out = periphery[0]
+            scale = tag(ir.node("Mul", [mvm_out.inputs[1], alpha], name=name), "drift_compensation")
+            scale.outputs[0].name = names.value(name)
+            graph.insert_before(mvm_out, scale)
+            mvm_out.replace_input_with(1, scale.outputs[0])
+            return
+        scale = tag(ir.node("Mul", [output, alpha], name=name), "drift_compensation")
+        splice_after(graph, output, scale, names)
