@@ -351,13 +351,28 @@ class DeviceWeightsKernel : Kernel {
     const size_t size = w.shape.size;
     float* out = output_tensor(context, 0, w.shape.dims);  // may share W's buffer: W was read above
     *output_tensor(context, 1, {}) = programmed.alpha;
-    const std::vector<float> z = settings_.read_noise ? stream_normals(draw_key(seed, settings_.stream, kRead), 2 * size)
-                                                      : std::vector<float>(2 * size, 0.0f);
-    for (size_t i = 0; i < size; ++i) {
-      const float plus = std::max(programmed.now[i] + programmed.read_sigma[i] * z[i], 0.0f);
-      const float minus = std::max(programmed.now[size + i] + programmed.read_sigma[size + i] * z[size + i], 0.0f);
-      out[i] = (plus - minus) / programmed.scale[i / programmed.columns];
-    }
+    const bool reads = settings_.read_noise;
+    const uint64_t key = reads ? draw_key(seed, settings_.stream, kRead) : 0;
+    const float* now = programmed.now.data();
+    const float* sigma = programmed.read_sigma.data();
+    constexpr size_t kChunk = 16 * kBlock;  // elements per task
+    auto body = [&](size_t task) {
+      alignas(64) float plus_buffer[kBlock + 2];
+      alignas(64) float minus_buffer[kBlock + 2];
+      const size_t end = std::min(size, (task + 1) * kChunk);
+      for (size_t first = task * kChunk; first < end; first += kBlock) {
+        const size_t n = std::min(kBlock, end - first);
+        const float* z_plus = reads ? normals(key, first, n, plus_buffer) : nullptr;
+        const float* z_minus = reads ? normals(key, size + first, n, minus_buffer) : nullptr;
+        for (size_t i = 0; i < n; ++i) {
+          const size_t p = first + i, m = size + first + i;
+          const float plus = reads ? std::max(now[p] + sigma[p] * z_plus[i], 0.0f) : now[p];
+          const float minus = reads ? std::max(now[m] + sigma[m] * z_minus[i], 0.0f) : now[m];
+          out[p] = (plus - minus) / programmed.scale[p / programmed.columns];
+        }
+      }
+    };
+    parallel_for(context, (size + kChunk - 1) / kChunk, body);
   }
 
  private:
