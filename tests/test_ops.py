@@ -291,15 +291,20 @@ def profiled_op_types(model: onnx.ModelProto, native: bool, feeds: dict, directo
 
 
 @pytest.mark.native
-def test_transformed_model_runs_native_kernels_and_agrees_with_function_bodies(exported_models, rng, tmp_path):
-    model = transform_model(exported_models["cnn"], load_preset("aihwkit-default"))
+@pytest.mark.parametrize("preset", ["aihwkit-default", "aihwkit-pcm"])
+def test_transformed_model_runs_native_kernels_and_agrees_with_function_bodies(exported_models, rng, tmp_path,
+                                                                                preset):
+    model = transform_model(exported_models["cnn"], load_preset(preset))
     assert {f.name for f in model.functions} >= {"StandardNormals", "RowAbsMax", "ClipAndRound"}  # helpers stay
     feeds = {model.graph.input[0].name: rng.random((8, 3, 4, 4), dtype=np.float32), "seed": np.array(3, np.int64)}
+    if preset == "aihwkit-pcm":
+        feeds.update(chip_controls(CHIP_SEED, 86400.0))
     native = make_session(model, native=True).run(None, feeds)[0]
     function = make_session(model, native=False).run(None, feeds)[0]
     np.testing.assert_allclose(native, function, rtol=1e-4, atol=1e-4)
     native_ops = profiled_op_types(native_graph.prepare(model), True, feeds, tmp_path)
     assert "MvmInput" in native_ops and native_ops & {"MvmOutput", "MvmOutputEpilogue"}
+    assert ("DeviceWeights" in native_ops) == (preset == "aihwkit-pcm")
     assert "MvmOutput" not in profiled_op_types(model, False, feeds, tmp_path)
 
 
