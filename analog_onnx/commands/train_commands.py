@@ -20,7 +20,7 @@ def train(
     arch: str = typer.Option("lenet5", "--arch", "-a", help=f"Model zoo architecture: {ARCH_HELP}"),
     data: str = typer.Option("digits", "--data", "-d", help="KIND[:PATH], as for evaluate (digits, cifar10:DIR, ...)."),
     out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Run folder: checkpoints, metrics, model.onnx."),
-    method: str = typer.Option("baseline", "--method", "-m", help="baseline, qat, nit or qat+nit."),
+    method: str = typer.Option("baseline", "--method", "-m", help="baseline, qat, nit, qat+nit or hwa (hardware-aware: device programming noise)."),
     preset: str = PresetOption,
     config_file: Path = ConfigOption,
     overrides: list[str] = SetOption,
