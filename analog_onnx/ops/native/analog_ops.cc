@@ -364,11 +364,13 @@ class DeviceWeightsKernel : Kernel {
         const size_t n = std::min(kBlock, end - first);
         const float* z_plus = reads ? normals(key, first, n, plus_buffer) : nullptr;
         const float* z_minus = reads ? normals(key, size + first, n, minus_buffer) : nullptr;
+        size_t row = first / programmed.columns, column = first % programmed.columns;  // no division per element
         for (size_t i = 0; i < n; ++i) {
           const size_t p = first + i, m = size + first + i;
           const float plus = reads ? std::max(now[p] + sigma[p] * z_plus[i], 0.0f) : now[p];
           const float minus = reads ? std::max(now[m] + sigma[m] * z_minus[i], 0.0f) : now[m];
-          out[p] = (plus - minus) / programmed.scale[p / programmed.columns];
+          out[p] = (plus - minus) / programmed.scale[row];
+          if (++column == programmed.columns) column = 0, ++row;
         }
       }
     };
