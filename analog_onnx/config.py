@@ -21,6 +21,7 @@ from typing import Any
 import tomli_w
 import tomllib
 
+from analog_onnx.devices.config import DeviceConfig
 from analog_onnx.errors import AnalogError, ConfigError
 from analog_onnx.files import read_small_text, write_text
 
@@ -89,7 +90,8 @@ class AnalogConfig:
     noise: Noise = field(default_factory=Noise)
     forward: Forward = field(default_factory=Forward)
     weights: Weights = field(default_factory=Weights)
-    t_inference: float = 0.0  # seconds since the weights were programmed (the model's default); 0 = no time effects
+    device: DeviceConfig = field(default_factory=DeviceConfig)  # the devices holding the weights ("mvm" only)
+    t_inference: float = 0.0  # s since the weights were programmed: the model's default time (drift, read noise)
 
     # -- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -162,7 +164,7 @@ class AnalogConfig:
     def has_noise(self) -> bool:
         if self.placement.where == "activations":
             return self.noise.additive > 0 or self.noise.multiplicative > 0
-        return self.forward.out_noise > 0
+        return self.forward.out_noise > 0 or self.device.enabled
 
     @property
     def has_quantization(self) -> bool:
@@ -182,7 +184,11 @@ class AnalogConfig:
                            ("forward.out_noise", f.out_noise), ("forward.out_bound", f.out_bound)):
             _check(value >= 0, key, "must be >= 0")
         _check(f.inp_bound > 0, "forward.inp_bound", "must be > 0")
-        _check(self.t_inference >= 0, "t_inference", "must be >= 0 (seconds since programming)")
+        _check(math.isfinite(self.t_inference) and self.t_inference >= 0, "t_inference",
+               "must be a finite number >= 0 (seconds since programming)")
+        self.device.validate()
+        _check(not (self.device.enabled and p.where != "mvm"), "device.model",
+               'needs placement.where = "mvm" (devices hold the weights of analog layers)')
         for key, bits in (("forward.inp_bits", f.inp_bits), ("forward.out_bits", f.out_bits),
                           ("weights.bits", w.bits)):
             _check(bits == 0 or 2 <= bits <= 24, key, "must be 0 (off) or between 2 and 24")

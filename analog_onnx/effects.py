@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
 from analog_onnx.passes.insert_activation_noise import InsertActivationNoisePass
+from analog_onnx.passes.insert_device_weights import InsertDeviceWeightsPass
 from analog_onnx.passes.insert_mvm_periphery import InsertMvmPeripheryPass
 from analog_onnx.passes.quantize_weights import QuantizeWeightsPass
 
@@ -49,10 +50,13 @@ EFFECTS: tuple[Effect, ...] = (
            lambda c: c.placement.where == "activations" and c.has_noise,
            InsertActivationNoisePass, ("Noise",), "analog_onnx.train.hardware:attach_activation_noise"),
     Effect("weight_quantization", "weights", ("weights",),
-           lambda c: c.placement.where == "mvm" and c.weights.bits > 0,
+           lambda c: c.placement.where == "mvm" and c.weights.bits > 0 and not c.device.enabled,
            QuantizeWeightsPass, ("Quantize",), "analog_onnx.train.hardware:attach_weight_quantization"),
     Effect("mvm_periphery", "forward", ("input", "output"), _mvm_periphery,
            InsertMvmPeripheryPass, ("MvmInput", "MvmOutput"), "analog_onnx.train.hardware:attach_mvm_periphery"),
+    # after the periphery: the compensation factor multiplies MvmOutput's result; weights.bits are conductance levels
+    Effect("device_weights", "device", ("weights", "output"), lambda c: c.device.enabled,
+           InsertDeviceWeightsPass, ("DeviceWeights",), "analog_onnx.train.hardware:attach_device_weights"),
 )
 
 

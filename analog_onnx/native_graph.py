@@ -144,7 +144,8 @@ def _layer_output_shape(layer: ir.Node | None) -> tuple[int, int] | None:
         return None
     weight = _constant(layer.inputs[1])
     source = layer.inputs[1].producer() if layer.inputs[1] is not None else None
-    if weight is None and source is not None and source.op_type == "DequantizeLinear":  # a QDQ model
+    if weight is None and source is not None and (source.op_type == "DequantizeLinear"  # a QDQ model
+                                                  or _is_ours(source, "DeviceWeights")):  # same shape as its W
         weight = _constant(source.inputs[0])
     if weight is None:
         return None

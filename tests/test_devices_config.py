@@ -1,25 +1,20 @@
-"""The [device] config section and the device presets waiting to be wired into AnalogConfig."""
+"""The [device] config section, its place in AnalogConfig and the device presets."""
 
 from __future__ import annotations
 
-from importlib import resources
-
 import pytest
-import tomllib
 
-from analog_onnx.config import AnalogConfig
+from analog_onnx.config import AnalogConfig, load_preset
 from analog_onnx.devices import DEVICE_CLASSES, DeviceConfig, PCMDevice, ReRAMDevice, make_device
 from analog_onnx.devices.config import DEVICE_MODELS
 from analog_onnx.errors import ConfigError
-
-PENDING = resources.files("analog_onnx.presets").joinpath("pending")
 
 
 @pytest.mark.parametrize("changes,key", [
     ({"model": "flash"}, "device.model"),
     ({"g_max": 0.0}, "device.g_max"),
     ({"prog_noise_scale": -1.0}, "device.prog_noise_scale"),
-    ({"t_inference": float("inf")}, "device.t_inference"),
+    ({"read_noise_scale": float("nan")}, "device.read_noise_scale"),
     ({"model": "pcm", "stuck_at_zero": 1.5}, "device.stuck_at_zero"),
     ({"model": "pcm", "stuck_at_zero": 0.6, "stuck_at_gmax": 0.6}, "device.stuck_at_gmax"),
     ({"model": "pcm", "prog_noise_rel": 0.1}, "device.prog_noise_rel"),
@@ -44,14 +39,20 @@ def test_model_none_makes_no_device_and_noise_scale_scales_the_sigmas() -> None:
 
 
 @pytest.mark.parametrize("name,device_class", [("aihwkit-pcm", PCMDevice), ("reram-wan2022", ReRAMDevice)])
-def test_pending_presets_load_once_wired(name: str, device_class: type) -> None:
-    data = tomllib.loads(PENDING.joinpath(f"{name}.toml").read_text())
-    device_section = data.pop("device")
-    config = AnalogConfig.from_dict(data)  # everything but [device] is today's AnalogConfig
+def test_device_presets_load_with_their_device_and_the_default_periphery(name: str, device_class: type) -> None:
+    config = load_preset(name)
     assert config.name == name and "docs/semantics.md" in config.source
-    device_config = DeviceConfig(**device_section)
-    device_config.validate()
-    assert isinstance(make_device(device_config), device_class)
-    default = AnalogConfig.from_dict(tomllib.loads(
-        resources.files("analog_onnx.presets").joinpath("aihwkit-default.toml").read_text()))
-    assert config.forward == default.forward  # aihwkit's default periphery
+    assert isinstance(make_device(config.device), device_class) and config.has_noise
+    assert config.forward == load_preset("aihwkit-default").forward  # aihwkit's default periphery
+    assert AnalogConfig.from_dict(config.to_dict()) == config
+
+
+def test_device_section_is_validated_within_the_config_and_needs_mvm_placement() -> None:
+    with pytest.raises(ConfigError, match="config key device.g_max "):
+        AnalogConfig.from_dict({"device": {"model": "pcm", "g_max": -1.0}})
+    with pytest.raises(ConfigError, match="config key device.model needs placement.where"):
+        AnalogConfig.from_dict({"placement": {"where": "activations"}, "device": {"model": "pcm"}})
+    with pytest.raises(ConfigError, match="config key t_inference "):
+        AnalogConfig.from_dict({"t_inference": float("inf")})
+    assert AnalogConfig().with_overrides(["device.model=pcm", "drift_compensation=false"]).device == \
+        DeviceConfig(model="pcm", drift_compensation=False)

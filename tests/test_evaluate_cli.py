@@ -34,7 +34,7 @@ def test_evaluate_writes_the_report(monkeypatch, capsys, model_file, tmp_path):
                          "hardening-additive", "--noise-scales", "0,0.3,1", "--repeats", "2", "--seed", "0",
                          "--out", tmp_path / "res", "--t-inference", "1,3600")
     assert code == 0, err
-    assert "midpoint noise" in out and "no time-dependent behaviour" in out
+    assert "midpoint noise" in out and "nothing depends on time" in " ".join(out.split())
     data = json.loads((tmp_path / "res" / "report.json").read_text())
     assert data["settings"]["seed"] == 0 and len(data["points"]) == 3
     assert {p.name for p in (tmp_path / "res").iterdir()} == {"report.json", "results.csv", "accuracy_vs_noise.png"}
@@ -55,6 +55,12 @@ def test_sensitivity_writes_json_and_plot(monkeypatch, capsys, model_file, tmp_p
     (["--data", "digits", "--noise-scales", "log:0:1:3"], "positive ends"),
     (["--data", "digits", "--t-inference", "5,1"], "strictly increasing"),
     (["--data", "digits", "--repeats", "0"], "--repeats must be >= 1"),
+    (["--data", "digits", "--chips", "2", "--repeats", "3"], "give --repeats or --chips (with --reads), not both"),
+    (["--data", "digits", "--chips", "0"], "--chips must be >= 1"),
+    (["--data", "digits", "--chips", "2", "--reads", "0"], "--reads must be >= 1"),
+    (["--data", "digits", "--drift-compensation", "maybe"], "--drift-compensation must be one of on, off, both"),
+    (["--data", "digits", "--preset", "aihwkit-default", "--drift-compensation", "on"], "needs a hardware config "
+                                                                                            "with a [device] model"),
     (["--data", "digits", "--set", "out_noise=1"], "--set needs --preset or --config"),
     (["--data", "digits", "--preset", "nope"], "unknown preset 'nope'"),
     (["--data", "digits", "--preset", "ideal", "--mean", "x"], "--mean expects comma-separated numbers"),

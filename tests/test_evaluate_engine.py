@@ -24,7 +24,7 @@ from analog_onnx.evaluate.engine import (
     chip_seed,
     count_correct,
 )
-from analog_onnx.evaluate.report_files import dumps_json
+from analog_onnx.evaluate.report_files import dumps_json, write_report
 from analog_onnx.transform import transform_model
 
 LEVELS = [0.0, 0.1, 1.0, 3.0]
@@ -154,9 +154,60 @@ def test_bad_settings_are_one_clear_error(settings, message):
 def test_t_inference_is_validated_and_noted():
     report = run(levels=[1.0], repeats=1, t_inference=[1, 3600, 86400])
     assert report.settings["t_inference"] == [1.0, 3600.0, 86400.0]
-    assert any("no time-dependent behaviour" in note for note in report.notes)
+    assert any("has no [device] model, so nothing depends on time" in note for note in report.notes)
+    assert "t_inference" not in report.to_dict()["points"][0]
     with pytest.raises(AnalogError, match="strictly increasing"):
         run(levels=[1.0], repeats=1, t_inference=[3600, 1])
+    with pytest.raises(AnalogError, match="--drift-compensation needs a hardware config with a \\[device\\] model"):
+        run(levels=[1.0], repeats=1, drift_compensation="both")
+
+
+YEAR = 365 * 86400.0
+
+
+def test_devices_sweep_time_and_compensation_on_programmed_chips(tmp_path):
+    settings = RunSettings(repeats=4, reads=2, seed=3, batch_size=256)
+    report = evaluate(digits_mlp(), "digits", config=load_preset("aihwkit-pcm").with_overrides(["drift_scale=3"]),
+                      noise_scales=[1.0], settings=settings, t_inference=[1.0, YEAR], drift_compensation="both")
+    assert [(m.t_inference, m.drift_compensation) for m in report.models] == \
+        [(1.0, True), (YEAR, True), (1.0, False), (YEAR, False)]
+    assert report.models[1].name == "model0 (t=3.1536e+07 s, compensation on)"
+    points = [m.points[0] for m in report.models]
+    assert [p.to_dict()["t_inference"] for p in points] == [1.0, YEAR, 1.0, YEAR]
+    uncompensated_year = points[3].accuracy.mean
+    assert uncompensated_year < points[2].accuracy.mean - 0.2  # strong drift without compensation
+    assert points[1].accuracy.mean > uncompensated_year + 0.2  # compensation takes most of it back
+    entry = points[0].to_dict()
+    assert entry["chips"] == 2 and entry["reads"] == 2 and entry["between_chip_std"] >= 0
+    assert report.settings["chips"] == 2 and report.settings["drift_compensation"] == "both"
+    with pytest.raises(AnalogError, match="not a whole number of chips"):
+        RunSettings(repeats=5, reads=2).checked()
+    written = {p.name for p in write_report(report, tmp_path / "out")}
+    assert "accuracy_vs_time.png" in written
+    rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    assert rows[0].endswith("t_inference,drift_compensation") and rows[-1].endswith("31536000.0,false")
+
+
+class FeedRecorder:
+    """A session stand-in that keeps the chip seed of every run."""
+
+    def __init__(self) -> None:
+        self.chips: list[int] = []
+
+    def run(self, outputs, feed):
+        self.chips.append(int(feed["chip"]))
+        return [np.zeros((len(feed["x"]), 2), np.float32)]
+
+
+def test_reads_of_one_chip_share_its_chip_seed():
+    variant = Variant(b"", "x", "y", 0, None, "seed", "chip", None)
+    payload = Payload((variant,), (np.zeros((4, 1), np.float32),), np.zeros(4, np.int64), 4, None, 9, 1, reads=3)
+    evaluator = Evaluator(payload)
+    evaluator.sessions[0] = recorder = FeedRecorder()
+    for repeat in range(6):
+        evaluator.run(Unit(0, 0, repeat, 1.0))
+    assert recorder.chips[:3] == [recorder.chips[0]] * 3 and recorder.chips[3:] == [recorder.chips[3]] * 3
+    assert recorder.chips[0] != recorder.chips[3] and recorder.chips[0] == int(chip_seed(9, 0))
 
 
 def test_batch_seeds_are_deterministic_non_negative_and_differ_per_repeat():

@@ -24,6 +24,8 @@ from scipy import stats
 
 from analog_onnx import native_graph
 from analog_onnx.config import load_preset
+from analog_onnx.devices.streams import chip_draws, read_normals
+from analog_onnx.devices.torch_twins import draws_from_numpy
 from analog_onnx.errors import ModelError
 from analog_onnx.native_graph import fold_constant_quantizers
 from analog_onnx.ops import DOMAIN, OPSET_VERSION, functions
@@ -38,11 +40,16 @@ from analog_onnx.transform import transform_model
 NATIVE = pytest.param("native", marks=pytest.mark.native)
 ENGINES = ["function", NATIVE]  # the implementations that run in onnxruntime
 NOISE_SCALE, SEED = 1.7, 42
+CHIP_SEED, T_INFERENCE = 7, 3600.0
 SHAPES = [(5, 3, 4), (7, 3, 25), (64, 300), (3, 40000)]  # odd rows start mid-pair; rows split in chunks
 
 
 def controls(noise_scale: float, seed: int) -> dict[str, np.ndarray]:
     return {"noise_scale": np.array(noise_scale, np.float32), "seed": np.array(seed, np.int64)}
+
+
+def chip_controls(chip_seed: int, t_inference: float) -> dict[str, np.ndarray]:
+    return {"chip_seed": np.array(chip_seed, np.int64), "t_inference": np.array(t_inference, np.float32)}
 
 
 def feeds_for(op: OpSchema, attributes: dict, shape: tuple[int, ...], rng: np.random.Generator) -> dict:
@@ -54,6 +61,8 @@ def feeds_for(op: OpSchema, attributes: dict, shape: tuple[int, ...], rng: np.ra
         feeds["S"] = rng.uniform(0.5, 2.0, (ref.rows(x, attributes.get("axis", 1)).shape[0], 1)).astype(np.float32)
     if "seed" in op.inputs:
         feeds.update(controls(NOISE_SCALE, SEED))
+    if "chip_seed" in op.inputs:
+        feeds.update(chip_controls(CHIP_SEED, T_INFERENCE))
     return feeds
 
 
@@ -81,6 +90,11 @@ def run_twin(op: OpSchema, attributes: dict, args: list[np.ndarray]) -> tuple | 
     if "seed" not in op.inputs:
         return twin(*tensors, **settings)
     key, size = stream_key(SEED, attributes.get("stream", 0)), args[0].size
+    if op.name == "DeviceWeights":
+        stream = attributes.get("stream", 0)
+        draws = draws_from_numpy(chip_draws(CHIP_SEED, stream, args[0].shape))
+        read = torch.from_numpy(read_normals(SEED, stream, args[0].shape))
+        return twin(*tensors, NOISE_SCALE, T_INFERENCE, draws=draws, read=read, **settings)
     if op.name == "Noise":
         both = bool(attributes.get("sigma_add")) and bool(attributes.get("sigma_mul"))
         z1, z2 = (torch.from_numpy(z.reshape(args[0].shape)) for z in noise_normals(key, size, both))
@@ -102,8 +116,10 @@ def test_every_implementation_computes_the_reference(op, attributes, implementat
     assert len(got) == len(want) == len(op.outputs)
     for g, w in zip(got, want, strict=True):
         assert g.dtype == np.float32 and g.shape == w.shape
-        if implementation == "twin" or not op.is_random(attributes):
+        if not op.is_random(attributes) or (implementation == "twin" and op.name != "DeviceWeights"):
             np.testing.assert_array_equal(g, w)
+        elif op.name == "DeviceWeights":  # log and pow to float tolerance, relative to the weights' range
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(feeds["W"]).max())
         elif "out_bits" not in attributes:
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
         else:  # float-tolerance noise may move a value on an ADC rounding tie by one step
@@ -239,6 +255,7 @@ def test_mvm_output_noise_is_normal_in_normalized_units(implementation):
     ("MvmInput", {"inp_bits": 7}, (2, 200000)),
     ("MvmOutput", {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0, "weight_scale": 0.3}, (40, 16, 32, 32)),
     ("MvmOutput", {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0}, (33, 3, 5, 7)),
+    ("DeviceWeights", {"per_channel": 1, "stuck_at_zero": 0.01}, (64, 3, 5, 5)),
 ])
 def test_thread_count_does_not_change_results(op, attributes, shape, rng):
     feeds = feeds_for(SCHEMAS[op], attributes, shape, rng)
@@ -274,15 +291,20 @@ def profiled_op_types(model: onnx.ModelProto, native: bool, feeds: dict, directo
 
 
 @pytest.mark.native
-def test_transformed_model_runs_native_kernels_and_agrees_with_function_bodies(exported_models, rng, tmp_path):
-    model = transform_model(exported_models["cnn"], load_preset("aihwkit-default"))
+@pytest.mark.parametrize("preset", ["aihwkit-default", "aihwkit-pcm"])
+def test_transformed_model_runs_native_kernels_and_agrees_with_function_bodies(exported_models, rng, tmp_path,
+                                                                                preset):
+    model = transform_model(exported_models["cnn"], load_preset(preset))
     assert {f.name for f in model.functions} >= {"StandardNormals", "RowAbsMax", "ClipAndRound"}  # helpers stay
     feeds = {model.graph.input[0].name: rng.random((8, 3, 4, 4), dtype=np.float32), "seed": np.array(3, np.int64)}
+    if preset == "aihwkit-pcm":
+        feeds.update(chip_controls(CHIP_SEED, 86400.0))
     native = make_session(model, native=True).run(None, feeds)[0]
     function = make_session(model, native=False).run(None, feeds)[0]
     np.testing.assert_allclose(native, function, rtol=1e-4, atol=1e-4)
     native_ops = profiled_op_types(native_graph.prepare(model), True, feeds, tmp_path)
     assert "MvmInput" in native_ops and native_ops & {"MvmOutput", "MvmOutputEpilogue"}
+    assert ("DeviceWeights" in native_ops) == (preset == "aihwkit-pcm")
     assert "MvmOutput" not in profiled_op_types(model, False, feeds, tmp_path)
 
 
@@ -375,3 +397,56 @@ def test_twin_half_precision_inputs_compute_in_float32() -> None:
     x = torch.randn(4, 6).half()
     assert tw.noise(x, 1.0, sigma_add=0.1).dtype == torch.float32
     assert tw.quantize(x, bits=4, dynamic=1).dtype == torch.float32
+
+
+# -- device weights: chips, reads, time ------------------------------------------------------------
+def device_weights(implementation: str, w: np.ndarray, seed: int, chip_seed: int, t: float, *,
+                   session: ort.InferenceSession | None = None, **attributes) -> tuple[np.ndarray, np.ndarray]:
+    feeds = {"W": w, **controls(1.0, seed), **chip_controls(chip_seed, t)}
+    if session is not None:
+        return tuple(session.run(None, feeds))
+    return tuple(run(implementation, SCHEMAS["DeviceWeights"], attributes, feeds))
+
+
+@pytest.mark.parametrize("implementation", ["reference", *ENGINES])
+def test_a_chip_is_fixed_by_chip_seed_and_a_read_by_seed(implementation, rng):
+    w = rng.standard_normal((16, 50)).astype(np.float32)
+    no_read = {"read_noise": 0}
+    first = device_weights(implementation, w, 1, 5, 3600.0, **no_read)
+    np.testing.assert_array_equal(device_weights(implementation, w, 2, 5, 3600.0, **no_read)[0], first[0])
+    other_chip = device_weights(implementation, w, 1, 6, 3600.0, **no_read)[0]
+    assert np.abs(other_chip - first[0]).mean() > 0.01 * np.abs(w).mean()
+    read_1, read_2 = (device_weights(implementation, w, seed, 5, 3600.0)[0] for seed in (1, 2))
+    assert 0 < np.abs(read_1 - read_2).mean() < np.abs(other_chip - first[0]).mean()
+
+
+@pytest.mark.parametrize("implementation", ENGINES)
+def test_negative_chip_seed_programs_a_fresh_chip_every_run(implementation, rng):
+    feeds = {"W": rng.standard_normal((8, 30)).astype(np.float32), **controls(1.0, 1), **chip_controls(-1, 1.0)}
+    session = make_session(op_model("DeviceWeights", {"read_noise": 0}, feeds), native=implementation == "native")
+    assert not np.array_equal(session.run(None, feeds)[0], session.run(None, feeds)[0])
+
+
+@pytest.mark.native
+def test_native_chip_kept_between_runs_follows_chip_seed_time_and_weights(rng):
+    w = rng.standard_normal((12, 40)).astype(np.float32)
+    feeds = {"W": w, **controls(1.0, 3), **chip_controls(4, 1.0)}
+    session = make_session(op_model("DeviceWeights", {}, feeds), native=True)
+    want = {t: device_weights("reference", w, 3, 4, t) for t in (1.0, 86400.0)}
+    for t in (1.0, 86400.0, 1.0, 86400.0):  # each change of time recomputes the drifted chip
+        got = device_weights("native", w, 3, 4, t, session=session)
+        for g, r in zip(got, want[t], strict=True):
+            np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * np.abs(w).max())
+    changed = w * np.float32(0.5)  # same shape, new weights: a new chip, not the kept one
+    got = session.run(None, {**feeds, "W": changed})[0]
+    np.testing.assert_allclose(got, device_weights("reference", changed, 3, 4, 1.0)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["reference", *ENGINES])
+def test_compensation_restores_the_mean_drift_of_a_pcm_chip(implementation, rng):
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    year = 365 * 86400.0
+    drifted, alpha = device_weights(implementation, w, 1, 2, year, read_noise=0)
+    ratio = np.abs(drifted).mean() / np.abs(w).mean()
+    assert 0.4 < ratio < 0.8  # nu ~ 0.05..0.1 over ln(1 year / 20 s) ~ 14: (t/t0)^-nu
+    assert abs(float(alpha) * ratio - 1) < 0.05  # the compensated readout is back near the programmed one

@@ -20,6 +20,7 @@ from analog_onnx.passes.add_controls import CONTROLS, AddControlInputsPass
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
 from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, SITES_KEY, VERSION_KEY, control_inputs
 from analog_onnx.passes.insert_activation_noise import InsertActivationNoisePass
+from analog_onnx.passes.insert_device_weights import InsertDeviceWeightsPass
 from analog_onnx.passes.insert_mvm_periphery import InsertMvmPeripheryPass
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.quantize_weights import QuantizeWeightsPass
@@ -93,6 +94,39 @@ def test_mvm_periphery_pass_wraps_the_layer_and_moves_the_bias_out():
     assert out.attributes["weight_scale"].as_float() == pytest.approx(np.abs(weight).max())
 
 
+def test_device_weights_pass_feeds_the_layer_and_compensates_after_the_adc():
+    config = load_preset("aihwkit-pcm")
+    work = with_controls(gemm_relu())
+    with pytest.raises(ir.passes.PreconditionError):
+        InsertDeviceWeightsPass(config)(as_ir(gemm_relu()))
+    InsertMvmPeripheryPass(config)(work)
+    InsertDeviceWeightsPass(config)(work)
+    assert ops(work) == ["MvmInput", "DeviceWeights", "Gemm", "Mul", "MvmOutput", "Add", "Relu"]
+    mvm_in, device, gemm, mul, mvm_out = (work.graph.node(i) for i in range(5))
+    assert gemm.inputs[1] is device.outputs[0] and mul.inputs == (mvm_in.outputs[1], device.outputs[1])
+    assert mvm_out.inputs[1] is mul.outputs[0]  # alpha rescales after the ADC, before the bias
+    assert [v.name for v in device.inputs[1:]] == list(CONTROLS)
+    assert device.attributes["stream"].as_int() == 2 and device.attributes["device"].as_int() == 1
+    uncompensated = with_controls(gemm_relu())
+    InsertDeviceWeightsPass(config.with_overrides(["drift_compensation=false", "weights.per_channel=true"]))(
+        uncompensated)
+    assert ops(uncompensated) == ["DeviceWeights", "Gemm", "Relu"]
+    bare = with_controls(gemm_relu())  # no periphery: alpha multiplies the layer's output
+    InsertDeviceWeightsPass(config)(bare)
+    assert ops(bare) == ["DeviceWeights", "Gemm", "Mul", "Relu"]
+    assert uncompensated.graph.node(0).attributes["per_channel"].as_int() == 1
+
+
+def test_device_weights_pass_brings_matmul_channels_to_axis_0():
+    config = load_preset("aihwkit-pcm").with_overrides(["weights.per_channel=true"])
+    model = gemm_relu()
+    model.graph.node[0].attribute[0].i = 0
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((4, 3), np.float32), "W"))
+    work = with_controls(model)
+    InsertDeviceWeightsPass(config)(work)
+    assert ops(work)[:4] == ["Transpose", "DeviceWeights", "Transpose", "Gemm"]
+
+
 def test_periphery_still_finds_a_layer_whose_weight_was_quantized():
     config = load_preset("aihwkit-default").with_overrides(["weights.bits=4"])
     work = with_controls(gemm_relu())
@@ -115,7 +149,9 @@ def test_effects_are_a_registry_the_config_switches():
     assert [e.name for e in enabled_effects(load_preset("hardening-additive"))] == ["activation_noise"]
     assert [e.name for e in enabled_effects(load_preset("aihwkit-default").with_overrides(["weights.bits=4"]))] == \
         ["weight_quantization", "mvm_periphery"]
-    assert names == {"activation_noise", "weight_quantization", "mvm_periphery"}
+    assert [e.name for e in enabled_effects(load_preset("aihwkit-pcm").with_overrides(["weights.bits=4"]))] == \
+        ["mvm_periphery", "device_weights"]  # weight bits become conductance levels
+    assert names == {"activation_noise", "weight_quantization", "mvm_periphery", "device_weights"}
     for effect in EFFECTS:
         assert set(effect.acts_on) <= {"weights", "input", "output"} and effect.ops
 
@@ -182,8 +218,9 @@ def test_metadata_pass_records_config_version_and_sites():
 def test_strip_pass_removes_what_the_other_passes_added():
     config = load_preset("aihwkit-default").with_overrides(["weights.bits=4"])
     work = with_controls(gemm_relu())
-    for make_pass in (QuantizeWeightsPass, InsertMvmPeripheryPass):
-        make_pass(config)(work)
+    for make_pass in (QuantizeWeightsPass, InsertMvmPeripheryPass, InsertDeviceWeightsPass):
+        make_pass(config.with_overrides(["device.model=pcm"]) if make_pass is InsertDeviceWeightsPass else config)(
+            work)
     AddAnalogFunctionsPass()(work)
     WriteMetadataPass(config, ["gemm"])(work)
     StripAnalogPass()(work)

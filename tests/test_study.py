@@ -92,8 +92,9 @@ def _no_work(monkeypatch) -> None:
 # -- spec --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("change", "message"), [
     (("[train]", "[train]\nepochz = 3"), "[train]: unknown key 'epochz'"),
-    (('kind = "nit"', 'kind = "hwa"'), "kind 'hwa' is not a training method (hardware-aware training is not in the "
-                                       "trainer yet); use one of baseline, qat, nit, qat+nit"),
+    (('kind = "nit"', 'kind = "hwx"'), "kind 'hwx' is not a training method; use one of baseline, qat, nit, "
+                                       "qat+nit, hwa"),
+    (('kind = "nit"', 'kind = "hwa"'), "method hwa trains with the devices' programming noise"),
     (('archs = ["mlp"]', 'archs = ["mlp", "transformer"]'), "unknown architecture 'transformer'"),
     (('preset = "hardening-additive"', 'preset = "hardening"'), "method nit: unknown preset 'hardening'"),
     (("noise_scale = 0.5", "noise_scale = 0"), "method nit, arch mlp: method nit trains with noise"),

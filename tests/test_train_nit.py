@@ -58,3 +58,29 @@ def _assert_trainer_metric_matches_onnxruntime(tmp_path, runs: dict) -> None:
         spread = max(point.accuracy.std, 0.01)  # accuracy spread of one pass over the test split
         standard_error = math.sqrt(spread**2 / 5 + spread**2 / 20)
         assert abs(torch_side - point.accuracy.mean) < 4 * standard_error, (method, torch_side, point.accuracy)
+
+
+@pytest.mark.slow
+def test_hardware_aware_training_learns_under_programming_noise(tmp_path) -> None:
+    config = TrainConfig(arch="mlp", data="digits", out=str(tmp_path / "hwa"), method="hwa", epochs=3,
+                         batch_size=32, optimizer="adam", lr=2e-3, seed=0, noise_scale=1.0,
+                         hardware=load_preset("aihwkit-pcm").to_dict(), eval_repeats=1)
+    result = train(config, progress=False, verbose=False)
+    assert result.history[-1]["clean_acc"] > 0.5  # digits: 10 classes, chance 0.1
+
+
+def test_device_twin_draws_programming_noise_per_forward_pass_straight_through() -> None:
+    from analog_onnx.train.hardware import attach_hardware
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 4))
+    hardware = attach_hardware(model, load_preset("aihwkit-pcm").with_overrides(["out_noise=0", "inp_bits=0",
+                                                                                  "out_bits=0", "out_bound=0"]), (16,))
+    x = torch.randn(8, 16)
+    first, second = model(x), model(x)
+    assert not torch.equal(first, second)  # a fresh programming draw per forward pass
+    clean = torch.nn.functional.linear(x, model[0].weight, model[0].bias)
+    assert 0 < (first - clean).abs().mean() < 0.2 * clean.abs().mean()
+    first.sum().backward()  # straight-through: the clean weight gets the gradient
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
+    hardware.remove()
+    assert torch.equal(model(x), clean)

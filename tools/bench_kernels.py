@@ -4,8 +4,10 @@ Prints, in one run:
 
 1. ns per element of each op through the native kernels and through the ONNX function bodies;
 2. a ResNet-20 (CIFAR shape 3x32x32, random weights: timing needs no training) at batch 256
-   with 2 intra-op threads: clean onnxruntime, then transformed with ``aihwkit-default`` and
-   ``hardening-additive`` (native kernels and function bodies), each as a ratio to clean
+   with 2 intra-op threads: clean onnxruntime, then transformed with ``aihwkit-default``,
+   ``aihwkit-pcm`` (one programmed chip read a day after programming: the chip is computed on
+   the first run and kept, each run draws read noise) and ``hardening-additive`` (native
+   kernels and function bodies), each as a ratio to clean
    onnxruntime; plus aihwkit's own simulation (``TorchInferenceRPUConfig``) when aihwkit is
    importable (it is never a dependency). A "pass-through" row runs the ``aihwkit-default``
    graph with every analog op reduced to its cheapest pass: the cost of the structure alone.
@@ -42,7 +44,8 @@ from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
 
 IMAGE = (3, 32, 32)
-PRESETS = ("aihwkit-default", "hardening-additive")
+PRESETS = ("aihwkit-default", "aihwkit-pcm", "hardening-additive")
+CHIP = {"chip_seed": np.array(1, np.int64), "t_inference": np.array(86400.0, np.float32)}  # one chip, a day on
 # the configurations the presets emit, as the op schema names them
 OP_CASES = {f"{op.name} ({label})": (op, op.cases[label]) for op in OPS for label in op.benchmarked}
 
@@ -70,8 +73,8 @@ def op_model(op: OpSchema, attributes: dict, feeds: dict[str, np.ndarray]) -> on
 def bench_ops(batch: int, threads: int, rounds: int) -> None:
     shape = (batch, 16, 32, 32)  # the largest activation of a CIFAR ResNet-20
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    given = {"X": x, "Y": x, "S": np.ones((batch, 1), np.float32), "noise_scale": np.array(1.0, np.float32),
-             "seed": np.array(1, np.int64)}
+    given = {"X": x, "Y": x, "W": x, "S": np.ones((batch, 1), np.float32), "noise_scale": np.array(1.0, np.float32),
+             "seed": np.array(1, np.int64), **CHIP}
     print(f"per op, tensor {shape}, {threads} threads: ns per element")
     print(f"  {'op':30s} {'native':>8s} {'function':>9s} {'speed-up':>9s}")
     for label, (op, attributes) in OP_CASES.items():
@@ -157,7 +160,8 @@ def bench_resnet(batch: int, threads: int, rounds: int, profile: bool) -> None:
     runs = {}
     for label, (model, native) in variants.items():
         session = counted_session(model, threads, native)
-        feeds = {name: x} | ({"seed": np.array(1, np.int64)} if len(session.get_inputs()) > 1 else {})
+        controls = {i.name for i in session.get_inputs()}
+        feeds = {name: x} | {k: v for k, v in {"seed": np.array(1, np.int64), **CHIP}.items() if k in controls}
         runs[label] = lambda s=session, f=feeds: s.run(None, f)
     aihwkit = aihwkit_forward(batch, threads)
     if aihwkit is not None:

@@ -4,9 +4,15 @@ Loads an example model's weights into the project's torch architecture and, for 
 time since programming, evaluates the digits test split with the weights each library programs,
 drifts and reads (one read per chip and time), without and with global drift compensation. The
 periphery is ideal on both sides (aihwkit ``forward.is_perfect``), so the table compares the
-device model alone. Run with aihwkit's virtualenv (tools/make_aihwkit_venv.sh):
+device model alone.
+
+With ``--periphery aihwkit-default`` our side is the real path instead: the ONNX model through
+``transform`` with the ``aihwkit-pcm`` preset and ``evaluate`` (one chip per repeat, native
+kernels when built), against aihwkit's ``TorchInferenceRPUConfig`` with its default periphery and
+the same PCM noise model. Run with aihwkit's virtualenv (tools/make_aihwkit_venv.sh):
 
     PYTHONPATH=. .venv-aihwkit/bin/python tools/crosscheck_devices_accuracy.py --chips 10
+    PYTHONPATH=. .venv-aihwkit/bin/python tools/crosscheck_devices_accuracy.py --chips 10 --periphery aihwkit-default
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from aihwkit.simulator.configs import TorchInferenceRPUConfig
 from onnx import numpy_helper
 from torch import nn
 
+from analog_onnx.config import load_preset
 from analog_onnx.data import load_dataset
 from analog_onnx.data.preprocess import from_model
 from analog_onnx.devices import DeviceConfig, make_device
 from analog_onnx.devices.chip import program_layer, read_weights
 from analog_onnx.devices.streams import chip_draws, read_normals
+from analog_onnx.evaluate import RunSettings, evaluate
 from analog_onnx.train.zoo import build_model
 
 TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 year": 365 * 86400.0}
@@ -66,9 +74,20 @@ def ours(model: nn.Module, t: float, compensate: bool, chip: int) -> nn.Module:
     return chip_model
 
 
-def aihwkit(model: nn.Module, t: float, compensate: bool, chip: int) -> nn.Module:
+def through_evaluate(path: str, chips: int) -> dict[tuple[float, bool], np.ndarray]:
+    """Accuracy per chip at every time and compensation: the transformed model run by ``evaluate``."""
+    report = evaluate(path, "digits", config=load_preset("aihwkit-pcm"), noise_scales=[1.0],
+                      settings=RunSettings(repeats=chips, seed=0, top_k=None), t_inference=list(TIMES.values()),
+                      drift_compensation="both")
+    return {(m.t_inference, m.drift_compensation): np.array(m.points[0].accuracies) for m in report.models}
+
+
+def aihwkit(model: nn.Module, t: float, compensate: bool, chip: int, perfect: bool = True) -> nn.Module:
     config = TorchInferenceRPUConfig()
-    config.forward.is_perfect = True
+    config.forward.is_perfect = perfect
+    # aihwkit 1.1 leaves the tile weights unscaled by default (omega 0): its output noise and ADC
+    # bound are then in units of the raw weights. Ours are in units of max|W| per layer (omega 1).
+    config.mapping.weight_scaling_omega = 1.0
     config.drift_compensation = GlobalDriftCompensation() if compensate else None
     torch.manual_seed(chip)
     analog = convert_to_analog(copy.deepcopy(model), config).eval()
@@ -81,17 +100,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/digits-lenet5-baseline.onnx")
     parser.add_argument("--chips", type=int, default=10)
+    parser.add_argument("--periphery", choices=("ideal", "aihwkit-default"), default="ideal")
     args = parser.parse_args()
     model, x, y = load_model(args.model)
-    print(f"{args.model}: clean accuracy {accuracy(model, x, y):.4f}, {len(y)} test samples, {args.chips} chips; "
-          "each cell: mean over chips ± its standard error")
+    real_path = args.periphery == "aihwkit-default"
+    evaluated = through_evaluate(args.model, args.chips) if real_path else {}
+    print(f"{args.model}: clean accuracy {accuracy(model, x, y):.4f}, {len(y)} test samples, {args.chips} chips, "
+          f"{args.periphery} periphery; each cell: mean over chips ± its standard error")
     print("| t | compensation | ours | aihwkit |\n|---|---|---|---|")
     for label, t in TIMES.items():
         for compensate in (False, True):
-            cells = []
-            for run in (ours, aihwkit):
-                values = np.array([accuracy(run(model, t, compensate, chip), x, y) for chip in range(args.chips)])
-                cells.append(f"{values.mean():.4f} ± {values.std(ddof=1) / np.sqrt(len(values)):.4f}")
+            if real_path:
+                theirs = [aihwkit(model, t, compensate, chip, perfect=False) for chip in range(args.chips)]
+                runs = [evaluated[(t, compensate)], [accuracy(chip_model, x, y) for chip_model in theirs]]
+            else:
+                runs = [[accuracy(run(model, t, compensate, chip), x, y) for chip in range(args.chips)]
+                        for run in (ours, aihwkit)]
+            cells = [f"{np.mean(v):.4f} ± {np.std(v, ddof=1) / np.sqrt(len(v)):.4f}" for v in runs]
             print(f"| {label} | {'on' if compensate else 'off'} | " + " | ".join(cells) + " |")
 
 

@@ -18,6 +18,7 @@ from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
 from analog_onnx.evaluate.report_files import check_output_dir, write_report
 from analog_onnx.evaluate.runner import RunSettings
 from analog_onnx.evaluate.sensitivity import sensitivity as run_sensitivity
+from analog_onnx.evaluate.sweep import check_compensation
 from analog_onnx.evaluate.sweep import evaluate as run_evaluation
 from analog_onnx.text import printable
 
@@ -48,9 +49,9 @@ def _config(preset: str | None, config_file: Path | None, overrides: list[str] |
 
 
 def _settings(repeats: int, seed: int | None, batch_size: int, top_k: int | None, threads: int | None,
-              backend: str, workers: int, ray_address: str | None) -> RunSettings:
-    return RunSettings(repeats=repeats, seed=seed, batch_size=batch_size, top_k=top_k or None, threads=threads,
-                       backend=backend, workers=workers, ray_address=ray_address).checked()
+              backend: str, workers: int, ray_address: str | None, reads: int = 1) -> RunSettings:
+    return RunSettings(repeats=repeats, reads=reads, seed=seed, batch_size=batch_size, top_k=top_k or None,
+                       threads=threads, backend=backend, workers=workers, ray_address=ray_address).checked()
 
 
 def _write(report: EvaluationReport | SensitivityReport, out: Path | None, force: bool) -> None:
@@ -70,14 +71,20 @@ def evaluate(
     overrides: list[str] = SetOption,
     noise_scales: str = typer.Option(DEFAULT_NOISE_SCALES, "--noise-scales", "-n",
                                      help="Numbers and ranges, e.g. 0,0.5,1,2 or log:1e-2:1e2:17 or lin:0:1:11."),
-    repeats: int = RepeatsOption,
+    repeats: int = typer.Option(None, "--repeats", "-r", help="Monte Carlo repeats per noise level [default: 5]."),
+    chips: int = typer.Option(None, "--chips", help="Programmed chips per point (devices): repeats = chips x reads."),
+    reads: int = typer.Option(1, "--reads", help="Reads (passes over the data) of each chip."),
     seed: int = SeedOption,
     batch_size: int = BatchOption,
     top_k: int = typer.Option(5, "--top-k", help="Also report top-k accuracy (0 = off)."),
     mean: str = MeanOption,
     std: str = StdOption,
     t_inference: str = typer.Option(None, "--t-inference",
-                                    help="Inference times in seconds, e.g. 1,3600,86400 (for drift models)."),
+                                    help="Seconds since programming, e.g. 1,3600,86400,31536000: one point "
+                                         "per time (devices drift and read noise grows) [default: the config's]."),
+    drift_compensation: str = typer.Option(None, "--drift-compensation",
+                                           help="on, off or both: devices' global drift compensation "
+                                                "[default: the config's]."),
     backend: str = BackendOption,
     workers: int = WorkersOption,
     ray_address: str = RayAddressOption,
@@ -89,13 +96,22 @@ def evaluate(
 
     levels = parse_noise_scales(noise_scales)
     times = parse_times(t_inference) if t_inference is not None else None
-    settings = _settings(repeats, seed, batch_size, top_k, threads, backend, workers, ray_address)
+    if drift_compensation is not None:
+        check_compensation(drift_compensation)
+    if chips is not None and repeats is not None:
+        raise AnalogError("give --repeats or --chips (with --reads), not both")
+    for flag, value in (("--chips", chips), ("--reads", reads)):
+        if value is not None and value < 1:
+            raise AnalogError(f"{flag} must be >= 1, got {value}")
+    total = chips * reads if chips is not None else (5 if repeats is None else repeats) * reads
+    settings = _settings(total, seed, batch_size, top_k, threads, backend, workers, ray_address, reads)
     if out is not None:
         check_output_dir(out, force=force)
     with progress_bar(text.console(stderr=True), "evaluating") as progress:
         report = run_evaluation(models, data, config=_config(preset, config_file, overrides), noise_scales=levels,
                                 settings=settings, split=split, limit=limit, mean=parse_floats(mean, "--mean"),
-                                std=parse_floats(std, "--std"), t_inference=times, progress=progress)
+                                std=parse_floats(std, "--std"), t_inference=times,
+                                drift_compensation=drift_compensation, progress=progress)
     print_evaluation(report, text.console())
     _write(report, out, force)
 

@@ -82,7 +82,10 @@ def compensation(g_reference: Array, g_current: Array, scale: Array) -> Array:
     return reference / mean_abs(to_weights(g_current, scale)).clip(min=MIN_READOUT)
 
 
-def read_weights(layer: ProgrammedLayer, device: DeviceModel, config: DeviceConfig, z: Array) -> Array:
-    """Step 6: the weights one read sees, compensation included (``alpha * W_read``)."""
+def read_weights(layer: ProgrammedLayer, device: DeviceModel, config: DeviceConfig, z: Array, *,
+                 compensated: bool = True) -> Array:
+    """Step 6: the weights one read sees, compensation included (``alpha * W_read``) unless
+    ``compensated`` is False (a graph applies alpha to the layer's output, after the ADC)."""
     g = device.read(layer.g_prog, layer.g_now, z, layer.t_inference) if config.read_noise else layer.g_now
-    return layer.alpha * to_weights(g, layer.scale)
+    weights = to_weights(g, layer.scale)
+    return layer.alpha * weights if compensated else weights

@@ -19,7 +19,10 @@ GENERIC_KEYS = ("prog_noise_add", "prog_noise_rel", "drift_nu", "drift_nu_std", 
 
 @dataclass
 class DeviceConfig:
-    """The device model and its switches; every sigma below is also scaled by ``noise_scale``."""
+    """The device model and its switches; every sigma below is also scaled by ``noise_scale``.
+
+    The time since programming is the top-level ``t_inference`` of ``AnalogConfig`` (one default
+    time for every effect), fed to a transformed model as its ``t_inference`` input."""
 
     model: str = "none"  # "none" (weights are exact), "pcm", "reram" or "generic"
     g_max: float = 25.0  # uS: the conductance the largest |weight| maps to (aihwkit's default converter)
@@ -31,7 +34,6 @@ class DeviceConfig:
     drift_compensation: bool = True  # one output factor per layer from a reference read (aihwkit global)
     stuck_at_zero: float = 0.0  # fraction of devices stuck at 0 uS, per chip
     stuck_at_gmax: float = 0.0  # fraction of devices stuck at g_max, per chip
-    t_inference: float = 0.0  # s since programming ended: the default time of an evaluation
     # "generic" only: a device described by plain numbers
     prog_noise_add: float = 0.0  # programming sigma as a fraction of g_max
     prog_noise_rel: float = 0.0  # programming sigma as a fraction of the target conductance
@@ -47,7 +49,7 @@ class DeviceConfig:
         """Refuse bad values and combinations, naming the key (``device.<name>``)."""
         _check(self.model in DEVICE_MODELS, "model", f"must be one of {', '.join(DEVICE_MODELS)}")
         _check(math.isfinite(self.g_max) and self.g_max > 0, "g_max", "must be a finite number > 0 (uS)")
-        for key in ("prog_noise_scale", "drift_scale", "read_noise_scale", "t_inference", *GENERIC_KEYS):
+        for key in ("prog_noise_scale", "drift_scale", "read_noise_scale", *GENERIC_KEYS):
             value = getattr(self, key)
             _check(math.isfinite(value) and value >= 0, key, "must be a finite number >= 0")
         for key in ("stuck_at_zero", "stuck_at_gmax"):

@@ -51,12 +51,17 @@ def print_evaluation(report: EvaluationReport, console: Console) -> None:
         title = (f"[bold]{shown(model.name)}[/] · config {shown(model.config['name'])} ({model.config_source}) · "
                  f"{clean} · "
                  f"midpoint noise {_midpoint(model.midpoint)}")
+        chips = any(p.chip_spread is not None for p in model.points)
         columns = ["noise", "accuracy ± std", "95% CI", "n"] + ([f"top-{k} ± std"] if k else [])
+        columns += ["std between chips", "std within a chip"] if chips else []
         table = Table(*columns, title=title)
         for point in model.points:
             acc = point.accuracy
             row = [f"{point.noise_scale:.4g}", _summary(acc), _ci(acc), str(len(point.accuracies))]
-            table.add_row(*row, *([_summary(point.topk)] if k and point.topk else []))
+            row += [_summary(point.topk) if point.topk else "-"] if k else []
+            spread = point.chip_spread
+            row += [f"{spread[0]:.4f}", f"{spread[1]:.4f}"] if spread is not None else []
+            table.add_row(*row)
         console.print(table)
     console.print(f"chance accuracy {report.chance_accuracy:.4f} · {report.data['samples']} samples of "
                   f"{shown(report.data['spec'])} ({report.data['split']}) · seed {report.settings['seed']}")

@@ -6,11 +6,12 @@ A unit's result depends only on the unit, the data, the batch size and the run's
 which process or machine runs it, so every backend gives the same numbers.
 
 Seeds: batch ``b`` of repeat ``r`` gets ``SeedSequence(seed, spawn_key=(r,))``'s ``b``-th word
-(per-read draws, the ``seed`` input). Repeat ``r`` is one programmed chip: its ``chip_seed`` is
-the first word of ``SeedSequence(seed, spawn_key=(r, CHIP_KEY))``, the same for every batch of
-the repeat (per-chip draws). Neither depends on the noise level or the model: a sweep uses common
-random numbers, so the difference between two levels (or two models) reflects the level, not a
-luckier draw. ``t_inference`` is fed as the variant's time since programming.
+(per-read draws, the ``seed`` input). Repeat ``r`` reads programmed chip ``c = r // reads``
+(``reads`` consecutive repeats per chip): its ``chip_seed`` is the first word of
+``SeedSequence(seed, spawn_key=(c, CHIP_KEY))``, the same for every batch (per-chip draws).
+Neither depends on the noise level or the model: a sweep uses common random numbers, so the
+difference between two levels (or two models) reflects the level, not a luckier draw.
+``t_inference`` is fed as the variant's time since programming.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Payload:
     top_k: int | None
     seed: int
     threads: int | None
+    reads: int = 1  # consecutive repeats that read one chip: repeat r is chip r // reads
 
 
 @dataclass(frozen=True, order=True)
@@ -131,7 +133,7 @@ class Evaluator:
             feed[variant.noise_scale_input] = np.array(unit.noise_scale, dtype=np.float32)
         seeds = batch_seeds(p.seed, unit.repeat, len(starts)) if variant.seed_input is not None else None
         if variant.chip_seed_input is not None:
-            feed[variant.chip_seed_input] = chip_seed(p.seed, unit.repeat)
+            feed[variant.chip_seed_input] = chip_seed(p.seed, unit.repeat // p.reads)
         if variant.t_inference_input is not None:
             feed[variant.t_inference_input] = np.array(variant.t_inference, dtype=np.float32)
         scores: np.ndarray | None = None  # all logits of the unit, counted once at the end

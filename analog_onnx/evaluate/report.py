@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from analog_onnx.evaluate.metrics import Midpoint, Summary, summarize
 
 SCHEMA_VERSION = 1  # of report.json and sensitivity.json; changes when a field changes meaning
@@ -21,6 +23,17 @@ class NoisePoint:
     accuracies: tuple[float, ...]
     topk_accuracies: tuple[float, ...] | None = None
     nonfinite_outputs: int = 0  # samples, over all repeats, whose outputs held NaN or infinity (counted wrong)
+    t_inference: float | None = None  # s since programming, when the hardware has devices
+    reads: int = 1  # consecutive repeats that read the same programmed chip
+
+    @property
+    def chip_spread(self) -> tuple[float, float] | None:
+        """(between-chip std of the chips' mean accuracies, mean within-chip std), with chips of
+        several reads; None when every repeat is its own chip."""
+        if self.reads < 2 or len(self.accuracies) < 2 * self.reads:
+            return None
+        per_chip = np.array(self.accuracies).reshape(-1, self.reads)
+        return float(per_chip.mean(axis=1).std(ddof=1)), float(per_chip.std(axis=1, ddof=1).mean())
 
     @property
     def accuracy(self) -> Summary:
@@ -39,6 +52,12 @@ class NoisePoint:
             "accuracy_ci95": list(acc.ci95) if acc.ci95 else None,
             "accuracies": list(self.accuracies),
         }
+        if self.t_inference is not None:
+            out["t_inference"] = self.t_inference
+        spread = self.chip_spread
+        if spread is not None:
+            out.update(chips=len(self.accuracies) // self.reads, reads=self.reads, between_chip_std=spread[0],
+                       within_chip_std=spread[1])
         topk = self.topk
         if topk is not None:
             out.update(topk_accuracy_mean=topk.mean, topk_accuracy_std=topk.std,
@@ -62,6 +81,9 @@ class ModelResult:
     clean_topk_accuracy: float | None
     points: tuple[NoisePoint, ...]
     midpoint: Midpoint
+    model: str = ""  # the model's own name when ``name`` also names a time or compensation setting
+    t_inference: float | None = None  # s, with devices
+    drift_compensation: bool | None = None  # with devices
 
     @property
     def midpoint_noise(self) -> float | None:
@@ -79,6 +101,8 @@ class ModelResult:
             "midpoint_noise": self.midpoint.noise,
             "midpoint_status": self.midpoint.status,
             "points": [p.to_dict() for p in self.points],
+            **({"model": self.model or self.name, "t_inference": self.t_inference,
+                "drift_compensation": self.drift_compensation} if self.t_inference is not None else {}),
         }
 
 

@@ -33,11 +33,15 @@ def write_report(report: EvaluationReport | SensitivityReport, out: str | Path, 
             write_text(folder / "sensitivity.json", dumps_json(report.to_dict()), force=True),
             write_with(folder / "sensitivity.png", lambda f: sensitivity_png(report, f), force=True),
         ]
-    return [
+    written = [
         write_text(folder / "report.json", dumps_json(report.to_dict()), force=True),
         write_text(folder / "results.csv", results_csv(report), force=True),
         write_with(folder / "accuracy_vs_noise.png", lambda f: accuracy_vs_noise_png(report, f), force=True),
     ]
+    if len({m.t_inference for m in report.models if m.t_inference is not None}) > 1:
+        written.append(write_with(folder / "accuracy_vs_time.png", lambda f: accuracy_vs_time_png(report, f),
+                                  force=True))
+    return written
 
 
 def results_csv(report: EvaluationReport) -> str:
@@ -45,13 +49,16 @@ def results_csv(report: EvaluationReport) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["model", "noise_scale", "repeats", "accuracy_mean", "accuracy_std", "ci95_low",
-                     "ci95_high", "topk_accuracy_mean", "topk_accuracy_std", "clean_accuracy"])
+                     "ci95_high", "topk_accuracy_mean", "topk_accuracy_std", "clean_accuracy", "t_inference",
+                     "drift_compensation"])
     for model in report.models:
+        compensation = "" if model.drift_compensation is None else str(model.drift_compensation).lower()
         for point in model.points:
             acc, topk = point.accuracy, point.topk
             low, high = acc.ci95 or ("", "")
             writer.writerow([model.name, point.noise_scale, len(point.accuracies), acc.mean, acc.std, low, high,
-                             topk.mean if topk else "", topk.std if topk else "", model.clean_accuracy])
+                             topk.mean if topk else "", topk.std if topk else "", model.clean_accuracy,
+                             "" if point.t_inference is None else point.t_inference, compensation])
     return buffer.getvalue()
 
 
@@ -113,6 +120,39 @@ def accuracy_vs_noise_png(report: EvaluationReport, file: BinaryIO) -> None:
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(f"accuracy under noise on {report.data.get('spec', 'data')} "
                  f"({report.settings.get('repeats')} repeats, mean ± std)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(figure, file)
+
+
+def accuracy_vs_time_png(report: EvaluationReport, file: BinaryIO) -> None:
+    """Mean accuracy against time since programming (log x) at the nominal noise level (1, or the
+    sweep's largest below it), a band of one standard deviation, one line per model and compensation."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    series: dict[tuple[str, bool | None], list] = {}
+    for model in report.models:
+        if model.t_inference is not None:
+            series.setdefault((model.model or model.name, model.drift_compensation), []).append(model)
+    levels = sorted({p.noise_scale for m in report.models for p in m.points})
+    level = max([v for v in levels if v <= 1.0] or levels[:1])
+    for (name, compensated), models in series.items():
+        models = sorted(models, key=lambda m: m.t_inference)
+        points = [next(p for p in m.points if p.noise_scale == level) for m in models]
+        times = np.array([m.t_inference for m in models])
+        mean = np.array([p.accuracy.mean for p in points])
+        std = np.array([p.accuracy.std for p in points])
+        label = _label(name) if compensated is None else f"{_label(name)}, compensation {'on' if compensated else 'off'}"
+        (line,) = ax.plot(times, mean, marker="o", markersize=3, label=label,
+                          linestyle="-" if compensated in (None, True) else "--")
+        ax.fill_between(times, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.axhline(report.chance_accuracy, color="gray", linestyle="--", linewidth=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("time since programming t_inference (s)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(f"accuracy over time on {report.data.get('spec', 'data')} at noise scale {level:g} "
+                 f"({report.settings.get('chips')} chips x {report.settings.get('reads')} reads, mean ± std)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     _save(figure, file)

@@ -36,6 +36,7 @@ class RunSettings:
     """How the Monte Carlo runs; checked once, recorded in the report."""
 
     repeats: int = 5
+    reads: int = 1  # repeats per programmed chip (repeats = chips x reads)
     seed: int | None = None  # None: a fresh random seed, recorded so the run can be repeated
     batch_size: int = 256
     top_k: int | None = 5
@@ -46,13 +47,15 @@ class RunSettings:
 
     def checked(self) -> RunSettings:
         for name, value, low in (("repeats", self.repeats, 1), ("batch_size", self.batch_size, 1),
-                                 ("workers", self.workers, 1)):
+                                 ("workers", self.workers, 1), ("reads", self.reads, 1)):
             if value < low:
                 raise AnalogError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
         if self.backend not in BACKENDS:
             raise AnalogError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}")
         if self.top_k is not None and self.top_k < 1:
             raise AnalogError(f"--top-k must be >= 1, got {self.top_k}")
+        if self.repeats % self.reads:
+            raise AnalogError(f"--repeats {self.repeats} is not a whole number of chips of {self.reads} reads")
         if self.threads is not None and self.threads < 1:
             raise AnalogError(f"--threads must be >= 1, got {self.threads}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
@@ -61,7 +64,8 @@ class RunSettings:
 
     def recorded(self) -> dict[str, Any]:
         """The settings that determine the numbers (the backend and worker count do not)."""
-        return {"repeats": self.repeats, "seed": self.seed, "batch_size": self.batch_size, "top_k": self.top_k}
+        return {"repeats": self.repeats, "chips": self.repeats // self.reads, "reads": self.reads, "seed": self.seed,
+                "batch_size": self.batch_size, "top_k": self.top_k}
 
 
 def resolve_config(config: ConfigLike) -> AnalogConfig | None:
@@ -154,7 +158,7 @@ def run_grid(variants: list[Variant], inputs: list[np.ndarray], labels: np.ndarr
              settings: RunSettings, top_k: int | None, progress: Progress | None) -> list[list[NoisePoint]]:
     """Every variant x noise level x repeat; returns the points of each variant, in noise order."""
     payload = Payload(tuple(variants), tuple(inputs), labels, settings.batch_size, top_k, settings.seed or 0,
-                      settings.threads)
+                      settings.threads, settings.reads)
     units = [Unit(v, n, r, float(scale)) for v in range(len(variants))
              for n, scale in enumerate(noise_scales) for r in range(settings.repeats)]
     counts = run_units(payload, units, backend=settings.backend, workers=settings.workers,
@@ -166,19 +170,24 @@ def run_grid(variants: list[Variant], inputs: list[np.ndarray], labels: np.ndarr
         for n, scale in enumerate(noise_scales):
             hits = [counts[Unit(v, n, r, float(scale))] for r in range(settings.repeats)]
             topk = tuple(h.topk / total for h in hits) if top_k is not None else None
+            t = variants[v].t_inference if variants[v].t_inference_input is not None else None
             row.append(NoisePoint(float(scale), tuple(h.top1 / total for h in hits), topk,
-                                  sum(h.nonfinite for h in hits)))
+                                  sum(h.nonfinite for h in hits), t, settings.reads))
         points.append(row)
     return points
 
 
-def analog_variant(target: Target, analog: onnx.ModelProto | None = None) -> Variant:
-    """The variant that runs ``analog`` (default: the target's analog model) on the target's inputs."""
+def analog_variant(target: Target, analog: onnx.ModelProto | None = None, t_inference: float | None = None,
+                   ) -> Variant:
+    """The variant that runs ``analog`` (default: the target's analog model) on the target's inputs,
+    at ``t_inference`` seconds since programming (default: the model's own)."""
     analog = analog if analog is not None else target.model.analog
     meta = read_analog_metadata(analog)
+    t_input = meta.inputs.get("t_inference") if meta.config.device.enabled else None
     return Variant(analog.SerializeToString(), target.io.input_name, target.io.output_name, target.inputs_index,
-                   meta.noise_scale_input, meta.seed_input, meta.inputs.get("chip_seed"),
-                   meta.inputs.get("t_inference"), meta.config.t_inference, fixed_batch=target.io.input_shape[0])
+                   meta.noise_scale_input, meta.seed_input, meta.inputs.get("chip_seed"), t_input,
+                   meta.config.t_inference if t_inference is None else t_inference,
+                   fixed_batch=target.io.input_shape[0])
 
 
 def data_summary(dataset: Dataset, spec: str, split: str, limit: int | None) -> dict[str, Any]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
+from analog_onnx.config import AnalogConfig
 from analog_onnx.data import Dataset
 from analog_onnx.data.preprocess import from_flags
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.backends import Progress
+from analog_onnx.evaluate.engine import Variant
 from analog_onnx.evaluate.levels import DEFAULT_NOISE_SCALES, check_times, noise_levels
 from analog_onnx.evaluate.metrics import midpoint_noise
 from analog_onnx.evaluate.models import ModelSource, model_names
@@ -24,6 +27,9 @@ from analog_onnx.evaluate.runner import (
     resolve_config,
     run_grid,
 )
+from analog_onnx.transform import transform_model
+
+COMPENSATION: dict[str, tuple[bool, ...]] = {"on": (True,), "off": (False,), "both": (True, False)}
 
 
 def evaluate(
@@ -38,6 +44,7 @@ def evaluate(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     t_inference: Sequence[float] | None = None,
+    drift_compensation: str | None = None,
     names: Sequence[str] | None = None,
     progress: Progress | None = None,
 ) -> EvaluationReport:
@@ -51,28 +58,75 @@ def evaluate(
     levels = noise_levels(noise_scales)
     settings = (settings or RunSettings()).checked()
     times = check_times(t_inference) if t_inference is not None else None
-    notes = [_time_note(times)] if times is not None else []
+    compensations = COMPENSATION[check_compensation(drift_compensation)] if drift_compensation else (None,)
     dataset, spec = read_data(data, split, limit)
     targets, inputs = prepare_targets(sources, names, resolve_config(config), dataset, from_flags(mean, std), settings)
-    notes += [note for t in targets for note in t.model.notes]
+    notes = [note for t in targets for note in t.model.notes]
+    timeless = [t.model.name for t in targets if not t.model.config.device.enabled]
+    if times is not None and timeless:
+        notes.append(_time_note(times, timeless))
+    if drift_compensation and timeless:
+        raise AnalogError(f"--drift-compensation needs a hardware config with a [device] model; "
+                          f"{', '.join(timeless)} has none")
     top_k = effective_top_k(settings, targets)
     if settings.top_k is not None and top_k is None:
         notes.append(f"top-{settings.top_k} accuracy skipped: a model has no more than {settings.top_k} classes")
-    points = run_grid([analog_variant(t) for t in targets], inputs, dataset.y, levels, settings, top_k, progress)
+    runs = [run for t in targets for run in _device_runs(t, times, compensations)]
+    points = run_grid([r.variant for r in runs], inputs, dataset.y, levels, settings, top_k, progress)
     chance = 1.0 / dataset.num_classes
-    results = tuple(_model_result(t, p, len(dataset), chance) for t, p in zip(targets, points, strict=True))
+    results = tuple(_model_result(r, p, len(dataset), chance) for r, p in zip(runs, points, strict=True))
     return EvaluationReport(
         data=data_summary(dataset, spec, split, limit),
         settings={**settings.recorded(), "top_k": top_k, "noise_scales": levels,
-                  "t_inference": times},
+                  "t_inference": times, "drift_compensation": drift_compensation},
         chance_accuracy=chance, models=results, notes=tuple(notes))
 
 
-def _model_result(target: Target, points: list, samples: int, chance: float) -> ModelResult:
+@dataclass(frozen=True)
+class DeviceRun:
+    """One model at one time since programming and one compensation setting (devices), or as it is."""
+
+    target: Target
+    variant: Variant
+    name: str
+    config: AnalogConfig
+    t_inference: float | None = None
+    drift_compensation: bool | None = None
+
+
+def check_compensation(value: str) -> str:
+    if value not in COMPENSATION:
+        raise AnalogError(f"--drift-compensation must be one of {', '.join(COMPENSATION)}, got {value!r}")
+    return value
+
+
+def _device_runs(target: Target, times: Sequence[float] | None,
+                 compensations: tuple[bool | None, ...]) -> list[DeviceRun]:
+    """The model as it is, or with devices one run per compensation setting and time."""
+    config = target.model.config
+    if not config.device.enabled:
+        return [DeviceRun(target, analog_variant(target), target.model.name, config)]
+    runs = []
+    for compensate in compensations:
+        settings = config if compensate in (None, config.device.drift_compensation) else \
+            replace(config, device=replace(config.device, drift_compensation=compensate))
+        analog = target.model.analog if settings is config else transform_model(target.model.clean, settings)
+        for t in times if times is not None else (config.t_inference,):
+            label = [f"t={t:g} s"] if times is not None and len(times) > 1 else []
+            label += [f"compensation {'on' if compensate else 'off'}"] if len(compensations) > 1 else []
+            name = f"{target.model.name} ({', '.join(label)})" if label else target.model.name
+            runs.append(DeviceRun(target, analog_variant(target, analog, t), name, settings, t,
+                                  settings.device.drift_compensation))
+    return runs
+
+
+def _model_result(run: DeviceRun, points: list, samples: int, chance: float) -> ModelResult:
+    target = run.target
     clean = target.clean.top1 / samples
     curve = [p.accuracy.mean for p in points]
     return ModelResult(
-        name=target.model.name, source=target.model.source, config=target.model.config.to_dict(),
+        name=run.name, model=target.model.name, t_inference=run.t_inference,
+        drift_compensation=run.drift_compensation, source=target.model.source, config=run.config.to_dict(),
         config_source=target.model.config_source,
         normalization=target.normalization.to_dict() if target.normalization else None,
         clean_accuracy=clean,
@@ -81,7 +135,6 @@ def _model_result(target: Target, points: list, samples: int, chance: float) -> 
         midpoint=midpoint_noise([p.noise_scale for p in points], curve, clean, chance))
 
 
-def _time_note(times: Sequence[float]) -> str:
-    return (f"t_inference {', '.join(f'{t:g}' for t in times)} s: the hardware config has no time-dependent "
-            "behaviour (no drift model exists yet), so the model was evaluated once and the result holds "
-            "for every time")
+def _time_note(times: Sequence[float], models: Sequence[str]) -> str:
+    return (f"t_inference {', '.join(f'{t:g}' for t in times)} s: the hardware config of {', '.join(models)} "
+            "has no [device] model, so nothing depends on time: evaluated once, the result holds for every time")

@@ -21,6 +21,10 @@ Ops (see ``reference.py`` for the exact definitions):
 ``MvmOutput(Y, S, noise_scale, seed) -> Z``
     The output side: additive output noise in normalized units, the ADC (clip to
     ``out_bound``, ``out_bits`` quantization), and rescaling by ``S`` and the weight scale.
+``DeviceWeights(W, noise_scale, seed, chip_seed, t_inference) -> (W_read, alpha)``
+    The weights as one read of a programmed chip sees them (conductance mapping and levels,
+    programming noise, stuck devices, drift to ``t_inference``, read noise; ``analog_onnx.devices``)
+    and the layer's drift-compensation factor.
 
 Each op is declared once in ``schema.py`` (inputs, outputs, attributes and defaults, example
 cases); the function bodies, the native library's op list, the benchmarks and the conformance

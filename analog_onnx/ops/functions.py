@@ -21,6 +21,11 @@ from onnxscript import FLOAT, INT64, script
 from onnxscript import opset13 as op
 from onnxscript.values import Opset
 
+from analog_onnx.devices.chip import MIN_READOUT
+from analog_onnx.devices.conductance import ZERO_WEIGHT
+from analog_onnx.devices.pcm import PCMDevice
+from analog_onnx.devices.reram import ReRAMDevice
+from analog_onnx.devices.streams import DEVICE_STREAM_BASE, Draw
 from analog_onnx.ops import DOMAIN, OP_NAMES, OPSET_VERSION
 from analog_onnx.ops.rng import GAMMA, KEY_HIGH, KEY_LOW
 
@@ -70,8 +75,8 @@ def SquaresPair(counter, key):
 
 
 @script(analog)
-def StreamKey(seed: INT64, stream: int):
-    """The odd key (int64 bits) of one op's stream for one run; a negative seed draws a fresh one (see rng.stream_key)."""
+def KeyOf(seed: INT64, stream: INT64):
+    """StreamKey with the stream number as a tensor."""
     # 52 fresh random bits: a Dropout mask at ratio 1/2 (its input depends on the seed, so it is never constant-folded)
     coins = op.Expand(op.Cast(seed, to=TensorProto.FLOAT), op.Constant(value_ints=[FRESH_BITS]))
     _, mask = op.Dropout(coins, op.Constant(value_float=0.5), op.Constant(value=_TRAINING))
@@ -80,13 +85,19 @@ def StreamKey(seed: INT64, stream: int):
     negative = op.Cast(op.Less(seed, op.Constant(value_int=0)), to=I64)
     one = op.Constant(value_int=1)
     base = op.Add(op.Mul(negative, fresh), op.Mul(op.Sub(one, negative), seed))
-    counter = op.Add(base, op.Mul(op.Constant(value=_GAMMA), op.Add(op.Constant(value_int=stream), one)))
+    counter = op.Add(base, op.Mul(op.Constant(value=_GAMMA), op.Add(stream, one)))
     n1 = op.Constant(value=_SHIFTS[1])
     high, _ = SquaresPair(counter, op.Constant(value=_KEY_HIGH))
     low, _ = SquaresPair(counter, op.Constant(value=_KEY_LOW))
     key = op.Add(op.Cast(op.BitShift(high, op.Constant(value=_SHIFTS[32]), direction="LEFT"), to=I64), op.Cast(low, to=I64))
     even = op.BitShift(op.BitShift(op.Cast(key, to=U64), n1, direction="RIGHT"), n1, direction="LEFT")
     return op.Add(op.Cast(even, to=I64), one)
+
+
+@script(analog)
+def StreamKey(seed: INT64, stream: int):
+    """The odd key of one op's stream for one run; a negative seed draws a fresh one (see rng.stream_key)."""
+    return KeyOf(seed, op.Constant(value_int=stream))
 
 
 @script(analog)
@@ -176,8 +187,144 @@ def MvmOutput(Y: FLOAT, S: FLOAT, noise_scale: FLOAT, seed: INT64, weight_scale:
     return op.Reshape(op.Mul(op.Flatten(adc, axis=axis), S), op.Shape(Y))
 
 
+# -- DeviceWeights: the device physics of analog_onnx/devices, step by step (see chip.py) -------------
+_PCM, _RERAM = PCMDevice(), ReRAMDevice()
+_PCM_PROG = (*_PCM.prog_coeff, 0.0, 0.0)  # padded to the five coefficients of Polynomial
+_RERAM_FITS = tuple(coefficients for _, coefficients in _RERAM.fits)
+_RERAM_TIMES = tuple(t for t, _ in _RERAM.fits)
+_DRAWS = len(Draw)
+
+
+@script(analog)
+def Polynomial(x, c0: float, c1: float, c2: float, c3: float, c4: float):
+    """c0 + c1 x + ... + c4 x^4 by Horner's rule, as devices/base.polynomial."""
+    y = op.Add(op.Mul(op.Add(op.Mul(op.Constant(value_float=c4), x), op.Constant(value_float=c3)), x), op.Constant(value_float=c2))
+    return op.Add(op.Mul(op.Add(op.Mul(y, x), op.Constant(value_float=c1)), x), op.Constant(value_float=c0))
+
+
+@script(analog)
+def DrawKey(seed: INT64, stream: int, draw: int):
+    """The key of one device draw of the layer whose op stream is `stream` (devices/streams.draw_stream)."""
+    number = op.Add(op.Add(op.Constant(value_int=DEVICE_STREAM_BASE), op.Mul(op.Constant(value_int=stream), op.Constant(value_int=_DRAWS))), op.Constant(value_int=draw))
+    return KeyOf(seed, number)
+
+
+@script(analog)
+def StandardUniforms(count: INT64, key):
+    """The first `count` U(0, 1) numbers of the stream (devices/streams.uniforms)."""
+    counters = op.Cast(op.Range(op.Constant(value_int=0), count, op.Constant(value_int=1)), to=U64)
+    bits, _ = SquaresPair(counters, key)
+    return op.Mul(op.Add(op.Cast(op.BitShift(bits, op.Constant(value=_SHIFTS[8]), direction="RIGHT"), to=TensorProto.FLOAT), op.Constant(value_float=0.5)), op.Constant(value_float=1.0 / (1 << 24)))
+
+
+@script(analog)
+def Stick(G, u, g_max: float, stuck_at_zero: float, stuck_at_gmax: float):
+    """Stuck devices: u < stuck_at_zero reads 0 uS, u < stuck_at_zero + stuck_at_gmax reads g_max (chip.stick)."""
+    zero_f = op.Constant(value_float=stuck_at_zero)
+    high = op.Where(op.Less(u, op.Add(zero_f, op.Constant(value_float=stuck_at_gmax))), op.Constant(value_float=g_max), G)
+    return op.Where(op.Less(u, zero_f), op.Constant(value_float=0.0), high)
+
+
+@script(analog)
+def ReramSigma(x, t_inference, g_max: float):
+    """ReRAMDevice.sigma_at: the fits interpolated linearly in ln t, held outside their times."""
+    t = op.Clip(t_inference, op.Constant(value_float=_RERAM_TIMES[0]), op.Constant(value_float=_RERAM_TIMES[2]))
+    p0 = Polynomial(x, c0=_RERAM_FITS[0][0], c1=_RERAM_FITS[0][1], c2=_RERAM_FITS[0][2], c3=_RERAM_FITS[0][3], c4=_RERAM_FITS[0][4])
+    p1 = Polynomial(x, c0=_RERAM_FITS[1][0], c1=_RERAM_FITS[1][1], c2=_RERAM_FITS[1][2], c3=_RERAM_FITS[1][3], c4=_RERAM_FITS[1][4])
+    p2 = Polynomial(x, c0=_RERAM_FITS[2][0], c1=_RERAM_FITS[2][1], c2=_RERAM_FITS[2][2], c3=_RERAM_FITS[2][3], c4=_RERAM_FITS[2][4])
+    one = op.Constant(value_float=1.0)
+    t1 = op.Constant(value_float=_RERAM_TIMES[1])
+    w1 = op.Div(op.Log(op.Div(t, op.Constant(value_float=_RERAM_TIMES[0]))), op.Log(op.Div(t1, op.Constant(value_float=_RERAM_TIMES[0]))))
+    w2 = op.Div(op.Log(op.Div(t, t1)), op.Log(op.Div(op.Constant(value_float=_RERAM_TIMES[2]), t1)))
+    early = op.Add(op.Mul(op.Sub(one, w1), p0), op.Mul(w1, p1))
+    late = op.Add(op.Mul(op.Sub(one, w2), p1), op.Mul(w2, p2))
+    sigma = op.Where(op.LessOrEqual(t, t1), early, late)
+    return op.Mul(sigma, op.Div(op.Constant(value_float=g_max), op.Constant(value_float=_RERAM.fit_g_max)))
+
+
+@script(analog)
+def ReadSigma(G_prog, G_now, t_inference, device: int, g_max: float, read_noise_rel: float):
+    """The read-noise sigma of each device (PCMDevice / ReRAMDevice / GenericDevice.read_noise_sigma)."""
+    ratio = op.Pow(op.Div(op.Abs(G_prog), op.Constant(value_float=g_max)), op.Constant(value_float=_PCM.read_q_exponent))
+    q_s = op.Min(op.Div(op.Constant(value_float=_PCM.read_q), op.Max(ratio, op.Constant(value_float=_PCM.read_q_range[0]))), op.Constant(value_float=_PCM.read_q_range[1]))
+    t_read = op.Constant(value_float=_PCM.t_read)
+    t = op.Add(t_inference, op.Constant(value_float=_PCM.t0))
+    growth = op.Sqrt(op.Log(op.Div(op.Add(t, t_read), op.Mul(op.Constant(value_float=2.0), t_read))))
+    pcm = op.Mul(op.Mul(op.Abs(G_now), q_s), growth)
+    generic = op.Mul(op.Constant(value_float=read_noise_rel), op.Abs(G_now))
+    device_t = op.Constant(value_int=device)
+    zero = op.Constant(value_float=0.0)
+    return op.Where(op.Equal(device_t, op.Constant(value_int=1)), pcm, op.Where(op.Equal(device_t, op.Constant(value_int=2)), op.Mul(G_now, zero), generic))
+
+
+@script(analog)
+def Readout(G, scale):
+    """The weights of a pair array [2, rows, columns]: (g+ - g-) / scale (conductance.to_weights)."""
+    return op.Div(op.Sub(op.Gather(G, op.Constant(value_int=0), axis=0), op.Gather(G, op.Constant(value_int=1), axis=0)), scale)
+
+
+@script(analog)
+def MeanAbs(X):
+    """mean |X| over all elements, at least MIN_READOUT (chip.compensation)."""
+    return op.Max(op.ReduceMean(op.Abs(X), keepdims=0), op.Constant(value_float=MIN_READOUT))
+
+
+@script(analog)
+def DeviceWeights(W: FLOAT, noise_scale: FLOAT, seed: INT64, chip_seed: INT64, t_inference: FLOAT, device: int = 1, g_max: float = 25.0, prog_noise_scale: float = 1.0, drift: int = 1, drift_scale: float = 1.0, read_noise: int = 1, read_noise_scale: float = 1.0, drift_compensation: int = 1, stuck_at_zero: float = 0.0, stuck_at_gmax: float = 0.0, prog_noise_add: float = 0.0, prog_noise_rel: float = 0.0, drift_nu: float = 0.0, drift_nu_std: float = 0.0, read_noise_rel: float = 0.0, bits: int = 0, per_channel: int = 0, stream: int = 0):
+    """(W_read, alpha): one read of chip `chip_seed` at t_inference, and the compensation factor (devices/chip.py)."""
+    gmax = op.Constant(value_float=g_max)
+    zero = op.Constant(value_float=0.0)
+    device_t = op.Constant(value_int=device)
+    is_pcm = op.Equal(device_t, op.Constant(value_int=1))
+    is_reram = op.Equal(device_t, op.Constant(value_int=2))
+    # 1. map: one scale per row of Flatten(W, per_channel), pairs [2, rows, columns], levels
+    flat = op.Flatten(W, axis=per_channel)
+    peak, _ = op.TopK(op.Abs(flat), op.Constant(value_ints=[1]), axis=1)
+    scale = op.Div(gmax, op.Max(peak, op.Constant(value_float=ZERO_WEIGHT)))
+    scaled = op.Mul(flat, scale)
+    axis0 = op.Constant(value_ints=[0])
+    pair = op.Concat(op.Unsqueeze(op.Clip(scaled, zero, gmax), axis0), op.Unsqueeze(op.Clip(op.Neg(scaled), zero, gmax), axis0), axis=0)
+    target = ClipAndRound(pair, bits=bits, bound=g_max, signed=1)
+    count = op.Size(target)
+    shape = op.Shape(target)
+    x = op.Div(target, gmax)
+    # 2. program (per chip), 3. stuck devices
+    prog_scale = op.Mul(op.Constant(value_float=prog_noise_scale), noise_scale)
+    pcm_sigma = op.Mul(Polynomial(x, c0=_PCM_PROG[0], c1=_PCM_PROG[1], c2=_PCM_PROG[2], c3=_PCM_PROG[3], c4=_PCM_PROG[4]), op.Div(gmax, op.Constant(value_float=_PCM.prog_coeff_g_max)))
+    generic_sigma = op.Add(op.Mul(op.Constant(value_float=prog_noise_add), gmax), op.Mul(op.Constant(value_float=prog_noise_rel), target))
+    sigma = op.Where(is_pcm, pcm_sigma, op.Where(is_reram, ReramSigma(x, op.Constant(value_float=_RERAM_TIMES[0]), g_max=g_max), generic_sigma))
+    z_program = op.Reshape(StandardNormals(count, DrawKey(chip_seed, stream=stream, draw=0)), shape)
+    u = op.Reshape(StandardUniforms(count, DrawKey(chip_seed, stream=stream, draw=2)), shape)
+    programmed = Stick(op.Relu(op.Add(target, op.Mul(op.Mul(prog_scale, sigma), z_program))), u, g_max=g_max, stuck_at_zero=stuck_at_zero, stuck_at_gmax=stuck_at_gmax)
+    # 4. drift to t_inference (per chip and time)
+    z_drift = op.Reshape(StandardNormals(count, DrawKey(chip_seed, stream=stream, draw=1)), shape)
+    ln_x = op.Log(op.Max(op.Div(op.Abs(target), gmax), op.Constant(value_float=_PCM.g_relative_floor)))
+    nu_mean = op.Clip(op.Add(op.Mul(op.Constant(value_float=_PCM.nu_mean[0]), ln_x), op.Constant(value_float=_PCM.nu_mean[1])), op.Constant(value_float=_PCM.nu_mean[2]), op.Constant(value_float=_PCM.nu_mean[3]))
+    nu_std = op.Clip(op.Add(op.Mul(op.Constant(value_float=_PCM.nu_std[0]), ln_x), op.Constant(value_float=_PCM.nu_std[1])), op.Constant(value_float=_PCM.nu_std[2]), op.Constant(value_float=_PCM.nu_std[3]))
+    nu_pcm = op.Abs(op.Add(nu_mean, op.Mul(nu_std, z_drift)))
+    nu_generic = op.Relu(op.Add(op.Constant(value_float=drift_nu), op.Mul(op.Constant(value_float=drift_nu_std), z_drift)))
+    nu = op.Mul(op.Where(is_pcm, nu_pcm, nu_generic), op.Constant(value_float=drift_scale))
+    t0 = op.Constant(value_float=_PCM.t0)
+    power_law = op.Mul(programmed, op.Pow(op.Div(op.Add(t_inference, t0), t0), op.Neg(nu)))
+    relaxed = op.Relu(op.Add(target, op.Mul(op.Mul(prog_scale, ReramSigma(x, t_inference, g_max=g_max)), z_drift)))
+    drifted = Stick(op.Where(is_reram, relaxed, power_law), u, g_max=g_max, stuck_at_zero=stuck_at_zero, stuck_at_gmax=stuck_at_gmax)
+    now = op.Where(op.Cast(op.Constant(value_int=drift), to=TensorProto.BOOL), drifted, programmed)
+    # 5. compensation (per chip and time), 6. read (per read)
+    read_scale = op.Mul(op.Constant(value_float=read_noise_scale), noise_scale)
+    read_sigma = op.Mul(read_scale, ReadSigma(programmed, now, t_inference, device=device, g_max=g_max, read_noise_rel=read_noise_rel))
+    reads = op.Cast(op.Constant(value_int=read_noise), to=TensorProto.BOOL)
+    z_reference = op.Reshape(StandardNormals(count, DrawKey(chip_seed, stream=stream, draw=4)), shape)
+    reference = op.Where(reads, op.Relu(op.Add(now, op.Mul(read_sigma, z_reference))), now)
+    ratio = op.Div(MeanAbs(Readout(programmed, scale)), MeanAbs(Readout(reference, scale)))
+    alpha = op.Where(op.Cast(op.Constant(value_int=drift_compensation), to=TensorProto.BOOL), ratio, op.Constant(value_float=1.0))
+    z_read = op.Reshape(StandardNormals(count, DrawKey(seed, stream=stream, draw=3)), shape)
+    read = op.Where(reads, op.Relu(op.Add(now, op.Mul(read_sigma, z_read))), now)
+    return op.Reshape(Readout(read, scale), op.Shape(W)), alpha
+
+
 PUBLIC = tuple(globals()[name] for name in OP_NAMES)  # the schema's ops, in its order
-HELPERS = (SwapHalves, SquaresPair, StreamKey, StandardNormals, RowAbsMax, ClipAndRound)
+HELPERS = (SwapHalves, SquaresPair, KeyOf, StreamKey, StandardNormals, RowAbsMax, ClipAndRound, Polynomial, DrawKey,
+           StandardUniforms, Stick, ReramSigma, ReadSigma, Readout, MeanAbs)
 
 
 def function_protos(opset: int) -> list[onnx.FunctionProto]:

@@ -128,3 +128,39 @@ def mvm_output(
     yn = y / w + (F32(noise_scale) * F32(out_noise)) * z.reshape(y.shape)
     adc = clip_and_round(yn, out_bits, out_bound, 1) * w
     return (rows(adc, axis) * scale.astype(F32)).reshape(y.shape).astype(F32)
+
+
+def device_weights(
+    w: np.ndarray,
+    noise_scale: float,
+    seed: int,
+    chip_seed: int,
+    t_inference: float,
+    *,
+    device: int = 1,
+    per_channel: int = 0,
+    bits: int = 0,
+    stream: int = 0,
+    **settings: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The weights one read of chip ``chip_seed`` sees ``t_inference`` s after programming, and the
+    layer's drift-compensation factor: ``(W_read, alpha)``, ``alpha`` to multiply the layer's output.
+
+    ``device`` indexes ``DEVICE_MODELS`` (1 pcm, 2 reram, 3 generic); the other attributes are the
+    ``[device]`` config keys (booleans as 0/1). ``per_channel=1`` maps each row of ``Flatten(W, 1)``
+    (output channels on axis 0) to its own conductance scale. The physics is ``analog_onnx.devices``.
+    """
+    from analog_onnx.devices import chip_weights  # the device physics builds on this module
+
+    config = device_config(device, settings)
+    return chip_weights(w.astype(F32), config, float(noise_scale), int(seed), int(chip_seed), float(t_inference),
+                        bits=bits, channel_axis=0 if per_channel else None, stream=stream)
+
+
+def device_config(device: int, settings: dict[str, float]):  # noqa: ANN201 (devices imports this module)
+    """The ``[device]`` section a DeviceWeights node's attributes describe."""
+    from analog_onnx.devices import DEVICE_MODELS, DeviceConfig
+
+    switches = ("drift", "read_noise", "drift_compensation")
+    return DeviceConfig(model=DEVICE_MODELS[device],
+                        **{k: bool(v) if k in switches else float(v) for k, v in settings.items()})

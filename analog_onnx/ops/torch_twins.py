@@ -199,3 +199,25 @@ def mvm_output(
         yn = yn + sigma * z
     adc = clip_and_round(yn, out_bits, out_bound, 1) * w
     return (rows(adc, axis) * scale).reshape(y.shape)
+
+
+def device_weights(w: torch.Tensor, noise_scale: float, t_inference: float, *, draws: Any = None,
+                   read: torch.Tensor | None = None, device: int = 1, per_channel: int = 0, bits: int = 0,
+                   **settings: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W_read, alpha)`` of one fresh chip and read (``draws``, a ``ChipDraws``, and ``read``, the
+    read normals, replace the torch draws): the reference's device physics on tensors, no gradient."""
+    from analog_onnx.devices import make_device
+    from analog_onnx.devices.chip import program_layer, read_weights
+    from analog_onnx.devices.torch_twins import torch_chip_draws
+    from analog_onnx.ops.reference import device_config
+
+    config = device_config(device, settings)
+    physics = make_device(config, noise_scale)
+    with torch.no_grad():
+        w = as_float32(w.detach())
+        draws = draws if draws is not None else torch_chip_draws(tuple(w.shape), device=w.device)
+        layer = program_layer(w, physics, config, draws, float(t_inference), bits=bits,
+                              channel_axis=0 if per_channel else None)
+        z = read if read is not None else torch.randn((2, *w.shape), device=w.device)
+        w_read = read_weights(layer, physics, config, z, compensated=False)
+    return w_read, torch.as_tensor(layer.alpha, dtype=torch.float32)

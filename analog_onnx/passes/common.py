@@ -11,7 +11,7 @@ from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.names import Names
 
 ROLE_KEY = "analog_onnx.role"  # node metadata: what an inserted node is for (strip reads it)
-WEIGHT_ROLES = ("weight_quant", "transpose")  # roles of nodes that act on a layer's weight
+WEIGHT_ROLES = ("weight_quant", "transpose", "device_weights")  # roles of nodes that act on a layer's weight
 
 # model metadata the transform writes (see write_metadata.py and add_controls.py)
 CONFIG_KEY = "analog_onnx.config"

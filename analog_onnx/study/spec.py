@@ -233,8 +233,7 @@ def _method(entry: Any, index: int) -> Method:
     where = f"method {name}"
     kind = _required(entry, "kind", where)
     if kind not in METHODS:
-        later = " (hardware-aware training is not in the trainer yet)" if kind == "hwa" else ""
-        raise SpecError(f"{where}: kind {kind!r} is not a training method{later}; use one of {', '.join(METHODS)}")
+        raise SpecError(f"{where}: kind {kind!r} is not a training method; use one of {', '.join(METHODS)}")
     _known(entry, {"name", "kind"} | _METHOD_FIELDS, where)
     settings = {k: v for k, v in entry.items() if k in _METHOD_FIELDS - {"preset", "config", "set"}}
     train_hardware = "none"

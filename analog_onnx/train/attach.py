@@ -23,6 +23,8 @@ from torch import nn
 from torch.nn import functional
 
 from analog_onnx.config import Forward
+from analog_onnx.devices import DeviceModel
+from analog_onnx.devices.torch_twins import hwa_weights
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import torch_twins as tw
 
@@ -54,6 +56,8 @@ class Periphery:
     level: NoiseLevel
     weights: WeightQuant | None  # the hardware's weight quantization (config.weights)
     forward: Forward | None  # DAC, output noise, ADC; None: weights only
+    device: DeviceModel | None = None  # programming noise on the weights, one fresh draw per forward pass
+    device_per_channel: bool = False  # one conductance scale per output channel (weights.per_channel)
 
 
 @dataclass
@@ -121,6 +125,9 @@ def twin_forward(module: nn.Module, twin: LayerTwin, x: torch.Tensor) -> torch.T
     peak = weight.detach().abs().amax()
     if hardware.weights is not None:
         weight = tw.quantize(weight, bits=hardware.weights.bits, dynamic=1, axis=hardware.weights.axis)
+    if hardware.device is not None and hardware.level.scale > 0:
+        weight = hwa_weights(weight, hardware.device.scaled(hardware.level.scale),
+                             channel_axis=0 if hardware.device_per_channel else None)
     f = hardware.forward
     if f is None:
         return _compute(module, x, weight, module.bias)

@@ -13,7 +13,9 @@ Each enabled effect (``analog_onnx/effects.py``) attaches its twin with one func
   pre-hook on the root module puts it on a network input;
 - weight quantization and the MVM periphery: each analog layer computes through its twin: the
   hardware's weight quantization, then ``MvmInput``, the layer without bias, ``MvmOutput``
-  (weight scale max|W| of the deployed weight) and the bias.
+  (weight scale max|W| of the deployed weight) and the bias;
+- device weights: the layer's weight gets one fresh draw of the device's programming noise per
+  forward pass (``devices.torch_twins.hwa_weights``; drift and read noise are evaluation-only).
 
 A site must be the output of a leaf module: a noise site on a functional call inside a larger
 module (``torch.relu`` in a ``forward``) cannot be hooked and is reported as an error.
@@ -30,6 +32,7 @@ from torch import nn
 
 from analog_onnx.config import AnalogConfig
 from analog_onnx.config import Noise as NoiseConfig
+from analog_onnx.devices import make_device
 from analog_onnx.effects import enabled_effects
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import torch_twins as tw
@@ -141,6 +144,15 @@ def attach_mvm_periphery(hardware: Hardware, sites: list[TwinSite]) -> None:
     """Twin of the MVM-periphery effect: DAC, output noise and ADC around each analog layer."""
     for site in sites:
         hardware.periphery(site).forward = hardware.config.forward
+
+
+def attach_device_weights(hardware: Hardware, sites: list[TwinSite]) -> None:
+    """Twin of the device effect for training: each forward pass sees the weights as a freshly
+    programmed chip holds them (programming noise, straight-through), as aihwkit's weight modifiers."""
+    device = make_device(hardware.config.device)
+    for site in sites:
+        twin = hardware.periphery(site)
+        twin.device, twin.device_per_channel = device, hardware.config.weights.per_channel
 
 
 def find_twin_sites(model: nn.Module, config: AnalogConfig, in_shape: tuple[int, ...], *,

@@ -53,7 +53,7 @@ from analog_onnx.train.pipeline import (
 from analog_onnx.train.qat import QatSpec, attach_qat
 from analog_onnx.train.zoo import build_model
 
-METHODS = ("baseline", "qat", "nit", "qat+nit")
+METHODS = ("baseline", "qat", "nit", "qat+nit", "hwa")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 EVAL_BATCH = 1024
@@ -96,7 +96,7 @@ class TrainConfig:
 
     @property
     def uses_noise(self) -> bool:
-        return self.method in ("nit", "qat+nit")
+        return self.method in ("nit", "qat+nit", "hwa")
 
     @property
     def learning_rate(self) -> float:
@@ -123,6 +123,9 @@ class TrainConfig:
         if self.uses_noise and (hardware is None or not hardware.has_noise or self.noise_scale == 0):
             raise AnalogError(f"method {self.method} trains with noise: give a hardware config with noise "
                               "(e.g. --preset hardening-additive) and a --noise-scale > 0")
+        if self.method == "hwa" and not hardware.device.enabled:
+            raise AnalogError("method hwa trains with the devices' programming noise: give a hardware config "
+                              "with a [device] model (e.g. --preset aihwkit-pcm)")
         self.qat_spec()  # validates the QAT numbers
 
 

@@ -10,12 +10,14 @@
 #include <cstring>
 #include <initializer_list>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "counter_rng.h"
+#include "device_physics.h"
 #include "ort_glue.h"
 #include "quantize.h"
 #include "row_schedule.h"
@@ -308,6 +310,101 @@ class MvmOutputEpilogueKernel : MvmOutputKernel {
   bool relu_;
 };
 
+// The weights on a chip (devices/chip.py): the programmed and drifted conductances of the last
+// (chip_seed, t_inference, noise_scale, W) are kept, so a run with the same chip and time only
+// draws its read noise; a negative chip_seed is a fresh chip on every run and is never kept.
+class DeviceWeightsKernel : Kernel {
+ public:
+  explicit DeviceWeightsKernel(const OrtKernelInfo* info)
+      : Kernel(info, "DeviceWeights", {{0, "W"}}),
+        settings_{attribute(info, "device", int64_t{1}),
+                  attribute(info, "g_max", 25.0f),
+                  attribute(info, "prog_noise_scale", 1.0f),
+                  attribute(info, "drift_scale", 1.0f),
+                  attribute(info, "read_noise_scale", 1.0f),
+                  attribute(info, "stuck_at_zero", 0.0f),
+                  attribute(info, "stuck_at_gmax", 0.0f),
+                  attribute(info, "drift", int64_t{1}) != 0,
+                  attribute(info, "read_noise", int64_t{1}) != 0,
+                  attribute(info, "drift_compensation", int64_t{1}) != 0,
+                  attribute(info, "prog_noise_add", 0.0f),
+                  attribute(info, "prog_noise_rel", 0.0f),
+                  attribute(info, "drift_nu", 0.0f),
+                  attribute(info, "drift_nu_std", 0.0f),
+                  attribute(info, "read_noise_rel", 0.0f),
+                  attribute(info, "bits", int64_t{0}),
+                  attribute(info, "per_channel", int64_t{0}) != 0,
+                  attribute(info, "stream", int64_t{0})},
+        physics_(settings_) {
+    if (settings_.device < kPcm || settings_.device > kGeneric) fail("attribute device must be 1, 2 or 3");
+  }
+
+  void compute(OrtKernelContext* context) const {
+    const InputTensor w = input_tensor(context, 0);
+    const float noise_scale = input_scalar<float>(context, 1, label_ + ": noise_scale");
+    const int64_t seed = input_scalar<int64_t>(context, 2, label_ + ": seed");
+    const int64_t chip_seed = input_scalar<int64_t>(context, 3, label_ + ": chip_seed");
+    const float t = input_scalar<float>(context, 4, label_ + ": t_inference");
+    const RowLayout layout = settings_.per_channel ? flatten(w.shape, 1) : RowLayout{1, w.shape.size};
+    const std::shared_ptr<const Entry> entry = chip(w, layout, noise_scale, chip_seed, t);
+    const ProgrammedChip& programmed = entry->chip;
+    const size_t size = w.shape.size;
+    float* out = output_tensor(context, 0, w.shape.dims);  // may share W's buffer: W was read above
+    *output_tensor(context, 1, {}) = programmed.alpha;
+    const bool reads = settings_.read_noise;
+    const uint64_t key = reads ? draw_key(seed, settings_.stream, kRead) : 0;
+    const float* now = programmed.now.data();
+    const float* sigma = programmed.read_sigma.data();
+    constexpr size_t kChunk = 16 * kBlock;  // elements per task
+    auto body = [&](size_t task) {
+      alignas(64) float plus_buffer[kBlock + 2];
+      alignas(64) float minus_buffer[kBlock + 2];
+      const size_t end = std::min(size, (task + 1) * kChunk);
+      for (size_t first = task * kChunk; first < end; first += kBlock) {
+        const size_t n = std::min(kBlock, end - first);
+        const float* z_plus = reads ? normals(key, first, n, plus_buffer) : nullptr;
+        const float* z_minus = reads ? normals(key, size + first, n, minus_buffer) : nullptr;
+        size_t row = first / programmed.columns, column = first % programmed.columns;  // no division per element
+        for (size_t i = 0; i < n; ++i) {
+          const size_t p = first + i, m = size + first + i;
+          const float plus = reads ? std::max(now[p] + sigma[p] * z_plus[i], 0.0f) : now[p];
+          const float minus = reads ? std::max(now[m] + sigma[m] * z_minus[i], 0.0f) : now[m];
+          out[p] = (plus - minus) / programmed.scale[row];
+          if (++column == programmed.columns) column = 0, ++row;
+        }
+      }
+    };
+    parallel_for(context, (size + kChunk - 1) / kChunk, body);
+  }
+
+ private:
+  struct Entry {
+    int64_t chip_seed;
+    float t, noise_scale;
+    std::vector<float> weights;
+    ProgrammedChip chip;
+  };
+
+  std::shared_ptr<const Entry> chip(const InputTensor& w, const RowLayout& layout, float noise_scale,
+                                    int64_t chip_seed, float t) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const bool same = cached_ != nullptr && chip_seed >= 0 && cached_->chip_seed == chip_seed && cached_->t == t &&
+                      cached_->noise_scale == noise_scale && cached_->weights.size() == w.shape.size &&
+                      std::equal(w.data, w.data + w.shape.size, cached_->weights.begin());
+    if (same) return cached_;
+    auto entry = std::make_shared<Entry>(Entry{chip_seed, t, noise_scale, std::vector<float>(w.data, w.data + w.shape.size),
+                                               physics_.program(w.data, layout.rows, layout.length, noise_scale,
+                                                                chip_seed, t)});
+    if (chip_seed >= 0) cached_ = entry;
+    return entry;
+  }
+
+  DeviceSettings settings_;
+  DevicePhysics physics_;
+  mutable std::mutex mutex_;
+  mutable std::shared_ptr<const Entry> cached_;
+};
+
 // Runs f, turning a C++ exception into an OrtStatus for onnxruntime.
 template <typename F>
 OrtStatus* guarded(F&& f) {
@@ -317,6 +414,18 @@ OrtStatus* guarded(F&& f) {
   } catch (const std::exception& error) {
     return g_api->CreateStatus(ORT_INVALID_ARGUMENT, error.what());
   }
+}
+
+// Declares output `index` a float32 scalar (DeviceWeights' alpha), so the layer output it scales
+// keeps its inferred shape.
+void set_scalar_output(OrtShapeInferContext* context, size_t index) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  check(g_api->CreateTensorTypeAndShapeInfo(&info));
+  OrtStatus* status = g_api->SetTensorElementType(info, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (status == nullptr) status = g_api->SetDimensions(info, nullptr, 0);
+  if (status == nullptr) status = g_api->ShapeInferContext_SetOutputTypeShape(context, index, info);
+  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  check(status);
 }
 
 // One op of the domain: the OrtCustomOp table onnxruntime reads, plus our names and types.
@@ -352,11 +461,12 @@ OpSpec make_op(const char* name, std::vector<ONNXTensorElementDataType> inputs,
   };
   spec.KernelDestroy = [](void* kernel) { delete static_cast<K*>(kernel); };
   // The first output has the first input's shape; the type onnxruntime already takes from the inputs.
-  spec.InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* context) {
+  spec.InferOutputShapeFn = [](const OrtCustomOp* op, OrtShapeInferContext* context) {
     return guarded([&] {
       OrtTensorTypeAndShapeInfo* input = nullptr;  // owned by the context
       check(g_api->ShapeInferContext_GetInputTypeShape(context, 0, &input));
       check(g_api->ShapeInferContext_SetOutputTypeShape(context, 0, input));
+      if (std::string(spec_of(op).op_name) == "DeviceWeights") set_scalar_output(context, 1);
     });
   };
   // Every kernel reads an element (or its whole row) before writing the same element, so the
@@ -389,6 +499,7 @@ std::vector<OpSpec>& op_table() {
       make_op<QuantizeKernel>("Quantize", {kAny}, {kAny}),
       make_op<MvmInputKernel>("MvmInput", {kAny}, {kAny, kAny}),
       make_op<MvmOutputKernel>("MvmOutput", {kAny, kAny, kFloat, kInt64}, {kAny}),
+      make_op<DeviceWeightsKernel>("DeviceWeights", {kAny, kFloat, kInt64, kInt64, kFloat}, {kAny, kFloat}),
       make_op<MvmOutputEpilogueKernel>("MvmOutputEpilogue", {kAny, kAny, kFloat, kInt64, kFloat, kFloat}, {kAny}),
   };
   return ops;

@@ -1,0 +1,105 @@
+"""Pass: the weights of analog layers are conductances on a chip (``[device]``, "mvm" placement).
+
+Rule, for each analog layer with a constant weight among ``find_sites`` under the config
+(restricted to ``only`` when given), in graph order:
+
+1. The weight goes through ``ai.analog.DeviceWeights`` (mapping to conductance pairs, levels for
+   ``weights.bits``, programming, stuck devices, drift, read noise), which reads the
+   ``noise_scale``, ``seed``, ``chip_seed`` and ``t_inference`` controls; the layer reads ``W_read``.
+2. With ``weights.per_channel`` each output channel has its own conductance scale; output channels
+   not on axis 0 (MatMul, Gemm without transB, ConvTranspose) are brought there by a Transpose
+   and back after.
+3. With ``drift_compensation`` the layer's output is multiplied by the op's ``alpha`` after the ADC
+   and before the digital bias, as aihwkit's global drift compensation scales the tile's digital
+   output: through the rescaling input ``S`` of the layer's ``MvmOutput``, or by a Mul after a
+   layer without one.
+4. Each layer draws its own streams, keyed by the op's ``stream``: the next free one, in site order.
+5. The original initializer stays untouched, so ``strip`` gives it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import onnx_ir as ir
+
+from analog_onnx.config import AnalogConfig
+from analog_onnx.devices import DEVICE_MODELS, GENERIC_KEYS
+from analog_onnx.passes.common import analog_node, control_inputs, next_stream, splice_after, tag
+from analog_onnx.passes.names import Names
+from analog_onnx.passes.quantize_weights import channel_axis
+from analog_onnx.passes.sites import WEIGHT_INPUT, Site, find_sites
+
+CONTROLS = ("noise_scale", "seed", "chip_seed", "t_inference")
+
+
+def device_attributes(config: AnalogConfig) -> dict[str, int | float]:
+    """The DeviceWeights attributes ``config`` describes (booleans as 0/1), stream and layout aside."""
+    d = config.device
+    keys = ("g_max", "prog_noise_scale", "drift", "drift_scale", "read_noise", "read_noise_scale",
+            "drift_compensation", "stuck_at_zero", "stuck_at_gmax", *GENERIC_KEYS)
+    values = {key: int(v) if isinstance(v := getattr(d, key), bool) else v for key in keys}
+    return {"device": DEVICE_MODELS.index(d.model), **values, "bits": config.weights.bits}
+
+
+class InsertDeviceWeightsPass(ir.passes.InPlacePass):
+    def __init__(self, config: AnalogConfig, only: Collection[str] | None = None) -> None:
+        super().__init__()
+        self.config, self.only = config, only
+
+    def requires(self, model: ir.Model) -> None:
+        control_inputs(model, CONTROLS)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        sites = [s for s in find_sites(graph, self.config, self.only) if s.weight is not None]
+        controls, names, first = control_inputs(model, CONTROLS), Names(model), next_stream(graph)
+        for index, site in enumerate(sites):
+            self._place(graph, site, controls, names, first + index)
+        return ir.passes.PassResult(model, modified=bool(sites))
+
+    def _place(self, graph: ir.Graph, site: Site, controls: list[ir.Value], names: Names, stream: int) -> None:
+        node, index = site.node, WEIGHT_INPUT[site.op_type]
+        axis = channel_axis(node, site.weight.ndim) if self.config.weights.per_channel else None
+        perm = None
+        if axis:
+            perm = list(range(site.weight.ndim))
+            perm[0], perm[axis] = axis, 0
+        attributes = {**device_attributes(self.config), "per_channel": int(axis is not None), "stream": stream}
+        chain: list[ir.Node] = []
+        source = node.inputs[index]
+        if perm:
+            chain.append(tag(ir.node("Transpose", [source], {"perm": perm}, name=names.node(f"{site.name}/analog_dt")),
+                             "transpose"))
+            source = chain[-1].outputs[0]
+        device = analog_node("DeviceWeights", [source, *controls], attributes, num_outputs=2,
+                             name=names.node(f"{site.name}/analog_device"), role="device_weights")
+        device.outputs[1].name = names.value(f"{site.name}/analog_alpha")
+        chain.append(device)
+        if perm:
+            chain.append(tag(ir.node("Transpose", [device.outputs[0]], {"perm": perm},
+                                     name=names.node(f"{site.name}/analog_dt_back")), "transpose"))
+        for i, step in enumerate(chain):
+            step.outputs[0].name = names.value(f"{site.name}/analog_dw{i}")
+        graph.insert_before(node, chain)
+        node.replace_input_with(index, chain[-1].outputs[0])
+        if self.config.device.drift_compensation:
+            self._compensate(graph, site, device.outputs[1], names)
+
+    @staticmethod
+    def _compensate(graph: ir.Graph, site: Site, alpha: ir.Value, names: Names) -> None:
+        """Scale the layer's output by ``alpha``: through its MvmOutput's rescaling input ``S`` when it
+        has one (``ADC(.) * w * (S * alpha)``: after the ADC, one multiply per row, and the output
+        chain stays fusable), else by a Mul after the layer."""
+        output = site.node.outputs[0]
+        periphery = [user for user, _ in output.uses() if user.op_type == "MvmOutput"]
+        name = names.node(f"{site.name}/analog_compensation")
+        if periphery:
+            mvm_out = periphery[0]
+            scale = tag(ir.node("Mul", [mvm_out.inputs[1], alpha], name=name), "drift_compensation")
+            scale.outputs[0].name = names.value(name)
+            graph.insert_before(mvm_out, scale)
+            mvm_out.replace_input_with(1, scale.outputs[0])
+            return
+        scale = tag(ir.node("Mul", [output, alpha], name=name), "drift_compensation")
+        splice_after(graph, output, scale, names)
