@@ -142,7 +142,9 @@ def accuracy_vs_time_png(report: EvaluationReport, file: BinaryIO) -> None:
         times = np.array([m.t_inference for m in models])
         mean = np.array([p.accuracy.mean for p in points])
         std = np.array([p.accuracy.std for p in points])
-        label = _label(name) if compensated is None else f"{_label(name)}, compensation {'on' if compensated else 'off'}"
+        label = _label(name)
+        if compensated is not None:
+            label += f", compensation {'on' if compensated else 'off'}"
         (line,) = ax.plot(times, mean, marker="o", markersize=3, label=label,
                           linestyle="-" if compensated in (None, True) else "--")
         ax.fill_between(times, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
