@@ -47,8 +47,10 @@ def test_function_bodies_load_and_draw_at_every_opset(opset):
             continue
         analog = transform_model(conv_mlp(opset, np.random.default_rng(opset)), config)
         session = make_session(analog, native=False)
-        seed = read_analog_metadata(analog).seed_input
-        runs = {s: [session.run(None, {"x": x, seed: np.array(s, np.int64)})[0] for _ in range(2)] for s in (7, -1)}
+        inputs = read_analog_metadata(analog).inputs
+        seeds = [inputs["seed"], inputs["chip_seed"]]  # per read and per chip (device presets)
+        runs = {s: [session.run(None, {"x": x, **{name: np.array(s, np.int64) for name in seeds}})[0]
+                    for _ in range(2)] for s in (7, -1)}
         np.testing.assert_array_equal(*runs[7])
         assert not np.array_equal(*runs[-1]), preset
 
@@ -78,7 +80,8 @@ def test_transformed_models_run_on_older_onnxruntime(side, opset, tmp_path):
         for scale in (0.0, 1.0) if noisy else (None,):
             feeds = {"x": x}
             if noisy:
-                feeds |= {meta.noise_scale_input: np.array(scale, np.float32), meta.seed_input: np.array(7, np.int64)}
+                feeds |= {meta.noise_scale_input: np.array(scale, np.float32), meta.seed_input: np.array(7, np.int64),
+                          meta.inputs["chip_seed"]: np.array(7, np.int64)}
             there = run_side(side, path, feeds, tmp_path)[0]
             want = here.run(None, feeds)[0]
             # same graph, same counter-based stream: only libm's log/sin/cos may differ in the last bit

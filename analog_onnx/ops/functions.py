@@ -212,7 +212,7 @@ def DrawKey(seed: INT64, stream: int, draw: int):
 @script(analog)
 def StandardUniforms(count: INT64, key):
     """The first `count` U(0, 1) numbers of the stream (devices/streams.uniforms)."""
-    counters = op.Cast(op.Range(op.Constant(value_int=0), count, op.Constant(value_int=1)), to=U64)
+    counters = op.Range(op.Constant(value_int=0), count, op.Constant(value_int=1))
     bits, _ = SquaresPair(counters, key)
     return op.Mul(op.Add(op.Cast(op.BitShift(bits, op.Constant(value=_SHIFTS[8]), direction="RIGHT"), to=TensorProto.FLOAT), op.Constant(value_float=0.5)), op.Constant(value_float=1.0 / (1 << 24)))
 
@@ -279,7 +279,7 @@ def DeviceWeights(W: FLOAT, noise_scale: FLOAT, seed: INT64, chip_seed: INT64, t
     is_reram = op.Equal(device_t, op.Constant(value_int=2))
     # 1. map: one scale per row of Flatten(W, per_channel), pairs [2, rows, columns], levels
     flat = op.Flatten(W, axis=per_channel)
-    peak, _ = op.TopK(op.Abs(flat), op.Constant(value_ints=[1]), axis=1)
+    peak, _ = op.TopK(op.Abs(flat), op.Constant(value=_ONE_K), axis=1)
     scale = op.Div(gmax, op.Max(peak, op.Constant(value_float=ZERO_WEIGHT)))
     scaled = op.Mul(flat, scale)
     axis0 = op.Constant(value_ints=[0])
