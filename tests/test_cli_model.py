@@ -15,23 +15,6 @@ import pytest
 from onnx import TensorProto, numpy_helper
 from onnx import helper as h
 
-from analog_onnx.cli import main
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``analog-onnx ARGS`` in this process; returns (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["analog-onnx", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
 
 @pytest.fixture
 def model_file(tmp_path: Path, exported_models) -> Path:
@@ -44,45 +27,45 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_transform_inspect_strip_round_trip(capsys, model_file, tmp_path):
-    code, out, _ = cli(capsys, "transform", model_file, "--preset", "aihwkit-default", "--set", "out_noise=0.04")
+def test_transform_inspect_strip_round_trip(run_cli, model_file, tmp_path):
+    code, out, _ = run_cli("transform", model_file, "--preset", "aihwkit-default", "--set", "out_noise=0.04")
     assert code == 0 and "MvmOutput" in out
     analog = tmp_path / "cnn.analog.onnx"
     onnx.checker.check_model(str(analog), full_check=True)
     assert analog.stat().st_mode & 0o044 == model_file.stat().st_mode & 0o044  # not made private
 
-    code, out, _ = cli(capsys, "inspect", analog, "--json")
+    code, out, _ = run_cli("inspect", analog, "--json")
     info = json.loads(out)
     assert info["transformed"] and info["config"]["forward"]["out_noise"] == 0.04
     assert info["inserted_ops"]["MvmOutput"] == len(info["sites"]) == 3
 
-    code, out, _ = cli(capsys, "inspect", model_file, "--json")
+    code, out, _ = run_cli("inspect", model_file, "--json")
     assert [layer["op_type"] for layer in json.loads(out)["analog_layers"]] == ["Conv", "Conv", "Gemm"]
 
-    code, _, _ = cli(capsys, "strip", analog, "-o", tmp_path / "back.onnx")
+    code, _, _ = run_cli("strip", analog, "-o", tmp_path / "back.onnx")
     assert code == 0
     back, original = onnx.load(tmp_path / "back.onnx"), onnx.load(model_file)
     assert [n.op_type for n in back.graph.node] == [n.op_type for n in original.graph.node]
 
 
-def test_presets_lists_and_shows_toml(capsys):
-    code, out, _ = cli(capsys, "presets")
+def test_presets_lists_and_shows_toml(run_cli):
+    code, out, _ = run_cli("presets")
     assert code == 0 and "hardening-additive" in out and "aihwkit-default" in out
-    code, out, _ = cli(capsys, "presets", "aihwkit-default")
+    code, out, _ = run_cli("presets", "aihwkit-default")
     assert code == 0 and "out_noise = 0.06" in out and "inp_bits = 7" in out
 
 
-def test_config_file_and_placement_flags(capsys, model_file, tmp_path):
+def test_config_file_and_placement_flags(run_cli, model_file, tmp_path):
     config = tmp_path / "chip.toml"
     config.write_text('name = "chip"\n[placement]\nwhere = "mvm"\n[forward]\nout_noise = 0.1\n')
     out_path = tmp_path / "out.onnx"
-    code, out, err = cli(capsys, "transform", model_file, "-o", out_path, "--config", config, "--keep-last-digital")
+    code, out, err = run_cli("transform", model_file, "-o", out_path, "--config", config, "--keep-last-digital")
     assert code == 0, err
-    sites = json.loads(cli(capsys, "inspect", out_path, "--json")[1])["sites"]
+    sites = json.loads(run_cli("inspect", out_path, "--json")[1])["sites"]
     assert len(sites) == 2 and not any("Gemm" in s for s in sites)
 
 
-def test_external_data_models(capsys, tmp_path, rng):
+def test_external_data_models(run_cli, tmp_path, rng):
     weight = rng.standard_normal((64, 32)).astype(np.float32)
     graph = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "big",
                          [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
@@ -95,7 +78,7 @@ def test_external_data_models(capsys, tmp_path, rng):
     before = digest(source / "big.weights")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    code, _, err = cli(capsys, "transform", source / "big.onnx", "-o", out_dir / "analog.onnx", "-p", "aihwkit-default")
+    code, _, err = run_cli("transform", source / "big.onnx", "-o", out_dir / "analog.onnx", "-p", "aihwkit-default")
     assert code == 0, err
     assert (out_dir / "analog.onnx.data").exists() and digest(source / "big.weights") == before
     session = ort.InferenceSession(str(out_dir / "analog.onnx"), providers=["CPUExecutionProvider"])
@@ -106,7 +89,7 @@ def test_external_data_models(capsys, tmp_path, rng):
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "not_onnx", "unknown_preset", "unknown_key", "same_as_input",
                                   "exists", "bad_regex", "strip_plain"])
-def test_bad_input_is_one_line_exit_2_and_nothing_written(capsys, case, model_file, tmp_path):
+def test_bad_input_is_one_line_exit_2_and_nothing_written(run_cli, case, model_file, tmp_path):
     out_path = tmp_path / "out.onnx"
     args = ["transform", model_file, "-o", out_path]
     if case == "missing":
@@ -130,7 +113,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(capsys, case, model_fi
     elif case == "strip_plain":
         args = ["strip", model_file, "-o", out_path]
     before = digest(model_file)
-    code, _, err = cli(capsys, *args)
+    code, _, err = run_cli(*args)
     assert code == 2
     assert err.startswith("analog-onnx: error:") and err.count("\n") == 1, err
     assert "Traceback" not in err

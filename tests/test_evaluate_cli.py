@@ -11,8 +11,6 @@ import onnx
 import pytest
 from helpers import digits_mlp
 
-from analog_onnx.cli import main
-
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
@@ -21,16 +19,8 @@ def model_file(tmp_path_factory) -> Path:
     return path
 
 
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["analog-onnx", *map(str, args)])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    out, err = capsys.readouterr()
-    return stop.value.code or 0, out, err
-
-
-def test_evaluate_writes_the_report(monkeypatch, capsys, model_file, tmp_path):
-    code, out, err = cli(monkeypatch, capsys, "evaluate", model_file, "--data", "digits", "--preset",
+def test_evaluate_writes_the_report(run_cli, model_file, tmp_path):
+    code, out, err = run_cli("evaluate", model_file, "--data", "digits", "--preset",
                          "hardening-additive", "--noise-scales", "0,0.3,1", "--repeats", "2", "--seed", "0",
                          "--out", tmp_path / "res", "--t-inference", "1,3600")
     assert code == 0, err
@@ -40,8 +30,8 @@ def test_evaluate_writes_the_report(monkeypatch, capsys, model_file, tmp_path):
     assert {p.name for p in (tmp_path / "res").iterdir()} == {"report.json", "results.csv", "accuracy_vs_noise.png"}
 
 
-def test_sensitivity_writes_json_and_plot(monkeypatch, capsys, model_file, tmp_path):
-    code, out, err = cli(monkeypatch, capsys, "sensitivity", model_file, "--data", "digits", "--preset",
+def test_sensitivity_writes_json_and_plot(run_cli, model_file, tmp_path):
+    code, out, err = run_cli("sensitivity", model_file, "--data", "digits", "--preset",
                          "hardening-additive", "--noise-scale", "0.3", "--repeats", "1", "--seed", "0",
                          "--out", tmp_path / "sens")
     assert code == 0, err
@@ -65,22 +55,22 @@ def test_sensitivity_writes_json_and_plot(monkeypatch, capsys, model_file, tmp_p
     (["--data", "digits", "--preset", "nope"], "unknown preset 'nope'"),
     (["--data", "digits", "--preset", "ideal", "--mean", "x"], "--mean expects comma-separated numbers"),
 ])
-def test_mistakes_are_one_line_and_exit_2(monkeypatch, capsys, model_file, args, message):
-    code, out, err = cli(monkeypatch, capsys, "evaluate", model_file, *args)
+def test_mistakes_are_one_line_and_exit_2(run_cli, model_file, args, message):
+    code, out, err = run_cli("evaluate", model_file, *args)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("analog-onnx: error: ") and message in err
 
 
-def test_bad_data_file_is_exit_2(monkeypatch, capsys, model_file, tmp_path):
+def test_bad_data_file_is_exit_2(run_cli, model_file, tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"garbage")
-    code, _, err = cli(monkeypatch, capsys, "evaluate", model_file, "--data", f"npz:{tmp_path / 'bad.npz'}",
+    code, _, err = run_cli("evaluate", model_file, "--data", f"npz:{tmp_path / 'bad.npz'}",
                        "--preset", "hardening-additive")
     assert code == 2 and "not a readable .npz archive" in err and err.count("\n") == 1
 
 
-def test_non_empty_out_is_refused_before_any_work(monkeypatch, capsys, model_file, tmp_path):
+def test_non_empty_out_is_refused_before_any_work(run_cli, model_file, tmp_path):
     (tmp_path / "old.txt").write_text("x")
-    code, out, err = cli(monkeypatch, capsys, "evaluate", model_file, "--data", "digits", "--preset",
+    code, out, err = run_cli("evaluate", model_file, "--data", "digits", "--preset",
                          "hardening-additive", "--out", tmp_path)
     assert code == 2 and "pass --force" in err and out == ""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 
 pytest.importorskip("torch")
 
-from analog_onnx.cli import main  # noqa: E402
 from analog_onnx.study import cells, collect, load_spec, run_study, write_report  # noqa: E402
 from analog_onnx.study.spec import SpecError, cell_key, parse_spec  # noqa: E402
 from analog_onnx.train import trainer as trainer_module  # noqa: E402
@@ -54,14 +52,6 @@ def _spec(tmp_path: Path, text: str = TINY, name: str = "tiny.toml"):
     path = tmp_path / name
     path.write_text(text)
     return load_spec(path)
-
-
-def cli(monkeypatch, capsys, *args: object) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["analog-onnx", *map(str, args)])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    out, err = capsys.readouterr()
-    return stop.value.code or 0, out, err
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +100,10 @@ def _no_work(monkeypatch) -> None:
     (('data = "digits"', 'data = "digitz"'), "[study] data: unknown data 'digitz'"),
     (('preset = "hardening-additive"', 'preset = "hardening-additive"\nconfig = "x.toml"'), "not both"),
 ])
-def test_a_bad_spec_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, change, message) -> None:
+def test_a_bad_spec_is_one_line_and_exit_2(run_cli, tmp_path, change, message) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(TINY.replace(*change, 1))
-    code, out, err = cli(monkeypatch, capsys, "study", path, "--out", tmp_path / "out")
+    code, out, err = run_cli("study", path, "--out", tmp_path / "out")
     assert code == 2
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists()  # nothing written for a bad spec
@@ -247,14 +237,14 @@ def test_a_seed_without_midpoint_leaves_the_mean_and_comparison_undecided(tmp_pa
     assert results.comparisons[0].verdict == "no midpoint"
 
 
-def test_the_report_is_written_again_from_a_finished_folder(monkeypatch, capsys, finished, tmp_path) -> None:
+def test_the_report_is_written_again_from_a_finished_folder(run_cli, monkeypatch, finished, tmp_path) -> None:
     out = _copy(finished, tmp_path)
     before = (out / "study.json").read_text()
     for name in ("study.json", "study.csv", "summary.md"):
         (out / name).unlink()
     shutil.rmtree(out / "figures")
     _no_work(monkeypatch)
-    code, stdout, err = cli(monkeypatch, capsys, "study", out, "--report")
+    code, stdout, err = run_cli("study", out, "--report")
     assert code == 0, err
     assert (out / "study.json").read_text() == before
     csv_lines = (out / "study.csv").read_text().splitlines()
@@ -268,20 +258,20 @@ def test_the_report_is_written_again_from_a_finished_folder(monkeypatch, capsys,
 
 
 # -- CLI ---------------------------------------------------------------------------------------
-def test_the_cli_runs_a_study_and_a_rerun_only_reports(monkeypatch, capsys, tmp_path) -> None:
+def test_the_cli_runs_a_study_and_a_rerun_only_reports(run_cli, tmp_path) -> None:
     path = tmp_path / "one.toml"
     path.write_text(TINY.replace("seeds = [0, 1]", "seeds = [0]").replace("epochs = 2", "epochs = 1"))
-    code, out, err = cli(monkeypatch, capsys, "study", path, "--out", tmp_path / "s")
+    code, out, err = run_cli("study", path, "--out", tmp_path / "s")
     assert code == 0, err
     assert "2 trained, 2 evaluated, 0 cells already done" in out
     assert (tmp_path / "s" / "study.toml").read_text() == path.read_text()
-    code, out, err = cli(monkeypatch, capsys, "study", tmp_path / "s")  # the folder alone names the study
+    code, out, err = run_cli("study", tmp_path / "s")  # the folder alone names the study
     assert code == 0, err
     assert "0 trained, 0 evaluated, 4 cells already done" in out
 
 
-def test_the_cli_refuses_a_folder_that_is_not_a_study(monkeypatch, capsys, tmp_path) -> None:
-    code, _, err = cli(monkeypatch, capsys, "study", tmp_path, "--report")
+def test_the_cli_refuses_a_folder_that_is_not_a_study(run_cli, tmp_path) -> None:
+    code, _, err = run_cli("study", tmp_path, "--report")
     assert code == 2 and "has no study.toml" in err and err.count("\n") == 1
 
 
