@@ -50,6 +50,8 @@ def feeds_for(op: OpSchema, attributes: dict, shape: tuple[int, ...], rng: np.ra
     x = (rng.standard_normal(shape) * 2).astype(np.float32)
     x[0] = 0.0  # an all-zero row must not divide by zero
     feeds = {op.inputs[0]: x}
+    if "W" in op.inputs:  # a layer's weight [outputs, inputs]
+        feeds["W"] = (rng.standard_normal((7, shape[-1])) * 0.5).astype(np.float32)
     if "S" in op.inputs:
         feeds["S"] = rng.uniform(0.5, 2.0, (ref.rows(x, attributes.get("axis", 1)).shape[0], 1)).astype(np.float32)
     if "seed" in op.inputs:
@@ -85,6 +87,8 @@ def run_twin(op: OpSchema, attributes: dict, args: list[np.ndarray]) -> tuple | 
         both = bool(attributes.get("sigma_add")) and bool(attributes.get("sigma_mul"))
         z1, z2 = (torch.from_numpy(z.reshape(args[0].shape)) for z in noise_normals(key, size, both))
         return twin(*tensors, NOISE_SCALE, normals=(z1, z2), **settings)
+    if op.name == "AnalogTile":  # more draws than elements: a prefix of a long enough stream
+        size = attributes.get("bm_rounds", 1) * args[0].size * args[1].shape[0]
     return twin(*tensors, NOISE_SCALE, normals=torch.from_numpy(normals(key, size)), **settings)
 
 
@@ -96,13 +100,18 @@ CASES = [pytest.param(op, attributes, id=f"{op.name}-{label}")
 @pytest.mark.parametrize("implementation", ["function", NATIVE, "twin"])
 @pytest.mark.parametrize(("op", "attributes"), CASES)
 def test_every_implementation_computes_the_reference(op, attributes, implementation, shape, rng):
+    if implementation == "native" and not op.native:
+        pytest.skip(f"{op.name} has no native kernel: native sessions run its function body")
     feeds = feeds_for(op, attributes, shape, rng)
     want = run("reference", op, attributes, feeds)
     got = run(implementation, op, attributes, feeds)
     assert len(got) == len(want) == len(op.outputs)
     for g, w in zip(got, want, strict=True):
         assert g.dtype == np.float32 and g.shape == w.shape
-        if implementation == "twin" or not op.is_random(attributes):
+        if op.product:  # summation order differs: float tolerance, a rare ADC step or bound-management round
+            close = np.isclose(g, w, rtol=1e-4, atol=1e-4)
+            assert close.mean() > 0.99 and np.abs(g - w).max() < 0.1 * np.abs(w).max() + 1e-3
+        elif implementation == "twin" or not op.is_random(attributes):
             np.testing.assert_array_equal(g, w)
         elif "out_bits" not in attributes:
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
@@ -375,3 +384,37 @@ def test_twin_half_precision_inputs_compute_in_float32() -> None:
     x = torch.randn(4, 6).half()
     assert tw.noise(x, 1.0, sigma_add=0.1).dtype == torch.float32
     assert tw.quantize(x, bits=4, dynamic=1).dtype == torch.float32
+
+
+# -- the analog tile ------------------------------------------------------------------------------
+@pytest.mark.parametrize("implementation", ["reference", "function", "twin"])
+def test_tile_bound_management_rescues_only_the_saturated_vector(implementation):
+    w = np.ones((1, 4), np.float32)
+    x = np.array([[3, 3, 3, 3], [1, 1, 1, 1], [-5, -5, -5, -5]], np.float32)
+    attributes = {"noise_management": 0, "inp_bound": 8.0, "out_bound": 10.0, "max_input_size": 4}
+    feeds = {"X": x, "W": w, **controls(0.0, 1)}
+    clipped = run(implementation, SCHEMAS["AnalogTile"], attributes, feeds)[0]
+    np.testing.assert_array_equal(clipped, [[10], [4], [-10]])
+    managed = run(implementation, SCHEMAS["AnalogTile"], {**attributes, "bm_rounds": 3}, feeds)[0]
+    np.testing.assert_array_equal(managed, [[12], [4], [-20]])  # rounds at 1/2 and 1/4 (the last)
+
+
+@pytest.mark.parametrize("implementation", ["function", "twin"])
+def test_tile_is_exact_at_zero_noise_on_exact_sums(implementation, rng):
+    """Integer data: every product and sum is exact, so tiles, mapping, DAC, ADC and bound
+    management agree bit for bit whatever the summation order."""
+    x = rng.integers(-4, 5, (9, 2, 37)).astype(np.float32)
+    w = rng.integers(-2, 3, (11, 37)).astype(np.float32)
+    attributes = {"noise_management": 0, "inp_bits": 4, "inp_bound": 7.0, "out_bits": 6, "out_bound": 31.0,
+                  "bm_rounds": 4, "max_input_size": 10, "max_output_size": 4, "weight_scaling_omega": 2.0,
+                  "weight_scaling_columnwise": 1}
+    feeds = {"X": x, "W": w, **controls(0.0, 1)}
+    want = run("reference", SCHEMAS["AnalogTile"], attributes, feeds)[0]
+    np.testing.assert_array_equal(run(implementation, SCHEMAS["AnalogTile"], attributes, feeds)[0], want)
+
+
+def test_tile_splits_like_aihwkit():
+    assert ref.split_sizes(1024, 512) == [512, 512]
+    assert ref.split_sizes(576, 512) == [288, 288]
+    assert ref.split_sizes(1030, 512) == [344, 343, 343]
+    assert ref.split_sizes(100, 0) == [100]

@@ -38,3 +38,4 @@ from analog_onnx.ops.schema import OPS  # noqa: E402 (the schema needs nothing f
 
 OP_NAMES = tuple(op.name for op in OPS if not op.native_only)
 NATIVE_ONLY_OPS = tuple(op.name for op in OPS if op.native_only)
+NATIVE_OPS = tuple(op.name for op in OPS if op.native)  # the native library's ops, in its order

@@ -33,7 +33,15 @@ from analog_onnx.config import Noise as NoiseConfig
 from analog_onnx.effects import enabled_effects
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import torch_twins as tw
-from analog_onnx.train.attach import NoiseLevel, Periphery, TwinHook, WeightQuant, layer_twin
+from analog_onnx.train.attach import (
+    NoiseLevel,
+    Periphery,
+    TwinHook,
+    WeightQuant,
+    is_tile_module,
+    layer_twin,
+    tile_settings,
+)
 from analog_onnx.train.export import to_onnx
 from analog_onnx.train.qat import QatSpec
 from analog_onnx.transform import analog_sites
@@ -137,10 +145,19 @@ def attach_weight_quantization(hardware: Hardware, sites: list[TwinSite]) -> Non
         hardware.periphery(site).weights = WeightQuant(w.bits, 1 if w.per_channel else 0)
 
 
-def attach_mvm_periphery(hardware: Hardware, sites: list[TwinSite]) -> None:
-    """Twin of the MVM-periphery effect: DAC, output noise and ADC around each analog layer."""
+def attach_analog_tile(hardware: Hardware, sites: list[TwinSite]) -> None:
+    """Twin of the analog-tile effect: Linear and Conv2d layers compute through ``AnalogTile``."""
+    settings = tile_settings(hardware.config)
     for site in sites:
-        hardware.periphery(site).forward = hardware.config.forward
+        if site.op_type != "Input" and is_tile_module(hardware.model.get_submodule(site.module)):
+            hardware.periphery(site).tile = settings
+
+
+def attach_mvm_periphery(hardware: Hardware, sites: list[TwinSite]) -> None:
+    """Twin of the MVM-periphery effect: DAC, output noise and ADC around the other analog layers."""
+    for site in sites:
+        if not is_tile_module(hardware.model.get_submodule(site.module)):
+            hardware.periphery(site).forward = hardware.config.forward
 
 
 def find_twin_sites(model: nn.Module, config: AnalogConfig, in_shape: tuple[int, ...], *,
