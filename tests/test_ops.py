@@ -291,8 +291,10 @@ def test_transformed_model_runs_native_kernels_and_agrees_with_function_bodies(e
     function = make_session(model, native=False).run(None, feeds)[0]
     np.testing.assert_allclose(native, function, rtol=1e-4, atol=1e-4)
     native_ops = profiled_op_types(native_graph.prepare(model), True, feeds, tmp_path)
-    assert "MvmInput" in native_ops and native_ops & {"MvmOutput", "MvmOutputEpilogue"}
-    assert "MvmOutput" not in profiled_op_types(model, False, feeds, tmp_path)
+    assert native_ops & {"AnalogTile", "AnalogTileEpilogue"} and "AnalogTileConv" in native_ops
+    assert "Conv" not in native_ops  # neither the unfolding Conv nor the layer the tile replaced runs
+    function_ops = profiled_op_types(model, False, feeds, tmp_path)
+    assert not function_ops & {"MvmOutput", "AnalogTile", "AnalogTileConv"}
 
 
 @pytest.mark.native
@@ -387,7 +389,7 @@ def test_twin_half_precision_inputs_compute_in_float32() -> None:
 
 
 # -- the analog tile ------------------------------------------------------------------------------
-@pytest.mark.parametrize("implementation", ["reference", "function", "twin"])
+@pytest.mark.parametrize("implementation", ["reference", "function", NATIVE, "twin"])
 def test_tile_bound_management_rescues_only_the_saturated_vector(implementation):
     w = np.ones((1, 4), np.float32)
     x = np.array([[3, 3, 3, 3], [1, 1, 1, 1], [-5, -5, -5, -5]], np.float32)
@@ -399,7 +401,7 @@ def test_tile_bound_management_rescues_only_the_saturated_vector(implementation)
     np.testing.assert_array_equal(managed, [[12], [4], [-20]])  # rounds at 1/2 and 1/4 (the last)
 
 
-@pytest.mark.parametrize("implementation", ["function", "twin"])
+@pytest.mark.parametrize("implementation", ["function", NATIVE, "twin"])
 def test_tile_is_exact_at_zero_noise_on_exact_sums(implementation, rng):
     """Integer data: every product and sum is exact, so tiles, mapping, DAC, ADC and bound
     management agree bit for bit whatever the summation order."""
@@ -411,6 +413,27 @@ def test_tile_is_exact_at_zero_noise_on_exact_sums(implementation, rng):
     feeds = {"X": x, "W": w, **controls(0.0, 1)}
     want = run("reference", SCHEMAS["AnalogTile"], attributes, feeds)[0]
     np.testing.assert_array_equal(run(implementation, SCHEMAS["AnalogTile"], attributes, feeds)[0], want)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("seed", [0, 5])
+def test_native_tile_convolution_reads_patches_like_the_function_body(seed, rng):
+    """AnalogTileConv (native sessions) against the file's unfold-Conv + AnalogTile function bodies:
+    padding, stride, dilation, tiles and bound management, with output noise of the same stream."""
+    weight = (rng.standard_normal((5, 6, 3, 2)) * 2).astype(np.float32)
+    graph = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 0, 2, 1], strides=[2, 1],
+                                      dilations=[1, 2])], "conv",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [3, 6, 9, 7])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                         [onnx.numpy_helper.from_array(weight, "w")])
+    config = load_preset("aihwkit-default").with_overrides(["max_input_size=10", "max_output_size=3"])
+    model = transform_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]), config)
+    assert [n.op_type for n in native_graph.prepare(model).graph.node if n.domain == DOMAIN] == ["AnalogTileConv"]
+    feeds = {"x": rng.standard_normal((3, 6, 9, 7)).astype(np.float32), "seed": np.array(seed, np.int64)}
+    native = make_session(model, native=True).run(None, feeds)[0]
+    function = make_session(model, native=False).run(None, feeds)[0]
+    assert native.shape == function.shape
+    assert np.isclose(native, function, rtol=1e-4, atol=1e-4).mean() > 0.99
 
 
 def test_tile_splits_like_aihwkit():

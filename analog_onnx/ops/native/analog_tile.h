@@ -1,0 +1,309 @@
+// The analog tile (reference.analog_tile): an analog layer computed on tiles, per input vector.
+//
+// For a block of input vectors (rows of a dense input, or im2col patches of an NCHW image read
+// straight from the image), each input tile's slice is scaled by its abs-max and quantized by the
+// DAC while it is packed into a panel; the panel times the tile's mapped weights runs on a
+// register-blocked micro-kernel (AVX-512 or AVX2/FMA, whichever -march=native enables); output
+// noise and the ADC act on each tile's partial sums while they are in cache; vectors whose tile
+// saturates the ADC are packed again at half the scale and only they are recomputed (iterative
+// bound management, per vector); the tiles' results are rescaled, multiplied by the mapping
+// scales and summed in tile order, and written to the output (NCHW for a convolution).
+//
+// Every noise value is normal ((r*T + t)*N + n)*M + m of the op's stream, as in the reference.
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "counter_rng.h"
+#include "ort_glue.h"
+#include "quantize.h"
+
+namespace analog {
+
+// -- the micro-kernel ----------------------------------------------------------------------------
+#if defined(__AVX512F__)
+using VecF = __m512;
+constexpr size_t kLanes = 16;
+constexpr size_t kColumnVectors = 4;  // 4 rows x 4 vectors: 16 accumulators of 32 registers
+inline VecF vec_zero() { return _mm512_setzero_ps(); }
+inline VecF vec_load(const float* p) { return _mm512_loadu_ps(p); }
+inline void vec_store(float* p, VecF v) { _mm512_storeu_ps(p, v); }
+inline VecF vec_broadcast(float x) { return _mm512_set1_ps(x); }
+inline VecF vec_fma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
+#elif defined(__AVX2__) && defined(__FMA__)
+using VecF = __m256;
+constexpr size_t kLanes = 8;
+constexpr size_t kColumnVectors = 2;  // 4 rows x 2 vectors: 8 accumulators of 16 registers
+inline VecF vec_zero() { return _mm256_setzero_ps(); }
+inline VecF vec_load(const float* p) { return _mm256_loadu_ps(p); }
+inline void vec_store(float* p, VecF v) { _mm256_storeu_ps(p, v); }
+inline VecF vec_broadcast(float x) { return _mm256_set1_ps(x); }
+inline VecF vec_fma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
+#else
+#error "the analog tile kernel needs AVX2 and FMA (or AVX-512)"
+#endif
+
+constexpr size_t kRowBlock = 4;                          // panel rows per micro-kernel call
+constexpr size_t kColumnBlock = kLanes * kColumnVectors;  // outputs per micro-kernel call
+
+// C[4][kColumnBlock] = A[4][k] * B[k][kColumnBlock]: A rows `lda` apart, B rows `ldb` apart, C rows `ldc` apart.
+inline void micro_kernel(size_t k, const float* a, size_t lda, const float* b, size_t ldb, float* c, size_t ldc) {
+  VecF acc[kRowBlock][kColumnVectors];
+  for (auto& row : acc)
+    for (auto& v : row) v = vec_zero();
+  for (size_t p = 0; p < k; ++p) {
+    VecF w[kColumnVectors];
+    for (size_t j = 0; j < kColumnVectors; ++j) w[j] = vec_load(b + p * ldb + j * kLanes);
+    for (size_t i = 0; i < kRowBlock; ++i) {
+      const VecF x = vec_broadcast(a[i * lda + p]);
+      for (size_t j = 0; j < kColumnVectors; ++j) acc[i][j] = vec_fma(x, w[j], acc[i][j]);
+    }
+  }
+  for (size_t i = 0; i < kRowBlock; ++i)
+    for (size_t j = 0; j < kColumnVectors; ++j) vec_store(c + i * ldc + j * kLanes, acc[i][j]);
+}
+
+// -- the op's settings and geometry --------------------------------------------------------------
+struct TileSettings {
+  int64_t inp_bits, noise_management, out_bits, bm_rounds, max_input_size, max_output_size, columnwise, stream;
+  float inp_bound, out_noise, out_bound, omega;
+};
+
+// aihwkit's split of `size` over tiles of at most `max_size` (reference.split_sizes): [begin, end).
+inline std::vector<std::pair<size_t, size_t>> split_ranges(size_t size, int64_t max_size) {
+  size_t count = 1;
+  if (max_size > 0 && size > static_cast<size_t>(max_size)) count = (size + max_size - 1) / max_size;
+  const size_t base = size / count, extra = size % count;
+  std::vector<std::pair<size_t, size_t>> ranges;
+  size_t begin = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const size_t end = begin + base + (i < extra ? 1 : 0);
+    ranges.emplace_back(begin, end);
+    begin = end;
+  }
+  return ranges;
+}
+
+// Where the input vectors come from: rows of a [N, K] matrix, or im2col patches of an NCHW image.
+struct VectorSource {
+  const float* x;
+  size_t k;  // vector length
+  bool conv = false;
+  // convolution geometry (conv only)
+  int64_t channels = 0, height = 0, width = 0, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, pad_top = 0,
+          pad_left = 0, out_h = 1, out_w = 1;
+  std::vector<int64_t> channel_offset, dy, dx;  // per patch element k = (c, i, j), channel-major
+
+  void prepare() {
+    if (!conv) return;
+    channel_offset.resize(k), dy.resize(k), dx.resize(k);
+    for (size_t e = 0; e < k; ++e) {
+      const int64_t c = e / (kh * kw), i = (e / kw) % kh, j = e % kw;
+      channel_offset[e] = c * height * width, dy[e] = i * dh, dx[e] = j * dw;
+    }
+  }
+
+  // Copies elements [begin, end) of vector n into out.
+  void read(size_t n, size_t begin, size_t end, float* out) const {
+    if (!conv) {
+      std::copy(x + n * k + begin, x + n * k + end, out);
+      return;
+    }
+    const int64_t per_image = out_h * out_w, image = n / per_image, position = n % per_image;
+    const int64_t y0 = (position / out_w) * sh - pad_top, x0 = (position % out_w) * sw - pad_left;
+    const float* base = x + image * channels * height * width;
+    for (size_t e = begin; e < end; ++e) {
+      const int64_t y = y0 + dy[e], xx = x0 + dx[e];
+      out[e - begin] = (y >= 0 && y < height && xx >= 0 && xx < width) ? base[channel_offset[e] + y * width + xx] : 0.0f;
+    }
+  }
+};
+
+// A DAC/ADC on one value (reference.converter): the clipped grid value; `beyond` when it lay outside.
+struct Converter {
+  float bound, step, levels;
+  bool grid;
+  Converter(int64_t bits, float bound_) : bound(bound_) {
+    const int64_t n = bits > 0 ? (int64_t{1} << (bits - 1)) - 1 : 0;
+    grid = n > 0, levels = static_cast<float>(n), step = grid ? bound / levels : 0.0f;
+  }
+  float operator()(float x, bool& beyond) const {
+    if (!grid) {
+      beyond = std::fabs(x) > bound;
+      return std::min(std::max(x, -bound), bound);
+    }
+    const float k = std::nearbyint(x / step);
+    beyond = std::fabs(k) > levels;
+    return std::min(std::max(k, -levels), levels) * step;
+  }
+};
+
+// The layer's digital epilogue per output channel (native_graph.fuse_epilogues): y*scale + shift, ReLU.
+struct ChannelEpilogue {
+  const float* scale;
+  const float* shift;
+  bool relu;
+  float operator()(float y, size_t m) const {
+    const float v = y * scale[m] + shift[m];
+    return relu ? std::max(v, 0.0f) : v;
+  }
+};
+
+// -- the computation -----------------------------------------------------------------------------
+// Packed weights of one input tile: [rows of the tile][outputs padded to kColumnBlock], mapped
+// (divided by the mapping scales), and the mapping scales per output.
+struct PackedTile {
+  size_t begin, end, stride;
+  std::vector<float> weights;  // (end - begin) x stride
+  std::vector<float> alpha;    // per output
+};
+
+inline std::vector<PackedTile> pack_weights(const float* w, size_t outputs, size_t k, const TileSettings& s) {
+  const size_t stride = (outputs + kColumnBlock - 1) / kColumnBlock * kColumnBlock;
+  std::vector<PackedTile> tiles;
+  const auto out_ranges = split_ranges(outputs, s.max_output_size);
+  for (auto [k0, k1] : split_ranges(k, s.max_input_size)) {
+    PackedTile tile{k0, k1, stride, std::vector<float>((k1 - k0) * stride, 0.0f), std::vector<float>(outputs, 1.0f)};
+    if (s.omega > 0) {
+      for (auto [m0, m1] : out_ranges) {
+        float block = 0.0f;
+        for (size_t m = m0; m < m1; ++m) {
+          float peak = 0.0f;
+          for (size_t e = k0; e < k1; ++e) peak = std::max(peak, std::fabs(w[m * k + e]));
+          tile.alpha[m] = peak;
+          block = std::max(block, peak);
+        }
+        for (size_t m = m0; m < m1; ++m) {
+          const float alpha = (s.columnwise ? tile.alpha[m] : block) / s.omega;
+          tile.alpha[m] = alpha == 0.0f ? 1.0f : alpha;
+        }
+      }
+    }
+    for (size_t m = 0; m < outputs; ++m)
+      for (size_t e = k0; e < k1; ++e) tile.weights[(e - k0) * stride + m] = w[m * k + e] / tile.alpha[m];
+    tiles.push_back(std::move(tile));
+  }
+  return tiles;
+}
+
+// Computes vectors [first, last) into out (per vector `outputs` values, or NCHW for a convolution).
+inline void tile_block(const VectorSource& src, const std::vector<PackedTile>& tiles, size_t outputs,
+                       size_t vectors, size_t first, size_t last, const TileSettings& s, float sigma, uint64_t key,
+                       const ChannelEpilogue* epilogue, float* out) {
+  const size_t count = last - first, rows = (count + kRowBlock - 1) / kRowBlock * kRowBlock;
+  const size_t stride = tiles[0].stride;
+  const auto out_ranges = split_ranges(outputs, s.max_output_size);
+  const Converter dac(s.inp_bits, s.inp_bound), adc(s.out_bits, s.out_bound);
+  size_t widest = 0;
+  for (const auto& t : tiles) widest = std::max(widest, t.end - t.begin);
+  std::vector<float> raw(count * widest), panel(rows * widest, 0.0f), product(rows * stride);
+  std::vector<float> total(count * outputs, 0.0f), inverse(count), noise(kBlock + 2);
+  std::vector<size_t> pending, members;
+  std::vector<char> done(count * out_ranges.size());
+  for (size_t t = 0; t < tiles.size(); ++t) {
+    const PackedTile& tile = tiles[t];
+    const size_t width = tile.end - tile.begin;
+    for (size_t i = 0; i < count; ++i) {
+      float* row = raw.data() + i * widest;
+      src.read(first + i, tile.begin, tile.end, row);
+      float peak = 0.0f;
+      if (s.noise_management)
+        for (size_t e = 0; e < width; ++e) peak = std::max(peak, std::fabs(row[e]));
+      inverse[i] = 1.0f / (peak > 0.0f ? peak : 1.0f);
+    }
+    std::fill(done.begin(), done.end(), 0);
+    pending.resize(count);
+    for (size_t i = 0; i < count; ++i) pending[i] = i;
+    for (int64_t r = 0; r < s.bm_rounds && !pending.empty(); ++r) {
+      const bool last_round = r == s.bm_rounds - 1;
+      const float reduction = static_cast<float>(int64_t{1} << r);
+      // pack the pending vectors' DAC values into the panel
+      for (size_t p = 0; p < pending.size(); ++p) {
+        const float scale = inverse[pending[p]] / reduction;
+        const float* row = raw.data() + pending[p] * widest;
+        float* packed = panel.data() + p * widest;
+        bool unused;
+        for (size_t e = 0; e < width; ++e) packed[e] = dac(row[e] * scale, unused);
+      }
+      const size_t panel_rows = (pending.size() + kRowBlock - 1) / kRowBlock * kRowBlock;
+      std::fill(panel.begin() + pending.size() * widest, panel.begin() + panel_rows * widest, 0.0f);
+      for (size_t i = 0; i < panel_rows; i += kRowBlock)
+        for (size_t j = 0; j < stride; j += kColumnBlock)
+          micro_kernel(width, panel.data() + i * widest, widest, tile.weights.data() + j, stride,
+                       product.data() + i * stride + j, stride);
+      // noise, ADC, and which (vector, output tile) saturated
+      members.clear();
+      for (size_t p = 0; p < pending.size(); ++p) {
+        const size_t i = pending[p], n = first + i;
+        float* y = product.data() + p * stride;
+        if (sigma != 0.0f) {
+          const uint64_t start = ((static_cast<uint64_t>(r) * tiles.size() + t) * vectors + n) * outputs;
+          for (size_t m0 = 0; m0 < outputs; m0 += kBlock) {
+            const size_t len = std::min(kBlock, outputs - m0);
+            const float* z = normals(key, start + m0, len, noise.data());
+            for (size_t m = 0; m < len; ++m) y[m0 + m] += sigma * z[m];
+          }
+        }
+        const float scale = inverse[i] / reduction, back = 1.0f / scale;
+        bool again = false;
+        for (size_t u = 0; u < out_ranges.size(); ++u) {
+          if (done[i * out_ranges.size() + u]) continue;
+          bool saturated = false;
+          for (size_t m = out_ranges[u].first; m < out_ranges[u].second; ++m) {
+            bool beyond;
+            y[m] = adc(y[m], beyond);
+            saturated |= beyond;
+          }
+          if (saturated && !last_round) {
+            again = true;
+            continue;
+          }
+          done[i * out_ranges.size() + u] = 1;
+          float* sum = total.data() + i * outputs;
+          for (size_t m = out_ranges[u].first; m < out_ranges[u].second; ++m) sum[m] += (y[m] * back) * tile.alpha[m];
+        }
+        if (again) members.push_back(i);
+      }
+      pending.swap(members);
+    }
+  }
+  // write out
+  if (epilogue != nullptr)
+    for (size_t i = 0; i < count; ++i)
+      for (size_t m = 0; m < outputs; ++m) total[i * outputs + m] = (*epilogue)(total[i * outputs + m], m);
+  if (!src.conv) {
+    std::copy(total.begin(), total.end(), out + first * outputs);
+    return;
+  }
+  const size_t per_image = src.out_h * src.out_w;
+  for (size_t i = 0; i < count; ++i) {
+    const size_t n = first + i, image = n / per_image, position = n % per_image;
+    float* base = out + image * outputs * per_image + position;
+    for (size_t m = 0; m < outputs; ++m) base[m * per_image] = total[i * outputs + m];
+  }
+}
+
+// The whole op: vectors [0, vectors) split over ORT's thread pool in blocks.
+inline void analog_tile(OrtKernelContext* context, const VectorSource& src, const float* w, size_t outputs,
+                        size_t vectors, const TileSettings& s, float noise_scale, int64_t seed,
+                        const ChannelEpilogue* epilogue, float* out) {
+  if (vectors == 0 || outputs == 0) return;
+  const auto tiles = pack_weights(w, outputs, src.k, s);
+  const float sigma = noise_scale * s.out_noise;
+  const uint64_t key = stream_key(seed, s.stream);
+  constexpr size_t kVectorsPerTask = 64;
+  const size_t tasks = (vectors + kVectorsPerTask - 1) / kVectorsPerTask;
+  auto body = [&](size_t task) {
+    const size_t first = task * kVectorsPerTask, last = std::min(vectors, first + kVectorsPerTask);
+    tile_block(src, tiles, outputs, vectors, first, last, s, sigma, key, epilogue, out);
+  };
+  parallel_for(context, tasks, body);
+}
+
+}  // namespace analog
