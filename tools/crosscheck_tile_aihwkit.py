@@ -44,7 +44,7 @@ from analog_onnx.runtime import make_session
 from analog_onnx.train.zoo import build_model
 from analog_onnx.transform import transform_model
 
-LEVELS = (0.06, 0.5, 1.0, 2.0)  # out_noise for the accuracy table
+LEVELS = (0.06, 0.15, 0.3, 0.5, 1.0)  # out_noise for the accuracy table
 
 
 def aihwkit_layer(module: nn.Module, out_noise: float) -> nn.Module:

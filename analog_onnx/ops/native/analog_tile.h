@@ -30,7 +30,7 @@ namespace analog {
 #if defined(__AVX512F__)
 using VecF = __m512;
 constexpr size_t kLanes = 16;
-constexpr size_t kColumnVectors = 4;  // 4 rows x 4 vectors: 16 accumulators of 32 registers
+constexpr size_t kRegisters = 32;
 inline VecF vec_zero() { return _mm512_setzero_ps(); }
 inline VecF vec_load(const float* p) { return _mm512_loadu_ps(p); }
 inline void vec_store(float* p, VecF v) { _mm512_storeu_ps(p, v); }
@@ -39,7 +39,7 @@ inline VecF vec_fma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
 #elif defined(__AVX2__) && defined(__FMA__)
 using VecF = __m256;
 constexpr size_t kLanes = 8;
-constexpr size_t kColumnVectors = 2;  // 4 rows x 2 vectors: 8 accumulators of 16 registers
+constexpr size_t kRegisters = 16;
 inline VecF vec_zero() { return _mm256_setzero_ps(); }
 inline VecF vec_load(const float* p) { return _mm256_loadu_ps(p); }
 inline void vec_store(float* p, VecF v) { _mm256_storeu_ps(p, v); }
@@ -49,24 +49,51 @@ inline VecF vec_fma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
 #error "the analog tile kernel needs AVX2 and FMA (or AVX-512)"
 #endif
 
-constexpr size_t kRowBlock = 4;                          // panel rows per micro-kernel call
-constexpr size_t kColumnBlock = kLanes * kColumnVectors;  // outputs per micro-kernel call
+constexpr size_t kRowAlign = 24;  // panel rows are padded to a multiple of every row block below
 
-// C[4][kColumnBlock] = A[4][k] * B[k][kColumnBlock]: A rows `lda` apart, B rows `ldb` apart, C rows `ldc` apart.
+// C[Rows][Cols vectors] = A * B over k: A is k-major (a[p * lda + i]), B rows `ldb` apart, C rows
+// `ldc` apart. Rows x Cols accumulators stay in registers; each step loads Cols weight vectors once
+// and broadcasts Rows inputs.
+template <size_t Rows, size_t Cols>
 inline void micro_kernel(size_t k, const float* a, size_t lda, const float* b, size_t ldb, float* c, size_t ldc) {
-  VecF acc[kRowBlock][kColumnVectors];
+  VecF acc[Rows][Cols];
   for (auto& row : acc)
     for (auto& v : row) v = vec_zero();
   for (size_t p = 0; p < k; ++p) {
-    VecF w[kColumnVectors];
-    for (size_t j = 0; j < kColumnVectors; ++j) w[j] = vec_load(b + p * ldb + j * kLanes);
-    for (size_t i = 0; i < kRowBlock; ++i) {
-      const VecF x = vec_broadcast(a[i * lda + p]);
-      for (size_t j = 0; j < kColumnVectors; ++j) acc[i][j] = vec_fma(x, w[j], acc[i][j]);
+    VecF w[Cols];
+    for (size_t j = 0; j < Cols; ++j) w[j] = vec_load(b + p * ldb + j * kLanes);
+    const float* ap = a + p * lda;
+    for (size_t i = 0; i < Rows; ++i) {
+      const VecF x = vec_broadcast(ap[i]);
+      for (size_t j = 0; j < Cols; ++j) acc[i][j] = vec_fma(x, w[j], acc[i][j]);
     }
   }
-  for (size_t i = 0; i < kRowBlock; ++i)
-    for (size_t j = 0; j < kColumnVectors; ++j) vec_store(c + i * ldc + j * kLanes, acc[i][j]);
+  for (size_t i = 0; i < Rows; ++i)
+    for (size_t j = 0; j < Cols; ++j) vec_store(c + i * ldc + j * kLanes, acc[i][j]);
+}
+
+// C[rows][columns] = A * B with A k-major [k][lda >= rows], rows a multiple of kRowAlign, columns
+// a multiple of kLanes: the widest register block that fits the outputs, rows blocked to match.
+template <size_t Rows, size_t Cols>
+inline void gemm_block(size_t k, size_t rows, size_t columns, const float* a, size_t lda, const float* b, size_t ldb,
+                       float* c, size_t ldc) {
+  for (size_t j = 0; j < columns; j += Cols * kLanes)
+    for (size_t i = 0; i < rows; i += Rows) micro_kernel<Rows, Cols>(k, a + i, lda, b + j, ldb, c + i * ldc + j, ldc);
+}
+
+inline void gemm(size_t k, size_t rows, size_t columns, const float* a, size_t lda, const float* b, size_t ldb,
+                 float* c, size_t ldc) {
+  const size_t vectors = columns / kLanes;
+  if constexpr (kRegisters == 32) {  // AVX-512: up to 24 accumulators
+    if (vectors % 4 == 0) return gemm_block<6, 4>(k, rows, columns, a, lda, b, ldb, c, ldc);
+    if (vectors % 3 == 0) return gemm_block<8, 3>(k, rows, columns, a, lda, b, ldb, c, ldc);
+    if (vectors % 2 == 0) return gemm_block<12, 2>(k, rows, columns, a, lda, b, ldb, c, ldc);
+    return gemm_block<12, 1>(k, rows, columns, a, lda, b, ldb, c, ldc);
+  } else {  // AVX2: up to 12 accumulators
+    if (vectors % 3 == 0) return gemm_block<4, 3>(k, rows, columns, a, lda, b, ldb, c, ldc);
+    if (vectors % 2 == 0) return gemm_block<6, 2>(k, rows, columns, a, lda, b, ldb, c, ldc);
+    return gemm_block<8, 1>(k, rows, columns, a, lda, b, ldb, c, ldc);
+  }
 }
 
 // -- the op's settings and geometry --------------------------------------------------------------
@@ -109,18 +136,44 @@ struct VectorSource {
     }
   }
 
-  // Copies elements [begin, end) of vector n into out.
-  void read(size_t n, size_t begin, size_t end, float* out) const {
+  // Elements [begin, end) of vectors [first, first + count) into a k-major panel:
+  // panel[(e - begin) * ld + i] is element e of vector first + i.
+  void read_panel(size_t first, size_t count, size_t begin, size_t end, float* panel, size_t ld) const {
     if (!conv) {
-      std::copy(x + n * k + begin, x + n * k + end, out);
+      for (size_t i = 0; i < count; ++i) {
+        const float* row = x + (first + i) * k;
+        for (size_t e = begin; e < end; ++e) panel[(e - begin) * ld + i] = row[e];
+      }
       return;
     }
-    const int64_t per_image = out_h * out_w, image = n / per_image, position = n % per_image;
-    const int64_t y0 = (position / out_w) * sh - pad_top, x0 = (position % out_w) * sw - pad_left;
-    const float* base = x + image * channels * height * width;
-    for (size_t e = begin; e < end; ++e) {
-      const int64_t y = y0 + dy[e], xx = x0 + dx[e];
-      out[e - begin] = (y >= 0 && y < height && xx >= 0 && xx < width) ? base[channel_offset[e] + y * width + xx] : 0.0f;
+    // runs of consecutive output columns of one output row of one image
+    const size_t per_image = out_h * out_w;
+    for (size_t i = 0; i < count;) {
+      const size_t n = first + i, image = n / per_image, oh = (n % per_image) / out_w, ow = n % out_w;
+      const size_t length = std::min<size_t>(count - i, out_w - ow);
+      const float* base = x + image * channels * height * width;
+      for (size_t e = begin; e < end; ++e) {
+        float* out = panel + (e - begin) * ld + i;
+        const int64_t y = static_cast<int64_t>(oh) * sh - pad_top + dy[e];
+        if (y < 0 || y >= height) {
+          std::fill(out, out + length, 0.0f);
+          continue;
+        }
+        const float* row = base + channel_offset[e] + y * width;
+        const int64_t x0 = static_cast<int64_t>(ow) * sw - pad_left + dx[e];
+        // columns q with 0 <= x0 + q*sw < width: [low, high); zeros (padding) outside
+        const int64_t len = static_cast<int64_t>(length);
+        const int64_t low = std::min(len, x0 >= 0 ? int64_t{0} : (-x0 + sw - 1) / sw);
+        const int64_t high = std::max(low, std::min(len, x0 >= width ? int64_t{0} : (width - x0 + sw - 1) / sw));
+        std::fill(out, out + low, 0.0f);
+        if (sw == 1) {
+          std::copy(row + x0 + low, row + x0 + high, out + low);
+        } else {
+          for (int64_t q = low; q < high; ++q) out[q] = row[x0 + q * sw];
+        }
+        std::fill(out + high, out + len, 0.0f);
+      }
+      i += length;
     }
   }
 };
@@ -132,6 +185,14 @@ struct Converter {
   Converter(int64_t bits, float bound_) : bound(bound_) {
     const int64_t n = bits > 0 ? (int64_t{1} << (bits - 1)) - 1 : 0;
     grid = n > 0, levels = static_cast<float>(n), step = grid ? bound / levels : 0.0f;
+  }
+  // out[i] = the converter's value of x[i] * scale[i] (the DAC packing a panel row).
+  void scaled(const float* x, const float* scale, float* out, size_t n) const {
+    if (!grid) {
+      for (size_t i = 0; i < n; ++i) out[i] = std::min(std::max(x[i] * scale[i], -bound), bound);
+      return;
+    }
+    for (size_t i = 0; i < n; ++i) out[i] = std::min(std::max(std::nearbyint((x[i] * scale[i]) / step), -levels), levels) * step;
   }
   float operator()(float x, bool& beyond) const {
     if (!grid) {
@@ -156,7 +217,7 @@ struct ChannelEpilogue {
 };
 
 // -- the computation -----------------------------------------------------------------------------
-// Packed weights of one input tile: [rows of the tile][outputs padded to kColumnBlock], mapped
+// Packed weights of one input tile: [rows of the tile][outputs padded to whole vectors], mapped
 // (divided by the mapping scales), and the mapping scales per output.
 struct PackedTile {
   size_t begin, end, stride;
@@ -165,7 +226,7 @@ struct PackedTile {
 };
 
 inline std::vector<PackedTile> pack_weights(const float* w, size_t outputs, size_t k, const TileSettings& s) {
-  const size_t stride = (outputs + kColumnBlock - 1) / kColumnBlock * kColumnBlock;
+  const size_t stride = (outputs + kLanes - 1) / kLanes * kLanes;
   std::vector<PackedTile> tiles;
   const auto out_ranges = split_ranges(outputs, s.max_output_size);
   for (auto [k0, k1] : split_ranges(k, s.max_input_size)) {
@@ -196,50 +257,48 @@ inline std::vector<PackedTile> pack_weights(const float* w, size_t outputs, size
 inline void tile_block(const VectorSource& src, const std::vector<PackedTile>& tiles, size_t outputs,
                        size_t vectors, size_t first, size_t last, const TileSettings& s, float sigma, uint64_t key,
                        const ChannelEpilogue* epilogue, float* out) {
-  const size_t count = last - first, rows = (count + kRowBlock - 1) / kRowBlock * kRowBlock;
+  const size_t count = last - first, rows = (count + kRowAlign - 1) / kRowAlign * kRowAlign;
   const size_t stride = tiles[0].stride;
   const auto out_ranges = split_ranges(outputs, s.max_output_size);
   const Converter dac(s.inp_bits, s.inp_bound), adc(s.out_bits, s.out_bound);
   size_t widest = 0;
   for (const auto& t : tiles) widest = std::max(widest, t.end - t.begin);
-  std::vector<float> raw(count * widest), panel(rows * widest, 0.0f), product(rows * stride);
-  std::vector<float> total(count * outputs, 0.0f), inverse(count), noise(kBlock + 2);
-  std::vector<size_t> pending, members;
+  // k-major panels: raw inputs, and the DAC values of the vectors of one round
+  std::vector<float> raw(widest * rows, 0.0f), panel(widest * rows, 0.0f), product(rows * stride);
+  std::vector<float> total(count * outputs, 0.0f), inverse(count), peak(count), scale(rows), noise(kBlock + 2);
+  std::vector<float> gathered(rows);
+  std::vector<size_t> pending, again;
   std::vector<char> done(count * out_ranges.size());
   for (size_t t = 0; t < tiles.size(); ++t) {
     const PackedTile& tile = tiles[t];
     const size_t width = tile.end - tile.begin;
-    for (size_t i = 0; i < count; ++i) {
-      float* row = raw.data() + i * widest;
-      src.read(first + i, tile.begin, tile.end, row);
-      float peak = 0.0f;
-      if (s.noise_management)
-        for (size_t e = 0; e < width; ++e) peak = std::max(peak, std::fabs(row[e]));
-      inverse[i] = 1.0f / (peak > 0.0f ? peak : 1.0f);
-    }
+    src.read_panel(first, count, tile.begin, tile.end, raw.data(), rows);
+    std::fill(peak.begin(), peak.end(), 0.0f);
+    if (s.noise_management)
+      for (size_t e = 0; e < width; ++e)
+        for (size_t i = 0; i < count; ++i) peak[i] = std::max(peak[i], std::fabs(raw[e * rows + i]));
+    for (size_t i = 0; i < count; ++i) inverse[i] = 1.0f / (peak[i] > 0.0f ? peak[i] : 1.0f);
     std::fill(done.begin(), done.end(), 0);
     pending.resize(count);
     for (size_t i = 0; i < count; ++i) pending[i] = i;
     for (int64_t r = 0; r < s.bm_rounds && !pending.empty(); ++r) {
       const bool last_round = r == s.bm_rounds - 1;
       const float reduction = static_cast<float>(int64_t{1} << r);
-      // pack the pending vectors' DAC values into the panel
-      for (size_t p = 0; p < pending.size(); ++p) {
-        const float scale = inverse[pending[p]] / reduction;
-        const float* row = raw.data() + pending[p] * widest;
-        float* packed = panel.data() + p * widest;
-        bool unused;
-        for (size_t e = 0; e < width; ++e) packed[e] = dac(row[e] * scale, unused);
+      const size_t used = pending.size(), panel_rows = (used + kRowAlign - 1) / kRowAlign * kRowAlign;
+      // the DAC while packing the pending vectors into the panel (all of them in round 0)
+      for (size_t p = 0; p < used; ++p) scale[p] = inverse[pending[p]] / reduction;
+      std::fill(scale.begin() + used, scale.begin() + panel_rows, 0.0f);
+      for (size_t e = 0; e < width; ++e) {
+        const float* source = raw.data() + e * rows;
+        if (used != count)
+          for (size_t p = 0; p < used; ++p) gathered[p] = source[pending[p]];
+        dac.scaled(used == count ? source : gathered.data(), scale.data(), panel.data() + e * panel_rows, used);
+        std::fill(panel.begin() + e * panel_rows + used, panel.begin() + (e + 1) * panel_rows, 0.0f);
       }
-      const size_t panel_rows = (pending.size() + kRowBlock - 1) / kRowBlock * kRowBlock;
-      std::fill(panel.begin() + pending.size() * widest, panel.begin() + panel_rows * widest, 0.0f);
-      for (size_t i = 0; i < panel_rows; i += kRowBlock)
-        for (size_t j = 0; j < stride; j += kColumnBlock)
-          micro_kernel(width, panel.data() + i * widest, widest, tile.weights.data() + j, stride,
-                       product.data() + i * stride + j, stride);
+      gemm(width, panel_rows, stride, panel.data(), panel_rows, tile.weights.data(), stride, product.data(), stride);
       // noise, ADC, and which (vector, output tile) saturated
-      members.clear();
-      for (size_t p = 0; p < pending.size(); ++p) {
+      again.clear();
+      for (size_t p = 0; p < used; ++p) {
         const size_t i = pending[p], n = first + i;
         float* y = product.data() + p * stride;
         if (sigma != 0.0f) {
@@ -250,8 +309,8 @@ inline void tile_block(const VectorSource& src, const std::vector<PackedTile>& t
             for (size_t m = 0; m < len; ++m) y[m0 + m] += sigma * z[m];
           }
         }
-        const float scale = inverse[i] / reduction, back = 1.0f / scale;
-        bool again = false;
+        const float back = 1.0f / scale[p];
+        bool rerun = false;
         for (size_t u = 0; u < out_ranges.size(); ++u) {
           if (done[i * out_ranges.size() + u]) continue;
           bool saturated = false;
@@ -261,16 +320,16 @@ inline void tile_block(const VectorSource& src, const std::vector<PackedTile>& t
             saturated |= beyond;
           }
           if (saturated && !last_round) {
-            again = true;
+            rerun = true;
             continue;
           }
           done[i * out_ranges.size() + u] = 1;
           float* sum = total.data() + i * outputs;
           for (size_t m = out_ranges[u].first; m < out_ranges[u].second; ++m) sum[m] += (y[m] * back) * tile.alpha[m];
         }
-        if (again) members.push_back(i);
+        if (rerun) again.push_back(i);
       }
-      pending.swap(members);
+      pending.swap(again);
     }
   }
   // write out
@@ -297,7 +356,7 @@ inline void analog_tile(OrtKernelContext* context, const VectorSource& src, cons
   const auto tiles = pack_weights(w, outputs, src.k, s);
   const float sigma = noise_scale * s.out_noise;
   const uint64_t key = stream_key(seed, s.stream);
-  constexpr size_t kVectorsPerTask = 64;
+  constexpr size_t kVectorsPerTask = 4 * kRowAlign;
   const size_t tasks = (vectors + kVectorsPerTask - 1) / kVectorsPerTask;
   auto body = [&](size_t task) {
     const size_t first = task * kVectorsPerTask, last = std::min(vectors, first + kVectorsPerTask);
