@@ -57,18 +57,25 @@ constexpr size_t kRowAlign = 24;  // panel rows are padded to a multiple of ever
 template <size_t Rows, size_t Cols>
 inline void micro_kernel(size_t k, const float* a, size_t lda, const float* b, size_t ldb, float* c, size_t ldc) {
   VecF acc[Rows][Cols];
-  for (auto& row : acc)
-    for (auto& v : row) v = vec_zero();
+#pragma GCC unroll 16
+  for (size_t i = 0; i < Rows; ++i)
+#pragma GCC unroll 4
+    for (size_t j = 0; j < Cols; ++j) acc[i][j] = vec_zero();
   for (size_t p = 0; p < k; ++p) {
     VecF w[Cols];
+#pragma GCC unroll 4
     for (size_t j = 0; j < Cols; ++j) w[j] = vec_load(b + p * ldb + j * kLanes);
     const float* ap = a + p * lda;
+#pragma GCC unroll 16
     for (size_t i = 0; i < Rows; ++i) {
       const VecF x = vec_broadcast(ap[i]);
+#pragma GCC unroll 4
       for (size_t j = 0; j < Cols; ++j) acc[i][j] = vec_fma(x, w[j], acc[i][j]);
     }
   }
+#pragma GCC unroll 16
   for (size_t i = 0; i < Rows; ++i)
+#pragma GCC unroll 4
     for (size_t j = 0; j < Cols; ++j) vec_store(c + i * ldc + j * kLanes, acc[i][j]);
 }
 
@@ -253,6 +260,21 @@ inline std::vector<PackedTile> pack_weights(const float* w, size_t outputs, size
   return tiles;
 }
 
+// y[p * stride + m] += sigma * normal (start + p * outputs + m) for p < count, m < outputs.
+inline void add_noise(uint64_t key, uint64_t start, size_t count, size_t outputs, float sigma, float* y, size_t stride,
+                      float* buffer) {
+  const size_t total = count * outputs;
+  size_t p = 0, m = 0;
+  for (size_t done = 0; done < total; done += kBlock) {
+    const size_t len = std::min(kBlock, total - done);
+    const float* z = normals(key, start + done, len, buffer);
+    for (size_t e = 0; e < len; ++e) {
+      y[p * stride + m] += sigma * z[e];
+      if (++m == outputs) m = 0, ++p;
+    }
+  }
+}
+
 // Computes vectors [first, last) into out (per vector `outputs` values, or NCHW for a convolution).
 inline void tile_block(const VectorSource& src, const std::vector<PackedTile>& tiles, size_t outputs,
                        size_t vectors, size_t first, size_t last, const TileSettings& s, float sigma, uint64_t key,
@@ -296,12 +318,16 @@ inline void tile_block(const VectorSource& src, const std::vector<PackedTile>& t
         std::fill(panel.begin() + e * panel_rows + used, panel.begin() + (e + 1) * panel_rows, 0.0f);
       }
       gemm(width, panel_rows, stride, panel.data(), panel_rows, tile.weights.data(), stride, product.data(), stride);
-      // noise, ADC, and which (vector, output tile) saturated
+      // noise (one stretch of the stream when every vector of the block is computed), ADC, and
+      // which (vector, output tile) saturated
+      const uint64_t round_start = (static_cast<uint64_t>(r) * tiles.size() + t) * vectors * outputs;
+      if (sigma != 0.0f && used == count) add_noise(key, round_start + first * outputs, count, outputs, sigma,
+                                                    product.data(), stride, noise.data());
       again.clear();
       for (size_t p = 0; p < used; ++p) {
         const size_t i = pending[p], n = first + i;
         float* y = product.data() + p * stride;
-        if (sigma != 0.0f) {
+        if (sigma != 0.0f && used != count) {
           const uint64_t start = ((static_cast<uint64_t>(r) * tiles.size() + t) * vectors + n) * outputs;
           for (size_t m0 = 0; m0 < outputs; m0 += kBlock) {
             const size_t len = std::min(kBlock, outputs - m0);
@@ -340,11 +366,15 @@ inline void tile_block(const VectorSource& src, const std::vector<PackedTile>& t
     std::copy(total.begin(), total.end(), out + first * outputs);
     return;
   }
+  // NCHW: per run of vectors within one image, each channel's values are contiguous
   const size_t per_image = src.out_h * src.out_w;
-  for (size_t i = 0; i < count; ++i) {
+  for (size_t i = 0; i < count;) {
     const size_t n = first + i, image = n / per_image, position = n % per_image;
+    const size_t length = std::min(count - i, per_image - position);
     float* base = out + image * outputs * per_image + position;
-    for (size_t m = 0; m < outputs; ++m) base[m * per_image] = total[i * outputs + m];
+    for (size_t m = 0; m < outputs; ++m)
+      for (size_t q = 0; q < length; ++q) base[m * per_image + q] = total[(i + q) * outputs + m];
+    i += length;
   }
 }
 
