@@ -185,7 +185,7 @@ struct VectorSource {
   }
 };
 
-// A DAC/ADC on one value (reference.converter): the clipped grid value; `beyond` when it lay outside.
+// A DAC/ADC (reference.converter): values clipped to the bound and rounded to its grid.
 struct Converter {
   float bound, step, levels;
   bool grid;
@@ -201,14 +201,22 @@ struct Converter {
     }
     for (size_t i = 0; i < n; ++i) out[i] = std::min(std::max(std::nearbyint((x[i] * scale[i]) / step), -levels), levels) * step;
   }
-  float operator()(float x, bool& beyond) const {
+  // v[i] = the converter's value of v[i]; whether any lay beyond the bound (the ADC).
+  bool convert(float* v, size_t n) const {
+    int beyond = 0;
     if (!grid) {
-      beyond = std::fabs(x) > bound;
-      return std::min(std::max(x, -bound), bound);
+      for (size_t i = 0; i < n; ++i) {
+        beyond |= std::fabs(v[i]) > bound;
+        v[i] = std::min(std::max(v[i], -bound), bound);
+      }
+      return beyond != 0;
     }
-    const float k = std::nearbyint(x / step);
-    beyond = std::fabs(k) > levels;
-    return std::min(std::max(k, -levels), levels) * step;
+    for (size_t i = 0; i < n; ++i) {
+      const float k = std::nearbyint(v[i] / step);
+      beyond |= std::fabs(k) > levels;
+      v[i] = std::min(std::max(k, -levels), levels) * step;
+    }
+    return beyond != 0;
   }
 };
 
@@ -339,12 +347,7 @@ inline void tile_block(const VectorSource& src, const std::vector<PackedTile>& t
         bool rerun = false;
         for (size_t u = 0; u < out_ranges.size(); ++u) {
           if (done[i * out_ranges.size() + u]) continue;
-          bool saturated = false;
-          for (size_t m = out_ranges[u].first; m < out_ranges[u].second; ++m) {
-            bool beyond;
-            y[m] = adc(y[m], beyond);
-            saturated |= beyond;
-          }
+          const bool saturated = adc.convert(y + out_ranges[u].first, out_ranges[u].second - out_ranges[u].first);
           if (saturated && !last_round) {
             rerun = true;
             continue;
