@@ -11,9 +11,10 @@ Each enabled effect (``analog_onnx/effects.py``) attaches its twin with one func
 - activation noise: a forward hook puts ``Noise`` on the module's output (run before any QAT
   quantizer of the same module, as the transform splices noise right after the node), and a
   pre-hook on the root module puts it on a network input;
-- weight quantization and the MVM periphery: each analog layer computes through its twin: the
-  hardware's weight quantization, then ``MvmInput``, the layer without bias, ``MvmOutput``
-  (weight scale max|W| of the deployed weight) and the bias.
+- weight quantization, the analog tile and the MVM periphery: each analog layer computes through
+  its twin: the hardware's weight quantization, then for a Linear or group-1 Conv2d the
+  ``AnalogTile`` twin and the bias, for other layers ``MvmInput``, the layer without bias,
+  ``MvmOutput`` (weight scale max|W| of the deployed weight) and the bias.
 
 A site must be the output of a leaf module: a noise site on a functional call inside a larger
 module (``torch.relu`` in a ``forward``) cannot be hooked and is reported as an error.
