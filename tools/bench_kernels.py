@@ -4,10 +4,8 @@ Prints, in one run:
 
 1. ns per element of each op through the native kernels and through the ONNX function bodies;
 2. a ResNet-20 (CIFAR shape 3x32x32, random weights: timing needs no training) at batch 256
-   with 2 intra-op threads: clean onnxruntime, then transformed with ``aihwkit-default`` (native
-   kernels; its tiles' portable function bodies compute every bound-management round for every
-   vector, gigabytes at this batch, so they are left out) and ``hardening-additive`` (native
-   kernels and function bodies), each as a ratio to clean
+   with 2 intra-op threads: clean onnxruntime, then transformed with ``aihwkit-default`` and
+   ``hardening-additive`` (native kernels and function bodies), each as a ratio to clean
    onnxruntime; plus aihwkit's own simulation (``TorchInferenceRPUConfig``) when aihwkit is
    importable (it is never a dependency). A "pass-through" row runs the ``aihwkit-default``
    graph with every analog op reduced to its cheapest pass: the cost of the structure alone.
@@ -153,8 +151,7 @@ def bench_resnet(batch: int, threads: int, rounds: int, profile: bool) -> None:
     for preset in PRESETS:
         analog = transform_model(clean, load_preset(preset))
         variants[f"{preset}, native"] = (native_graph.prepare(analog), True)  # as make_session runs it
-        if preset != "aihwkit-default":  # its tiles' function bodies hold every bound-management round: GBs here
-            variants[f"{preset}, function bodies"] = (analog, False)
+        variants[f"{preset}, function bodies"] = (analog, False)
         if preset == "aihwkit-default":
             variants["aihwkit-default, native, no epilogue fusion"] = (analog, True)
             variants["aihwkit-default, pass-through kernels"] = (native_graph.prepare(pass_through(analog)), True)

@@ -71,10 +71,13 @@ def StreamKey(seed: INT64, stream: int):
 
 
 @script(analog)
-def StandardNormals(count: INT64, key):
-    """The first `count` normals of the stream, flat (see rng.normals): pair k gives normals 2k, 2k+1."""
-    pairs = op.Div(op.Add(count, op.Constant(value_int=1)), op.Constant(value_int=2))
-    counters = op.Cast(op.Range(op.Constant(value_int=0), pairs, op.Constant(value_int=1)), to=U64)
+def NormalsFrom(start: INT64, count: INT64, key):
+    """Normals [start, start + count) of the stream, flat (see rng.normals): pair k gives normals 2k, 2k+1."""
+    two = op.Constant(value_int=2)
+    first_pair = op.Div(start, two)
+    skip = op.Sub(start, op.Mul(first_pair, two))
+    pairs = op.Div(op.Add(op.Add(skip, count), op.Constant(value_int=1)), two)
+    counters = op.Cast(op.Range(first_pair, op.Add(first_pair, pairs), op.Constant(value_int=1)), to=U64)
     bits1, bits2 = SquaresPair(counters, key)
     n8 = op.Constant(value=_SHIFTS[8])
     inv = op.Constant(value_float=1.0 / (1 << 24))
@@ -85,7 +88,14 @@ def StandardNormals(count: INT64, key):
     axis1 = op.Constant(value_ints=[1])
     interleaved = op.Concat(op.Unsqueeze(op.Mul(radius, op.Cos(angle)), axis1), op.Unsqueeze(op.Mul(radius, op.Sin(angle)), axis1), axis=1)
     flat = op.Reshape(interleaved, op.Constant(value_ints=[-1]))
-    return op.Slice(flat, op.Constant(value_ints=[0]), op.Reshape(count, op.Constant(value_ints=[1])))
+    begin = op.Reshape(skip, op.Constant(value_ints=[1]))
+    return op.Slice(flat, begin, op.Add(begin, op.Reshape(count, op.Constant(value_ints=[1]))))
+
+
+@script(analog)
+def StandardNormals(count: INT64, key):
+    """The first `count` normals of the stream, flat."""
+    return NormalsFrom(op.Constant(value_int=0), count, key)
 
 
 @script(analog)
@@ -222,34 +232,39 @@ def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: in
     alpha = op.Div(peak, omega)
     alpha = op.Where(op.And(op.Greater(omega, zero_f), op.Greater(alpha, zero_f)), alpha, one_f)
     mapped = op.Transpose(op.Div(wt, op.Unsqueeze(alpha, op.Constant(value_ints=[2]))), perm=[1, 2, 0])
-    # per-vector noise management, one scale per round: s = (1/c) / 2^r
+    # per-vector noise management; round r scales by s = (1/c) / 2^r
     abs_max, _ = op.TopK(op.Abs(xt), top1, axis=2)
     managed = op.Where(op.Greater(abs_max, zero_f), abs_max, one_f)
     c = op.Where(op.Cast(op.Constant(value_int=noise_management), to=TensorProto.BOOL), managed, op.Expand(one_f, op.Shape(abs_max)))
+    inverse = op.Div(one_f, c)
     rounds = op.Constant(value_int=bm_rounds)
-    r = op.Range(zero_i, rounds, one_i)
-    power = op.Cast(op.BitShift(op.Cast(one_i, to=U64), op.Cast(r, to=U64), direction="LEFT"), to=TensorProto.FLOAT)
-    scale = op.Div(op.Unsqueeze(op.Div(one_f, c), first), op.Reshape(power, op.Constant(value_ints=[-1, 1, 1, 1])))
-    xq, _ = Converter(op.Mul(op.Unsqueeze(xt, first), scale), bits=inp_bits, bound=inp_bound)
-    y = op.MatMul(xq, mapped)
-    count = op.Mul(op.Mul(op.Mul(rounds, tiles_in), n_vec), m_out)
-    z = op.Reshape(StandardNormals(count, StreamKey(seed, stream=stream)), op.Shape(y))
-    y = op.Add(y, op.Mul(op.Mul(noise_scale, op.Constant(value_float=out_noise)), z))
-    q, beyond = Converter(y, bits=out_bits, bound=out_bound)
+    per_round = op.Mul(op.Mul(tiles_in, n_vec), m_out)
+    key = StreamKey(seed, stream=stream)
+    sigma = op.Mul(noise_scale, op.Constant(value_float=out_noise))
+    out_shape_t = op.Concat(op.Unsqueeze(tiles_in, first), op.Unsqueeze(n_vec, first), op.Unsqueeze(m_out, first), axis=0)
+    chosen = op.Expand(zero_f, out_shape_t)
+    accepted = op.Cast(chosen, to=TensorProto.BOOL)
+    reduction = one_f
     # a vector's round: the first in which no output of its tile saturates, else the last
-    block_beyond = op.Greater(op.MatMul(op.Cast(beyond, to=TensorProto.FLOAT), member), zero_f)
-    saturated = op.Greater(op.MatMul(op.Cast(block_beyond, to=TensorProto.FLOAT), op.Transpose(member, perm=[1, 0])), zero_f)
-    last = op.Reshape(op.Equal(r, op.Sub(rounds, one_i)), op.Constant(value_ints=[-1, 1, 1, 1]))
-    accept = op.Cast(op.Or(op.Not(saturated), last), to=TensorProto.FLOAT)
-    choice = op.ArgMax(accept, axis=0, keepdims=1)
-    chosen = op.Squeeze(op.GatherElements(op.Mul(q, op.Div(one_f, scale)), choice, axis=0), first)
+    for r in range(rounds):
+        scale = op.Div(inverse, reduction)
+        xq, _ = Converter(op.Mul(xt, scale), bits=inp_bits, bound=inp_bound)
+        y = op.MatMul(xq, mapped)
+        z = op.Reshape(NormalsFrom(op.Mul(r, per_round), per_round, key), op.Shape(y))
+        q, beyond = Converter(op.Add(y, op.Mul(sigma, z)), bits=out_bits, bound=out_bound)
+        block_beyond = op.Greater(op.MatMul(op.Cast(beyond, to=TensorProto.FLOAT), member), zero_f)
+        saturated = op.Greater(op.MatMul(op.Cast(block_beyond, to=TensorProto.FLOAT), op.Transpose(member, perm=[1, 0])), zero_f)
+        take = op.And(op.Not(accepted), op.Or(op.Not(saturated), op.Equal(r, op.Sub(rounds, one_i))))
+        chosen = op.Where(take, op.Mul(q, op.Div(one_f, scale)), chosen)
+        accepted = op.Or(accepted, take)
+        reduction = op.Mul(reduction, op.Constant(value_float=2.0))
     total = op.ReduceSum(op.Mul(chosen, op.Unsqueeze(op.Transpose(alpha, perm=[1, 0]), top1)), first, keepdims=0)
     out_shape = op.Concat(op.Slice(op.Shape(X), first, op.Constant(value_ints=[-1])), op.Unsqueeze(m_out, first), axis=0)
     return op.Reshape(total, out_shape)
 
 
 PUBLIC = tuple(globals()[name] for name in OP_NAMES)  # the schema's ops, in its order
-HELPERS = (SwapHalves, SquaresPair, StreamKey, StandardNormals, RowAbsMax, ClipAndRound, Converter, SplitIndex)
+HELPERS = (SwapHalves, SquaresPair, StreamKey, NormalsFrom, StandardNormals, RowAbsMax, ClipAndRound, Converter, SplitIndex)
 
 
 def function_protos(opset: int) -> list[onnx.FunctionProto]:
