@@ -26,9 +26,11 @@ Each op is declared once in ``schema.py`` (inputs, outputs, attributes and defau
 cases); the function bodies, the native library's op list, the benchmarks and the conformance
 test read it.
 
-The native library has one op more, which never appears in a file: ``MvmOutputEpilogue`` is
-``MvmOutput`` followed by a per-channel scale and shift and an optional ReLU, put in place of
-those layers in memory for native sessions only (see ``analog_onnx/native_graph.py``).
+The native library has ops more, which never appear in a file, put in place in memory for native
+sessions only (see ``analog_onnx/native_graph.py``): ``MvmOutputEpilogue`` is ``MvmOutput``
+followed by a per-channel scale and shift and an optional ReLU; ``AnalogTileEpilogue`` is
+``AnalogTile`` with that epilogue; ``AnalogTileConv`` is a 2-D convolution's ``AnalogTile`` reading
+its im2col patches straight from the NCHW input, with that epilogue.
 """
 
 DOMAIN = "ai.analog"
