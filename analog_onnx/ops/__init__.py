@@ -21,6 +21,10 @@ Ops (see ``reference.py`` for the exact definitions):
 ``MvmOutput(Y, S, noise_scale, seed) -> Z``
     The output side: additive output noise in normalized units, the ADC (clip to
     ``out_bound``, ``out_bits`` quantization), and rescaling by ``S`` and the weight scale.
+``AnalogTile(X, W, noise_scale, seed) -> Y``
+    An analog layer ``Y[..., M] = X[..., K] W^T`` on tiles as aihwkit computes it, per input
+    vector: tiles of ``max_input_size`` x ``max_output_size``, weight mapping, abs-max noise
+    management, DAC, output noise, ADC, iterative bound management, digital sum over tiles.
 
 Each op is declared once in ``schema.py`` (inputs, outputs, attributes and defaults, example
 cases); the function bodies, the native library's op list, the benchmarks and the conformance
