@@ -436,6 +436,18 @@ def test_native_tile_convolution_reads_patches_like_the_function_body(seed, rng)
     assert np.isclose(native, function, rtol=1e-4, atol=1e-4).mean() > 0.99
 
 
+@pytest.mark.native
+@pytest.mark.parametrize("outputs", [16, 24, 48, 64, 100])
+def test_native_tile_register_blocks_cover_every_output_width(outputs, rng):
+    """Each output width picks its own register block (1 to 4 vectors wide, AVX-512 or AVX2)."""
+    attributes = SCHEMAS["AnalogTile"].cases["aihwkit-default"]
+    feeds = {"X": rng.standard_normal((301, 70)).astype(np.float32),
+             "W": (rng.standard_normal((outputs, 70)) * 0.3).astype(np.float32), **controls(1.0, 9)}
+    got = run("native", SCHEMAS["AnalogTile"], attributes, feeds)[0]
+    want = run("reference", SCHEMAS["AnalogTile"], attributes, feeds)[0]
+    assert np.isclose(got, want, rtol=1e-4, atol=1e-4).mean() > 0.99
+
+
 def test_tile_splits_like_aihwkit():
     assert ref.split_sizes(1024, 512) == [512, 512]
     assert ref.split_sizes(576, 512) == [288, 288]
