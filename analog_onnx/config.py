@@ -27,6 +27,7 @@ from analog_onnx.files import read_small_text, write_text
 
 PLACEMENTS = ("activations", "mvm")
 NOISE_MANAGEMENT = ("abs_max", "none")
+BOUND_MANAGEMENT = ("iterative", "none")
 ANALOG_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CHANGED = "+overrides"  # appended to the name of a preset or file config changed by --set or flags
 DEFAULT_ACTIVATION_OPS = (
@@ -69,6 +70,32 @@ class Forward:
     out_noise: float = 0.0  # additive output noise sigma, in normalized output units
     out_bits: int = 0  # ADC bits, signed symmetric (9 = aihwkit out_res 1/510); 0 = no ADC grid
     out_bound: float = 0.0  # ADC clip bound in normalized units; 0 = no clipping
+    bound_management: str = "none"  # "iterative": re-run an input vector that saturates the ADC at half the input scale
+    max_bm_factor: int = 1000  # iterative: stop once the input reduction exceeds this factor (aihwkit's)
+    max_bm_res: float = 0.25  # iterative: ... or exceeds max_bm_res / (DAC step over the range) (aihwkit's)
+
+    def bm_rounds(self) -> int:
+        """How many times aihwkit's iterative bound management computes an MVM at most: the input
+        reduction doubles from 1 each round and the round that first exceeds a limit is the last."""
+        if self.bound_management == "none" or not self.out_bound:
+            return 1  # without an ADC bound nothing saturates
+        limit = float(self.max_bm_factor)
+        if self.inp_bits:
+            limit = min(limit, self.max_bm_res / (2 * self.inp_bound / ((1 << self.inp_bits) - 2)))
+        rounds, reduction = 1, 1.0
+        while reduction <= limit:
+            rounds, reduction = rounds + 1, reduction * 2
+        return rounds
+
+
+@dataclass
+class Mapping:
+    """How a layer's weights map onto analog tiles (aihwkit's MappingParameter; "mvm" placement)."""
+
+    weight_scaling_omega: float = 0.0  # > 0: tile weights divided by max|W|/omega, outputs times it; 0: as they are
+    weight_scaling_columnwise: bool = False  # one max|W| per output instead of one per tile
+    max_input_size: int = 0  # inputs per tile: larger layers are split over tiles summed digitally; 0 = one tile
+    max_output_size: int = 0  # outputs per tile (their own mapping scale and bound management); 0 = one tile
 
 
 @dataclass
@@ -89,6 +116,7 @@ class AnalogConfig:
     placement: Placement = field(default_factory=Placement)
     noise: Noise = field(default_factory=Noise)
     forward: Forward = field(default_factory=Forward)
+    mapping: Mapping = field(default_factory=Mapping)
     weights: Weights = field(default_factory=Weights)
     device: DeviceConfig = field(default_factory=DeviceConfig)  # the devices holding the weights ("mvm" only)
     t_inference: float = 0.0  # s since the weights were programmed: the model's default time (drift, read noise)
@@ -189,6 +217,21 @@ class AnalogConfig:
         self.device.validate()
         _check(not (self.device.enabled and p.where != "mvm"), "device.model",
                'needs placement.where = "mvm" (devices hold the weights of analog layers)')
+        _check(not (self.device.enabled and (self.mapping != Mapping() or f.bound_management != "none")), "mapping",
+               "and forward.bound_management (the analog tile) do not yet apply with a device model: device "
+               "layers use the per-sample periphery (docs/semantics.md)")
+        _check(f.bound_management in BOUND_MANAGEMENT, "forward.bound_management",
+               f"must be one of {', '.join(BOUND_MANAGEMENT)}")
+        _check(f.max_bm_factor >= 1, "forward.max_bm_factor", "must be >= 1")
+        _check(f.max_bm_res > 0, "forward.max_bm_res", "must be > 0")
+        m = self.mapping
+        _check(m.weight_scaling_omega >= 0, "mapping.weight_scaling_omega", "must be >= 0 (0 = no remapping)")
+        _check(not (m.weight_scaling_columnwise and not m.weight_scaling_omega), "mapping.weight_scaling_columnwise",
+               "needs mapping.weight_scaling_omega > 0")
+        for key, size in (("mapping.max_input_size", m.max_input_size), ("mapping.max_output_size", m.max_output_size)):
+            _check(size >= 0, key, "must be >= 0 (0 = one tile)")
+        _check(not (p.where == "activations" and (m != Mapping() or f.bound_management != "none")), "mapping",
+               "and forward.bound_management apply to placement.where = \"mvm\" only")
         for key, bits in (("forward.inp_bits", f.inp_bits), ("forward.out_bits", f.out_bits),
                           ("weights.bits", w.bits)):
             _check(bits == 0 or 2 <= bits <= 24, key, "must be 0 (off) or between 2 and 24")

@@ -5,6 +5,10 @@ running anywhere through its function bodies.
 - ``fold_constant_quantizers``: onnxruntime constant-folds a function body but never a custom
   kernel, so a native session would quantize constant weights again on every run and, worse, lose
   the prepacked (NCHWc) convolutions that need constant weights.
+- ``fuse_tile_convolutions``: a convolution the transform made a tile reads its im2col patches
+  from a standard Conv with a one-hot kernel and transposes around ``AnalogTile``; the native
+  ``AnalogTileConv`` reads the patches straight from the NCHW input and writes NCHW, and the
+  original layer the tile replaced (kept in the file for ``strip``) is dropped.
 - ``fuse_epilogues``: our nodes sit between each convolution and the digital layers onnxruntime
   would otherwise fuse into it (bias, BatchNormalization, ReLU), which then run as separate passes
   over the activations. ``MvmOutputEpilogue`` applies them per channel in MvmOutput's own pass.
@@ -31,7 +35,9 @@ def prepare(model: ModelLike) -> ModelLike:
     """``model`` with both rewrites applied, or ``model`` itself when neither applies."""
     work = ir.serde.deserialize_model(_load(model))
     changed = _fold_constant_quantizers(work)
+    changed = _fuse_tile_convolutions(work) or changed
     changed = _fuse_epilogues(work) or changed
+    changed = _drop_unused_nodes(work) or changed
     return ir.serde.serialize_model(work) if changed else model
 
 
@@ -61,13 +67,73 @@ def _fold_constant_quantizers(model: ir.Model) -> bool:
     return bool(quantizers)
 
 
+def _fuse_tile_convolutions(model: ir.Model) -> bool:
+    graph, names = model.graph, Names(model)
+    fused = False
+    for node in [n for n in graph if _is_ours(n, "AnalogTile")]:
+        parts = _tile_convolution(graph, node)
+        if parts is None:
+            continue
+        unfold, patches, reshape, back = parts
+        conv_attributes = {k: v for k, v in _attributes(unfold).items() if k in ("pads", "strides", "dilations")}
+        base = names.node(f"{node.name}/conv")
+        channels = reshape.inputs[0].shape[0] if reshape.inputs[0].shape is not None else None
+        if not isinstance(channels, int):
+            continue
+        identity = [_initializer(graph, names.value(f"{base}/{what}"), np.full(channels, value, np.float32))
+                    for what, value in (("scale", 1.0), ("shift", 0.0))]
+        tile = ir.node("AnalogTileConv", [unfold.inputs[0], reshape.inputs[0], *node.inputs[2:], *identity],
+                       {**_attributes(node), **conv_attributes, "relu": 0}, domain=DOMAIN, name=base)
+        out = back.outputs[0]
+        name, kind, dims = out.name, out.type, out.shape
+        out.replace_all_uses_with(tile.outputs[0], replace_graph_outputs=True)
+        graph.insert_before(node, tile)
+        graph.remove([back, node, patches, unfold], safe=True)
+        if not reshape.outputs[0].uses():
+            graph.remove(reshape, safe=True)
+        tile.outputs[0].name, tile.outputs[0].type, tile.outputs[0].shape = name, kind, dims
+        fused = True
+    return fused
+
+
+def _tile_convolution(graph: ir.Graph, node: ir.Node) -> tuple[ir.Node, ...] | None:
+    """(unfolding Conv, Transpose to patches, Reshape of the kernel, Transpose to NCHW) around an
+    AnalogTile that computes a 2-D convolution, or None."""
+    patches, reshape = node.inputs[0].producer(), node.inputs[1].producer()
+    back = _only_consumer(graph, node.outputs[0])
+    if patches is None or reshape is None or back is None or not _is_standard(patches, "Transpose", [0, 2, 3, 1]) \
+            or not _is_standard(back, "Transpose", [0, 3, 1, 2]) or reshape.op_type != "Reshape":
+        return None
+    unfold = patches.inputs[0].producer()
+    if unfold is None or unfold.op_type != "Conv" or unfold.domain != "" or _only_consumer(graph, unfold.outputs[0]) \
+            is not patches or _attributes(unfold).get("auto_pad", "NOTSET") != "NOTSET":
+        return None
+    kernel = _constant(unfold.inputs[1])
+    if kernel is None or kernel.ndim != 4 or len(unfold.inputs) > 2 or _attributes(unfold).get("group", 1) != 1:
+        return None
+    if not np.array_equal(kernel.reshape(kernel.shape[0], -1), np.eye(kernel.shape[0], dtype=kernel.dtype)):
+        return None
+    return unfold, patches, reshape, back
+
+
+def _is_standard(node: ir.Node, op_type: str, perm: list[int]) -> bool:
+    return node.domain == "" and node.op_type == op_type and list(_attributes(node).get("perm", [])) == perm
+
+
+def _drop_unused_nodes(model: ir.Model) -> bool:
+    """Remove the nodes none of whose outputs is read (the layers tiles replaced), repeatedly."""
+    graph, dropped = model.graph, False
+    while unused := [n for n in graph if not any(v.uses() or v.is_graph_output() for v in n.outputs)]:
+        graph.remove(unused, safe=True)
+        dropped = True
+    return dropped
+
+
 def _fuse_epilogues(model: ir.Model) -> bool:
     graph, names = model.graph, Names(model)
     fused = False
     for node in list(graph):
-        if not _is_ours(node, "MvmOutput") or _attributes(node).get("axis", 1) != 1:
-            continue
-        shape = _layer_output_shape(node.inputs[0].producer())
+        shape = _epilogue_shape(node)
         if shape is None:
             continue
         chain, scale, shift, relu = _epilogue_chain(graph, node.outputs[0], *shape)
@@ -75,6 +141,21 @@ def _fuse_epilogues(model: ir.Model) -> bool:
             _fuse(graph, names, node, chain, scale, shift, relu)
             fused = True
     return fused
+
+
+def _epilogue_shape(node: ir.Node) -> tuple[int, int] | None:
+    """(rank, channels) of the output of a node that can take an epilogue, else None: a per-sample
+    MvmOutput of a Conv or Gemm, an AnalogTileConv, or an AnalogTile of rank-2 vectors."""
+    if _is_ours(node, "MvmOutput") and _attributes(node).get("axis", 1) == 1:
+        return _layer_output_shape(node.inputs[0].producer())
+    if _is_ours(node, "AnalogTileConv") and not _attributes(node).get("relu"):
+        return 4, len(node.inputs[4].const_value.numpy())
+    weight = _constant(node.inputs[1]) if _is_ours(node, "AnalogTile") else None
+    if weight is None:
+        return None
+    source, shape = node.inputs[0].producer(), node.inputs[0].shape
+    rank_two = (shape is not None and len(shape) == 2) or (source is not None and source.op_type == "Flatten")
+    return (2, weight.shape[0]) if rank_two else None
 
 
 def _epilogue_chain(graph: ir.Graph, value: ir.Value, rank: int, channels: int
@@ -95,11 +176,17 @@ def _epilogue_chain(graph: ir.Graph, value: ir.Value, rank: int, channels: int
 
 def _fuse(graph: ir.Graph, names: Names, node: ir.Node, chain: list[ir.Node], scale: np.ndarray,
           shift: np.ndarray, relu: int) -> None:
-    """Put one ``MvmOutputEpilogue`` where ``node`` was; it defines the chain's last value."""
+    """Put one node with the epilogue where ``node`` was (``MvmOutputEpilogue``, ``AnalogTileEpilogue``
+    or the ``AnalogTileConv`` with its scale and shift composed); it defines the chain's last value."""
     base = f"{node.name or node.outputs[0].name}/epilogue"
+    inputs = list(node.inputs)
+    if node.op_type == "AnalogTileConv":  # compose with the epilogue it has
+        before_scale, before_shift = (v.const_value.numpy().astype(np.float64) for v in inputs[4:6])
+        scale, shift, inputs = before_scale * scale, before_shift * scale + shift, inputs[:4]
     constants = [_initializer(graph, names.value(f"{base}/{what}"), array.astype(np.float32))
                  for what, array in (("scale", scale), ("shift", shift))]
-    fused = ir.node("MvmOutputEpilogue", [*node.inputs, *constants], {**_attributes(node), "relu": relu},
+    op_type = {"MvmOutput": "MvmOutputEpilogue", "AnalogTile": "AnalogTileEpilogue"}.get(node.op_type, node.op_type)
+    fused = ir.node(op_type, [*inputs, *constants], {**_attributes(node), "relu": relu},
                     domain=DOMAIN, name=names.node(base))
     last = chain[-1].outputs[0]
     name, kind, dims = last.name, last.type, last.shape

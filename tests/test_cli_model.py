@@ -29,7 +29,7 @@ def digest(path: Path) -> str:
 
 def test_transform_inspect_strip_round_trip(run_cli, model_file, tmp_path):
     code, out, _ = run_cli("transform", model_file, "--preset", "aihwkit-default", "--set", "out_noise=0.04")
-    assert code == 0 and "MvmOutput" in out
+    assert code == 0 and "AnalogTile" in out
     analog = tmp_path / "cnn.analog.onnx"
     onnx.checker.check_model(str(analog), full_check=True)
     assert analog.stat().st_mode & 0o044 == model_file.stat().st_mode & 0o044  # not made private
@@ -37,7 +37,7 @@ def test_transform_inspect_strip_round_trip(run_cli, model_file, tmp_path):
     code, out, _ = run_cli("inspect", analog, "--json")
     info = json.loads(out)
     assert info["transformed"] and info["config"]["forward"]["out_noise"] == 0.04
-    assert info["inserted_ops"]["MvmOutput"] == len(info["sites"]) == 3
+    assert info["inserted_ops"]["AnalogTile"] == len(info["sites"]) == 3
 
     code, out, _ = run_cli("inspect", model_file, "--json")
     assert [layer["op_type"] for layer in json.loads(out)["analog_layers"]] == ["Conv", "Conv", "Gemm"]

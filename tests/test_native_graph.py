@@ -10,7 +10,7 @@ from onnx import TensorProto, numpy_helper
 from onnx import helper as h
 
 from analog_onnx.config import load_preset
-from analog_onnx.native_graph import fold_constant_quantizers, fuse_epilogues, prepare
+from analog_onnx.native_graph import fold_constant_quantizers, prepare
 from analog_onnx.ops import DOMAIN
 from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
@@ -51,8 +51,20 @@ def residual_block(rng: np.random.Generator, *, training_bn: bool = False) -> on
 
 
 def epilogues(model: onnx.ModelProto | None) -> list[dict]:
-    nodes = [] if model is None else [n for n in model.graph.node if n.op_type == "MvmOutputEpilogue"]
-    return [{a.name: h.get_attribute_value(a) for a in n.attribute} for n in nodes]
+    """The attributes of the nodes that took an epilogue (an AnalogTileConv only when it is not the identity)."""
+    if model is None:
+        return []
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+    def took_one(node: onnx.NodeProto) -> bool:
+        if node.op_type in ("MvmOutputEpilogue", "AnalogTileEpilogue"):
+            return True
+        if node.op_type != "AnalogTileConv":
+            return False
+        relu = any(a.name == "relu" and a.i for a in node.attribute)
+        return relu or not (np.all(constants[node.input[4]] == 1) and np.all(constants[node.input[5]] == 0))
+
+    return [{a.name: h.get_attribute_value(a) for a in n.attribute} for n in model.graph.node if took_one(n)]
 
 
 def run_native(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
@@ -65,10 +77,10 @@ def run_native(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
 @pytest.mark.parametrize("preset", ["aihwkit-default", "ideal"])
 def test_fused_epilogues_compute_what_the_layers_they_replace_do(preset, rng):
     model = transform_model(residual_block(rng), load_preset(preset))
-    fused = fuse_epilogues(model)
+    fused = prepare(model)
     feeds = {"x": rng.standard_normal((7, 3, 6, 6)).astype(np.float32), "seed": np.array(5, np.int64)}
-    if preset == "ideal":  # no MvmOutput, nothing to fuse
-        assert fused is None
+    if preset == "ideal":  # no analog op, nothing to fuse
+        assert fused is model
         return
     # conv1 takes BN + ReLU; conv2 its bias + BN but not the residual Add; the Gemm its bias + ReLU
     assert [e["relu"] for e in epilogues(fused)] == [1, 0, 1]
@@ -86,14 +98,14 @@ def test_fusion_reads_the_structure_not_the_transforms_tags(rng):
     untagged.CopyFrom(model)
     for node in untagged.graph.node:
         del node.metadata_props[:]
-    assert epilogues(fuse_epilogues(untagged)) == epilogues(fuse_epilogues(model))
-    assert len(epilogues(fuse_epilogues(untagged))) == 3
+    assert epilogues(prepare(untagged)) == epilogues(prepare(model))
+    assert len(epilogues(prepare(untagged))) == 3
 
 
 def test_exported_models_fuse_and_agree(exported_models, rng):
     for name, clean in exported_models.items():
         model = transform_model(clean, load_preset("aihwkit-default"))
-        fused = fuse_epilogues(model)
+        fused = prepare(model)
         assert epilogues(fused), name  # TorchScript folds BatchNorm into a Conv bias: bias (+ ReLU) fuse
         feeds = {model.graph.input[0].name: rng.random((5, 3, 4, 4), dtype=np.float32), "seed": np.array(1, np.int64)}
         np.testing.assert_allclose(run_native(fused, feeds), run_native(model, feeds), rtol=1e-5, atol=1e-5)
@@ -101,22 +113,22 @@ def test_exported_models_fuse_and_agree(exported_models, rng):
 
 def test_only_private_per_channel_inference_chains_fuse(rng):
     training = transform_model(residual_block(rng, training_bn=True), load_preset("aihwkit-default"))
-    assert [e["relu"] for e in epilogues(fuse_epilogues(training))] == [0, 1]  # conv1's BN computes batch stats
+    assert [e["relu"] for e in epilogues(prepare(training))] == [0, 1]  # conv1's BN computes batch stats
 
     model = transform_model(residual_block(rng), load_preset("aihwkit-default"))
-    # conv1's output also read elsewhere (a graph output, a branch of an If): that MvmOutput stays
-    shared = next(n for n in model.graph.node if n.op_type == "MvmOutput").output[0]
+    # conv1's output also read elsewhere (a graph output, a branch of an If): that tile stays as it is
+    shared = next(n.output[0] for n in model.graph.node if n.output[0].endswith("analog_nchw"))
     as_output = onnx.ModelProto()
     as_output.CopyFrom(model)
     as_output.graph.output.append(h.make_tensor_value_info(shared, TensorProto.FLOAT, None))
-    assert [e["relu"] for e in epilogues(fuse_epilogues(as_output))] == [0, 1]
+    assert [e["relu"] for e in epilogues(prepare(as_output))] == [0, 1]
 
     branch = h.make_graph([h.make_node("Identity", [shared], ["inner"])], "branch", [],
                           [h.make_tensor_value_info("inner", TensorProto.FLOAT, None)])
     model.graph.initializer.append(numpy_helper.from_array(np.array(True), "always"))
     model.graph.node.append(h.make_node("If", ["always"], ["picked"], then_branch=branch, else_branch=branch))
     model.graph.output.append(h.make_tensor_value_info("picked", TensorProto.FLOAT, None))
-    fused = fuse_epilogues(model)
+    fused = prepare(model)
     assert [e["relu"] for e in epilogues(fused)] == [0, 1]
     feeds = {"x": rng.standard_normal((2, 3, 6, 6)).astype(np.float32), "seed": np.array(4, np.int64)}
     for got, want in zip(ort.InferenceSession(fused.SerializeToString(), session_options(native=True)).run(None, feeds),
@@ -127,12 +139,12 @@ def test_only_private_per_channel_inference_chains_fuse(rng):
 
 def test_a_constant_that_is_not_per_channel_is_not_folded(rng):
     model = transform_model(residual_block(rng), load_preset("aihwkit-default"))
-    add = next(n for n in model.graph.node if n.op_type == "Add" and n.input[0].endswith("_analog"))
+    add = next(n for n in model.graph.node if n.op_type == "Add" and n.input[0].endswith("analog_nchw"))
     row = numpy_helper.from_array(np.full(6, 0.5, np.float32), "per_column")  # broadcasts over W, not C
     model.graph.initializer.append(row)
     add.input[1] = "per_column"
     # the Conv bias step is now a per-column Add: conv2's chain ends before it
-    relus = [e["relu"] for e in epilogues(fuse_epilogues(model))]
+    relus = [e["relu"] for e in epilogues(prepare(model))]
     assert len(relus) == 2
     feeds = {"x": rng.standard_normal((2, 3, 6, 6)).astype(np.float32), "seed": np.array(2, np.int64)}
     np.testing.assert_allclose(run_native(prepare(model), feeds), run_native(model, feeds), rtol=1e-5, atol=1e-5)

@@ -9,6 +9,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+import torch
 from helpers import as_ir, gemm_relu
 from onnx import TensorProto, numpy_helper
 from onnx import helper as h
@@ -16,10 +17,12 @@ from onnx import helper as h
 from analog_onnx.config import load_preset
 from analog_onnx.effects import EFFECTS, enabled_effects
 from analog_onnx.ops import DOMAIN
+from analog_onnx.ops import reference as ref
 from analog_onnx.passes.add_controls import CONTROLS, AddControlInputsPass
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
 from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, SITES_KEY, VERSION_KEY, control_inputs
 from analog_onnx.passes.insert_activation_noise import InsertActivationNoisePass
+from analog_onnx.passes.insert_analog_tile import InsertAnalogTilePass
 from analog_onnx.passes.insert_device_weights import InsertDeviceWeightsPass
 from analog_onnx.passes.insert_mvm_periphery import InsertMvmPeripheryPass
 from analog_onnx.passes.names import Names
@@ -81,9 +84,16 @@ def test_quantize_weights_pass_transposes_output_channels_to_axis_0():
     assert work.graph.node(3).inputs[1].name == "gemm/analog_w2"
 
 
+def gemm_alpha_relu() -> onnx.ModelProto:
+    """``gemm_relu`` with alpha 2: a layer the tile pass leaves to the periphery pass."""
+    model = gemm_relu()
+    model.graph.node[0].attribute.append(h.make_attribute("alpha", 2.0))
+    return model
+
+
 def test_mvm_periphery_pass_wraps_the_layer_and_moves_the_bias_out():
     config = load_preset("aihwkit-default")
-    work = with_controls(gemm_relu())
+    work = with_controls(gemm_alpha_relu())
     InsertMvmPeripheryPass(config)(work)
     assert ops(work) == ["MvmInput", "Gemm", "MvmOutput", "Add", "Relu"]
     gemm = work.graph.node(1)
@@ -91,7 +101,39 @@ def test_mvm_periphery_pass_wraps_the_layer_and_moves_the_bias_out():
     out = work.graph.node(2)
     assert out.attributes["stream"].as_int() == 1
     weight = numpy_helper.to_array(gemm_relu().graph.initializer[0])
-    assert out.attributes["weight_scale"].as_float() == pytest.approx(np.abs(weight).max())
+    assert out.attributes["weight_scale"].as_float() == pytest.approx(2 * np.abs(weight).max())
+
+
+def test_analog_tile_pass_replaces_the_layer_and_adds_the_bias_after():
+    config = load_preset("aihwkit-default")
+    work = with_controls(gemm_relu())
+    InsertMvmPeripheryPass(config)(work)
+    assert ops(work) == ["Gemm", "Relu"]  # a tile layer: not the periphery pass's
+    InsertAnalogTilePass(config)(work)
+    assert ops(work) == ["Gemm", "AnalogTile", "Add", "Relu"]
+    tile = work.graph.node(1)
+    assert tile.attributes["bm_rounds"].as_int() == 5 and tile.attributes["max_input_size"].as_int() == 512
+    assert not work.graph.node(0).outputs[0].uses()  # the layer stays for strip, unused
+    StripAnalogPass()(work)
+    assert ops(work) == ["Gemm", "Relu"] and work.graph.node(1).inputs[0] is work.graph.node(0).outputs[0]
+
+
+def test_analog_tile_pass_unfolds_a_convolution_into_patches(rng):
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    graph = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 0, 1, 0], strides=[2, 1])],
+                         "conv", [h.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 7, 6])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                         [numpy_helper.from_array(weight, "w")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    config = load_preset("aihwkit-default").with_overrides(["out_noise=0", "bound_management=none"])
+    transformed = transform_model(model, config)
+    assert [n.op_type for n in transformed.graph.node if n.domain == DOMAIN] == ["AnalogTile"]
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    got = ort.InferenceSession(transformed.SerializeToString()).run(None, {"x": x})[0]
+    patches = torch.nn.functional.unfold(torch.from_numpy(x), (3, 3), padding=(1, 0), stride=(2, 1))
+    want = ref.analog_tile(patches.transpose(1, 2).numpy(), weight.reshape(4, -1), 0.0, 0, inp_bits=7, out_bits=9,
+                           out_bound=12.0, max_input_size=512, max_output_size=512)
+    np.testing.assert_allclose(got, want.transpose(0, 2, 1).reshape(got.shape), rtol=1e-5, atol=1e-5)
 
 
 def test_device_weights_pass_feeds_the_layer_and_compensates_after_the_adc():
@@ -129,7 +171,7 @@ def test_device_weights_pass_brings_matmul_channels_to_axis_0():
 
 def test_periphery_still_finds_a_layer_whose_weight_was_quantized():
     config = load_preset("aihwkit-default").with_overrides(["weights.bits=4"])
-    work = with_controls(gemm_relu())
+    work = with_controls(gemm_alpha_relu())
     QuantizeWeightsPass(config)(work)
     InsertMvmPeripheryPass(config)(work)
     assert ops(work) == ["Quantize", "MvmInput", "Gemm", "MvmOutput", "Add", "Relu"]
@@ -148,10 +190,10 @@ def test_effects_are_a_registry_the_config_switches():
     assert [e.name for e in enabled_effects(load_preset("ideal"))] == []
     assert [e.name for e in enabled_effects(load_preset("hardening-additive"))] == ["activation_noise"]
     assert [e.name for e in enabled_effects(load_preset("aihwkit-default").with_overrides(["weights.bits=4"]))] == \
-        ["weight_quantization", "mvm_periphery"]
+        ["weight_quantization", "analog_tile", "mvm_periphery"]
     assert [e.name for e in enabled_effects(load_preset("aihwkit-pcm").with_overrides(["weights.bits=4"]))] == \
-        ["mvm_periphery", "device_weights"]  # weight bits become conductance levels
-    assert names == {"activation_noise", "weight_quantization", "mvm_periphery", "device_weights"}
+        ["mvm_periphery", "device_weights"]  # weight bits become conductance levels; no tiles under devices yet
+    assert names == {"activation_noise", "weight_quantization", "analog_tile", "mvm_periphery", "device_weights"}
     for effect in EFFECTS:
         assert set(effect.acts_on) <= {"weights", "input", "output"} and effect.ops
 

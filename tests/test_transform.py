@@ -65,7 +65,7 @@ def test_aihwkit_quantization_is_close_but_not_exact(exported_models, arch, rng)
     out = run(transform_model(model, load_preset("aihwkit-default")), x, noise_scale=0.0, seed=0)
     want = run(model, x)
     error = np.abs(out - want).max() / np.abs(want).max()
-    assert 0 < error < 0.1  # 7-bit DAC and 9-bit ADC: visible, small
+    assert 0 < error < 0.25  # 7-bit DAC and 9-bit ADC on unmapped small weights: visible, bounded
 
 
 def one_matmul(weight: np.ndarray) -> onnx.ModelProto:
@@ -89,14 +89,17 @@ def test_hardening_noise_variance_matches_theory(rng):
     np.testing.assert_allclose(deviation.mean(axis=0), 0, atol=0.02)
 
 
-def test_aihwkit_output_noise_scales_with_input_and_weights(rng):
+@pytest.mark.parametrize("omega", [0.0, 1.0, 0.5])
+def test_aihwkit_output_noise_scales_with_input_and_mapped_weights(rng, omega):
     weight = rng.standard_normal((8, 4)).astype(np.float32)
-    config = load_preset("aihwkit-default").with_overrides(["inp_bits=0", "out_bits=0", "out_bound=0"])
+    config = load_preset("aihwkit-default").with_overrides(
+        ["inp_bits=0", "out_bits=0", "out_bound=0", f"weight_scaling_omega={omega}"])
     model = transform_model(one_matmul(weight), config)
     x = np.tile(np.full((1, 8), 3.0, np.float32), (20000, 1))
     deviation = run(model, x, noise_scale=1.0, seed=5) - x @ weight
-    # out_noise 0.06 in normalized units, times input abs-max (3) and weight abs-max
-    np.testing.assert_allclose(deviation.std(axis=0), 0.06 * 3.0 * np.abs(weight).max(), rtol=0.03)
+    # out_noise 0.06 in normalized units, times input abs-max (3), times max|W|/omega when remapped
+    mapping = np.abs(weight).max() / omega if omega else 1.0
+    np.testing.assert_allclose(deviation.std(axis=0), 0.06 * 3.0 * mapping, rtol=0.03)
 
 
 def test_seed_input_makes_runs_reproducible(exported_models, rng):
@@ -163,7 +166,7 @@ def test_sites_argument_restricts_noise(exported_models):
     model, config = exported_models["mlp"], load_preset("aihwkit-default")
     first = analog_sites(model, config)[0].name
     transformed = transform_model(model, config, sites=[first])
-    assert sum(n.op_type == "MvmOutput" for n in transformed.graph.node) == 1
+    assert sum(n.op_type in ("MvmOutput", "AnalogTile") for n in transformed.graph.node) == 1
     with pytest.raises(ModelError, match="unknown site"):
         transform_model(model, config, sites=["nope"])
 
@@ -202,9 +205,7 @@ def test_qdq_weights_are_analog_layers(rng):
     x = rng.standard_normal((4, 6)).astype(np.float32)
     exact = run(transformed, x, optimize=False, noise_scale=0.0)
     np.testing.assert_allclose(exact, x @ (weight * scale), rtol=1e-4, atol=1e-4)
-    node = next(n for n in transformed.graph.node if n.op_type == "MvmOutput")
-    weight_scale = next(a.f for a in node.attribute if a.name == "weight_scale")
-    assert weight_scale == pytest.approx(np.abs(weight).max() * scale)
+    assert [n.op_type for n in transformed.graph.node if n.domain == DOMAIN] == ["AnalogTile"]
 
 
 def test_subgraphs_are_left_intact(rng):

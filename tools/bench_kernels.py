@@ -73,8 +73,9 @@ def op_model(op: OpSchema, attributes: dict, feeds: dict[str, np.ndarray]) -> on
 def bench_ops(batch: int, threads: int, rounds: int) -> None:
     shape = (batch, 16, 32, 32)  # the largest activation of a CIFAR ResNet-20
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    given = {"X": x, "Y": x, "W": x, "S": np.ones((batch, 1), np.float32), "noise_scale": np.array(1.0, np.float32),
-             "seed": np.array(1, np.int64), **CHIP}
+    weight = (np.random.default_rng(1).standard_normal((16, shape[-1])) * 0.2).astype(np.float32)
+    given = {"X": x, "Y": x, "W": weight, "S": np.ones((batch, 1), np.float32),
+             "noise_scale": np.array(1.0, np.float32), "seed": np.array(1, np.int64), **CHIP}
     print(f"per op, tensor {shape}, {threads} threads: ns per element")
     print(f"  {'op':30s} {'native':>8s} {'function':>9s} {'speed-up':>9s}")
     for label, (op, attributes) in OP_CASES.items():

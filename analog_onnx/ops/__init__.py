@@ -25,14 +25,20 @@ Ops (see ``reference.py`` for the exact definitions):
     The weights as one read of a programmed chip sees them (conductance mapping and levels,
     programming noise, stuck devices, drift to ``t_inference``, read noise; ``analog_onnx.devices``)
     and the layer's drift-compensation factor.
+``AnalogTile(X, W, noise_scale, seed) -> Y``
+    An analog layer ``Y[..., M] = X[..., K] W^T`` on tiles as aihwkit computes it, per input
+    vector: tiles of ``max_input_size`` x ``max_output_size``, weight mapping, abs-max noise
+    management, DAC, output noise, ADC, iterative bound management, digital sum over tiles.
 
 Each op is declared once in ``schema.py`` (inputs, outputs, attributes and defaults, example
 cases); the function bodies, the native library's op list, the benchmarks and the conformance
 test read it.
 
-The native library has one op more, which never appears in a file: ``MvmOutputEpilogue`` is
-``MvmOutput`` followed by a per-channel scale and shift and an optional ReLU, put in place of
-those layers in memory for native sessions only (see ``analog_onnx/native_graph.py``).
+The native library has ops more, which never appear in a file, put in place in memory for native
+sessions only (see ``analog_onnx/native_graph.py``): ``MvmOutputEpilogue`` is ``MvmOutput``
+followed by a per-channel scale and shift and an optional ReLU; ``AnalogTileEpilogue`` is
+``AnalogTile`` with that epilogue; ``AnalogTileConv`` is a 2-D convolution's ``AnalogTile`` reading
+its im2col patches straight from the NCHW input, with that epilogue.
 """
 
 DOMAIN = "ai.analog"
@@ -42,3 +48,4 @@ from analog_onnx.ops.schema import OPS  # noqa: E402 (the schema needs nothing f
 
 OP_NAMES = tuple(op.name for op in OPS if not op.native_only)
 NATIVE_ONLY_OPS = tuple(op.name for op in OPS if op.native_only)
+NATIVE_OPS = tuple(op.name for op in OPS if op.native)  # the native library's ops, in its order

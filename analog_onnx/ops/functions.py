@@ -101,10 +101,13 @@ def StreamKey(seed: INT64, stream: int):
 
 
 @script(analog)
-def StandardNormals(count: INT64, key):
-    """The first `count` normals of the stream, flat (see rng.normals): pair k gives normals 2k, 2k+1."""
-    pairs = op.Div(op.Add(count, op.Constant(value_int=1)), op.Constant(value_int=2))
-    counters = op.Range(op.Constant(value_int=0), pairs, op.Constant(value_int=1))
+def NormalsFrom(start: INT64, count: INT64, key):
+    """Normals [start, start + count) of the stream, flat (see rng.normals): pair k gives normals 2k, 2k+1."""
+    two = op.Constant(value_int=2)
+    first_pair = op.Div(start, two)
+    skip = op.Sub(start, op.Mul(first_pair, two))
+    pairs = op.Div(op.Add(op.Add(skip, count), op.Constant(value_int=1)), two)
+    counters = op.Range(first_pair, op.Add(first_pair, pairs), op.Constant(value_int=1))
     bits1, bits2 = SquaresPair(counters, key)
     n8 = op.Constant(value=_SHIFTS[8])
     inv = op.Constant(value_float=1.0 / (1 << 24))
@@ -115,7 +118,14 @@ def StandardNormals(count: INT64, key):
     axis1 = op.Constant(value_ints=[1])
     interleaved = op.Concat(op.Unsqueeze(op.Mul(radius, op.Cos(angle)), axis1), op.Unsqueeze(op.Mul(radius, op.Sin(angle)), axis1), axis=1)
     flat = op.Reshape(interleaved, op.Constant(value_ints=[-1]))
-    return op.Slice(flat, op.Constant(value_ints=[0]), op.Reshape(count, op.Constant(value_ints=[1])))
+    begin = op.Reshape(skip, op.Constant(value_ints=[1]))
+    return op.Slice(flat, begin, op.Add(begin, op.Reshape(count, op.Constant(value_ints=[1]))))
+
+
+@script(analog)
+def StandardNormals(count: INT64, key):
+    """The first `count` normals of the stream, flat."""
+    return NormalsFrom(op.Constant(value_int=0), count, key)
 
 
 @script(analog)
@@ -185,6 +195,104 @@ def MvmOutput(Y: FLOAT, S: FLOAT, noise_scale: FLOAT, seed: INT64, weight_scale:
     yn = op.Add(op.Div(Y, w), op.Mul(op.Mul(noise_scale, op.Constant(value_float=out_noise)), z))
     adc = op.Mul(ClipAndRound(yn, bits=out_bits, bound=out_bound, signed=1), w)
     return op.Reshape(op.Mul(op.Flatten(adc, axis=axis), S), op.Shape(Y))
+
+
+@script(analog)
+def Converter(X, bits: int, bound: float):
+    """A DAC/ADC: (X rounded to the grid bound/levels and clipped, whether it lay beyond the bound)."""
+    bound_t = op.Constant(value_float=bound)
+    bits_t = op.Constant(value_int=bits)
+    one = op.Constant(value_int=1)
+    exponent = op.Cast(op.Max(op.Sub(bits_t, one), op.Constant(value_int=0)), to=U64)
+    n = op.Cast(op.Sub(op.Cast(op.BitShift(op.Cast(one, to=U64), exponent, direction="LEFT"), to=I64), one), to=TensorProto.FLOAT)
+    k = op.Round(op.Div(X, op.Div(bound_t, n)))
+    gridded = op.Mul(op.Clip(k, op.Neg(n), n), op.Div(bound_t, n))
+    has_grid = op.Greater(bits_t, op.Constant(value_int=0))
+    value = op.Where(has_grid, gridded, op.Clip(X, op.Neg(bound_t), bound_t))
+    beyond = op.Or(op.And(has_grid, op.Greater(op.Abs(k), n)), op.And(op.Not(has_grid), op.Greater(op.Abs(X), bound_t)))
+    return value, beyond
+
+
+@script(analog)
+def SplitIndex(size: INT64, max_size: int):
+    """Gather indices [tiles, largest tile] of reference.split_sizes(size, max_size); padding is `size`."""
+    one = op.Constant(value_int=1)
+    limit_in = op.Constant(value_int=max_size)
+    limit = op.Where(op.Greater(limit_in, op.Constant(value_int=0)), op.Min(limit_in, size), size)
+    count = op.Div(op.Sub(op.Add(size, limit), one), limit)
+    base = op.Div(size, count)
+    extra = op.Sub(size, op.Mul(base, count))
+    t = op.Range(op.Constant(value_int=0), count, one)
+    j = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Add(base, op.Min(extra, one)), one), op.Constant(value_ints=[0]))
+    start = op.Unsqueeze(op.Add(op.Mul(t, base), op.Min(t, extra)), op.Constant(value_ints=[1]))
+    length = op.Unsqueeze(op.Add(base, op.Cast(op.Less(t, extra), to=TensorProto.INT64)), op.Constant(value_ints=[1]))
+    return op.Where(op.Less(j, length), op.Add(start, j), op.Expand(size, op.Constant(value_ints=[1, 1])))
+
+
+@script(analog)
+def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: int = 0, inp_bound: float = 1.0, noise_management: int = 1, out_noise: float = 0.0, out_bits: int = 0, out_bound: float = float("inf"), bm_rounds: int = 1, max_input_size: int = 0, max_output_size: int = 0, weight_scaling_omega: float = 0.0, weight_scaling_columnwise: int = 0, stream: int = 0) -> FLOAT:
+    """Y[..., M] = X[..., K] W^T on tiles, per input vector, all bound-management rounds at once (see reference.analog_tile)."""
+    zero_i = op.Constant(value_int=0)
+    one_i = op.Constant(value_int=1)
+    zero_f = op.Constant(value_float=0.0)
+    one_f = op.Constant(value_float=1.0)
+    first = op.Constant(value_ints=[0])
+    top1 = op.Constant(value_ints=[1])
+    m_out = op.Gather(op.Shape(W), zero_i)
+    k_in = op.Gather(op.Shape(W), one_i)
+    vectors = op.Reshape(X, op.Concat(op.Constant(value_ints=[-1]), op.Unsqueeze(k_in, first), axis=0))
+    n_vec = op.Gather(op.Shape(vectors), zero_i)
+    in_index = SplitIndex(k_in, max_size=max_input_size)
+    out_index = SplitIndex(m_out, max_size=max_output_size)
+    tiles_in = op.Gather(op.Shape(in_index), zero_i)
+    # the tiles' inputs [T, N, k] and weights [M, T, k], zero-padded to the largest tile
+    x_pad = op.Concat(vectors, op.Expand(zero_f, op.Concat(op.Unsqueeze(n_vec, first), top1, axis=0)), axis=1)
+    xt = op.Transpose(op.Gather(x_pad, in_index, axis=1), perm=[1, 0, 2])
+    w_pad = op.Concat(W, op.Expand(zero_f, op.Concat(op.Unsqueeze(m_out, first), top1, axis=0)), axis=1)
+    wt = op.Gather(w_pad, in_index, axis=1)
+    # mapping scales per (output, input tile): max|W| of the output's row, or of its output tile's block
+    col_max, _ = op.TopK(op.Abs(wt), top1, axis=2)
+    col_max = op.Squeeze(col_max, op.Constant(value_ints=[2]))
+    outputs = op.Unsqueeze(op.Range(zero_i, m_out, one_i), op.Constant(value_ints=[1, 2]))
+    member = op.ReduceSum(op.Cast(op.Equal(outputs, op.Unsqueeze(out_index, first)), to=TensorProto.FLOAT), op.Constant(value_ints=[2]), keepdims=0)
+    block_max, _ = op.TopK(op.Mul(op.Unsqueeze(col_max, op.Constant(value_ints=[2])), op.Unsqueeze(member, top1)), top1, axis=0)
+    block_max = op.ReduceSum(op.Mul(block_max, op.Unsqueeze(member, top1)), op.Constant(value_ints=[2]), keepdims=0)
+    peak = op.Where(op.Cast(op.Constant(value_int=weight_scaling_columnwise), to=TensorProto.BOOL), col_max, block_max)
+    omega = op.Constant(value_float=weight_scaling_omega)
+    alpha = op.Div(peak, omega)
+    alpha = op.Where(op.And(op.Greater(omega, zero_f), op.Greater(alpha, zero_f)), alpha, one_f)
+    mapped = op.Transpose(op.Div(wt, op.Unsqueeze(alpha, op.Constant(value_ints=[2]))), perm=[1, 2, 0])
+    # per-vector noise management; round r scales by s = (1/c) / 2^r
+    abs_max, _ = op.TopK(op.Abs(xt), top1, axis=2)
+    managed = op.Where(op.Greater(abs_max, zero_f), abs_max, one_f)
+    c = op.Where(op.Cast(op.Constant(value_int=noise_management), to=TensorProto.BOOL), managed, op.Expand(one_f, op.Shape(abs_max)))
+    inverse = op.Div(one_f, c)
+    rounds = op.Constant(value_int=bm_rounds)
+    per_round = op.Mul(op.Mul(tiles_in, n_vec), m_out)
+    key = StreamKey(seed, stream=stream)
+    sigma = op.Mul(noise_scale, op.Constant(value_float=out_noise))
+    out_shape_t = op.Concat(op.Unsqueeze(tiles_in, first), op.Unsqueeze(n_vec, first), op.Unsqueeze(m_out, first), axis=0)
+    chosen = op.Expand(zero_f, out_shape_t)
+    accepted = op.Cast(chosen, to=TensorProto.BOOL)
+    reduction = one_f
+    # a vector's round: the first in which no output of its tile saturates, else the last
+    for r in range(rounds):
+        scale = op.Div(inverse, reduction)
+        xq, _ = Converter(op.Mul(xt, scale), bits=inp_bits, bound=inp_bound)
+        y = op.MatMul(xq, mapped)
+        z = op.Reshape(NormalsFrom(op.Mul(r, per_round), per_round, key), op.Shape(y))
+        q, beyond = Converter(op.Add(y, op.Mul(sigma, z)), bits=out_bits, bound=out_bound)
+        block_beyond = op.Greater(op.MatMul(op.Cast(beyond, to=TensorProto.FLOAT), member), zero_f)
+        saturated = op.Greater(op.MatMul(op.Cast(block_beyond, to=TensorProto.FLOAT), op.Transpose(member, perm=[1, 0])), zero_f)
+        take = op.And(op.Not(accepted), op.Or(op.Not(saturated), op.Equal(r, op.Sub(rounds, one_i))))
+        chosen = op.Where(take, op.Mul(q, op.Div(one_f, scale)), chosen)
+        accepted = op.Or(accepted, take)
+        reduction = op.Mul(reduction, op.Constant(value_float=2.0))
+    total = op.ReduceSum(op.Mul(chosen, op.Unsqueeze(op.Transpose(alpha, perm=[1, 0]), top1)), first, keepdims=0)
+    out_shape = op.Concat(op.Slice(op.Shape(X), first, op.Constant(value_ints=[-1])), op.Unsqueeze(m_out, first), axis=0)
+    return op.Reshape(total, out_shape)
+
+
 
 
 # -- DeviceWeights: the device physics of analog_onnx/devices, step by step (see chip.py) -------------
@@ -323,8 +431,8 @@ def DeviceWeights(W: FLOAT, noise_scale: FLOAT, seed: INT64, chip_seed: INT64, t
 
 
 PUBLIC = tuple(globals()[name] for name in OP_NAMES)  # the schema's ops, in its order
-HELPERS = (SwapHalves, SquaresPair, KeyOf, StreamKey, StandardNormals, RowAbsMax, ClipAndRound, Polynomial, DrawKey,
-           StandardUniforms, Stick, ReramSigma, ReadSigma, Readout, MeanAbs)
+HELPERS = (SwapHalves, SquaresPair, KeyOf, StreamKey, NormalsFrom, StandardNormals, RowAbsMax, ClipAndRound, Converter,
+           SplitIndex, Polynomial, DrawKey, StandardUniforms, Stick, ReramSigma, ReadSigma, Readout, MeanAbs)
 
 
 def function_protos(opset: int) -> list[onnx.FunctionProto]:

@@ -164,3 +164,102 @@ def device_config(device: int, settings: dict[str, float]):  # noqa: ANN201 (dev
     switches = ("drift", "read_noise", "drift_compensation")
     return DeviceConfig(model=DEVICE_MODELS[device],
                         **{k: bool(v) if k in switches else float(v) for k, v in settings.items()})
+
+
+def split_sizes(size: int, max_size: int) -> list[int]:
+    """aihwkit's split of ``size`` over tiles of at most ``max_size`` (0: one tile): as equal as can
+    be, the first ones one larger."""
+    if max_size <= 0 or size <= max_size:
+        return [size]
+    count = -(-size // max_size)
+    base, extra = divmod(size, count)
+    return [base + (i < extra) for i in range(count)]
+
+
+def _bounds(sizes: list[int]) -> list[tuple[int, int]]:
+    ends = np.cumsum(sizes).tolist()
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+def converter(x: np.ndarray, bits: int, bound: float) -> tuple[np.ndarray, np.ndarray]:
+    """A DAC/ADC: (x rounded half-to-even to the grid ``bound / L`` and clipped to ``[-bound, bound]``,
+    whether the rounded value lay beyond the bound). ``bits = 0``: no grid."""
+    n = levels(bits, 1)
+    bound_f = F32(bound)
+    if n == 0:
+        return np.clip(x, -bound_f, bound_f), np.abs(x) > bound_f
+    step = bound_f / F32(n)
+    k = np.rint(x / step)
+    return (np.clip(k, -F32(n), F32(n)) * step).astype(F32), np.abs(k) > F32(n)
+
+
+def mapping_scales(w: np.ndarray, omega: float, columnwise: int) -> np.ndarray:
+    """aihwkit's weight mapping of one tile ``w`` [outputs, inputs]: per output the factor the
+    tile's weights are divided by (and its outputs multiplied by), max|W|/omega (1 if 0 or omega = 0)."""
+    if omega <= 0:
+        return np.ones(w.shape[0], F32)
+    peak = np.abs(w).max(axis=1) if columnwise else np.full(w.shape[0], np.abs(w).max(), F32)
+    alpha = (peak / F32(omega)).astype(F32)
+    return np.where(alpha == 0, F32(1.0), alpha)
+
+
+def analog_tile(
+    x: np.ndarray,
+    w: np.ndarray,
+    noise_scale: float,
+    seed: int,
+    *,
+    inp_bits: int = 0,
+    inp_bound: float = 1.0,
+    noise_management: int = 1,
+    out_noise: float = 0.0,
+    out_bits: int = 0,
+    out_bound: float = float("inf"),
+    bm_rounds: int = 1,
+    max_input_size: int = 0,
+    max_output_size: int = 0,
+    weight_scaling_omega: float = 0.0,
+    weight_scaling_columnwise: int = 0,
+    stream: int = 0,
+) -> np.ndarray:
+    """An analog layer ``Y[..., M] = X[..., K] W^T`` on tiles as aihwkit computes it, per input vector.
+
+    K is split over input tiles and M over output tiles (``split_sizes``). For each tile ``t``,
+    vector ``n`` and round ``r = 0 .. bm_rounds-1``, with ``c`` the input abs-max of the vector's
+    slice (1 without noise management, or when zero) and ``s = (1/c) / 2^r``:
+    ``y = ADC(DAC(x s) (W_t/a)^T + noise_scale out_noise z) / s``, ``a`` the tile's mapping scales.
+    The vector takes the first round in which no output of its tile saturates the ADC (or the last
+    round); the tiles' ``y a`` are summed over the input tiles in order. ``z`` of round ``r``, input
+    tile ``t``, vector ``n``, output ``m`` is normal ``((r T + t) N + n) M + m`` of the stream.
+    """
+    x, w = x.astype(F32), w.astype(F32)
+    m_out, k_in = w.shape
+    vectors = x.reshape(-1, k_in)
+    n_vec = vectors.shape[0]
+    in_tiles, out_tiles = _bounds(split_sizes(k_in, max_input_size)), _bounds(split_sizes(m_out, max_output_size))
+    sigma = F32(noise_scale) * F32(out_noise)
+    z = normals(stream_key(seed, stream), bm_rounds * len(in_tiles) * n_vec * m_out) if sigma else None
+    total = np.zeros((n_vec, m_out), F32)
+    for t, (k0, k1) in enumerate(in_tiles):
+        xs = vectors[:, k0:k1]
+        absmax = np.abs(xs).max(axis=1, keepdims=True) if noise_management else np.ones((n_vec, 1), F32)
+        inverse = F32(1.0) / np.where(absmax > 0, absmax, F32(1.0))
+        for m0, m1 in out_tiles:
+            tile = w[m0:m1, k0:k1]
+            alpha = mapping_scales(tile, weight_scaling_omega, weight_scaling_columnwise)
+            mapped = (tile / alpha[:, None]).astype(F32)
+            result = np.zeros((n_vec, m1 - m0), F32)
+            pending = np.ones(n_vec, bool)
+            for r in range(bm_rounds):
+                scale = inverse / F32(2.0**r)
+                xq, _ = converter(xs * scale, inp_bits, inp_bound)
+                y = (xq @ mapped.T).astype(F32)
+                if z is not None:
+                    offset = (r * len(in_tiles) + t) * n_vec * m_out
+                    y = y + sigma * z[offset:offset + n_vec * m_out].reshape(n_vec, m_out)[:, m0:m1]
+                q, saturated = converter(y, out_bits, out_bound)
+                done = pending & ~(saturated.any(axis=1) & (r < bm_rounds - 1))
+                result[done] = (q * (F32(1.0) / scale))[done]
+                pending &= ~done
+            total[:, m0:m1] += result * alpha
+    return total.reshape(*x.shape[:-1], m_out)

@@ -23,9 +23,11 @@ class OpSchema:
     name: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    attributes: dict[str, int | float | None]  # name -> default (REQUIRED: none)
+    attributes: dict[str, int | float | tuple[int, ...] | None]  # name -> default (REQUIRED: none)
     sigmas: tuple[str, ...] = ()  # attributes that are noise sigmas (times the noise_scale input)
     native_only: bool = False  # put in place by native sessions only; never in a file
+    native: bool = True  # has a native kernel (else native sessions run its function body)
+    product: bool = False  # computes a matrix product: summation order differs between implementations
     cases: dict[str, dict[str, int | float]] = field(default_factory=dict)
     benchmarked: tuple[str, ...] = ()  # the cases tools/bench_kernels.py times: what the presets emit
 
@@ -39,6 +41,9 @@ class OpSchema:
         return any(attributes.get(sigma, self.attributes[sigma]) for sigma in self.sigmas)
 
 
+_TILE_ATTRIBUTES = {"inp_bits": 0, "inp_bound": 1.0, "noise_management": 1, "out_noise": 0.0, "out_bits": 0,
+                    "out_bound": math.inf, "bm_rounds": 1, "max_input_size": 0, "max_output_size": 0,
+                    "weight_scaling_omega": 0.0, "weight_scaling_columnwise": 0, "stream": 0}
 _MVM_OUTPUT_ATTRIBUTES = {"weight_scale": 1.0, "out_noise": 0.0, "out_bits": 0, "out_bound": math.inf, "axis": 1,
                           "stream": 0}
 
@@ -88,5 +93,22 @@ OPS: tuple[OpSchema, ...] = (
              benchmarked=("pcm",)),
     OpSchema("MvmOutputEpilogue", ("Y", "S", "noise_scale", "seed", "scale", "shift"), ("Z",),
              {**_MVM_OUTPUT_ATTRIBUTES, "relu": 0}, sigmas=("out_noise",), native_only=True),
+    OpSchema("AnalogTile", ("X", "W", "noise_scale", "seed"), ("Y",),
+             _TILE_ATTRIBUTES, sigmas=("out_noise",), product=True,
+             cases={"aihwkit-default": {"inp_bits": 7, "out_noise": 0.06, "out_bits": 9, "out_bound": 12.0,
+                                        "bm_rounds": 5, "max_input_size": 512, "max_output_size": 512},
+                    "tiles, omega, bound management": {"inp_bits": 7, "out_bits": 9, "out_bound": 3.0, "bm_rounds": 4,
+                                                       "max_input_size": 13, "max_output_size": 3,
+                                                       "weight_scaling_omega": 1.0},
+                    "columnwise, noise, no DAC": {"out_noise": 0.1, "out_bound": 2.0, "bm_rounds": 3,
+                                                  "max_input_size": 40, "weight_scaling_omega": 0.6,
+                                                  "weight_scaling_columnwise": 1, "stream": 5},
+                    "unmanaged": {"noise_management": 0, "inp_bits": 5, "inp_bound": 4.0}},
+             benchmarked=("aihwkit-default",)),
+    OpSchema("AnalogTileEpilogue", ("X", "W", "noise_scale", "seed", "scale", "shift"), ("Y",),
+             {**_TILE_ATTRIBUTES, "relu": 0}, sigmas=("out_noise",), native_only=True, product=True),
+    OpSchema("AnalogTileConv", ("X", "W", "noise_scale", "seed", "scale", "shift"), ("Y",),
+             {**_TILE_ATTRIBUTES, "pads": (0, 0, 0, 0), "strides": (1, 1), "dilations": (1, 1), "relu": 0},
+             sigmas=("out_noise",), native_only=True, product=True),
 )
 SCHEMAS = {op.name: op for op in OPS}

@@ -221,3 +221,103 @@ def device_weights(w: torch.Tensor, noise_scale: float, t_inference: float, *, d
         z = read if read is not None else torch.randn((2, *w.shape), device=w.device)
         w_read = read_weights(layer, physics, config, z, compensated=False)
     return w_read, torch.as_tensor(layer.alpha, dtype=torch.float32)
+
+
+class _Converter(torch.autograd.Function):
+    """Twin of ``reference.converter``; gradient 1 inside the bound, 0 beyond (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bits: int, bound: float) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        ctx.save_for_backward(x.abs() <= bound)
+        n = levels(bits, 1)
+        if n == 0:
+            return torch.clamp(x, -bound, bound), x.abs() > bound
+        step = f32(F32(bound) / F32(n))
+        k = torch.round(x / step)
+        return torch.clamp(k, -float(n), float(n)) * step, k.abs() > n
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None
+
+
+def _mapping_scales(w: torch.Tensor, omega: float, columnwise: int) -> torch.Tensor:
+    """Twin of ``reference.mapping_scales`` (a constant: no gradient)."""
+    w = w.detach()
+    if omega <= 0:
+        return torch.ones(w.shape[0], dtype=torch.float32, device=w.device)
+    peak = w.abs().amax(dim=1) if columnwise else w.abs().amax().expand(w.shape[0])
+    alpha = peak / f32(omega)
+    return torch.where(alpha == 0, torch.ones_like(alpha), alpha)
+
+
+def analog_tile(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    noise_scale: float,
+    *,
+    inp_bits: int = 0,
+    inp_bound: float = 1.0,
+    noise_management: int = 1,
+    out_noise: float = 0.0,
+    out_bits: int = 0,
+    out_bound: float = float("inf"),
+    bm_rounds: int = 1,
+    max_input_size: int = 0,
+    max_output_size: int = 0,
+    weight_scaling_omega: float = 0.0,
+    weight_scaling_columnwise: int = 0,
+    normals: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Twin of ``reference.analog_tile``: the layer on tiles, per input vector. ``normals`` (flat, at
+    least as many as the reference draws) replaces ``torch.randn``; a round is computed only while
+    some vector still saturates. Gradients flow straight through the converters; input and
+    mapping scales and the choice of round are constants."""
+    from analog_onnx.ops.reference import split_sizes
+
+    x, w = as_float32(x), as_float32(w)
+    m_out, k_in = w.shape
+    vectors = x.reshape(-1, k_in)
+    n_vec = vectors.shape[0]
+    in_sizes, out_sizes = split_sizes(k_in, max_input_size), split_sizes(m_out, max_output_size)
+    sigma = f32(F32(noise_scale) * F32(out_noise))
+    partials = []
+    k0 = 0
+    for t, k_size in enumerate(in_sizes):
+        xs = vectors[:, k0:k0 + k_size]
+        absmax = xs.detach().abs().amax(dim=1, keepdim=True) if noise_management else torch.ones_like(xs[:, :1])
+        inverse = 1.0 / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+        columns, m0 = [], 0
+        for m_size in out_sizes:
+            tile = w[m0:m0 + m_size, k0:k0 + k_size]
+            alpha = _mapping_scales(tile, weight_scaling_omega, weight_scaling_columnwise)
+            mapped = tile / alpha[:, None]
+            result = torch.zeros((n_vec, m_size), dtype=torch.float32, device=x.device)
+            pending = torch.ones((n_vec, 1), dtype=torch.bool, device=x.device)
+            for r in range(bm_rounds):
+                scale = inverse / f32(2.0**r)
+                xq, _ = _Converter.apply(xs * scale, int(inp_bits), f32(inp_bound))
+                y = xq @ mapped.T
+                if sigma:
+                    if normals is not None:
+                        offset = (r * len(in_sizes) + t) * n_vec * m_out
+                        z = normals[offset:offset + n_vec * m_out].reshape(n_vec, m_out)[:, m0:m0 + m_size]
+                    else:
+                        z = _normals(y, generator)
+                    y = y + sigma * z
+                q, beyond = _Converter.apply(y, int(out_bits), f32(out_bound))
+                done = pending & ~(beyond.any(dim=1, keepdim=True) & (r < bm_rounds - 1))
+                result = torch.where(done, q * (1.0 / scale), result)
+                pending = pending & ~done
+                if not pending.any():
+                    break
+            columns.append(result * alpha)
+            m0 += m_size
+        partials.append(torch.cat(columns, dim=1))
+        k0 += k_size
+    total = partials[0]
+    for partial in partials[1:]:
+        total = total + partial
+    return total.reshape(*x.shape[:-1], m_out)

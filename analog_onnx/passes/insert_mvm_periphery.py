@@ -1,7 +1,7 @@
 """Pass: the periphery of analog matrix-vector products ("mvm" placement, aihwkit's model).
 
 Rule, for each analog layer ``Y = Layer(X, W, b)`` among ``find_sites`` under the config
-(restricted to ``only`` when given), in graph order:
+(restricted to ``only`` when given) that ``InsertAnalogTilePass`` does not make a tile, in graph order:
 
 - ``X`` goes through ``MvmInput`` (abs-max noise management, DAC); the layer reads the
   normalized ``Xn``. Rows are per sample for Conv/Gemm (axis 1) and per vector for MatMul (axis -1).
@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
 from analog_onnx.passes.common import analog_node, control_inputs, next_stream, splice_after, tag
+from analog_onnx.passes.insert_analog_tile import is_tile_layer
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.sites import Site, constant_array, find_sites, site_name
 
@@ -51,7 +52,7 @@ class InsertMvmPeripheryPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        sites = find_sites(graph, self.config, self.only)
+        sites = [s for s in find_sites(graph, self.config, self.only) if not is_tile_layer(s)]
         controls, names, first = control_inputs(model, CONTROLS), Names(model), next_stream(graph)
         for index, site in enumerate(sites):
             self._wrap(graph, site, controls, names, first + index)

@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.common import METADATA_KEYS, ROLE_KEY, control_names
+from analog_onnx.passes.insert_analog_tile import REPLACES_KEY
 from analog_onnx.passes.insert_mvm_periphery import BIAS_INPUT
 
 
@@ -30,6 +31,8 @@ class StripAnalogPass(ir.passes.InPlacePass):
         graph = model.graph
         inserted = [n for n in graph if is_inserted(n)]
         for node in inserted:
+            if REPLACES_KEY in node.metadata_props:
+                self._restore_layer(graph, node)
             if node.metadata_props.get(ROLE_KEY) == "bias" and node.op_type == "Add":
                 self._restore_bias(graph, node)
         for node in inserted:
@@ -49,6 +52,18 @@ class StripAnalogPass(ir.passes.InPlacePass):
         layer = _upstream(add.inputs[0]).producer()
         if layer is not None and layer.op_type in BIAS_INPUT and not is_inserted(layer):
             layer.replace_input_with(BIAS_INPUT[layer.op_type], _upstream(add.inputs[1]))
+
+    @staticmethod
+    def _restore_layer(graph: ir.Graph, last: ir.Node) -> None:
+        """Consumers of a tile chain read the layer it replaced again (see insert_analog_tile)."""
+        name = last.metadata_props[REPLACES_KEY]
+        layer_output = next(v for n in graph for v in n.outputs if v.name == name)
+        output = last.outputs[0]
+        was_output = output in graph.outputs
+        output.replace_all_uses_with(layer_output, replace_graph_outputs=True)
+        if was_output:
+            output_name, output.name = output.name, None
+            layer_output.name = output_name
 
     @staticmethod
     def _bypass(graph: ir.Graph, node: ir.Node) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from analog_onnx.config import Forward
+from analog_onnx.config import AnalogConfig, Forward
 from analog_onnx.devices import DeviceModel
 from analog_onnx.devices.torch_twins import hwa_weights
 from analog_onnx.errors import AnalogError
@@ -58,6 +58,7 @@ class Periphery:
     forward: Forward | None  # DAC, output noise, ADC; None: weights only
     device: DeviceModel | None = None  # programming noise on the weights, one fresh draw per forward pass
     device_per_channel: bool = False  # one conductance scale per output channel (weights.per_channel)
+    tile: dict | None = None  # the AnalogTile attributes when the layer is a tile (then ``forward`` is unused)
 
 
 @dataclass
@@ -103,6 +104,36 @@ def has_twins(model: nn.Module) -> bool:
                for m in model.modules())
 
 
+def is_tile_module(module: nn.Module) -> bool:
+    """Whether the transform makes this layer an ``AnalogTile`` (see passes/insert_analog_tile.py)."""
+    return type(module) is nn.Linear or (type(module) is nn.Conv2d and module.groups == 1)
+
+
+def tile_settings(config: AnalogConfig) -> dict:
+    """The twin's keyword arguments: the tile's attributes but its stream."""
+    from analog_onnx.passes.insert_analog_tile import tile_attributes
+
+    return {k: v for k, v in tile_attributes(config, 0).items() if k != "stream"}
+
+
+def _tile_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  settings: dict, noise_scale: float) -> torch.Tensor:
+    """The layer through ``AnalogTile``'s twin: a Conv2d on its unfolded patches (channel-major)."""
+    if isinstance(module, nn.Linear):
+        y = tw.analog_tile(x, weight, noise_scale, **settings)
+        return y if bias is None else y + bias
+    n, _, height, width = x.shape
+    kh, kw = module.kernel_size
+    if isinstance(module.padding, str):
+        raise AnalogError(f"the trainer's tile twin needs numeric Conv2d padding, not {module.padding!r}")
+    patches = functional.unfold(x, (kh, kw), dilation=module.dilation, padding=module.padding, stride=module.stride)
+    out_h = (height + 2 * module.padding[0] - module.dilation[0] * (kh - 1) - 1) // module.stride[0] + 1
+    out_w = (width + 2 * module.padding[1] - module.dilation[1] * (kw - 1) - 1) // module.stride[1] + 1
+    y = tw.analog_tile(patches.transpose(1, 2), weight.reshape(weight.shape[0], -1), noise_scale, **settings)
+    y = y.transpose(1, 2).reshape(n, -1, out_h, out_w)
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+
 def rows_axis(module: nn.Module) -> int:
     """Input rows of the MVM: per sample for Conv (axis 1), per vector for Linear (axis -1)."""
     return -1 if isinstance(module, nn.Linear) else 1
@@ -128,6 +159,8 @@ def twin_forward(module: nn.Module, twin: LayerTwin, x: torch.Tensor) -> torch.T
     if hardware.device is not None and hardware.level.scale > 0:
         weight = hwa_weights(weight, hardware.device.scaled(hardware.level.scale),
                              channel_axis=0 if hardware.device_per_channel else None)
+    if hardware.tile is not None:
+        return _tile_forward(module, x, weight, module.bias, hardware.tile, hardware.level.scale)
     f = hardware.forward
     if f is None:
         return _compute(module, x, weight, module.bias)

@@ -11,9 +11,10 @@ Each enabled effect (``analog_onnx/effects.py``) attaches its twin with one func
 - activation noise: a forward hook puts ``Noise`` on the module's output (run before any QAT
   quantizer of the same module, as the transform splices noise right after the node), and a
   pre-hook on the root module puts it on a network input;
-- weight quantization and the MVM periphery: each analog layer computes through its twin: the
-  hardware's weight quantization, then ``MvmInput``, the layer without bias, ``MvmOutput``
-  (weight scale max|W| of the deployed weight) and the bias;
+- weight quantization, the analog tile and the MVM periphery: each analog layer computes through
+  its twin: the hardware's weight quantization, then for a Linear or group-1 Conv2d the
+  ``AnalogTile`` twin and the bias, for other layers ``MvmInput``, the layer without bias,
+  ``MvmOutput`` (weight scale max|W| of the deployed weight) and the bias;
 - device weights: the layer's weight gets one fresh draw of the device's programming noise per
   forward pass (``devices.torch_twins.hwa_weights``; drift and read noise are evaluation-only).
 
@@ -36,7 +37,15 @@ from analog_onnx.devices import make_device
 from analog_onnx.effects import enabled_effects
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import torch_twins as tw
-from analog_onnx.train.attach import NoiseLevel, Periphery, TwinHook, WeightQuant, layer_twin
+from analog_onnx.train.attach import (
+    NoiseLevel,
+    Periphery,
+    TwinHook,
+    WeightQuant,
+    is_tile_module,
+    layer_twin,
+    tile_settings,
+)
 from analog_onnx.train.export import to_onnx
 from analog_onnx.train.qat import QatSpec
 from analog_onnx.transform import analog_sites
@@ -140,10 +149,19 @@ def attach_weight_quantization(hardware: Hardware, sites: list[TwinSite]) -> Non
         hardware.periphery(site).weights = WeightQuant(w.bits, 1 if w.per_channel else 0)
 
 
-def attach_mvm_periphery(hardware: Hardware, sites: list[TwinSite]) -> None:
-    """Twin of the MVM-periphery effect: DAC, output noise and ADC around each analog layer."""
+def attach_analog_tile(hardware: Hardware, sites: list[TwinSite]) -> None:
+    """Twin of the analog-tile effect: Linear and Conv2d layers compute through ``AnalogTile``."""
+    settings = tile_settings(hardware.config)
     for site in sites:
-        hardware.periphery(site).forward = hardware.config.forward
+        if site.op_type != "Input" and is_tile_module(hardware.model.get_submodule(site.module)):
+            hardware.periphery(site).tile = settings
+
+
+def attach_mvm_periphery(hardware: Hardware, sites: list[TwinSite]) -> None:
+    """Twin of the MVM-periphery effect: DAC, output noise and ADC around the other analog layers."""
+    for site in sites:
+        if not is_tile_module(hardware.model.get_submodule(site.module)):
+            hardware.periphery(site).forward = hardware.config.forward
 
 
 def attach_device_weights(hardware: Hardware, sites: list[TwinSite]) -> None:

@@ -7,6 +7,7 @@
 // Python package, so the domain and version have one source of truth.
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <initializer_list>
 #include <limits>
@@ -16,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "analog_tile.h"
 #include "counter_rng.h"
 #include "device_physics.h"
 #include "ort_glue.h"
@@ -405,6 +407,166 @@ class DeviceWeightsKernel : Kernel {
   mutable std::shared_ptr<const Entry> cached_;
 };
 
+inline std::vector<int64_t> attribute_ints(const OrtKernelInfo* info, const char* name, std::vector<int64_t> fallback) {
+  size_t size = 0;
+  if (OrtStatus* status = g_api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size)) {
+    g_api->ReleaseStatus(status);
+    return fallback;
+  }
+  std::vector<int64_t> values(size);
+  check(g_api->KernelInfoGetAttributeArray_int64(info, name, values.data(), &size));
+  return values;
+}
+
+TileSettings tile_settings(const OrtKernelInfo* info) {
+  TileSettings s{};
+  s.inp_bits = attribute(info, "inp_bits", int64_t{0});
+  s.noise_management = attribute(info, "noise_management", int64_t{1});
+  s.out_bits = attribute(info, "out_bits", int64_t{0});
+  s.bm_rounds = std::max<int64_t>(1, attribute(info, "bm_rounds", int64_t{1}));
+  s.max_input_size = attribute(info, "max_input_size", int64_t{0});
+  s.max_output_size = attribute(info, "max_output_size", int64_t{0});
+  s.columnwise = attribute(info, "weight_scaling_columnwise", int64_t{0});
+  s.stream = attribute(info, "stream", int64_t{0});
+  s.inp_bound = attribute(info, "inp_bound", 1.0f);
+  s.out_noise = attribute(info, "out_noise", 0.0f);
+  s.out_bound = attribute(info, "out_bound", std::numeric_limits<float>::infinity());
+  s.omega = attribute(info, "weight_scaling_omega", 0.0f);
+  return s;
+}
+
+// AnalogTile: Y[..., M] = X[..., K] W^T on tiles (analog_tile.h); AnalogTileEpilogue (native
+// sessions only) adds the per-channel epilogue of its inputs 4 and 5.
+class AnalogTileKernel : protected Kernel {
+ public:
+  explicit AnalogTileKernel(const OrtKernelInfo* info, const char* op = "AnalogTile")
+      : Kernel(info, op, {{0, "X"}, {1, "W"}}), settings_(tile_settings(info)),
+        relu_(attribute(info, "relu", int64_t{0}) != 0), epilogue_(std::string(op) != "AnalogTile") {}
+
+  void compute(OrtKernelContext* context) const {
+    const InputTensor x = input_tensor(context, 0), w = input_tensor(context, 1);
+    const float noise_scale = input_scalar<float>(context, 2, label_ + ": noise_scale");
+    const int64_t seed = input_scalar<int64_t>(context, 3, label_ + ": seed");
+    if (w.shape.dims.size() != 2 || x.shape.dims.empty() || x.shape.dims.back() != w.shape.dims[1]) {
+      fail("W must be [outputs, inputs] with inputs the last dimension of X");
+    }
+    std::vector<int64_t> dims = x.shape.dims;
+    dims.back() = w.shape.dims[0];
+    float* out = output_tensor(context, 0, dims);
+    const size_t k = static_cast<size_t>(w.shape.dims[1]);
+    VectorSource source{x.data, k};
+    const ChannelEpilogue epilogue = channel_epilogue(context, w.shape.dims[0]);
+    analog_tile(context, source, w.data, static_cast<size_t>(w.shape.dims[0]), k ? x.shape.size / k : 0, settings_,
+                noise_scale, seed, epilogue_ ? &epilogue : nullptr, out);
+  }
+
+ protected:
+  ChannelEpilogue channel_epilogue(const OrtKernelContext* context, int64_t channels) const {
+    if (!epilogue_) return {nullptr, nullptr, false};
+    const InputTensor scale = input_tensor(context, 4), shift = input_tensor(context, 5);
+    if (scale.shape.size != static_cast<size_t>(channels) || shift.shape.size != static_cast<size_t>(channels)) {
+      fail("the epilogue's scale and shift must have one value per output channel");
+    }
+    return {scale.data, shift.data, relu_};
+  }
+
+  TileSettings settings_;
+  bool relu_, epilogue_;
+};
+
+class AnalogTileEpilogueKernel : public AnalogTileKernel {
+ public:
+  explicit AnalogTileEpilogueKernel(const OrtKernelInfo* info) : AnalogTileKernel(info, "AnalogTileEpilogue") {}
+};
+
+// AnalogTileConv (native sessions only): a 2-D Conv (group 1) as AnalogTile on its im2col patches,
+// read from the NCHW input and written to the NCHW output, with the per-channel epilogue of
+// inputs 4 and 5 (native_graph.fuse_tile_convolutions).
+class AnalogTileConvKernel : AnalogTileKernel {
+ public:
+  explicit AnalogTileConvKernel(const OrtKernelInfo* info)
+      : AnalogTileKernel(info, "AnalogTileConv"),
+        pads_(attribute_ints(info, "pads", {0, 0, 0, 0})),
+        strides_(attribute_ints(info, "strides", {1, 1})),
+        dilations_(attribute_ints(info, "dilations", {1, 1})) {
+    if (pads_.size() != 4 || strides_.size() != 2 || dilations_.size() != 2) fail("needs 2-D pads, strides, dilations");
+  }
+
+  void compute(OrtKernelContext* context) const {
+    const InputTensor x = input_tensor(context, 0), w = input_tensor(context, 1);
+    const float noise_scale = input_scalar<float>(context, 2, label_ + ": noise_scale");
+    const int64_t seed = input_scalar<int64_t>(context, 3, label_ + ": seed");
+    if (x.shape.dims.size() != 4 || w.shape.dims.size() != 4 || x.shape.dims[1] != w.shape.dims[1]) {
+      fail("X must be NCHW and W [M, C, kh, kw] with the same C");
+    }
+    VectorSource src{x.data, static_cast<size_t>(w.shape.dims[1] * w.shape.dims[2] * w.shape.dims[3]), true};
+    src.channels = x.shape.dims[1], src.height = x.shape.dims[2], src.width = x.shape.dims[3];
+    src.kh = w.shape.dims[2], src.kw = w.shape.dims[3];
+    src.sh = strides_[0], src.sw = strides_[1], src.dh = dilations_[0], src.dw = dilations_[1];
+    src.pad_top = pads_[0], src.pad_left = pads_[1];
+    src.out_h = (src.height + pads_[0] + pads_[2] - src.dh * (src.kh - 1) - 1) / src.sh + 1;
+    src.out_w = (src.width + pads_[1] + pads_[3] - src.dw * (src.kw - 1) - 1) / src.sw + 1;
+    if (src.out_h <= 0 || src.out_w <= 0) fail("the kernel does not fit the padded input");
+    src.prepare();
+    const int64_t outputs = w.shape.dims[0];
+    float* out = output_tensor(context, 0, {x.shape.dims[0], outputs, src.out_h, src.out_w});
+    const ChannelEpilogue epilogue = channel_epilogue(context, outputs);
+    analog_tile(context, src, w.data, static_cast<size_t>(outputs),
+                static_cast<size_t>(x.shape.dims[0] * src.out_h * src.out_w), settings_, noise_scale, seed, &epilogue,
+                out);
+  }
+
+ private:
+  std::vector<int64_t> pads_, strides_, dilations_;
+};
+
+struct DimsInfo {
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> dims;
+  std::vector<std::string> names;  // symbolic names ("" where the size is known)
+};
+
+DimsInfo dims_info(OrtShapeInferContext* context, size_t index) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;  // owned by the context
+  check(g_api->ShapeInferContext_GetInputTypeShape(context, index, &info));
+  DimsInfo out;
+  size_t rank = 0;
+  check(g_api->GetTensorElementType(info, &out.type));
+  check(g_api->GetDimensionsCount(info, &rank));
+  out.dims.resize(rank);
+  std::vector<const char*> names(rank, nullptr);
+  check(g_api->GetDimensions(info, out.dims.data(), rank));
+  check(g_api->GetSymbolicDimensions(info, names.data(), rank));
+  for (const char* name : names) out.names.emplace_back(name == nullptr ? "" : name);
+  return out;
+}
+
+// The tiles' output type and shape: AnalogTile X[..., K] -> [..., M]; AnalogTileConv [N, C, H, W]
+// -> [N, M, OH, OW]. A size not known here gets a symbolic name of its own (a bare -1 would read
+// as a size).
+void tile_output_shape(OrtShapeInferContext* context) {
+  static std::atomic<uint64_t> unknowns{0};
+  DimsInfo x = dims_info(context, 0), w = dims_info(context, 1);
+  if (x.dims.empty() || w.dims.empty()) throw KernelError("AnalogTile: X and W must have a known rank");
+  const bool conv = w.dims.size() == 4;
+  if (conv) x.dims.resize(4, -1), x.names.resize(4, "");
+  x.dims[conv ? 1 : x.dims.size() - 1] = w.dims[0];
+  x.names[conv ? 1 : x.names.size() - 1] = w.names[0];
+  if (conv) x.dims[2] = x.dims[3] = -1;
+  for (size_t i = 0; i < x.dims.size(); ++i)
+    if (x.dims[i] < 0 && (x.names[i].empty() || (conv && i >= 2))) x.names[i] = "analog_tile_" + std::to_string(unknowns++);
+  std::vector<const char*> names;
+  for (const auto& name : x.names) names.push_back(name.c_str());
+  OrtTensorTypeAndShapeInfo* output = nullptr;
+  check(g_api->CreateTensorTypeAndShapeInfo(&output));
+  OrtStatus* status = g_api->SetTensorElementType(output, x.type);
+  if (status == nullptr) status = g_api->SetDimensions(output, x.dims.data(), x.dims.size());
+  if (status == nullptr) status = g_api->SetSymbolicDimensions(output, names.data(), names.size());
+  if (status == nullptr) status = g_api->ShapeInferContext_SetOutputTypeShape(context, 0, output);
+  g_api->ReleaseTensorTypeAndShapeInfo(output);
+  check(status);
+}
+
 // Runs f, turning a C++ exception into an OrtStatus for onnxruntime.
 template <typename F>
 OrtStatus* guarded(F&& f) {
@@ -438,7 +600,7 @@ const OpSpec& spec_of(const OrtCustomOp* op) { return *static_cast<const OpSpec*
 
 template <typename K>
 OpSpec make_op(const char* name, std::vector<ONNXTensorElementDataType> inputs,
-               std::vector<ONNXTensorElementDataType> outputs) {
+               std::vector<ONNXTensorElementDataType> outputs, bool elementwise = true) {
   OpSpec spec{};
   spec.version = ORT_API_VERSION;
   spec.op_name = name;
@@ -480,6 +642,13 @@ OpSpec make_op(const char* name, std::vector<ONNXTensorElementDataType> inputs,
     delete[] input_index;
     delete[] output_index;
   };
+  if (!elementwise) {  // the output has its own shape (tile_output_shape) and buffer
+    spec.InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* context) {
+      return guarded([&] { tile_output_shape(context); });
+    };
+    spec.GetMayInplace = nullptr;
+    spec.ReleaseMayInplace = nullptr;
+  }
   spec.GetStartVersion = [](const OrtCustomOp*) { return ANALOG_ONNX_OPSET; };
   spec.GetEndVersion = [](const OrtCustomOp*) { return ANALOG_ONNX_OPSET; };
   return spec;
@@ -501,6 +670,10 @@ std::vector<OpSpec>& op_table() {
       make_op<MvmOutputKernel>("MvmOutput", {kAny, kAny, kFloat, kInt64}, {kAny}),
       make_op<DeviceWeightsKernel>("DeviceWeights", {kAny, kFloat, kInt64, kInt64, kFloat}, {kAny, kFloat}),
       make_op<MvmOutputEpilogueKernel>("MvmOutputEpilogue", {kAny, kAny, kFloat, kInt64, kFloat, kFloat}, {kAny}),
+      make_op<AnalogTileKernel>("AnalogTile", {kAny, kFloat, kFloat, kInt64}, {kAny}, false),
+      make_op<AnalogTileEpilogueKernel>("AnalogTileEpilogue", {kAny, kFloat, kFloat, kInt64, kFloat, kFloat}, {kAny},
+                                        false),
+      make_op<AnalogTileConvKernel>("AnalogTileConv", {kAny, kFloat, kFloat, kInt64, kFloat, kFloat}, {kAny}, false),
   };
   return ops;
 }
