@@ -257,12 +257,15 @@ def test_metadata_pass_records_config_version_and_sites():
     assert json.loads(work.metadata_props[SITES_KEY]) == ["gemm"] and work.metadata_props[VERSION_KEY]
 
 
-def test_strip_pass_removes_what_the_other_passes_added():
-    config = load_preset("aihwkit-default").with_overrides(["weights.bits=4"])
+@pytest.mark.parametrize(("preset", "passes"), [
+    ("aihwkit-default", (QuantizeWeightsPass, InsertAnalogTilePass)),
+    ("aihwkit-pcm", (InsertMvmPeripheryPass, InsertDeviceWeightsPass)),
+], ids=["tiles", "devices"])
+def test_strip_pass_removes_what_the_other_passes_added(preset, passes):
+    config = load_preset(preset).with_overrides(["weights.bits=4"])
     work = with_controls(gemm_relu())
-    for make_pass in (QuantizeWeightsPass, InsertMvmPeripheryPass, InsertDeviceWeightsPass):
-        make_pass(config.with_overrides(["device.model=pcm"]) if make_pass is InsertDeviceWeightsPass else config)(
-            work)
+    for make_pass in passes:
+        assert make_pass(config)(work).modified
     AddAnalogFunctionsPass()(work)
     WriteMetadataPass(config, ["gemm"])(work)
     StripAnalogPass()(work)

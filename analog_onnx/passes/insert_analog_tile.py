@@ -42,6 +42,12 @@ def _float(node: ir.Node, name: str, default: float) -> float:
     return node.attributes[name].as_float() if name in node.attributes else default
 
 
+def uses_tiles(config: AnalogConfig) -> bool:
+    """Whether analog layers become tiles under ``config``: not yet with a device model, whose
+    programmed weights and compensation factor feed the per-sample periphery."""
+    return not config.device.enabled
+
+
 def is_tile_layer(site: Site) -> bool:
     node = site.node
     if site.weight is None or node is None:

@@ -25,7 +25,7 @@ import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
 from analog_onnx.passes.common import analog_node, control_inputs, next_stream, splice_after, tag
-from analog_onnx.passes.insert_analog_tile import is_tile_layer
+from analog_onnx.passes.insert_analog_tile import is_tile_layer, uses_tiles
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.sites import Site, constant_array, find_sites, site_name
 
@@ -52,7 +52,8 @@ class InsertMvmPeripheryPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        sites = [s for s in find_sites(graph, self.config, self.only) if not is_tile_layer(s)]
+        tiles = uses_tiles(self.config)
+        sites = [s for s in find_sites(graph, self.config, self.only) if not (tiles and is_tile_layer(s))]
         controls, names, first = control_inputs(model, CONTROLS), Names(model), next_stream(graph)
         for index, site in enumerate(sites):
             self._wrap(graph, site, controls, names, first + index)
