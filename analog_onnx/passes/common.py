@@ -4,9 +4,11 @@ and splicing them into a graph."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 
 import onnx_ir as ir
 
+from analog_onnx.config import AnalogConfig
 from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.names import Names
 
@@ -35,6 +37,20 @@ def control_inputs(model: ir.Model, wanted: tuple[str, ...]) -> list[ir.Value]:
         raise ir.passes.PreconditionError(f"control input(s) {', '.join(missing)} missing: "
                                           "run AddControlInputsPass first")
     return [inputs[names[c]] for c in wanted]
+
+
+class EffectPass(ir.passes.InPlacePass):
+    """A pass that places one effect of ``config`` at its sites (only those named in ``only``, when
+    given); it requires the control inputs named in ``controls``."""
+
+    controls: tuple[str, ...] = ()
+
+    def __init__(self, config: AnalogConfig, only: Collection[str] | None = None) -> None:
+        super().__init__()
+        self.config, self.only = config, only
+
+    def requires(self, model: ir.Model) -> None:
+        control_inputs(model, self.controls)
 
 
 def next_stream(graph: ir.Graph) -> int:

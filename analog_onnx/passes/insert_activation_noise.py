@@ -11,25 +11,17 @@ Rule:
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import onnx_ir as ir
 
-from analog_onnx.config import AnalogConfig
-from analog_onnx.passes.common import analog_node, control_inputs, next_stream, splice_after
+from analog_onnx.passes.common import EffectPass, analog_node, control_inputs, next_stream, splice_after
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.sites import find_sites
 
 CONTROLS = ("noise_scale", "seed")
 
 
-class InsertActivationNoisePass(ir.passes.InPlacePass):
-    def __init__(self, config: AnalogConfig, only: Collection[str] | None = None) -> None:
-        super().__init__()
-        self.config, self.only = config, only
-
-    def requires(self, model: ir.Model) -> None:
-        control_inputs(model, CONTROLS)
+class InsertActivationNoisePass(EffectPass):
+    controls = CONTROLS
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, names, noise = model.graph, Names(model), self.config.noise

@@ -20,13 +20,12 @@ Rule, for each analog layer with a constant weight among ``find_sites`` under th
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
 
 import numpy as np
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
-from analog_onnx.passes.common import analog_node, control_inputs, next_stream, tag
+from analog_onnx.passes.common import EffectPass, analog_node, control_inputs, next_stream, tag
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.sites import Site, find_sites, site_name
 
@@ -69,13 +68,8 @@ def tile_attributes(config: AnalogConfig, stream: int) -> dict[str, int | float]
             "weight_scaling_columnwise": int(m.weight_scaling_columnwise), "stream": stream}
 
 
-class InsertAnalogTilePass(ir.passes.InPlacePass):
-    def __init__(self, config: AnalogConfig, only: Collection[str] | None = None) -> None:
-        super().__init__()
-        self.config, self.only = config, only
-
-    def requires(self, model: ir.Model) -> None:
-        control_inputs(model, CONTROLS)
+class InsertAnalogTilePass(EffectPass):
+    controls = CONTROLS
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph

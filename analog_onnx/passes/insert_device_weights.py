@@ -19,13 +19,11 @@ Rule, for each analog layer with a constant weight among ``find_sites`` under th
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
 from analog_onnx.devices import DEVICE_MODELS, GENERIC_KEYS
-from analog_onnx.passes.common import analog_node, control_inputs, next_stream, splice_after, tag
+from analog_onnx.passes.common import EffectPass, analog_node, control_inputs, next_stream, splice_after, tag
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.quantize_weights import channel_axis
 from analog_onnx.passes.sites import WEIGHT_INPUT, Site, find_sites
@@ -42,13 +40,8 @@ def device_attributes(config: AnalogConfig) -> dict[str, int | float]:
     return {"device": DEVICE_MODELS.index(d.model), **values, "bits": config.weights.bits}
 
 
-class InsertDeviceWeightsPass(ir.passes.InPlacePass):
-    def __init__(self, config: AnalogConfig, only: Collection[str] | None = None) -> None:
-        super().__init__()
-        self.config, self.only = config, only
-
-    def requires(self, model: ir.Model) -> None:
-        control_inputs(model, CONTROLS)
+class InsertDeviceWeightsPass(EffectPass):
+    controls = CONTROLS
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph

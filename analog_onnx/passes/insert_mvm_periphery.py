@@ -18,13 +18,11 @@ Rule, for each analog layer ``Y = Layer(X, W, b)`` among ``find_sites`` under th
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
 
 import numpy as np
 import onnx_ir as ir
 
-from analog_onnx.config import AnalogConfig
-from analog_onnx.passes.common import analog_node, control_inputs, next_stream, splice_after, tag
+from analog_onnx.passes.common import EffectPass, analog_node, control_inputs, next_stream, splice_after, tag
 from analog_onnx.passes.insert_analog_tile import is_tile_layer, uses_tiles
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.sites import Site, constant_array, find_sites, site_name
@@ -42,13 +40,8 @@ def _attr(node: ir.Node, name: str, default: float) -> float:
     return node.attributes[name].value if name in node.attributes else default
 
 
-class InsertMvmPeripheryPass(ir.passes.InPlacePass):
-    def __init__(self, config: AnalogConfig, only: Collection[str] | None = None) -> None:
-        super().__init__()
-        self.config, self.forward, self.only = config, config.forward, only
-
-    def requires(self, model: ir.Model) -> None:
-        control_inputs(model, CONTROLS)
+class InsertMvmPeripheryPass(EffectPass):
+    controls = CONTROLS
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -60,7 +53,7 @@ class InsertMvmPeripheryPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=bool(sites))
 
     def _mvm_input(self, graph: ir.Graph, node: ir.Node, index: int, axis: int, name: str, names: Names) -> ir.Value:
-        f = self.forward
+        f = self.config.forward
         attributes = {"inp_bits": f.inp_bits, "inp_bound": f.inp_bound,
                       "noise_management": int(f.noise_management == "abs_max"), "axis": axis}
         source = node.inputs[index]
@@ -73,7 +66,7 @@ class InsertMvmPeripheryPass(ir.passes.InPlacePass):
         return mvm_in.outputs[1]
 
     def _wrap(self, graph: ir.Graph, site: Site, controls: list[ir.Value], names: Names, stream: int) -> None:
-        node, f = site.node, self.forward
+        node, f = site.node, self.config.forward
         axis = rows_axis(node.op_type)
         scale = self._mvm_input(graph, node, 0, axis, f"{site.name}/analog_in", names)
         operand_scale = None

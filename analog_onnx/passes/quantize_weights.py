@@ -14,12 +14,9 @@ Rule:
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import onnx_ir as ir
 
-from analog_onnx.config import AnalogConfig
-from analog_onnx.passes.common import analog_node, tag
+from analog_onnx.passes.common import EffectPass, analog_node, tag
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.sites import WEIGHT_INPUT, Site, find_sites
 
@@ -36,10 +33,7 @@ def channel_axis(node: ir.Node, rank: int) -> int | None:
     return 1 if rank == 2 else None  # MatMul [K, N]
 
 
-class QuantizeWeightsPass(ir.passes.InPlacePass):
-    def __init__(self, config: AnalogConfig, only: Collection[str] | None = None) -> None:
-        super().__init__()
-        self.config, self.only = config, only
+class QuantizeWeightsPass(EffectPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         sites = [s for s in find_sites(model.graph, self.config, self.only) if s.weight is not None]
