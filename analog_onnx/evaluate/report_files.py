@@ -113,15 +113,8 @@ def accuracy_vs_noise_png(report: EvaluationReport, file: BinaryIO) -> None:
         ax.fill_between(scales, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
         if model.midpoint.noise is not None:
             ax.axvline(model.midpoint.noise, color=line.get_color(), linestyle=":", linewidth=1)
-    ax.axhline(report.chance_accuracy, color="gray", linestyle="--", linewidth=1, label="chance")
-    ax.set_xscale("log")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("noise scale")
-    ax.set_ylabel("top-1 accuracy")
-    ax.set_title(f"accuracy under noise on {report.data.get('spec', 'data')} "
-                 f"({report.settings.get('repeats')} repeats, mean ± std)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    _accuracy_axes(ax, report, "noise scale", f"accuracy under noise on {report.data.get('spec', 'data')} "
+                   f"({report.settings.get('repeats')} repeats, mean ± std)")
     _save(figure, file)
 
 
@@ -148,16 +141,22 @@ def accuracy_vs_time_png(report: EvaluationReport, file: BinaryIO) -> None:
         (line,) = ax.plot(times, mean, marker="o", markersize=3, label=label,
                           linestyle="-" if compensated in (None, True) else "--")
         ax.fill_between(times, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    _accuracy_axes(ax, report, "time since programming t_inference (s)",
+                   f"accuracy over time on {report.data.get('spec', 'data')} at noise scale {level:g} "
+                   f"({report.settings.get('chips')} chips x {report.settings.get('reads')} reads, mean ± std)")
+    _save(figure, file)
+
+
+def _accuracy_axes(ax: Any, report: EvaluationReport, xlabel: str, title: str) -> None:
+    """What both accuracy plots share: the chance line, a log x axis, labels, grid and legend."""
     ax.axhline(report.chance_accuracy, color="gray", linestyle="--", linewidth=1, label="chance")
     ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("time since programming t_inference (s)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy")
-    ax.set_title(f"accuracy over time on {report.data.get('spec', 'data')} at noise scale {level:g} "
-                 f"({report.settings.get('chips')} chips x {report.settings.get('reads')} reads, mean ± std)")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
-    _save(figure, file)
 
 
 def sensitivity_png(report: SensitivityReport, file: BinaryIO) -> None:

@@ -25,8 +25,8 @@ from analog_onnx.config import AnalogConfig
 from analog_onnx.devices import DEVICE_MODELS, GENERIC_KEYS
 from analog_onnx.passes.common import EffectPass, analog_node, control_inputs, next_stream, splice_after, tag
 from analog_onnx.passes.names import Names
-from analog_onnx.passes.quantize_weights import channel_axis
-from analog_onnx.passes.sites import WEIGHT_INPUT, Site, find_sites
+from analog_onnx.passes.quantize_weights import channel_axis, wrap_weight
+from analog_onnx.passes.sites import Site, find_sites
 
 CONTROLS = ("noise_scale", "seed", "chip_seed", "t_inference")
 
@@ -52,30 +52,16 @@ class InsertDeviceWeightsPass(EffectPass):
         return ir.passes.PassResult(model, modified=bool(sites))
 
     def _place(self, graph: ir.Graph, site: Site, controls: list[ir.Value], names: Names, stream: int) -> None:
-        node, index = site.node, WEIGHT_INPUT[site.op_type]
-        axis = channel_axis(node, site.weight.ndim) if self.config.weights.per_channel else None
-        perm = None
-        if axis:
-            perm = list(range(site.weight.ndim))
-            perm[0], perm[axis] = axis, 0
+        axis = channel_axis(site.node, site.weight.ndim) if self.config.weights.per_channel else None
         attributes = {**device_attributes(self.config), "per_channel": int(axis is not None), "stream": stream}
-        chain: list[ir.Node] = []
-        source = node.inputs[index]
-        if perm:
-            chain.append(tag(ir.node("Transpose", [source], {"perm": perm}, name=names.node(f"{site.name}/analog_dt")),
-                             "transpose"))
-            source = chain[-1].outputs[0]
-        device = analog_node("DeviceWeights", [source, *controls], attributes, num_outputs=2,
-                             name=names.node(f"{site.name}/analog_device"), role="device_weights")
-        device.outputs[1].name = names.value(f"{site.name}/analog_alpha")
-        chain.append(device)
-        if perm:
-            chain.append(tag(ir.node("Transpose", [device.outputs[0]], {"perm": perm},
-                                     name=names.node(f"{site.name}/analog_dt_back")), "transpose"))
-        for i, step in enumerate(chain):
-            step.outputs[0].name = names.value(f"{site.name}/analog_dw{i}")
-        graph.insert_before(node, chain)
-        node.replace_input_with(index, chain[-1].outputs[0])
+
+        def make(source: ir.Value) -> ir.Node:
+            device = analog_node("DeviceWeights", [source, *controls], attributes, num_outputs=2,
+                                 name=names.node(f"{site.name}/analog_device"), role="device_weights")
+            device.outputs[1].name = names.value(f"{site.name}/analog_alpha")
+            return device
+
+        device = wrap_weight(graph, site, names, axis, "d", make)
         if self.config.device.drift_compensation:
             self._compensate(graph, site, device.outputs[1], names)
 

@@ -14,6 +14,8 @@ Rule:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import onnx_ir as ir
 
 from analog_onnx.passes.common import EffectPass, analog_node, tag
@@ -44,26 +46,36 @@ class QuantizeWeightsPass(EffectPass):
 
     def _quantize(self, graph: ir.Graph, site: Site, names: Names) -> None:
         weights = self.config.weights
-        node, index = site.node, WEIGHT_INPUT[site.op_type]
-        axis = channel_axis(node, site.weight.ndim) if weights.per_channel else None
-        perm = None
-        if axis:
-            perm = list(range(site.weight.ndim))
-            perm[0], perm[axis] = axis, 0
+        axis = channel_axis(site.node, site.weight.ndim) if weights.per_channel else None
         attributes = {"bits": weights.bits, "bound": 1.0, "signed": 1, "dynamic": 1,
                       "axis": 0 if axis is None else 1}
-        chain: list[ir.Node] = []
-        source = node.inputs[index]
-        if perm:
-            chain.append(tag(ir.node("Transpose", [source], {"perm": perm}, name=names.node(f"{site.name}/analog_wt")),
-                             "transpose"))
-            source = chain[-1].outputs[0]
-        chain.append(analog_node("Quantize", [source], attributes, name=names.node(f"{site.name}/analog_wq"),
-                                 role="weight_quant"))
-        if perm:
-            chain.append(tag(ir.node("Transpose", [chain[-1].outputs[0]], {"perm": perm},
-                                     name=names.node(f"{site.name}/analog_wt_back")), "transpose"))
-        for i, step in enumerate(chain):
-            step.outputs[0].name = names.value(f"{site.name}/analog_w{i}")
-        graph.insert_before(node, chain)
-        node.replace_input_with(index, chain[-1].outputs[0])
+        wrap_weight(graph, site, names, axis, "w", lambda source: analog_node(
+            "Quantize", [source], attributes, name=names.node(f"{site.name}/analog_wq"), role="weight_quant"))
+
+
+def wrap_weight(graph: ir.Graph, site: Site, names: Names, axis: int | None, short: str,
+                make: Callable[[ir.Value], ir.Node]) -> ir.Node:
+    """Make the layer read ``make(weight)``'s first output instead of its weight, with the output
+    channels brought to axis 0 for ``make`` (a Transpose before and after) when ``axis`` is another
+    axis. Inserted values are named ``SITE/analog_{short}0, 1, ...``; returns ``make``'s node."""
+    node, index = site.node, WEIGHT_INPUT[site.op_type]
+    perm = None
+    if axis:
+        perm = list(range(site.weight.ndim))
+        perm[0], perm[axis] = axis, 0
+    chain: list[ir.Node] = []
+    source = node.inputs[index]
+    if perm:
+        name = names.node(f"{site.name}/analog_{short}t")
+        chain.append(tag(ir.node("Transpose", [source], {"perm": perm}, name=name), "transpose"))
+        source = chain[-1].outputs[0]
+    made = make(source)
+    chain.append(made)
+    if perm:
+        chain.append(tag(ir.node("Transpose", [made.outputs[0]], {"perm": perm},
+                                 name=names.node(f"{site.name}/analog_{short}t_back")), "transpose"))
+    for i, step in enumerate(chain):
+        step.outputs[0].name = names.value(f"{site.name}/analog_{short}{i}")
+    graph.insert_before(node, chain)
+    node.replace_input_with(index, chain[-1].outputs[0])
+    return made
