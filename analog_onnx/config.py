@@ -217,9 +217,6 @@ class AnalogConfig:
         self.device.validate()
         _check(not (self.device.enabled and p.where != "mvm"), "device.model",
                'needs placement.where = "mvm" (devices hold the weights of analog layers)')
-        _check(not (self.device.enabled and (self.mapping != Mapping() or f.bound_management != "none")), "mapping",
-               "and forward.bound_management (the analog tile) do not yet apply with a device model: device "
-               "layers use the per-sample periphery (docs/semantics.md)")
         _check(f.bound_management in BOUND_MANAGEMENT, "forward.bound_management",
                f"must be one of {', '.join(BOUND_MANAGEMENT)}")
         _check(f.max_bm_factor >= 1, "forward.max_bm_factor", "must be >= 1")

@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
 from analog_onnx.passes.insert_activation_noise import InsertActivationNoisePass
-from analog_onnx.passes.insert_analog_tile import InsertAnalogTilePass, uses_tiles
+from analog_onnx.passes.insert_analog_tile import InsertAnalogTilePass
 from analog_onnx.passes.insert_device_weights import InsertDeviceWeightsPass
 from analog_onnx.passes.insert_mvm_periphery import InsertMvmPeripheryPass
 from analog_onnx.passes.quantize_weights import QuantizeWeightsPass
@@ -53,7 +53,7 @@ EFFECTS: tuple[Effect, ...] = (
     Effect("weight_quantization", "weights", ("weights",),
            lambda c: c.placement.where == "mvm" and c.weights.bits > 0 and not c.device.enabled,
            QuantizeWeightsPass, ("Quantize",), "analog_onnx.train.hardware:attach_weight_quantization"),
-    Effect("analog_tile", "forward", ("input", "output"), lambda c: _mvm_periphery(c) and uses_tiles(c),
+    Effect("analog_tile", "forward", ("input", "output"), _mvm_periphery,
            InsertAnalogTilePass, ("AnalogTile",), "analog_onnx.train.hardware:attach_analog_tile"),
     Effect("mvm_periphery", "forward", ("input", "output"), _mvm_periphery,
            InsertMvmPeripheryPass, ("MvmInput", "MvmOutput"), "analog_onnx.train.hardware:attach_mvm_periphery"),

@@ -11,7 +11,9 @@ running anywhere through its function bodies.
   original layer the tile replaced (kept in the file for ``strip``) is dropped.
 - ``fuse_epilogues``: our nodes sit between each convolution and the digital layers onnxruntime
   would otherwise fuse into it (bias, BatchNormalization, ReLU), which then run as separate passes
-  over the activations. ``MvmOutputEpilogue`` applies them per channel in MvmOutput's own pass.
+  over the activations. ``MvmOutputEpilogue`` applies them per channel in MvmOutput's own pass,
+  the tiles in theirs; a scalar known only at run time that multiplies the output first (a drift
+  compensation factor) joins the epilogue's scale.
 
 Both are onnx_ir rewrites that recognize what they change by its structure (which op reads which
 constant), never by how the transform tagged its nodes.
@@ -74,35 +76,39 @@ def _fuse_tile_convolutions(model: ir.Model) -> bool:
         parts = _tile_convolution(graph, node)
         if parts is None:
             continue
-        unfold, patches, reshape, back = parts
+        unfold, patches, back, factor, kernel_shape = parts
         conv_attributes = {k: v for k, v in _attributes(unfold).items() if k in ("pads", "strides", "dilations")}
         base = names.node(f"{node.name}/conv")
-        channels = reshape.inputs[0].shape[0] if reshape.inputs[0].shape is not None else None
+        channels = node.inputs[1].shape[0] if node.inputs[1].shape is not None else None
         if not isinstance(channels, int):
             continue
         identity = [_initializer(graph, names.value(f"{base}/{what}"), np.full(channels, value, np.float32))
                     for what, value in (("scale", 1.0), ("shift", 0.0))]
-        tile = ir.node("AnalogTileConv", [unfold.inputs[0], reshape.inputs[0], *node.inputs[2:], *identity],
+        weight = _kernel_of(graph, names, node, (channels, *kernel_shape))
+        tile = ir.node("AnalogTileConv", [unfold.inputs[0], weight, *node.inputs[2:], *identity],
                        {**_attributes(node), **conv_attributes, "relu": 0}, domain=DOMAIN, name=base)
-        out = back.outputs[0]
+        out, result = back.outputs[0], tile.outputs[0]
+        if factor is not None:  # a scalar factor commutes with the layout change: it now follows the fused tile
+            factor.replace_input_with(list(factor.inputs).index(node.outputs[0]), tile.outputs[0])
+            result, tile.outputs[0].name = factor.outputs[0], names.value(base)
         name, kind, dims = out.name, out.type, out.shape
-        out.replace_all_uses_with(tile.outputs[0], replace_graph_outputs=True)
+        out.replace_all_uses_with(result, replace_graph_outputs=True)
         graph.insert_before(node, tile)
         graph.remove([back, node, patches, unfold], safe=True)
-        if not reshape.outputs[0].uses():
-            graph.remove(reshape, safe=True)
-        tile.outputs[0].name, tile.outputs[0].type, tile.outputs[0].shape = name, kind, dims
+        result.name, result.type, result.shape = name, kind, dims
         fused = True
     return fused
 
 
-def _tile_convolution(graph: ir.Graph, node: ir.Node) -> tuple[ir.Node, ...] | None:
-    """(unfolding Conv, Transpose to patches, Reshape of the kernel, Transpose to NCHW) around an
-    AnalogTile that computes a 2-D convolution, or None."""
-    patches, reshape = node.inputs[0].producer(), node.inputs[1].producer()
-    back = _only_consumer(graph, node.outputs[0])
-    if patches is None or reshape is None or back is None or not _is_standard(patches, "Transpose", [0, 2, 3, 1]) \
-            or not _is_standard(back, "Transpose", [0, 3, 1, 2]) or reshape.op_type != "Reshape":
+def _tile_convolution(graph: ir.Graph, node: ir.Node) -> tuple | None:
+    """(unfolding Conv, Transpose to patches, Transpose to NCHW, the runtime-factor Mul between the
+    tile and that Transpose or None, the layer's (C, kh, kw)) around an AnalogTile that computes a
+    2-D convolution, or None."""
+    patches = node.inputs[0].producer()
+    factor = _runtime_factor(graph, node.outputs[0])
+    back = _only_consumer(graph, (factor or node).outputs[0])
+    if patches is None or back is None or not _is_standard(patches, "Transpose", [0, 2, 3, 1]) \
+            or not _is_standard(back, "Transpose", [0, 3, 1, 2]):
         return None
     unfold = patches.inputs[0].producer()
     if unfold is None or unfold.op_type != "Conv" or unfold.domain != "" or _only_consumer(graph, unfold.outputs[0]) \
@@ -113,7 +119,23 @@ def _tile_convolution(graph: ir.Graph, node: ir.Node) -> tuple[ir.Node, ...] | N
         return None
     if not np.array_equal(kernel.reshape(kernel.shape[0], -1), np.eye(kernel.shape[0], dtype=kernel.dtype)):
         return None
-    return unfold, patches, reshape, back
+    return unfold, patches, back, factor, tuple(kernel.shape[1:])
+
+
+def _kernel_of(graph: ir.Graph, names: Names, tile: ir.Node, shape: tuple[int, ...]) -> ir.Value:
+    """The tile's ``W`` [M, C*kh*kw] as the convolution kernel [M, C, kh, kw]: the kernel it was
+    reshaped from, else a Reshape of ``W`` (a weight computed at run time, e.g. by DeviceWeights)."""
+    w = tile.inputs[1]
+    reshape = w.producer()
+    if reshape is not None and reshape.domain == "" and reshape.op_type == "Reshape" \
+            and reshape.inputs[0].shape is not None and tuple(reshape.inputs[0].shape) == shape:
+        return reshape.inputs[0]
+    target = _initializer(graph, names.value(f"{tile.name}/kernel_shape"), np.array(shape, np.int64))
+    kernel = ir.node("Reshape", [w, target], name=names.node(f"{tile.name}/kernel"))
+    kernel.outputs[0].name, kernel.outputs[0].type = names.value(f"{tile.name}/kernel"), w.type
+    kernel.outputs[0].shape = ir.Shape(shape)
+    graph.insert_before(tile, kernel)
+    return kernel.outputs[0]
 
 
 def _is_standard(node: ir.Node, op_type: str, perm: list[int]) -> bool:
@@ -136,9 +158,10 @@ def _fuse_epilogues(model: ir.Model) -> bool:
         shape = _epilogue_shape(node)
         if shape is None:
             continue
-        chain, scale, shift, relu = _epilogue_chain(graph, node.outputs[0], *shape)
-        if chain:
-            _fuse(graph, names, node, chain, scale, shift, relu)
+        factor = _runtime_factor(graph, node.outputs[0])
+        chain, scale, shift, relu = _epilogue_chain(graph, (factor or node).outputs[0], *shape)
+        if chain or factor:
+            _fuse(graph, names, node, [factor] if factor else [], chain, scale, shift, relu)
             fused = True
     return fused
 
@@ -150,12 +173,12 @@ def _epilogue_shape(node: ir.Node) -> tuple[int, int] | None:
         return _layer_output_shape(node.inputs[0].producer())
     if _is_ours(node, "AnalogTileConv") and not _attributes(node).get("relu"):
         return 4, len(node.inputs[4].const_value.numpy())
-    weight = _constant(node.inputs[1]) if _is_ours(node, "AnalogTile") else None
-    if weight is None:
+    weight = node.inputs[1].shape if _is_ours(node, "AnalogTile") else None  # [outputs, inputs], set by the transform
+    if weight is None or len(weight) != 2 or not isinstance(weight[0], int):
         return None
     source, shape = node.inputs[0].producer(), node.inputs[0].shape
     rank_two = (shape is not None and len(shape) == 2) or (source is not None and source.op_type == "Flatten")
-    return (2, weight.shape[0]) if rank_two else None
+    return (2, weight[0]) if rank_two else None
 
 
 def _epilogue_chain(graph: ir.Graph, value: ir.Value, rank: int, channels: int
@@ -174,10 +197,11 @@ def _epilogue_chain(graph: ir.Graph, value: ir.Value, rank: int, channels: int
     return chain, scale, shift, 0
 
 
-def _fuse(graph: ir.Graph, names: Names, node: ir.Node, chain: list[ir.Node], scale: np.ndarray,
-          shift: np.ndarray, relu: int) -> None:
+def _fuse(graph: ir.Graph, names: Names, node: ir.Node, factor: list[ir.Node], chain: list[ir.Node],
+          scale: np.ndarray, shift: np.ndarray, relu: int) -> None:
     """Put one node with the epilogue where ``node`` was (``MvmOutputEpilogue``, ``AnalogTileEpilogue``
-    or the ``AnalogTileConv`` with its scale and shift composed); it defines the chain's last value."""
+    or the ``AnalogTileConv`` with its scale and shift composed); it defines the chain's last value.
+    ``factor``: the runtime-factor Mul that comes first, if any; its scalar multiplies the scale."""
     base = f"{node.name or node.outputs[0].name}/epilogue"
     inputs = list(node.inputs)
     if node.op_type == "AnalogTileConv":  # compose with the epilogue it has
@@ -185,14 +209,21 @@ def _fuse(graph: ir.Graph, names: Names, node: ir.Node, chain: list[ir.Node], sc
         scale, shift, inputs = before_scale * scale, before_shift * scale + shift, inputs[:4]
     constants = [_initializer(graph, names.value(f"{base}/{what}"), array.astype(np.float32))
                  for what, array in (("scale", scale), ("shift", shift))]
+    steps = [*factor, *chain]
+    if factor:  # (y * f) * a + b: the per-channel scale a times f, computed once per run
+        times = ir.node("Mul", [constants[0], _other_input(factor[0], node.outputs[0])],
+                        name=names.node(f"{base}/scale_factor"))
+        times.outputs[0].name = names.value(f"{base}/scale_factor")
+        graph.insert_before(node, times)
+        constants[0] = times.outputs[0]
     op_type = {"MvmOutput": "MvmOutputEpilogue", "AnalogTile": "AnalogTileEpilogue"}.get(node.op_type, node.op_type)
     fused = ir.node(op_type, [*inputs, *constants], {**_attributes(node), "relu": relu},
                     domain=DOMAIN, name=names.node(base))
-    last = chain[-1].outputs[0]
+    last = steps[-1].outputs[0]
     name, kind, dims = last.name, last.type, last.shape
     last.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
     graph.insert_before(node, fused)
-    graph.remove([node, *chain], safe=True)
+    graph.remove([node, *steps], safe=True)
     fused.outputs[0].name, fused.outputs[0].type, fused.outputs[0].shape = name, kind, dims
 
 
@@ -202,8 +233,7 @@ def _affine_step(step: ir.Node, value: ir.Value, rank: int, channels: int) -> tu
     if step.domain != "" or len(step.outputs) != 1:
         return None
     if step.op_type == "Add" and len(step.inputs) == 2 and value in step.inputs:
-        other = step.inputs[1] if step.inputs[0] is value else step.inputs[0]
-        bias = _per_channel(_constant(other), rank, channels)
+        bias = _per_channel(_constant(_other_input(step, value)), rank, channels)
         return None if bias is None else (np.ones(channels), bias)
     if step.op_type == "BatchNormalization" and step.inputs[0] is value and not _attributes(step).get("training_mode"):
         params = [_constant(v) for v in step.inputs[1:5]]
@@ -213,6 +243,23 @@ def _affine_step(step: ir.Node, value: ir.Value, rank: int, channels: int) -> tu
         a = gamma / np.sqrt(var + _attributes(step).get("epsilon", 1e-5))
         return a, beta - mean * a
     return None
+
+
+def _runtime_factor(graph: ir.Graph, value: ir.Value) -> ir.Node | None:
+    """The Mul that alone reads ``value`` and multiplies it by a float scalar known only at run
+    time (as a drift-compensation factor), else None."""
+    step = _only_consumer(graph, value)
+    if step is None or step.domain != "" or step.op_type != "Mul" or len(step.inputs) != 2:
+        return None
+    other = _other_input(step, value)
+    if other is value or other is None or _constant(other) is not None or other.shape is None:
+        return None
+    scalar = len(other.shape) == 0 or tuple(other.shape) == (1,)
+    return step if scalar and other.dtype == ir.DataType.FLOAT else None
+
+
+def _other_input(step: ir.Node, value: ir.Value) -> ir.Value | None:
+    return step.inputs[1] if step.inputs[0] is value else step.inputs[0]
 
 
 def _per_channel(array: np.ndarray | None, rank: int, channels: int) -> np.ndarray | None:
@@ -289,7 +336,7 @@ def _attributes(node: ir.Node) -> dict:
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     value = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
-                     type=ir.TensorType(ir.DataType.FLOAT))
+                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
     graph.register_initializer(value)
     return value
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from analog_onnx.config import AnalogConfig, load_preset
@@ -45,14 +43,12 @@ def test_device_presets_load_with_their_device_and_the_default_periphery(name: s
     config = load_preset(name)
     assert config.name == name and "docs/semantics.md" in config.source
     assert isinstance(make_device(config.device), device_class) and config.has_noise
-    default = load_preset("aihwkit-default").forward  # aihwkit's default periphery, per sample (no tile yet)
-    assert config.forward == dataclasses.replace(default, bound_management="none")
+    default = load_preset("aihwkit-default")  # aihwkit's default tile: periphery, mapping, bound management
+    assert (config.forward, config.mapping) == (default.forward, default.mapping)
     assert AnalogConfig.from_dict(config.to_dict()) == config
 
 
 def test_device_section_is_validated_within_the_config_and_needs_mvm_placement() -> None:
-    with pytest.raises(ConfigError, match="do not yet apply with a device model"):
-        load_preset("aihwkit-pcm").with_overrides(["bound_management=iterative"])
     with pytest.raises(ConfigError, match="config key device.g_max "):
         AnalogConfig.from_dict({"device": {"model": "pcm", "g_max": -1.0}})
     with pytest.raises(ConfigError, match="config key device.model needs placement.where"):

@@ -61,6 +61,8 @@ def epilogues(model: onnx.ModelProto | None) -> list[dict]:
             return True
         if node.op_type != "AnalogTileConv":
             return False
+        if node.input[4] not in constants:  # a scale computed at run time (times a drift-compensation factor)
+            return True
         relu = any(a.name == "relu" and a.i for a in node.attribute)
         return relu or not (np.all(constants[node.input[4]] == 1) and np.all(constants[node.input[5]] == 0))
 
@@ -74,7 +76,7 @@ def run_native(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
     return session.run(None, feeds)[0]
 
 
-@pytest.mark.parametrize("preset", ["aihwkit-default", "ideal"])
+@pytest.mark.parametrize("preset", ["aihwkit-default", "aihwkit-pcm", "ideal"])
 def test_fused_epilogues_compute_what_the_layers_they_replace_do(preset, rng):
     model = transform_model(residual_block(rng), load_preset(preset))
     fused = prepare(model)
@@ -82,9 +84,15 @@ def test_fused_epilogues_compute_what_the_layers_they_replace_do(preset, rng):
     if preset == "ideal":  # no analog op, nothing to fuse
         assert fused is model
         return
+    if preset == "aihwkit-pcm":
+        feeds |= {"chip_seed": np.array(2, np.int64), "t_inference": np.array(3600.0, np.float32)}
     # conv1 takes BN + ReLU; conv2 its bias + BN but not the residual Add; the Gemm its bias + ReLU
     assert [e["relu"] for e in epilogues(fused)] == [1, 0, 1]
     assert not any(n.op_type == "BatchNormalization" for n in fused.graph.node)
+    readers = {name: n.op_type for n in fused.graph.node for name in n.input}
+    products = [n for n in fused.graph.node if n.op_type == "Mul"]  # drift compensation: only on the scales
+    assert [readers[n.output[0]] for n in products] == (["AnalogTileConv", "AnalogTileConv", "AnalogTileEpilogue"]
+                                                       if preset == "aihwkit-pcm" else [])
     unfused = run_native(fold_constant_quantizers(model) or model, feeds)
     np.testing.assert_allclose(run_native(fused, feeds), unfused, rtol=1e-5, atol=1e-5)
     function_bodies = make_session(model, native=False).run(None, feeds)[0]
@@ -154,3 +162,26 @@ def test_prepare_leaves_a_model_without_analog_ops_alone(exported_models):
     model = exported_models["mlp"]
     assert prepare(model) is model
     assert not any(n.domain == DOMAIN for n in model.graph.node)
+
+
+
+@pytest.mark.parametrize(("shape", "fuses"), [([], True), ([1], True), ([4], False)])
+def test_only_a_runtime_scalar_factor_joins_the_scale(rng, shape, fuses):
+    """A Mul by a value known at run time right after a tile joins its epilogue's scale when it is
+    one number (a drift-compensation factor); one value per channel stays its own node."""
+    model = transform_model(residual_block(rng), load_preset("aihwkit-default"))
+    index, tile = next((i, n) for i, n in enumerate(model.graph.node) if n.op_type == "AnalogTile")
+    for node in model.graph.node:
+        node.input[:] = ["scaled" if name == tile.output[0] else name for name in node.input]
+    model.graph.node.insert(index + 1, h.make_node("Mul", [tile.output[0], "k"], ["scaled"]))
+    model.graph.input.append(h.make_tensor_value_info("k", TensorProto.FLOAT, shape))
+    fused = prepare(model)
+    constants = {t.name for t in fused.graph.initializer}
+    convs = [n for n in fused.graph.node if n.op_type == "AnalogTileConv"]
+    assert (len(convs), len([n for n in convs if n.input[4] not in constants])) == ((2, 1) if fuses else (1, 0))
+    on_activations = [n for n in fused.graph.node if n.op_type == "Mul" and not set(n.input) & constants]
+    assert len(on_activations) == (0 if fuses else 1)  # else conv1 stays an unfused tile and its Mul a node
+    feeds = {"x": rng.standard_normal((2, 3, 6, 6)).astype(np.float32), "seed": np.array(2, np.int64),
+             "k": np.full(shape, 0.7, np.float32)}
+    np.testing.assert_allclose(run_native(fused, feeds), make_session(model, native=False).run(None, feeds)[0],
+                               rtol=1e-4, atol=1e-4)

@@ -27,6 +27,7 @@ from analog_onnx.passes.insert_device_weights import InsertDeviceWeightsPass
 from analog_onnx.passes.insert_mvm_periphery import InsertMvmPeripheryPass
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.quantize_weights import QuantizeWeightsPass
+from analog_onnx.passes.sites import find_sites
 from analog_onnx.passes.strip_analog import StripAnalogPass
 from analog_onnx.passes.write_metadata import WriteMetadataPass
 from analog_onnx.transform import read_analog_metadata, strip_model, transform_model
@@ -136,11 +137,45 @@ def test_analog_tile_pass_unfolds_a_convolution_into_patches(rng):
     np.testing.assert_allclose(got, want.transpose(0, 2, 1).reshape(got.shape), rtol=1e-5, atol=1e-5)
 
 
+def test_device_weights_pass_feeds_the_tile_and_compensates_before_the_bias():
+    config = load_preset("aihwkit-pcm").with_overrides(["weights.per_channel=true"])
+    model = gemm_relu()
+    model.graph.node[0].attribute[0].i = 0  # W [inputs, outputs]: the tile reads its transpose
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((4, 3), np.float32), "W"))
+    work = with_controls(model)
+    InsertAnalogTilePass(config)(work)
+    InsertDeviceWeightsPass(config)(work)
+    assert ops(work) == ["Gemm", "Transpose", "DeviceWeights", "AnalogTile", "Mul", "Add", "Relu"]
+    layer, transpose, device, tile, mul, add, _ = work.graph
+    assert not layer.outputs[0].uses() and device.inputs[0] is transpose.outputs[0]
+    assert tile.inputs[1] is device.outputs[0] and device.attributes["per_channel"].as_int() == 1
+    assert device.outputs[0].shape == ir.Shape([3, 4])  # [outputs, inputs]: output channels on axis 0
+    assert mul.inputs == (tile.outputs[0], device.outputs[1]) and add.inputs[0] is mul.outputs[0]
+    assert device.attributes["stream"].as_int() == tile.attributes["stream"].as_int() + 1
+    StripAnalogPass()(work)
+    assert ops(work) == ["Gemm", "Relu"] and work.graph.node(1).inputs[0] is work.graph.node(0).outputs[0]
+
+
+def test_the_transforms_own_nodes_are_never_sites(rng):
+    """A tile's unfolding Conv has a constant kernel, but it is not a layer of the model: the
+    passes after the tile pass (devices, and keep_last_digital) must not see it."""
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    graph = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], name="conv")], "conv",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 5, 5])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(weight, "w")])
+    config = load_preset("aihwkit-pcm")
+    work = with_controls(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]))
+    InsertAnalogTilePass(config)(work)
+    assert [s.name for s in find_sites(work.graph, config)] == ["conv"]
+    InsertDeviceWeightsPass(config)(work)
+    assert [n.op_type for n in work.graph if n.op_type == "DeviceWeights"] == ["DeviceWeights"]
+
+
 def test_device_weights_pass_feeds_the_layer_and_compensates_after_the_adc():
     config = load_preset("aihwkit-pcm")
-    work = with_controls(gemm_relu())
+    work = with_controls(gemm_alpha_relu())
     with pytest.raises(ir.passes.PreconditionError):
-        InsertDeviceWeightsPass(config)(as_ir(gemm_relu()))
+        InsertDeviceWeightsPass(config)(as_ir(gemm_alpha_relu()))
     InsertMvmPeripheryPass(config)(work)
     InsertDeviceWeightsPass(config)(work)
     assert ops(work) == ["MvmInput", "DeviceWeights", "Gemm", "Mul", "MvmOutput", "Add", "Relu"]
@@ -192,7 +227,7 @@ def test_effects_are_a_registry_the_config_switches():
     assert [e.name for e in enabled_effects(load_preset("aihwkit-default").with_overrides(["weights.bits=4"]))] == \
         ["weight_quantization", "analog_tile", "mvm_periphery"]
     assert [e.name for e in enabled_effects(load_preset("aihwkit-pcm").with_overrides(["weights.bits=4"]))] == \
-        ["mvm_periphery", "device_weights"]  # weight bits become conductance levels; no tiles under devices yet
+        ["analog_tile", "mvm_periphery", "device_weights"]  # weight bits become conductance levels
     assert names == {"activation_noise", "weight_quantization", "analog_tile", "mvm_periphery", "device_weights"}
     for effect in EFFECTS:
         assert set(effect.acts_on) <= {"weights", "input", "output"} and effect.ops
@@ -259,11 +294,12 @@ def test_metadata_pass_records_config_version_and_sites():
 
 @pytest.mark.parametrize(("preset", "passes"), [
     ("aihwkit-default", (QuantizeWeightsPass, InsertAnalogTilePass)),
+    ("aihwkit-pcm", (InsertAnalogTilePass, InsertDeviceWeightsPass)),
     ("aihwkit-pcm", (InsertMvmPeripheryPass, InsertDeviceWeightsPass)),
-], ids=["tiles", "devices"])
+], ids=["tiles", "devices on tiles", "devices"])
 def test_strip_pass_removes_what_the_other_passes_added(preset, passes):
     config = load_preset(preset).with_overrides(["weights.bits=4"])
-    work = with_controls(gemm_relu())
+    work = with_controls(gemm_relu() if InsertAnalogTilePass in passes else gemm_alpha_relu())
     for make_pass in passes:
         assert make_pass(config)(work).modified
     AddAnalogFunctionsPass()(work)

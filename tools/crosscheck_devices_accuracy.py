@@ -85,9 +85,7 @@ def through_evaluate(path: str, chips: int) -> dict[tuple[float, bool], np.ndarr
 def aihwkit(model: nn.Module, t: float, compensate: bool, chip: int, perfect: bool = True) -> nn.Module:
     config = TorchInferenceRPUConfig()
     config.forward.is_perfect = perfect
-    # aihwkit 1.1 leaves the tile weights unscaled by default (omega 0): its output noise and ADC
-    # bound are then in units of the raw weights. Ours are in units of max|W| per layer (omega 1).
-    config.mapping.weight_scaling_omega = 1.0
+    # aihwkit's defaults as they are: aihwkit-pcm models the same tile (omega 0, 512x512, bound management)
     config.drift_compensation = GlobalDriftCompensation() if compensate else None
     torch.manual_seed(chip)
     analog = convert_to_analog(copy.deepcopy(model), config).eval()

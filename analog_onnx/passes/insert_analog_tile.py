@@ -15,6 +15,8 @@ Rule, for each analog layer with a constant weight among ``find_sites`` under th
 4. The original layer stays in the graph, unused, with its inputs: ``strip`` makes its consumers
    read it again (the chain's last node names it in ``analog_onnx.replaces``).
 5. The tile reads the ``noise_scale`` and ``seed`` controls and draws its own stream.
+6. The tile names its layer's site in ``analog_onnx.layer``: ``InsertDeviceWeightsPass`` puts the
+   chip's weights on the tile's ``W``.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import onnx_ir as ir
 from analog_onnx.config import AnalogConfig
 from analog_onnx.passes.common import EffectPass, analog_node, control_inputs, next_stream, tag
 from analog_onnx.passes.names import Names
+from analog_onnx.passes.quantize_weights import channel_axis
 from analog_onnx.passes.sites import Site, find_sites, site_name
 
 CONTROLS = ("noise_scale", "seed")
 REPLACES_KEY = "analog_onnx.replaces"  # node metadata: the name of the layer a tile chain replaces
+LAYER_KEY = "analog_onnx.layer"  # node metadata of a tile: the site name of the layer it computes
 
 
 def _int(node: ir.Node, name: str, default: int) -> int:
@@ -41,10 +45,9 @@ def _float(node: ir.Node, name: str, default: float) -> float:
     return node.attributes[name].as_float() if name in node.attributes else default
 
 
-def uses_tiles(config: AnalogConfig) -> bool:
-    """Whether analog layers become tiles under ``config``: not yet with a device model, whose
-    programmed weights and compensation factor feed the per-sample periphery."""
-    return not config.device.enabled
+def tiles_by_layer(graph: ir.Graph) -> dict[str, ir.Node]:
+    """{site name of a layer: the AnalogTile that computes it} in ``graph``."""
+    return {node.metadata_props[LAYER_KEY]: node for node in graph if LAYER_KEY in node.metadata_props}
 
 
 def is_tile_layer(site: Site) -> bool:
@@ -109,9 +112,13 @@ class _Chain:
                          what="weight_rows")
         elif kind == "MatMul" or not _int(layer, "transB", 0):
             w = self.add("Transpose", [w], {"perm": [1, 0]}, "weight_rows")
+        outputs = self.weight.shape[channel_axis(layer, self.weight.ndim)]
+        w.type = w.type or layer.inputs[1].type
+        w.shape = ir.Shape([outputs, self.weight.size // outputs])  # [outputs, inputs], read by the rewrites
         tile = analog_node("AnalogTile", [x, w, *controls], attributes,
                            name=self.names.node(f"{self.base}/analog_tile"), role="tile")
         tile.outputs[0].name = self.names.value(f"{self.base}/analog_tile")
+        tile.metadata_props[LAYER_KEY] = self.base
         self.graph.insert_after(self.last, tile)
         self.last, y = tile, tile.outputs[0]
         if kind == "Conv":

@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from analog_onnx.passes.common import EffectPass, analog_node, control_inputs, next_stream, splice_after, tag
-from analog_onnx.passes.insert_analog_tile import is_tile_layer, uses_tiles
+from analog_onnx.passes.insert_analog_tile import is_tile_layer
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.sites import Site, constant_array, find_sites, site_name
 
@@ -45,8 +45,7 @@ class InsertMvmPeripheryPass(EffectPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        tiles = uses_tiles(self.config)
-        sites = [s for s in find_sites(graph, self.config, self.only) if not (tiles and is_tile_layer(s))]
+        sites = [s for s in find_sites(graph, self.config, self.only) if not is_tile_layer(s)]
         controls, names, first = control_inputs(model, CONTROLS), Names(model), next_stream(graph)
         for index, site in enumerate(sites):
             self._wrap(graph, site, controls, names, first + index)

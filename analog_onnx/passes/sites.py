@@ -81,8 +81,8 @@ def layer_weight(node: ir.Node) -> np.ndarray | None:
 
 
 def is_analog_layer(node: ir.Node, activation_matmul: bool) -> bool:
-    if node.domain != "" or node.op_type not in ANALOG_OP_TYPES:
-        return False
+    if node.domain != "" or node.op_type not in ANALOG_OP_TYPES or ROLE_KEY in node.metadata_props:
+        return False  # ours, or a node the transform inserted (a tile's unfolding Conv)
     if node.op_type == "Gemm" and "transA" in node.attributes and node.attributes["transA"].as_int():
         return False  # rows of A are not input vectors
     if layer_weight(node) is not None:
@@ -100,7 +100,8 @@ def find_sites(graph: ir.Graph, config: AnalogConfig, only: Collection[str] | No
     if layers and p.keep_last_digital:
         digital.add(id(layers[-1]))
     wanted = ANALOG_OP_TYPES if p.where == "mvm" else tuple(p.op_types)
-    candidates = layers if p.where == "mvm" else [n for n in graph if n.domain == "" and n.op_type in wanted]
+    candidates = layers if p.where == "mvm" else [n for n in graph if n.domain == "" and n.op_type in wanted
+                                                  and ROLE_KEY not in n.metadata_props]
     sites = []
     if p.where == "activations" and p.network_inputs:
         sites += [Site(v.name or "", "Input", v) for v in graph.inputs if _is_float_activation(v)]
