@@ -85,10 +85,6 @@ def _metadata_json(props: Mapping[str, str], key: str, default: str, kind: type)
     return value
 
 
-def _as_ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
-    return model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
-
-
 def _working_copy(model: onnx.ModelProto | ir.Model) -> ir.Model:
     """An IR model the passes may change. Deserializing a proto already builds new objects (tensor
     data is shared, never written), so only an IR model needs a copy; no 2 GB protobuf round trip."""
@@ -143,11 +139,13 @@ def _upgraded(model: ir.Model) -> ir.Model:
 
 def analog_sites(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> list[Site]:
     """The places ``transform_model`` would touch under ``config``, in graph order (none when
-    the config enables no effect)."""
-    model = _as_ir(model)
-    if not enabled_effects(config):
-        return []
-    return find_sites(model.graph, config)
+    the config enables no effect), found as the transform finds them: on the standard model (a
+    QONNX weight behind ``Quant`` is a constant weight there)."""
+    return _sites(_standardized(_working_copy(model)), config)
+
+
+def _sites(model: ir.Model, config: AnalogConfig) -> list[Site]:
+    return find_sites(model.graph, config) if enabled_effects(config) else []
 
 
 def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
@@ -157,7 +155,7 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
     Returns the same kind of object it was given (a new one; the input is not changed).
     """
     work = _transformable(_working_copy(model))
-    chosen = [s.name for s in analog_sites(work, config)]
+    chosen = [s.name for s in _sites(work, config)]
     if sites is not None:
         unknown = set(sites) - set(chosen)
         if unknown:
