@@ -162,7 +162,8 @@ def test_the_transforms_own_nodes_are_never_sites(rng):
     weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     graph = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], name="conv")], "conv",
                          [h.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 5, 5])],
-                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(weight, "w")])
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                         [numpy_helper.from_array(weight, "w")])
     config = load_preset("aihwkit-pcm")
     work = with_controls(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]))
     InsertAnalogTilePass(config)(work)
