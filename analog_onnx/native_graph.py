@@ -241,8 +241,10 @@ def _fuse_noise_chains(model: ir.Model) -> bool:
                       for what, rows in zip(("scale", "shift"), zip(*chain.affines, strict=True), strict=True)]
         attributes = {"steps": chain.steps, "streams": [int(a.get("stream", 0)) for a in noises],
                       **{sigma: [float(a.get(sigma, 0.0)) for a in noises] for sigma in ("sigma_add", "sigma_mul")}}
-        _take_the_place(graph, chain.nodes, ir.node("NoiseChain", [*start.inputs, *affine, chain.residual],
-                                                    attributes, domain=DOMAIN, name=base))
+        inputs = [*start.inputs, *affine, chain.residual]
+        while inputs[-1] is None:  # optional inputs not given
+            inputs.pop()
+        _take_the_place(graph, chain.nodes, ir.node("NoiseChain", inputs, attributes, domain=DOMAIN, name=base))
         fused = True
     return fused
 
