@@ -277,13 +277,15 @@ def _add_chain_step(chain: _NoiseChain, step: ir.Node, value: ir.Value, shapes: 
         return True
     affine = _chain_affine(step, value, shapes)
     if affine is not None:
+        if chain.affines and len(chain.affines[0][0]) != len(affine[0]):
+            return False  # one row of C values per affine step
         if chain.steps[-1] == _AFFINE:  # compose with the step before
             (a, b), (c, d) = chain.affines.pop(), affine
             affine = a * c, b * c + d
         else:
             chain.steps.append(_AFFINE)
         chain.affines.append(affine)
-        return len({len(a) for a, _ in chain.affines}) == 1
+        return True
     if step.op_type != "Add" or len(step.inputs) != 2 or chain.residual is not None:
         return False
     other = step.inputs[1] if step.inputs[0] is value else step.inputs[0]
@@ -299,7 +301,7 @@ def _chain_affine(step: ir.Node, value: ir.Value, shapes: _InferredShapes) -> tu
     a BatchNormalization's parameters or the inferred shape of ``value`` give."""
     if step.op_type == "BatchNormalization":
         gamma = _constant(step.inputs[1]) if len(step.inputs) > 1 else None
-        return None if gamma is None or gamma.ndim != 1 else _affine_step(step, value, 2, len(gamma))
+        return None if gamma is None or gamma.ndim != 1 else _affine_step(step, value, 2, len(gamma))  # any rank
     dims = shapes.of(value)
     if step.op_type != "Add" or dims is None or len(dims) < 2 or not isinstance(dims[1], int):
         return None

@@ -313,8 +313,9 @@ class MvmOutputEpilogueKernel : MvmOutputKernel {
 };
 
 // NoiseChain (native sessions only; native_graph.fuse_noise_chains): an additive/multiplicative
-// Noise and the elementwise layers after it, run as a program over each block of the tensor while
-// it is in cache. Every stage computes what its own op would: a noise stage draws the normals of
+// Noise and the elementwise layers after it, run as a program over each task's range of the tensor
+// (kGrain elements, 64 KB: it stays in L2 from step to step; stepping block by block instead was
+// 20% slower). Every stage computes what its own op would: a noise stage draws the normals of
 // its stream at the same element indices as NoiseKernel, an affine stage is a folded inference
 // BatchNormalization or per-channel bias (the next row of scale and shift, [stages, C]), a
 // residual stage adds input R (X's shape), a relu stage clips at 0.
@@ -365,9 +366,7 @@ class NoiseChainKernel : Kernel {
     }
     const size_t inner = channels == 0 ? 1 : x.shape.size / x.shape.rows(2);
     for_each_row_range(context, x.data, {1, x.shape.size}, false, nullptr, 0, [&](size_t begin, size_t end, size_t, float) {
-      for (size_t first = begin; first < end; first += kBlock) {
-        run_block(x.data, out, first, std::min(kBlock, end - first), noises, scale, shift, channels, inner, residual);
-      }
+      run_range(x.data, out, begin, end - begin, noises, scale, shift, channels, inner, residual);
     });
   }
 
@@ -383,7 +382,7 @@ class NoiseChainKernel : Kernel {
     return input_tensor(context, index);
   }
 
-  void run_block(const float* x, float* out, size_t first, size_t n, const std::vector<NoiseStage>& noises,
+  void run_range(const float* x, float* out, size_t first, size_t n, const std::vector<NoiseStage>& noises,
                  const float* scale, const float* shift, size_t channels, size_t inner, const float* residual) const {
     float* o = out + first;
     if (o != x + first) std::memcpy(o, x + first, n * sizeof(float));
