@@ -9,12 +9,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import residual_block
+from helpers import op_model, residual_block
 from onnx import TensorProto
 from onnx import helper as h
 
 from analog_onnx.config import load_preset
 from analog_onnx.native_graph import fuse_noise_chains, prepare
+from analog_onnx.ops import DOMAIN, OPSET_VERSION
 from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
 
@@ -163,3 +164,27 @@ def test_a_residual_not_proven_of_the_same_shape_is_not_chained(rng):
 def test_models_without_a_chain_are_not_copied(exported_models):
     assert fuse_noise_chains(exported_models["mlp"]) is None
     assert fuse_noise_chains(transform_model(exported_models["mlp"], load_preset("aihwkit-default"))) is None
+
+
+def test_the_kernel_refuses_a_program_or_residual_that_does_not_fit():
+    def chain_model(steps: list[int], noises: int = 1) -> onnx.ModelProto:
+        x = h.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])
+        node = h.make_node("NoiseChain", ["x", "noise_scale", "seed", "", "", "r"], ["y"], domain=DOMAIN,
+                           steps=steps, streams=[1] * noises, sigma_add=[1.0] * noises, sigma_mul=[0.0] * noises)
+        graph = h.make_graph([node], "chain", [x, h.make_tensor_value_info("r", TensorProto.FLOAT, None),
+                                               h.make_tensor_value_info("noise_scale", TensorProto.FLOAT, []),
+                                               h.make_tensor_value_info("seed", TensorProto.INT64, [])],
+                             [h.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        return h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid(DOMAIN, OPSET_VERSION)])
+
+    feeds = {"x": np.ones((2, 3, 4), np.float32), **controls(1, 1.0)}
+    got = run(chain_model([NOISE, RESIDUAL]), {**feeds, "r": np.full((2, 3, 4), 2, np.float32)})[0]
+    noise_feeds = {"X": feeds["x"], "noise_scale": feeds["noise_scale"], "seed": feeds["seed"]}  # in input order
+    noise = run(op_model("Noise", {"sigma_add": 1.0, "stream": 1}, noise_feeds), noise_feeds)[0]
+    np.testing.assert_allclose(got, noise + 2, rtol=1e-6)  # the noise, then the residual
+    with pytest.raises(Exception, match="R must have X's shape"):
+        run(chain_model([NOISE, RESIDUAL]), {**feeds, "r": np.ones((3, 4), np.float32)})
+    with pytest.raises(Exception, match="one value per noise step"):
+        run(chain_model([NOISE, NOISE]), {**feeds, "r": feeds["x"]})
+    with pytest.raises(Exception, match="input scale is not given"):
+        run(chain_model([NOISE, AFFINE]), {**feeds, "r": feeds["x"]})

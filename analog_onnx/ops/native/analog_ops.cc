@@ -347,14 +347,14 @@ class NoiseChainKernel : Kernel {
     const size_t channels = x.shape.dims.size() < 2 ? 0 : static_cast<size_t>(x.shape.dims[1]);
     const float *scale = nullptr, *shift = nullptr, *residual = nullptr;
     if (affines_ > 0) {
-      const InputTensor a = optional_input(context, 3), b = optional_input(context, 4);
+      const InputTensor a = optional_input(context, 3, "scale"), b = optional_input(context, 4, "shift");
       if (channels == 0 || a.shape.size != affines_ * channels || b.shape.size != affines_ * channels) {
         fail("scale and shift must hold one row of C values (dimension 1 of X) per affine step");
       }
       scale = a.data, shift = b.data;
     }
     if (std::count(steps_.begin(), steps_.end(), kResidual) > 0) {
-      const InputTensor r = optional_input(context, 5);
+      const InputTensor r = optional_input(context, 5, "R");
       if (r.shape.dims != x.shape.dims) fail("R must have X's shape");
       residual = r.data;
     }
@@ -377,8 +377,8 @@ class NoiseChainKernel : Kernel {
     float mul, add;
   };
 
-  InputTensor optional_input(const OrtKernelContext* context, size_t index) const {
-    if (input_value(context, index) == nullptr) fail("input " + std::to_string(index) + " is missing");
+  InputTensor optional_input(const OrtKernelContext* context, size_t index, const char* name) const {
+    if (input_value(context, index) == nullptr) fail(std::string("input ") + name + " is not given");
     return input_tensor(context, index);
   }
 
