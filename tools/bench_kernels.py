@@ -17,7 +17,8 @@ Prints, in one run:
 Variants run in interleaved rounds and each reports its fastest round, in wall time and in CPU
 time of all threads (pool threads sleep instead of spinning), so that other load on the machine
 distorts the ratios as little as possible. ``--profile`` adds onnxruntime's time
-per op type for the native ``aihwkit-default`` and ``hardening-additive`` models.
+per op type for the native ``aihwkit-default`` and ``hardening-additive`` models (the latter with
+and without chain fusion).
 
     .venv/bin/python tools/bench_kernels.py [--batch 256] [--threads 2] [--rounds 5] [--profile]
 """
@@ -193,7 +194,8 @@ def bench_resnet(batch: int, threads: int, rounds: int, profile: bool) -> None:
     if aihwkit is None:
         print("  (aihwkit not importable: its TorchInferenceRPUConfig row is left out)")
     if profile:
-        for label in ("aihwkit-default, native", "hardening-additive, native"):
+        for label in ("aihwkit-default, native", "hardening-additive, native",
+                      "hardening-additive, native, no chain fusion"):
             print_profile(label, variants[label][0], {name: x, "seed": np.array(1, np.int64)}, threads)
 
 
