@@ -23,7 +23,7 @@ class OpSchema:
     name: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    attributes: dict[str, int | float | tuple[int, ...] | tuple[float, ...] | None]  # name -> default
+    attributes: dict[str, int | float | tuple[int, ...] | tuple[float, ...] | None]  # name -> default (REQUIRED: none)
     sigmas: tuple[str, ...] = ()  # attributes that are noise sigmas (times the noise_scale input)
     native_only: bool = False  # put in place by native sessions only; never in a file
     native: bool = True  # has a native kernel (else native sessions run its function body)

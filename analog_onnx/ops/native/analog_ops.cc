@@ -365,9 +365,10 @@ class NoiseChainKernel : Kernel {
                         noise_scale * sigma_mul_[k], noise_scale * sigma_add_[k]});
     }
     const size_t inner = channels == 0 ? 1 : x.shape.size / x.shape.rows(2);
-    for_each_row_range(context, x.data, {1, x.shape.size}, false, nullptr, 0, [&](size_t begin, size_t end, size_t, float) {
+    auto range = [&](size_t begin, size_t end, size_t, float) {
       run_range(x.data, out, begin, end - begin, noises, scale, shift, channels, inner, residual);
-    });
+    };
+    for_each_row_range(context, x.data, {1, x.shape.size}, false, nullptr, 0, range);
   }
 
  private:
@@ -783,8 +784,8 @@ std::vector<OpSpec>& op_table() {
       make_op<MvmOutputKernel>("MvmOutput", {kAny, kAny, kFloat, kInt64}, {kAny}),
       make_op<DeviceWeightsKernel>("DeviceWeights", {kAny, kFloat, kInt64, kInt64, kFloat}, {kAny, kFloat}),
       make_op<MvmOutputEpilogueKernel>("MvmOutputEpilogue", {kAny, kAny, kFloat, kInt64, kFloat, kFloat}, {kAny}),
-      with_optional_inputs(make_op<NoiseChainKernel>("NoiseChain", {kAny, kFloat, kInt64, kFloat, kFloat, kAny}, {kAny}),
-                           3),
+      with_optional_inputs(
+          make_op<NoiseChainKernel>("NoiseChain", {kAny, kFloat, kInt64, kFloat, kFloat, kAny}, {kAny}), 3),
       make_op<AnalogTileKernel>("AnalogTile", {kAny, kFloat, kFloat, kInt64}, {kAny}, false),
       make_op<AnalogTileEpilogueKernel>("AnalogTileEpilogue", {kAny, kFloat, kFloat, kInt64, kFloat, kFloat}, {kAny},
                                         false),
