@@ -14,31 +14,38 @@ running anywhere through its function bodies.
   over the activations. ``MvmOutputEpilogue`` applies them per channel in MvmOutput's own pass,
   the tiles in theirs; a scalar known only at run time that multiplies the output first (a drift
   compensation factor) joins the epilogue's scale.
+- ``fuse_noise_chains``: activation noise (``hardening-additive``) puts a ``Noise`` after every
+  convolution, BatchNormalization and ReLU, so each of them, and each Noise, is a pass of its own.
+  ``NoiseChain`` runs a Noise and the elementwise steps after it (more Noise, inference
+  BatchNormalization, per-channel bias, a residual Add, ReLU) in one pass, each Noise drawing the
+  normals its own op would; the convolution stays onnxruntime's.
 
-Both are onnx_ir rewrites that recognize what they change by its structure (which op reads which
+All are onnx_ir rewrites that recognize what they change by its structure (which op reads which
 constant), never by how the transform tagged its nodes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from analog_onnx.ops import DOMAIN, reference
+from analog_onnx.ops import DOMAIN, OPS, reference
 from analog_onnx.passes.names import Names
 
 ModelLike = str | Path | bytes | onnx.ModelProto
 
 
 def prepare(model: ModelLike) -> ModelLike:
-    """``model`` with both rewrites applied, or ``model`` itself when neither applies."""
+    """``model`` with the rewrites applied, or ``model`` itself when none applies."""
     work = ir.serde.deserialize_model(_load(model))
     changed = _fold_constant_quantizers(work)
     changed = _fuse_tile_convolutions(work) or changed
     changed = _fuse_epilogues(work) or changed
+    changed = _fuse_noise_chains(work) or changed
     changed = _drop_unused_nodes(work) or changed
     return ir.serde.serialize_model(work) if changed else model
 
@@ -56,6 +63,14 @@ def fuse_epilogues(model: ModelLike) -> onnx.ModelProto | None:
     follows it alone, or None when there is no such chain."""
     work = ir.serde.deserialize_model(_load(model))
     return ir.serde.serialize_model(work) if _fuse_epilogues(work) else None
+
+
+def fuse_noise_chains(model: ModelLike) -> onnx.ModelProto | None:
+    """A copy of ``model`` where each additive/multiplicative ``Noise`` and the elementwise steps
+    after it that read each other's values alone are one ``NoiseChain``, or None when there is
+    no such chain of two or more nodes."""
+    work = ir.serde.deserialize_model(_load(model))
+    return ir.serde.serialize_model(work) if _fuse_noise_chains(work) else None
 
 
 # -- the rewrites ------------------------------------------------------------------------------
@@ -224,6 +239,161 @@ def _fuse(graph: ir.Graph, names: Names, node: ir.Node, factor: list[ir.Node], c
     last.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
     graph.insert_before(node, fused)
     graph.remove([node, *steps], safe=True)
+    fused.outputs[0].name, fused.outputs[0].type, fused.outputs[0].shape = name, kind, dims
+
+
+_NOISE, _AFFINE, _RESIDUAL, _RELU = range(4)  # NoiseChain's step codes (analog_ops.cc)
+
+
+@dataclass
+class _NoiseChain:
+    """The nodes a NoiseChain replaces and its program: the steps, the Noise nodes whose attributes
+    the noise steps take, a (scale, shift) per channel for each affine step, the residual input."""
+
+    nodes: list[ir.Node]
+    steps: list[int] = field(default_factory=list)
+    noises: list[ir.Node] = field(default_factory=list)
+    affines: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    residual: ir.Value | None = None
+
+
+def _fuse_noise_chains(model: ir.Model) -> bool:
+    graph, names, shapes = model.graph, Names(model), _InferredShapes(model)
+    fused = False
+    for node in list(graph):
+        chain = _noise_chain(graph, node, shapes) if node.graph is graph else None
+        if chain is None:
+            continue
+        start, noises = chain.nodes[0], [_attributes(n) for n in chain.noises]
+        base = names.node(f"{start.name or start.outputs[0].name}/chain")
+        affine = [None, None]
+        if chain.affines:
+            affine = [_initializer(graph, names.value(f"{base}/{what}"), np.stack(rows).astype(np.float32))
+                      for what, rows in zip(("scale", "shift"), zip(*chain.affines, strict=True), strict=True)]
+        attributes = {"steps": chain.steps, "streams": [int(a.get("stream", 0)) for a in noises],
+                      **{sigma: [float(a.get(sigma, 0.0)) for a in noises] for sigma in ("sigma_add", "sigma_mul")}}
+        inputs = [*start.inputs, *affine, chain.residual]
+        while inputs[-1] is None:  # optional inputs not given
+            inputs.pop()
+        _take_the_place(graph, chain.nodes, ir.node("NoiseChain", inputs, attributes, domain=DOMAIN, name=base))
+        fused = True
+    return fused
+
+
+def _noise_chain(graph: ir.Graph, start: ir.Node, shapes: _InferredShapes) -> _NoiseChain | None:
+    """The chain from the Noise ``start`` on while each step reads the value before it alone,
+    when it has two nodes or more, else None."""
+    if not _is_plain_noise(start):
+        return None
+    chain, value = _NoiseChain([start], [_NOISE], [start]), start.outputs[0]
+    while (step := _only_consumer(graph, value)) is not None and _add_chain_step(chain, step, value, shapes):
+        chain.nodes.append(step)
+        value = step.outputs[0]
+    return chain if len(chain.nodes) > 1 else None
+
+
+def _add_chain_step(chain: _NoiseChain, step: ir.Node, value: ir.Value, shapes: _InferredShapes) -> bool:
+    """Whether ``step``, which reads ``value`` alone of the chain, is one more elementwise step
+    (recorded in ``chain``): a plain Noise with the chain's controls, a Relu, a per-channel affine
+    step of constants, or an Add of a value proven to have ``value``'s shape."""
+    start = chain.nodes[0]
+    if _is_plain_noise(step) and step.inputs[0] is value and step.inputs[1:] == start.inputs[1:]:
+        chain.steps.append(_NOISE)
+        chain.noises.append(step)
+        return True
+    if step.domain != "" or len(step.outputs) != 1:
+        return False
+    if step.op_type == "Relu":
+        chain.steps.append(_RELU)
+        return True
+    affine = _chain_affine(step, value, shapes)
+    if affine is not None:
+        if chain.affines and len(chain.affines[0][0]) != len(affine[0]):
+            return False  # one row of C values per affine step
+        if chain.steps[-1] == _AFFINE:  # compose with the step before
+            (a, b), (c, d) = chain.affines.pop(), affine
+            affine = a * c, b * c + d
+        else:
+            chain.steps.append(_AFFINE)
+        chain.affines.append(affine)
+        return True
+    if step.op_type != "Add" or len(step.inputs) != 2 or chain.residual is not None:
+        return False
+    other = step.inputs[1] if step.inputs[0] is value else step.inputs[0]
+    if other is value or not shapes.same(value, other):
+        return False
+    chain.steps.append(_RESIDUAL)
+    chain.residual = other
+    return True
+
+
+def _chain_affine(step: ir.Node, value: ir.Value, shapes: _InferredShapes) -> tuple[np.ndarray, np.ndarray] | None:
+    """(a, b) per channel when ``step`` computes ``value * a + b`` from constants, with the channels
+    a BatchNormalization's parameters or the inferred shape of ``value`` give."""
+    if step.op_type == "BatchNormalization":
+        gamma = _constant(step.inputs[1]) if len(step.inputs) > 1 else None
+        return None if gamma is None or gamma.ndim != 1 else _affine_step(step, value, 2, len(gamma))  # any rank
+    dims = shapes.of(value)
+    if step.op_type != "Add" or dims is None or len(dims) < 2 or not isinstance(dims[1], int):
+        return None
+    return _affine_step(step, value, len(dims), dims[1])
+
+
+def _is_plain_noise(node: ir.Node) -> bool:
+    """A Noise whose every element is independent of the others (not ``relative``: that one scales
+    by its row's abs-max)."""
+    return (_is_ours(node, "Noise") and not _attributes(node).get("relative", 0) and len(node.inputs) == 3
+            and None not in node.inputs and len(node.outputs) == 1)
+
+
+class _InferredShapes:
+    """Value shapes from onnx's shape inference, run on first need over a copy of the model whose
+    ops of ours that keep their input's shape are Identity (inference cannot see through them)."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self._model, self._shapes = model, None
+
+    def of(self, value: ir.Value) -> tuple[int | str, ...] | None:
+        """The dims of ``value`` (sizes or symbolic names), None where any is unknown."""
+        if self._shapes is None:
+            self._shapes = _inferred_shapes(self._model)
+        return self._shapes.get(value.name or "")
+
+    def same(self, a: ir.Value, b: ir.Value) -> bool:
+        dims = self.of(a)
+        return dims is not None and dims == self.of(b)
+
+
+def _inferred_shapes(model: ir.Model) -> dict[str, tuple[int | str, ...]]:
+    proto = ir.serde.serialize_model(model)
+    del proto.functions[:]
+    for node in proto.graph.node:
+        if node.domain == DOMAIN and node.op_type in _SHAPE_KEEPING:
+            node.CopyFrom(onnx.helper.make_node("Identity", node.input[:1], node.output[:1], name=node.name))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto).graph
+    except onnx.shape_inference.InferenceError:
+        return {}  # nothing proven
+    shapes = {}
+    for info in (*inferred.input, *inferred.value_info, *inferred.output):
+        tensor = info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in tensor.shape.dim]
+        if tensor.HasField("shape") and None not in dims:
+            shapes[info.name] = tuple(dims)
+    return shapes
+
+
+_SHAPE_KEEPING = {op.name for op in OPS if not op.product}  # their first output has their first input's shape
+
+
+def _take_the_place(graph: ir.Graph, nodes: list[ir.Node], fused: ir.Node) -> None:
+    """Put ``fused`` where the last of ``nodes`` was, defining that node's output (its name, type
+    and shape), and remove ``nodes``."""
+    last = nodes[-1].outputs[0]
+    name, kind, dims = last.name, last.type, last.shape
+    last.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+    graph.insert_before(nodes[-1], fused)
+    graph.remove(nodes, safe=True)
     fused.outputs[0].name, fused.outputs[0].type, fused.outputs[0].shape = name, kind, dims
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import residual_block
 from onnx import TensorProto, numpy_helper
 from onnx import helper as h
 
@@ -16,38 +17,6 @@ from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
 
 pytestmark = pytest.mark.native
-
-
-def residual_block(rng: np.random.Generator, *, training_bn: bool = False) -> onnx.ModelProto:
-    """Conv-BN-ReLU, Conv(+bias)-BN-Add(residual)-ReLU, pooling, Gemm(+bias)-ReLU."""
-    def weight(name: str, *shape: int) -> onnx.TensorProto:
-        return numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32), name)
-
-    def bn(prefix: str) -> list[onnx.TensorProto]:
-        return [numpy_helper.from_array(a.astype(np.float32), f"{prefix}_{n}") for n, a in
-                (("g", rng.uniform(0.5, 2, 4)), ("b", rng.normal(0, 0.3, 4)), ("m", rng.normal(0, 0.3, 4)),
-                 ("v", rng.uniform(0.5, 2, 4)))]
-
-    bn_extra = {"training_mode": 1} if training_bn else {}
-    nodes = [
-        h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
-        h.make_node("BatchNormalization", ["c1", "bn1_g", "bn1_b", "bn1_m", "bn1_v"], ["n1"], epsilon=1e-3,
-                    **bn_extra),
-        h.make_node("Relu", ["n1"], ["r1"]),
-        h.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
-        h.make_node("BatchNormalization", ["c2", "bn2_g", "bn2_b", "bn2_m", "bn2_v"], ["n2"]),
-        h.make_node("Add", ["n2", "r1"], ["a2"]),
-        h.make_node("Relu", ["a2"], ["r2"]),
-        h.make_node("GlobalAveragePool", ["r2"], ["p"]),
-        h.make_node("Flatten", ["p"], ["f"]),
-        h.make_node("Gemm", ["f", "w3", "b3"], ["g"], transB=1),
-        h.make_node("Relu", ["g"], ["y"]),
-    ]
-    initializers = [weight("w1", 4, 3, 3, 3), weight("w2", 4, 4, 3, 3), weight("b2", 4), weight("w3", 5, 4),
-                    weight("b3", 5), *bn("bn1"), *bn("bn2")]
-    graph = h.make_graph(nodes, "block", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 6, 6])],
-                         [h.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])], initializers)
-    return h.make_model(graph, opset_imports=[h.make_opsetid("", 15 if training_bn else 13)])
 
 
 def epilogues(model: onnx.ModelProto | None) -> list[dict]:

@@ -11,11 +11,14 @@ Prints, in one run:
    onnxruntime; plus aihwkit's own simulation (``TorchInferenceRPUConfig``) when aihwkit is
    importable (it is never a dependency). A "pass-through" row runs the ``aihwkit-default``
    graph with every analog op reduced to its cheapest pass: the cost of the structure alone.
+   The "no chain fusion" row runs ``hardening-additive`` natively without ``NoiseChain``: each
+   Noise, BatchNormalization and ReLU a pass of its own.
 
 Variants run in interleaved rounds and each reports its fastest round, in wall time and in CPU
 time of all threads (pool threads sleep instead of spinning), so that other load on the machine
 distorts the ratios as little as possible. ``--profile`` adds onnxruntime's time
-per op type for the native ``aihwkit-default`` model.
+per op type for the native ``aihwkit-default`` and ``hardening-additive`` models (the latter with
+and without chain fusion).
 
     .venv/bin/python tools/bench_kernels.py [--batch 256] [--threads 2] [--rounds 5] [--profile]
 """
@@ -158,6 +161,8 @@ def bench_resnet(batch: int, threads: int, rounds: int, profile: bool) -> None:
         if preset == "aihwkit-default":
             variants["aihwkit-default, native, no epilogue fusion"] = (analog, True)
             variants["aihwkit-default, pass-through kernels"] = (native_graph.prepare(pass_through(analog)), True)
+        if preset == "hardening-additive":  # prepare's other rewrites find nothing in this preset
+            variants["hardening-additive, native, no chain fusion"] = (analog, True)
     runs = {}
     for label, (model, native) in variants.items():
         session = counted_session(model, threads, native)
@@ -189,10 +194,12 @@ def bench_resnet(batch: int, threads: int, rounds: int, profile: bool) -> None:
     if aihwkit is None:
         print("  (aihwkit not importable: its TorchInferenceRPUConfig row is left out)")
     if profile:
-        print_profile(variants["aihwkit-default, native"][0], {name: x, "seed": np.array(1, np.int64)}, threads)
+        for label in ("aihwkit-default, native", "hardening-additive, native",
+                      "hardening-additive, native, no chain fusion"):
+            print_profile(label, variants[label][0], {name: x, "seed": np.array(1, np.int64)}, threads)
 
 
-def print_profile(model: onnx.ModelProto, feeds: dict, threads: int) -> None:
+def print_profile(label: str, model: onnx.ModelProto, feeds: dict, threads: int) -> None:
     """onnxruntime's own time per op type, to show where the time of a transformed model goes."""
     with tempfile.TemporaryDirectory() as scratch:
         options = session_options(threads, native=True)
@@ -206,7 +213,7 @@ def print_profile(model: onnx.ModelProto, feeds: dict, threads: int) -> None:
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             per_op[event["args"]["op_name"]] += event["dur"] / 1e3 / 3  # 3 runs, in ms
-    print("\naihwkit-default, native: onnxruntime time per op type (ms per run)")
+    print(f"\n{label}: onnxruntime time per op type (ms per run)")
     for op, ms in sorted(per_op.items(), key=lambda item: -item[1]):
         print(f"  {op:24s} {ms:8.1f}")
 

@@ -38,7 +38,9 @@ The native library has ops more, which never appear in a file, put in place in m
 sessions only (see ``analog_onnx/native_graph.py``): ``MvmOutputEpilogue`` is ``MvmOutput``
 followed by a per-channel scale and shift and an optional ReLU; ``AnalogTileEpilogue`` is
 ``AnalogTile`` with that epilogue; ``AnalogTileConv`` is a 2-D convolution's ``AnalogTile`` reading
-its im2col patches straight from the NCHW input, with that epilogue.
+its im2col patches straight from the NCHW input, with that epilogue; ``NoiseChain`` is a ``Noise``
+and the elementwise layers after it (more ``Noise``, inference BatchNormalization, per-channel
+bias, a residual ``Add``, ``Relu``) as one pass, each stage drawing the normals its own op would.
 """
 
 DOMAIN = "ai.analog"

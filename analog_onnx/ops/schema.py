@@ -23,7 +23,7 @@ class OpSchema:
     name: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    attributes: dict[str, int | float | tuple[int, ...] | None]  # name -> default (REQUIRED: none)
+    attributes: dict[str, int | float | tuple[int, ...] | tuple[float, ...] | None]  # name -> default (REQUIRED: none)
     sigmas: tuple[str, ...] = ()  # attributes that are noise sigmas (times the noise_scale input)
     native_only: bool = False  # put in place by native sessions only; never in a file
     native: bool = True  # has a native kernel (else native sessions run its function body)
@@ -36,9 +36,10 @@ class OpSchema:
         """The name of the numpy reference and the torch twin: ``MvmInput`` -> ``mvm_input``."""
         return re.sub(r"(?<!^)(?=[A-Z])", "_", self.name).lower()
 
-    def is_random(self, attributes: dict[str, int | float]) -> bool:
+    def is_random(self, attributes: dict[str, int | float | tuple | list]) -> bool:
         """Whether a node with these attributes draws noise."""
-        return any(attributes.get(sigma, self.attributes[sigma]) for sigma in self.sigmas)
+        values = (attributes.get(sigma, self.attributes[sigma]) for sigma in self.sigmas)
+        return any(any(value) if isinstance(value, tuple | list) else value for value in values)
 
 
 _TILE_ATTRIBUTES = {"inp_bits": 0, "inp_bound": 1.0, "noise_management": 1, "out_noise": 0.0, "out_bits": 0,
@@ -93,6 +94,9 @@ OPS: tuple[OpSchema, ...] = (
              benchmarked=("pcm",)),
     OpSchema("MvmOutputEpilogue", ("Y", "S", "noise_scale", "seed", "scale", "shift"), ("Z",),
              {**_MVM_OUTPUT_ATTRIBUTES, "relu": 0}, sigmas=("out_noise",), native_only=True),
+    OpSchema("NoiseChain", ("X", "noise_scale", "seed", "scale", "shift", "R"), ("Y",),
+             {"steps": REQUIRED, "sigma_add": REQUIRED, "sigma_mul": REQUIRED, "streams": REQUIRED},
+             sigmas=("sigma_add", "sigma_mul"), native_only=True),
     OpSchema("AnalogTile", ("X", "W", "noise_scale", "seed"), ("Y",),
              _TILE_ATTRIBUTES, sigmas=("out_noise",), product=True,
              cases={"aihwkit-default": {"inp_bits": 7, "out_noise": 0.06, "out_bits": 9, "out_bound": 12.0,

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "onnxruntime_c_api.h"
@@ -44,6 +45,24 @@ inline int64_t attribute(const OrtKernelInfo* info, const char* name, int64_t fa
     return fallback;
   }
   return value;
+}
+
+// A list attribute (ints or floats); empty when the node does not have it.
+template <typename T>
+std::vector<T> attribute_list(const OrtKernelInfo* info, const char* name) {
+  static_assert(std::is_same_v<T, int64_t> || std::is_same_v<T, float>, "ONNX lists are ints or floats");
+  auto get = [&](T* values, size_t* size) {
+    if constexpr (std::is_same_v<T, int64_t>) return g_api->KernelInfoGetAttributeArray_int64(info, name, values, size);
+    else return g_api->KernelInfoGetAttributeArray_float(info, name, values, size);
+  };
+  size_t size = 0;
+  if (OrtStatus* status = get(nullptr, &size)) {
+    g_api->ReleaseStatus(status);
+    return {};
+  }
+  std::vector<T> values(size);
+  check(get(values.data(), &size));
+  return values;
 }
 
 inline bool has_int_attribute(const OrtKernelInfo* info, const char* name) {
