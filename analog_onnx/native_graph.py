@@ -234,12 +234,7 @@ def _fuse(graph: ir.Graph, names: Names, node: ir.Node, factor: list[ir.Node], c
     op_type = {"MvmOutput": "MvmOutputEpilogue", "AnalogTile": "AnalogTileEpilogue"}.get(node.op_type, node.op_type)
     fused = ir.node(op_type, [*inputs, *constants], {**_attributes(node), "relu": relu},
                     domain=DOMAIN, name=names.node(base))
-    last = steps[-1].outputs[0]
-    name, kind, dims = last.name, last.type, last.shape
-    last.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
-    graph.insert_before(node, fused)
-    graph.remove([node, *steps], safe=True)
-    fused.outputs[0].name, fused.outputs[0].type, fused.outputs[0].shape = name, kind, dims
+    _take_the_place(graph, [node, *steps], fused)
 
 
 _NOISE, _AFFINE, _RESIDUAL, _RELU = range(4)  # NoiseChain's step codes (analog_ops.cc)
