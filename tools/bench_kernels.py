@@ -39,7 +39,7 @@ from analog_onnx import native_graph
 from analog_onnx.config import load_preset
 from analog_onnx.ops import DOMAIN, OPSET_VERSION
 from analog_onnx.ops.functions import function_protos
-from analog_onnx.ops.schema import OPS, OpSchema
+from analog_onnx.ops.schema import OPS, SCHEMAS, OpSchema
 from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
 
@@ -57,6 +57,17 @@ def fastest(run: Callable[[], object], rounds: int) -> float:
         start = time.perf_counter()
         run()
         best = min(best, time.perf_counter() - start)
+    return best
+
+
+def fastest_cpu(run: Callable[[], object], rounds: int) -> float:
+    """The least CPU time (all threads) of ``rounds`` runs after a warm-up."""
+    run()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        run()
+        best = min(best, time.process_time() - start)
     return best
 
 
@@ -86,6 +97,62 @@ def bench_ops(batch: int, threads: int, rounds: int) -> None:
             session = make_session(model, threads=threads, native=native)
             times[native] = fastest(lambda s=session, f=feeds: s.run(None, f), rounds if native else 2) / x.size * 1e9
         print(f"  {label:30s} {times[True]:8.2f} {times[False]:9.2f} {times[False] / times[True]:8.1f}x")
+
+
+# ResNet-20's convolutions (input channels, output channels, input size, kernel, stride) and how
+# many of each one forward pass runs
+RESNET20_CONVOLUTIONS = ((3, 16, 32, 3, 1, 1), (16, 16, 32, 3, 1, 6), (16, 32, 32, 3, 2, 1), (16, 32, 32, 1, 2, 1),
+                         (32, 32, 16, 3, 1, 5), (32, 64, 16, 3, 2, 1), (32, 64, 16, 1, 2, 1), (64, 64, 8, 3, 1, 5))
+
+
+def conv_model(cin: int, cout: int, size: int, kernel: int, stride: int, batch: int, attributes: dict | None
+               ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """One convolution: a standard Conv with bias (attributes None) or an AnalogTileConv with these
+    tile attributes, on a random input; the model and its feeds."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
+    w = (rng.standard_normal((cout, cin, kernel, kernel)) * 0.2).astype(np.float32)
+    geometry = {"pads": [kernel // 2] * 4, "strides": [stride] * 2}
+    constants = [onnx.numpy_helper.from_array(w, "W")]
+    if attributes is None:
+        constants.append(onnx.numpy_helper.from_array(np.zeros(cout, np.float32), "B"))
+        node = helper.make_node("Conv", ["X", "W", "B"], ["Y"], **geometry)
+    else:
+        constants += [onnx.numpy_helper.from_array(np.array(v, dtype), n) for n, v, dtype in
+                      (("noise_scale", 1.0, np.float32), ("seed", 1, np.int64),
+                       ("scale", [1.0] * cout, np.float32), ("shift", [0.0] * cout, np.float32))]
+        node = helper.make_node("AnalogTileConv", ["X", "W", "noise_scale", "seed", "scale", "shift"], ["Y"],
+                                domain=DOMAIN, **attributes, **geometry)
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)], constants)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, OPSET_VERSION)]
+    return helper.make_model(graph, opset_imports=opsets), {"X": x}
+
+
+def bench_layers(batch: int, threads: int, rounds: int) -> None:
+    """CPU time of each ResNet-20 convolution: onnxruntime's Conv, and AnalogTileConv pass-through
+    (no noise, DAC or ADC: the product alone) and with aihwkit-default's settings."""
+    default = {k: v for k, v in SCHEMAS["AnalogTile"].cases["aihwkit-default"].items()}
+    settings = {"pass-through": {"noise_management": 0, "inp_bound": float("inf")}, "aihwkit-default": default}
+    print(f"\nResNet-20 convolutions, batch {batch}, {threads} threads: CPU ms (fastest of {rounds}), "
+          "GFLOP/s of CPU time, x Conv")
+    print(f"  {'layer (cin>cout, size, kxk/stride) x count':44s} {'Conv':>14s} "
+          + " ".join(f"{label:>22s}" for label in settings))
+    totals = collections.Counter()
+    for cin, cout, size, kernel, stride, count in RESNET20_CONVOLUTIONS:
+        flops = 2.0 * batch * cout * cin * kernel * kernel * (size // stride) ** 2
+        cpu = {}
+        for label, attributes in {"Conv": None, **settings}.items():
+            model, feeds = conv_model(cin, cout, size, kernel, stride, batch, attributes)
+            session = counted_session(model, threads, attributes is not None)
+            cpu[label] = fastest_cpu(lambda s=session, f=feeds: s.run(None, f), rounds)
+            totals[label] += cpu[label] * count
+        cells = [f"{cpu['Conv'] * 1e3:6.2f} {flops / cpu['Conv'] / 1e9:7.1f}"]
+        cells += [f"{cpu[label] * 1e3:6.2f} {flops / cpu[label] / 1e9:7.1f} {cpu[label] / cpu['Conv']:6.2f}x"
+                  for label in settings]
+        print(f"  {f'{cin}>{cout}, {size}, {kernel}x{kernel}/{stride} x{count}':44s} " + " ".join(cells))
+    print(f"  {'all convolutions of one forward pass (ms)':44s} {totals['Conv'] * 1e3:14.1f} "
+          + " ".join(f"{totals[label] * 1e3:15.1f} {totals[label] / totals['Conv']:5.2f}x" for label in settings))
 
 
 def resnet20() -> onnx.ModelProto:
@@ -217,8 +284,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="also print time per op type")
+    parser.add_argument("--layers", action="store_true", help="only time ResNet-20's convolutions one by one")
     args = parser.parse_args()
     print(f"onnxruntime {ort.__version__}")
+    if args.layers:
+        bench_layers(args.batch, args.threads, args.rounds)
+        return
     bench_ops(args.batch, args.threads, args.rounds)
     bench_resnet(args.batch, args.threads, args.rounds, args.profile)
 
