@@ -494,6 +494,29 @@ def test_tile_is_exact_at_zero_noise_on_exact_sums(implementation, rng):
     np.testing.assert_array_equal(run(implementation, SCHEMAS["AnalogTile"], attributes, feeds)[0], want)
 
 
+def half_steps(step: np.float32, levels: int) -> np.ndarray:
+    """Every half-step (j + 1/2) step of a converter's grid and its float32 neighbours a few ulp away,
+    where dividing by the step and multiplying by its reciprocal can round to different levels."""
+    ties = (np.arange(-levels - 2, levels + 2) + 0.5).astype(np.float32) * step
+    ulps = np.spacing(np.abs(ties))
+    return np.concatenate([ties + np.float32(d) * ulps for d in (-3, -2, -1, 0, 1, 2, 3)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("implementation", ["function", NATIVE])
+@pytest.mark.parametrize("converter", ["inp", "out"])
+def test_tile_converters_round_half_steps_like_numpy(implementation, converter):
+    """With identity weights the tile returns its DAC's (or ADC's) values alone: at and around every
+    half-step they are numpy's x / step rounded half to even, bit for bit."""
+    bits, bound = 7, 0.9
+    x = half_steps(np.float32(bound) / np.float32(63), 63)
+    x = np.resize(x, (len(x) + 7) // 8 * 8).reshape(-1, 8)
+    attributes = {"noise_management": 0, f"{converter}_bits": bits, f"{converter}_bound": bound,
+                  "inp_bound" if converter == "out" else "out_bound": float("inf")}
+    feeds = {"X": x, "W": np.eye(8, dtype=np.float32), **controls(0.0, 1)}
+    want = run("reference", SCHEMAS["AnalogTile"], attributes, feeds)[0]
+    np.testing.assert_array_equal(run(implementation, SCHEMAS["AnalogTile"], attributes, feeds)[0], want)
+
+
 @pytest.mark.native
 @pytest.mark.parametrize("seed", [0, 5])
 def test_native_tile_convolution_reads_patches_like_the_function_body(seed, rng):

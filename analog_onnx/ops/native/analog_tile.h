@@ -36,10 +36,20 @@ inline VecF vec_load(const float* p) { return _mm512_loadu_ps(p); }
 inline void vec_store(float* p, VecF v) { _mm512_storeu_ps(p, v); }
 inline VecF vec_broadcast(float x) { return _mm512_set1_ps(x); }
 inline VecF vec_fma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
-// lanes [low, high) of p (0 <= low, high <= kLanes), zeros elsewhere; other lanes are not read
+inline VecF vec_mul(VecF a, VecF b) { return _mm512_mul_ps(a, b); }
+inline VecF vec_sub(VecF a, VecF b) { return _mm512_sub_ps(a, b); }
+inline VecF vec_div(VecF a, VecF b) { return _mm512_div_ps(a, b); }
+inline VecF vec_abs(VecF a) { return _mm512_abs_ps(a); }
+inline VecF vec_max(VecF a, VecF b) { return _mm512_max_ps(a, b); }  // b where either is a NaN
+inline VecF vec_round(VecF a) { return _mm512_roundscale_ps(a, _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC); }
+inline bool vec_all_greater(VecF a, VecF b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) == 0xffff; }
+// lanes [low, high) of v (0 <= low <= high <= kLanes), zeros elsewhere
+inline VecF vec_window(VecF v, int low, int high) {
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(((1u << high) - 1u) & ~((1u << low) - 1u)), v);
+}
+// lanes [low, high) of p, zeros elsewhere; other lanes are not read (slower than vec_load)
 inline VecF vec_load_window(const float* p, int low, int high) {
-  const __mmask16 mask = static_cast<__mmask16>(((1u << high) - 1u) & ~((1u << low) - 1u));
-  return _mm512_maskz_loadu_ps(mask, p);
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>(((1u << high) - 1u) & ~((1u << low) - 1u)), p);
 }
 #elif defined(__AVX2__) && defined(__FMA__)
 using VecF = __m256;
@@ -50,12 +60,20 @@ inline VecF vec_load(const float* p) { return _mm256_loadu_ps(p); }
 inline void vec_store(float* p, VecF v) { _mm256_storeu_ps(p, v); }
 inline VecF vec_broadcast(float x) { return _mm256_set1_ps(x); }
 inline VecF vec_fma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
-inline VecF vec_load_window(const float* p, int low, int high) {
+inline VecF vec_mul(VecF a, VecF b) { return _mm256_mul_ps(a, b); }
+inline VecF vec_sub(VecF a, VecF b) { return _mm256_sub_ps(a, b); }
+inline VecF vec_div(VecF a, VecF b) { return _mm256_div_ps(a, b); }
+inline VecF vec_abs(VecF a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+inline VecF vec_max(VecF a, VecF b) { return _mm256_max_ps(a, b); }  // b where either is a NaN
+inline VecF vec_round(VecF a) { return _mm256_round_ps(a, _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC); }
+inline bool vec_all_greater(VecF a, VecF b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)) == 0xff; }
+inline __m256i window_mask(int low, int high) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i mask = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(low), lane),
-                                           _mm256_cmpgt_epi32(_mm256_set1_epi32(high), lane));
-  return _mm256_maskload_ps(p, mask);
+  return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(low), lane),
+                             _mm256_cmpgt_epi32(_mm256_set1_epi32(high), lane));
 }
+inline VecF vec_window(VecF v, int low, int high) { return _mm256_and_ps(v, _mm256_castsi256_ps(window_mask(low, high))); }
+inline VecF vec_load_window(const float* p, int low, int high) { return _mm256_maskload_ps(p, window_mask(low, high)); }
 #else
 #error "the analog tile kernel needs AVX2 and FMA (or AVX-512)"
 #endif
@@ -146,6 +164,7 @@ struct VectorSource {
   const float* x;
   size_t k;  // vector length
   bool conv = false;
+  size_t size = 0;  // elements of X (conv only)
   // convolution geometry (conv only)
   int64_t channels = 0, height = 0, width = 0, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, pad_top = 0,
           pad_left = 0, out_h = 1, out_w = 1;
@@ -157,6 +176,26 @@ struct VectorSource {
     for (size_t e = 0; e < k; ++e) {
       const int64_t c = e / (kh * kw), i = (e / kw) % kh, j = e % kw;
       channel_offset[e] = c * height * width, dy[e] = i * dh, dx[e] = j * dw;
+    }
+  }
+
+  // Asks for the input rows that vectors [first, first + count) of a convolution read to be brought
+  // into the L2 cache: they lie one channel plane (a page or more) apart, too far apart for the
+  // hardware prefetchers to follow.
+  void prefetch(size_t first, size_t count) const {
+    if (!conv || count == 0) return;
+    const size_t per_image = out_h * out_w, last = first + count - 1;
+    for (size_t image = first / per_image; image <= last / per_image; ++image) {
+      const size_t lo = std::max(first, image * per_image) % per_image;
+      const size_t hi = std::min(last, image * per_image + per_image - 1) % per_image;
+      const int64_t y0 = std::clamp<int64_t>(static_cast<int64_t>(lo / out_w) * sh - pad_top, 0, height);
+      const int64_t y1 = std::clamp<int64_t>(static_cast<int64_t>(hi / out_w) * sh - pad_top + (kh - 1) * dh + 1, 0,
+                                             height);
+      const size_t bytes = static_cast<size_t>(y1 - y0) * width * sizeof(float);
+      for (int64_t c = 0; c < channels; ++c) {
+        const char* rows = reinterpret_cast<const char*>(x + ((image * channels + c) * height + y0) * width);
+        for (size_t offset = 0; offset < bytes; offset += 64) _mm_prefetch(rows + offset, _MM_HINT_T1);
+      }
     }
   }
 
@@ -187,6 +226,7 @@ struct VectorSource {
                            static_cast<int64_t>(oh) * sh - pad_top, static_cast<int64_t>(ow) * sw - pad_left};
       i += length;
     }
+    const uintptr_t first_byte = reinterpret_cast<uintptr_t>(x), end_byte = first_byte + size * sizeof(float);
     for (size_t e = begin; e < end; ++e) {
       float* row_out = panel + (e - begin) * ld;
       for (size_t r = 0; r < run_count; ++r) {
@@ -209,10 +249,16 @@ struct VectorSource {
         for (int64_t q = 0; q < run.length; q += kLanes) {
           const int64_t low = std::clamp<int64_t>(-(x0 + q), 0, kLanes);
           const int64_t high = std::clamp<int64_t>(width - (x0 + q), 0, kLanes);
-          const float* from = reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(row) +
-                                                             (x0 + q) * static_cast<int64_t>(sizeof(float)));
-          vec_store(out + q, high > low ? vec_load_window(from, static_cast<int>(low), static_cast<int>(high))
-                                        : vec_zero());
+          // a whole vector load where it stays inside X (masked loads are slow), masking the lanes after
+          const uintptr_t from = reinterpret_cast<uintptr_t>(row) + (x0 + q) * static_cast<int64_t>(sizeof(float));
+          const int l = static_cast<int>(low), h = static_cast<int>(high);
+          if (from >= first_byte && from + sizeof(float) * kLanes <= end_byte) {
+            VecF v = vec_load(reinterpret_cast<const float*>(from));
+            asm("" : "+v"(v));  // or the compiler folds load and mask into the masked load again
+            vec_store(out + q, vec_window(v, l, h));
+          } else {
+            vec_store(out + q, h > l ? vec_load_window(reinterpret_cast<const float*>(from), l, h) : vec_zero());
+          }
         }
       }
     }
@@ -227,13 +273,31 @@ struct Converter {
     const int64_t n = bits > 0 ? (int64_t{1} << (bits - 1)) - 1 : 0;
     grid = n > 0, levels = static_cast<float>(n), step = grid ? bound / levels : 0.0f;
   }
+  // k[i] = nearbyint(a[i] / step) with a[i] = x[i] * scale[i] (or x[i] without scales). A
+  // multiplication by 1 / step rounds to the same integer unless a half-integer lies between the
+  // two quotients (at most 3 ulp apart): a vector where any lane's product comes that close to one
+  // (within 8 ulp; a NaN or infinity counts as close) is divided instead. Bit for bit the division.
+  void levels_of(const float* x, const float* scale, float* k, size_t n) const {
+    const VecF inverse = vec_broadcast(1.0f / step), divisor = vec_broadcast(step);
+    const VecF half = vec_broadcast(0.5f), tolerance = vec_broadcast(0x1p-21f);
+    size_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+      VecF a = vec_load(x + i);
+      if (scale != nullptr) a = vec_mul(a, vec_load(scale + i));
+      const VecF q = vec_mul(a, inverse), r = vec_round(q);
+      const VecF margin = vec_sub(half, vec_abs(vec_sub(q, r)));  // to the nearest half-integer, exact
+      vec_store(k + i, vec_all_greater(margin, vec_mul(vec_abs(q), tolerance)) ? r : vec_round(vec_div(a, divisor)));
+    }
+    for (; i < n; ++i) k[i] = std::nearbyint((scale != nullptr ? x[i] * scale[i] : x[i]) / step);
+  }
   // out[i] = the converter's value of x[i] * scale[i] (the DAC packing a panel row).
   void scaled(const float* x, const float* scale, float* out, size_t n) const {
     if (!grid) {
       for (size_t i = 0; i < n; ++i) out[i] = std::min(std::max(x[i] * scale[i], -bound), bound);
       return;
     }
-    for (size_t i = 0; i < n; ++i) out[i] = std::min(std::max(std::nearbyint((x[i] * scale[i]) / step), -levels), levels) * step;
+    levels_of(x, scale, out, n);
+    for (size_t i = 0; i < n; ++i) out[i] = std::min(std::max(out[i], -levels), levels) * step;
   }
   // v[i] = the converter's value of v[i]; beyond[i] set where v[i] lay beyond the bound (the ADC).
   void convert(float* v, size_t n, int32_t* beyond) const {
@@ -244,8 +308,9 @@ struct Converter {
       }
       return;
     }
+    levels_of(v, nullptr, v, n);
     for (size_t i = 0; i < n; ++i) {
-      const float k = std::nearbyint(v[i] / step);
+      const float k = v[i];
       beyond[i] |= std::fabs(k) > levels;
       v[i] = std::min(std::max(k, -levels), levels) * step;
     }
@@ -322,6 +387,18 @@ inline void add_noise(uint64_t key, uint64_t start, size_t count, size_t outputs
   }
 }
 
+// peak[i] = max over rows e < rows of |panel[e * kBlockVectors + i]| (0 for no rows), i < kBlockVectors,
+// as std::max(peak, |x|) in row order would (a NaN never wins); the row in registers.
+inline void block_abs_max(const float* panel, size_t rows, float* peak) {
+  constexpr size_t columns = kBlockVectors / kLanes;
+  VecF m[columns];
+  for (size_t j = 0; j < columns; ++j) m[j] = vec_zero();
+  for (size_t e = 0; e < rows; ++e)
+#pragma GCC unroll 12
+    for (size_t j = 0; j < columns; ++j) m[j] = vec_max(vec_abs(vec_load(panel + e * kBlockVectors + j * kLanes)), m[j]);
+  for (size_t j = 0; j < columns; ++j) vec_store(peak + j * kLanes, m[j]);
+}
+
 // One block's working memory, kept per pool thread between blocks and calls. Every buffer is
 // output-major or k-major with kBlockVectors vectors a row, one vector a column.
 struct Scratch {
@@ -348,16 +425,14 @@ inline void tile_block(const VectorSource& src, const std::vector<PackedTile>& t
   b.saturated.resize(ld), b.accepted.resize(ld), b.done.resize(ranges * ld), b.rerun.resize(ld);
   float* total = b.total.data();
   for (size_t m = 0; m < outputs; ++m) std::fill(total + m * ld, total + m * ld + count, 0.0f);
+  src.prefetch(last, std::min(kBlockVectors, vectors - last));  // the next block, while this one computes
   for (size_t t = 0; t < tiles.size(); ++t) {
     const PackedTile& tile = tiles[t];
     const size_t width = tile.end - tile.begin;
     const float* raw = b.raw.data();
     float* peak = b.peak.data();
     src.read_panel(first, count, tile.begin, tile.end, b.raw.data(), ld);
-    std::fill(peak, peak + count, 0.0f);
-    if (s.noise_management)
-      for (size_t e = 0; e < width; ++e)
-        for (size_t i = 0; i < count; ++i) peak[i] = std::max(peak[i], std::fabs(raw[e * ld + i]));
+    block_abs_max(raw, s.noise_management ? width : 0, peak);
     for (size_t i = 0; i < count; ++i) b.inverse[i] = 1.0f / (peak[i] > 0.0f ? peak[i] : 1.0f);
     std::fill(b.done.begin(), b.done.end(), 0);
     b.pending.resize(count);
