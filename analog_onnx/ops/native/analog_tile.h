@@ -41,8 +41,15 @@ inline VecF vec_sub(VecF a, VecF b) { return _mm512_sub_ps(a, b); }
 inline VecF vec_div(VecF a, VecF b) { return _mm512_div_ps(a, b); }
 inline VecF vec_abs(VecF a) { return _mm512_abs_ps(a); }
 inline VecF vec_max(VecF a, VecF b) { return _mm512_max_ps(a, b); }  // b where either is a NaN
+inline VecF vec_min(VecF a, VecF b) { return _mm512_min_ps(a, b); }  // b where either is a NaN
 inline VecF vec_round(VecF a) { return _mm512_roundscale_ps(a, _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC); }
 inline bool vec_all_greater(VecF a, VecF b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) == 0xffff; }
+inline VecF vec_add(VecF a, VecF b) { return _mm512_add_ps(a, b); }
+// p[lane * stride], stride * kLanes < 2^31
+inline VecF vec_gather(const float* p, size_t stride) {
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  return _mm512_i32gather_ps(_mm512_mullo_epi32(lanes, _mm512_set1_epi32(static_cast<int>(stride))), p, 4);
+}
 // lanes [low, high) of v (0 <= low <= high <= kLanes), zeros elsewhere
 inline VecF vec_window(VecF v, int low, int high) {
   return _mm512_maskz_mov_ps(static_cast<__mmask16>(((1u << high) - 1u) & ~((1u << low) - 1u)), v);
@@ -65,8 +72,14 @@ inline VecF vec_sub(VecF a, VecF b) { return _mm256_sub_ps(a, b); }
 inline VecF vec_div(VecF a, VecF b) { return _mm256_div_ps(a, b); }
 inline VecF vec_abs(VecF a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
 inline VecF vec_max(VecF a, VecF b) { return _mm256_max_ps(a, b); }  // b where either is a NaN
+inline VecF vec_min(VecF a, VecF b) { return _mm256_min_ps(a, b); }  // b where either is a NaN
 inline VecF vec_round(VecF a) { return _mm256_round_ps(a, _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC); }
 inline bool vec_all_greater(VecF a, VecF b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)) == 0xff; }
+inline VecF vec_add(VecF a, VecF b) { return _mm256_add_ps(a, b); }
+inline VecF vec_gather(const float* p, size_t stride) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_i32gather_ps(p, _mm256_mullo_epi32(lanes, _mm256_set1_epi32(static_cast<int>(stride))), 4);
+}
 inline __m256i window_mask(int low, int high) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(low), lane),
@@ -273,22 +286,30 @@ struct Converter {
     const int64_t n = bits > 0 ? (int64_t{1} << (bits - 1)) - 1 : 0;
     grid = n > 0, levels = static_cast<float>(n), step = grid ? bound / levels : 0.0f;
   }
-  // k[i] = nearbyint(a[i] / step) with a[i] = x[i] * scale[i] (or x[i] without scales). A
-  // multiplication by 1 / step rounds to the same integer unless a half-integer lies between the
-  // two quotients (at most 3 ulp apart): a vector where any lane's product comes that close to one
-  // (within 8 ulp; a NaN or infinity counts as close) is divided instead. Bit for bit the division.
-  void levels_of(const float* x, const float* scale, float* k, size_t n) const {
+  // k[i] = nearbyint(a[i] / step) with a[i] = x[i] * scale[i] (or x[i] without scales), or with
+  // `clip` the converter's value min(max(k, -levels), levels) * step. A multiplication by 1 / step
+  // rounds to the same integer unless a half-integer lies between the two quotients (at most 3 ulp
+  // apart): a vector where any lane's product comes that close to one (within 8 ulp; a NaN or
+  // infinity counts as close) is divided instead. Bit for bit the division.
+  void levels_of(const float* x, const float* scale, float* k, size_t n, bool clip) const {
     const VecF inverse = vec_broadcast(1.0f / step), divisor = vec_broadcast(step);
     const VecF half = vec_broadcast(0.5f), tolerance = vec_broadcast(0x1p-21f);
+    const VecF high = vec_broadcast(levels), low = vec_broadcast(-levels);
     size_t i = 0;
     for (; i + kLanes <= n; i += kLanes) {
       VecF a = vec_load(x + i);
       if (scale != nullptr) a = vec_mul(a, vec_load(scale + i));
       const VecF q = vec_mul(a, inverse), r = vec_round(q);
       const VecF margin = vec_sub(half, vec_abs(vec_sub(q, r)));  // to the nearest half-integer, exact
-      vec_store(k + i, vec_all_greater(margin, vec_mul(vec_abs(q), tolerance)) ? r : vec_round(vec_div(a, divisor)));
+      VecF level = vec_all_greater(margin, vec_mul(vec_abs(q), tolerance)) ? r : vec_round(vec_div(a, divisor));
+      // std::min(std::max(level, -levels), levels), a NaN kept: vec_max and vec_min return their second
+      if (clip) level = vec_mul(vec_min(high, vec_max(low, level)), divisor);
+      vec_store(k + i, level);
     }
-    for (; i < n; ++i) k[i] = std::nearbyint((scale != nullptr ? x[i] * scale[i] : x[i]) / step);
+    for (; i < n; ++i) {
+      const float level = std::nearbyint((scale != nullptr ? x[i] * scale[i] : x[i]) / step);
+      k[i] = clip ? std::min(std::max(level, -levels), levels) * step : level;
+    }
   }
   // out[i] = the converter's value of x[i] * scale[i] (the DAC packing a panel row).
   void scaled(const float* x, const float* scale, float* out, size_t n) const {
@@ -296,8 +317,7 @@ struct Converter {
       for (size_t i = 0; i < n; ++i) out[i] = std::min(std::max(x[i] * scale[i], -bound), bound);
       return;
     }
-    levels_of(x, scale, out, n);
-    for (size_t i = 0; i < n; ++i) out[i] = std::min(std::max(out[i], -levels), levels) * step;
+    levels_of(x, scale, out, n, true);
   }
   // v[i] = the converter's value of v[i]; beyond[i] set where v[i] lay beyond the bound (the ADC).
   void convert(float* v, size_t n, int32_t* beyond) const {
@@ -308,7 +328,7 @@ struct Converter {
       }
       return;
     }
-    levels_of(v, nullptr, v, n);
+    levels_of(v, nullptr, v, n, false);
     for (size_t i = 0; i < n; ++i) {
       const float k = v[i];
       beyond[i] |= std::fabs(k) > levels;
@@ -372,19 +392,22 @@ inline std::vector<PackedTile> pack_weights(const float* w, size_t outputs, size
 }
 
 // y[m * ld + p] += sigma * normal (start + p * outputs + m) for p < count, m < outputs: the stream
-// runs vector-major, the block is output-major.
+// runs vector-major (into z, kBlockVectors * outputs floats), the block is output-major (gathered
+// from z a SIMD vector of vectors at a time; lanes past `count` add whatever z holds there).
 inline void add_noise(uint64_t key, uint64_t start, size_t count, size_t outputs, float sigma, float* y, size_t ld,
-                      float* buffer) {
+                      float* z, float* buffer) {
   const size_t total = count * outputs;
-  size_t p = 0, m = 0;
   for (size_t done = 0; done < total; done += kBlock) {
     const size_t len = std::min(kBlock, total - done);
-    const float* z = normals(key, start + done, len, buffer);
-    for (size_t e = 0; e < len; ++e) {
-      y[m * ld + p] += sigma * z[e];
-      if (++m == outputs) m = 0, ++p;
-    }
+    const float* normal = normals(key, start + done, len, buffer);
+    std::copy(normal, normal + len, z + done);
   }
+  const VecF scale = vec_broadcast(sigma);
+  for (size_t m = 0; m < outputs; ++m)
+    for (size_t p = 0; p < count; p += kLanes) {
+      float* row = y + m * ld + p;
+      vec_store(row, vec_add(vec_load(row), vec_mul(scale, vec_gather(z + p * outputs + m, outputs))));
+    }
 }
 
 // peak[i] = max over rows e < rows of |panel[e * kBlockVectors + i]| (0 for no rows), i < kBlockVectors,
@@ -402,7 +425,7 @@ inline void block_abs_max(const float* panel, size_t rows, float* peak) {
 // One block's working memory, kept per pool thread between blocks and calls. Every buffer is
 // output-major or k-major with kBlockVectors vectors a row, one vector a column.
 struct Scratch {
-  std::vector<float> raw, panel, product, total, inverse, peak, scale, back, noise;
+  std::vector<float> raw, panel, product, total, inverse, peak, scale, back, normals, noise;
   std::vector<int32_t> saturated, accepted;
   std::vector<char> done, rerun;
   std::vector<size_t> pending, again;
@@ -422,6 +445,7 @@ inline void tile_block(const VectorSource& src, const std::vector<PackedTile>& t
   for (const auto& t : tiles) widest = std::max(widest, t.end - t.begin);
   b.raw.resize(widest * ld + kLanes), b.panel.resize(widest * ld), b.product.resize(rows * ld), b.total.resize(outputs * ld);
   b.inverse.resize(ld), b.peak.resize(ld), b.scale.resize(ld), b.back.resize(ld), b.noise.resize(kBlock + 2);
+  if (sigma != 0.0f) b.normals.resize(ld * outputs);
   b.saturated.resize(ld), b.accepted.resize(ld), b.done.resize(ranges * ld), b.rerun.resize(ld);
   float* total = b.total.data();
   for (size_t m = 0; m < outputs; ++m) std::fill(total + m * ld, total + m * ld + count, 0.0f);
@@ -459,7 +483,7 @@ inline void tile_block(const VectorSource& src, const std::vector<PackedTile>& t
       float* product = b.product.data();
       const uint64_t round_start = (static_cast<uint64_t>(r) * tiles.size() + t) * vectors * outputs;
       if (sigma != 0.0f && all) add_noise(key, round_start + first * outputs, count, outputs, sigma, product, ld,
-                                          b.noise.data());
+                                          b.normals.data(), b.noise.data());
       if (sigma != 0.0f && !all)
         for (size_t p = 0; p < used; ++p) {
           const uint64_t start = ((static_cast<uint64_t>(r) * tiles.size() + t) * vectors + first + pending[p]) * outputs;
