@@ -495,9 +495,10 @@ def test_tile_is_exact_at_zero_noise_on_exact_sums(implementation, rng):
 
 
 def half_steps(step: np.float32, levels: int) -> np.ndarray:
-    """Every half-step (j + 1/2) step of a converter's grid and its float32 neighbours a few ulp away,
-    where dividing by the step and multiplying by its reciprocal can round to different levels."""
-    ties = (np.arange(-levels - 2, levels + 2) + 0.5).astype(np.float32) * step
+    """Every half-step (j + 1/2) step of a converter's grid, out to four times its bound, and their
+    float32 neighbours a few ulp away, where dividing by the step and multiplying by its reciprocal
+    can round to different levels."""
+    ties = (np.arange(-4 * levels, 4 * levels) + 0.5).astype(np.float32) * step
     ulps = np.spacing(np.abs(ties))
     return np.concatenate([ties + np.float32(d) * ulps for d in (-3, -2, -1, 0, 1, 2, 3)]).astype(np.float32)
 

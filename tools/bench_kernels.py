@@ -46,6 +46,9 @@ from analog_onnx.transform import transform_model
 IMAGE = (3, 32, 32)
 PRESETS = ("aihwkit-default", "aihwkit-pcm", "hardening-additive")
 CHIP = {"chip_seed": np.array(1, np.int64), "t_inference": np.array(86400.0, np.float32)}  # one chip, a day on
+# an analog op's cheapest pass: no noise, no DAC/ADC, no abs-max scaling
+PASS_THROUGH_FLOATS = {"out_noise": 0.0, "inp_bound": float("inf"), "out_bound": float("inf")}
+PASS_THROUGH_INTS = {"inp_bits": 0, "out_bits": 0, "noise_management": 0}
 # the configurations the presets emit, as the op schema names them
 OP_CASES = {f"{op.name} ({label})": (op, op.cases[label]) for op in OPS for label in op.benchmarked}
 
@@ -132,8 +135,8 @@ def conv_model(cin: int, cout: int, size: int, kernel: int, stride: int, batch: 
 def bench_layers(batch: int, threads: int, rounds: int) -> None:
     """CPU time of each ResNet-20 convolution: onnxruntime's Conv, and AnalogTileConv pass-through
     (no noise, DAC or ADC: the product alone) and with aihwkit-default's settings."""
-    default = {k: v for k, v in SCHEMAS["AnalogTile"].cases["aihwkit-default"].items()}
-    settings = {"pass-through": {"noise_management": 0, "inp_bound": float("inf")}, "aihwkit-default": default}
+    default = SCHEMAS["AnalogTile"].cases["aihwkit-default"]
+    settings = {"pass-through": {**default, **PASS_THROUGH_FLOATS, **PASS_THROUGH_INTS}, "aihwkit-default": default}
     print(f"\nResNet-20 convolutions, batch {batch}, {threads} threads: CPU ms (fastest of {rounds}), "
           "GFLOP/s of CPU time, x Conv")
     print(f"  {'layer (cin>cout, size, kxk/stride) x count':44s} {'Conv':>14s} "
@@ -177,16 +180,14 @@ def counted_session(model: onnx.ModelProto, threads: int, native: bool) -> ort.I
 def pass_through(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same graph with every analog op reduced to its cheapest pass (no noise, no DAC/ADC,
     no abs-max scaling): what the transformed structure costs before any noise or quantization."""
-    floats = {"out_noise": 0.0, "inp_bound": float("inf"), "out_bound": float("inf")}
-    ints = {"inp_bits": 0, "out_bits": 0, "noise_management": 0}
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     for node in copy.graph.node:
         for attribute in node.attribute if node.domain == DOMAIN else ():
-            if attribute.name in floats:
-                attribute.f = floats[attribute.name]
-            elif attribute.name in ints:
-                attribute.i = ints[attribute.name]
+            if attribute.name in PASS_THROUGH_FLOATS:
+                attribute.f = PASS_THROUGH_FLOATS[attribute.name]
+            elif attribute.name in PASS_THROUGH_INTS:
+                attribute.i = PASS_THROUGH_INTS[attribute.name]
     return copy
 
 
