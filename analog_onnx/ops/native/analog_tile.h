@@ -122,9 +122,11 @@ inline void micro_kernel(size_t k, const float* a, const float* p, size_t ldp, f
 }
 
 // Outputs per register block (the packed weights pad the outputs to a multiple), and input vectors
-// per register block in SIMD registers: 4 x 6 of 16 lanes with AVX-512, 4 x 3 of 8 with AVX2.
-constexpr size_t kBlockRows = kRegisters == 32 ? 8 : 4;
-constexpr size_t kBlockCols = 3;
+// per register block in SIMD registers: 8 x 3 of 16 lanes with AVX-512, 6 x 2 of 8 with AVX2. Each
+// step loads kBlockCols vectors and broadcasts kBlockRows weights for kBlockRows x kBlockCols FMAs;
+// wider blocks run out of registers, and the compiler then folds a load into every FMA.
+constexpr size_t kBlockRows = kRegisters == 32 ? 8 : 6;
+constexpr size_t kBlockCols = kRegisters == 32 ? 3 : 2;
 // Input vectors per block of work: a whole number of register blocks on either path.
 constexpr size_t kBlockVectors = 96;
 static_assert(kBlockVectors % (kBlockCols * kLanes) == 0);
