@@ -2,9 +2,11 @@
 //
 // For a block of input vectors (rows of a dense input, or im2col patches of an NCHW image read
 // straight from the image), each input tile's slice is scaled by its abs-max and quantized by the
-// DAC while it is packed into a panel; the panel times the tile's mapped weights runs on a
-// register-blocked micro-kernel (AVX-512 or AVX2/FMA, whichever -march=native enables); output
-// noise and the ADC act on each tile's partial sums while they are in cache; vectors whose tile
+// DAC while it is packed into a k-major panel (one vector per SIMD lane); the tile's mapped weights
+// times the panel run on a register-blocked micro-kernel (AVX-512 or AVX2/FMA, whichever
+// -march=native enables) that leaves each output's results for the block's vectors side by side,
+// so that output noise, the ADC, the sums and the epilogue work lane-parallel on the partial sums
+// while they are in cache and a convolution's block goes to NCHW by row copies; vectors whose tile
 // saturates the ADC are packed again at half the scale and only they are recomputed (iterative
 // bound management, per vector); the tiles' results are rescaled, multiplied by the mapping
 // scales and summed in tile order, and written to the output (NCHW for a convolution).
@@ -40,15 +42,20 @@ inline VecF vec_mul(VecF a, VecF b) { return _mm512_mul_ps(a, b); }
 inline VecF vec_sub(VecF a, VecF b) { return _mm512_sub_ps(a, b); }
 inline VecF vec_div(VecF a, VecF b) { return _mm512_div_ps(a, b); }
 inline VecF vec_abs(VecF a) { return _mm512_abs_ps(a); }
-inline VecF vec_max(VecF a, VecF b) { return _mm512_max_ps(a, b); }  // b where either is a NaN
-inline VecF vec_min(VecF a, VecF b) { return _mm512_min_ps(a, b); }  // b where either is a NaN
-inline VecF vec_round(VecF a) { return _mm512_roundscale_ps(a, _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC); }
+// (the masked forms with every lane set: the plain ones pass GCC 12 an undefined source, which it
+// then reports as maybe uninitialized)
+inline VecF vec_max(VecF a, VecF b) { return _mm512_mask_max_ps(a, 0xffff, a, b); }  // b where either is a NaN
+inline VecF vec_min(VecF a, VecF b) { return _mm512_mask_min_ps(a, 0xffff, a, b); }  // b where either is a NaN
+inline VecF vec_round(VecF a) {
+  return _mm512_mask_roundscale_ps(a, 0xffff, a, _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC);
+}
 inline bool vec_all_greater(VecF a, VecF b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) == 0xffff; }
 inline VecF vec_add(VecF a, VecF b) { return _mm512_add_ps(a, b); }
 // p[lane * stride], stride * kLanes < 2^31
 inline VecF vec_gather(const float* p, size_t stride) {
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  return _mm512_i32gather_ps(_mm512_mullo_epi32(lanes, _mm512_set1_epi32(static_cast<int>(stride))), p, 4);
+  const __m512i index = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(static_cast<int>(stride)));
+  return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, index, p, 4);
 }
 // lanes [low, high) of v (0 <= low <= high <= kLanes), zeros elsewhere
 inline VecF vec_window(VecF v, int low, int high) {
