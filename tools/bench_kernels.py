@@ -15,9 +15,11 @@ Prints, in one run:
 Variants run in interleaved rounds and each reports its fastest round, in wall time and in CPU
 time of all threads (pool threads sleep instead of spinning), so that other load on the machine
 distorts the ratios as little as possible. ``--profile`` adds onnxruntime's time
-per op type for the native ``aihwkit-default`` model.
+per op type for the native ``aihwkit-default`` model. ``--layers`` instead times each of
+ResNet-20's convolutions alone: onnxruntime's Conv against ``AnalogTileConv`` pass-through and
+with ``aihwkit-default``'s settings, in CPU ms and GFLOP/s.
 
-    .venv/bin/python tools/bench_kernels.py [--batch 256] [--threads 2] [--rounds 5] [--profile]
+    .venv/bin/python tools/bench_kernels.py [--batch 256] [--threads 2] [--rounds 5] [--profile | --layers]
 """
 
 from __future__ import annotations
@@ -53,24 +55,15 @@ PASS_THROUGH_INTS = {"inp_bits": 0, "out_bits": 0, "noise_management": 0}
 OP_CASES = {f"{op.name} ({label})": (op, op.cases[label]) for op in OPS for label in op.benchmarked}
 
 
-def fastest(run: Callable[[], object], rounds: int) -> float:
-    run()  # warm-up: allocations, thread pool start
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def fastest_cpu(run: Callable[[], object], rounds: int) -> float:
-    """The least CPU time (all threads) of ``rounds`` runs after a warm-up."""
+def fastest(run: Callable[[], object], rounds: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """The least time of ``rounds`` runs after a warm-up (allocations, thread pool start), on
+    ``clock``: wall time, or ``time.process_time`` for the CPU time of all threads."""
     run()
     best = float("inf")
     for _ in range(rounds):
-        start = time.process_time()
+        start = clock()
         run()
-        best = min(best, time.process_time() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -148,7 +141,7 @@ def bench_layers(batch: int, threads: int, rounds: int) -> None:
         for label, attributes in {"Conv": None, **settings}.items():
             model, feeds = conv_model(cin, cout, size, kernel, stride, batch, attributes)
             session = counted_session(model, threads, attributes is not None)
-            cpu[label] = fastest_cpu(lambda s=session, f=feeds: s.run(None, f), rounds)
+            cpu[label] = fastest(lambda s=session, f=feeds: s.run(None, f), rounds, time.process_time)
             totals[label] += cpu[label] * count
         cells = [f"{cpu['Conv'] * 1e3:6.2f} {flops / cpu['Conv'] / 1e9:7.1f}"]
         cells += [f"{cpu[label] * 1e3:6.2f} {flops / cpu[label] / 1e9:7.1f} {cpu[label] / cpu['Conv']:6.2f}x"
