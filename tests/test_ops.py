@@ -542,7 +542,7 @@ def test_native_tile_convolution_reads_patches_like_the_function_body(seed, rng)
 @pytest.mark.native
 @pytest.mark.parametrize("outputs", [5, 16, 24, 48, 64, 100])
 def test_native_tile_register_blocks_cover_every_output_width(outputs, rng):
-    """Outputs are padded to whole register blocks (8 with AVX-512, 4 with AVX2), and 301 vectors
+    """Outputs are padded to whole register blocks (8 with AVX-512, 6 with AVX2), and 301 vectors
     end in a short block whose last SIMD vectors take the one-vector-wide micro-kernel."""
     attributes = SCHEMAS["AnalogTile"].cases["aihwkit-default"]
     feeds = {"X": rng.standard_normal((301, 70)).astype(np.float32),
