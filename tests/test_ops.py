@@ -490,6 +490,30 @@ def test_tile_is_exact_at_zero_noise_on_exact_sums(implementation, rng):
     np.testing.assert_array_equal(run(implementation, SCHEMAS["AnalogTile"], attributes, feeds)[0], want)
 
 
+def half_steps(step: np.float32, levels: int) -> np.ndarray:
+    """Every half-step (j + 1/2) step of a converter's grid, out to four times its bound, and their
+    float32 neighbours a few ulp away, where dividing by the step and multiplying by its reciprocal
+    can round to different levels."""
+    ties = (np.arange(-4 * levels, 4 * levels) + 0.5).astype(np.float32) * step
+    ulps = np.spacing(np.abs(ties))
+    return np.concatenate([ties + np.float32(d) * ulps for d in (-3, -2, -1, 0, 1, 2, 3)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("implementation", ["function", NATIVE])
+@pytest.mark.parametrize("converter", ["inp", "out"])
+def test_tile_converters_round_half_steps_like_numpy(implementation, converter):
+    """With identity weights the tile returns its DAC's (or ADC's) values alone: at and around every
+    half-step they are numpy's x / step rounded half to even, bit for bit."""
+    bits, bound = 7, 0.9
+    x = half_steps(np.float32(bound) / np.float32(63), 63)
+    x = np.resize(x, (len(x) + 7) // 8 * 8).reshape(-1, 8)
+    attributes = {"noise_management": 0, f"{converter}_bits": bits, f"{converter}_bound": bound,
+                  "inp_bound" if converter == "out" else "out_bound": float("inf")}
+    feeds = {"X": x, "W": np.eye(8, dtype=np.float32), **controls(0.0, 1)}
+    want = run("reference", SCHEMAS["AnalogTile"], attributes, feeds)[0]
+    np.testing.assert_array_equal(run(implementation, SCHEMAS["AnalogTile"], attributes, feeds)[0], want)
+
+
 @pytest.mark.native
 @pytest.mark.parametrize("seed", [0, 5])
 def test_native_tile_convolution_reads_patches_like_the_function_body(seed, rng):
@@ -512,9 +536,10 @@ def test_native_tile_convolution_reads_patches_like_the_function_body(seed, rng)
 
 
 @pytest.mark.native
-@pytest.mark.parametrize("outputs", [16, 24, 48, 64, 100])
+@pytest.mark.parametrize("outputs", [5, 16, 24, 48, 64, 100])
 def test_native_tile_register_blocks_cover_every_output_width(outputs, rng):
-    """Each output width picks its own register block (1 to 4 vectors wide, AVX-512 or AVX2)."""
+    """Outputs are padded to whole register blocks (8 with AVX-512, 6 with AVX2), and 301 vectors
+    end in a short block whose last SIMD vectors take the one-vector-wide micro-kernel."""
     attributes = SCHEMAS["AnalogTile"].cases["aihwkit-default"]
     feeds = {"X": rng.standard_normal((301, 70)).astype(np.float32),
              "W": (rng.standard_normal((outputs, 70)) * 0.3).astype(np.float32), **controls(1.0, 9)}

@@ -18,9 +18,11 @@ Variants run in interleaved rounds and each reports its fastest round, in wall t
 time of all threads (pool threads sleep instead of spinning), so that other load on the machine
 distorts the ratios as little as possible. ``--profile`` adds onnxruntime's time
 per op type for the native ``aihwkit-default`` and ``hardening-additive`` models (the latter with
-and without chain fusion).
+and without chain fusion). ``--layers`` instead times each of ResNet-20's convolutions alone:
+onnxruntime's Conv against ``AnalogTileConv`` pass-through and with ``aihwkit-default``'s
+settings, in CPU ms and GFLOP/s.
 
-    .venv/bin/python tools/bench_kernels.py [--batch 256] [--threads 2] [--rounds 5] [--profile]
+    .venv/bin/python tools/bench_kernels.py [--batch 256] [--threads 2] [--rounds 5] [--profile | --layers]
 """
 
 from __future__ import annotations
@@ -42,24 +44,29 @@ from analog_onnx import native_graph
 from analog_onnx.config import load_preset
 from analog_onnx.ops import DOMAIN, OPSET_VERSION
 from analog_onnx.ops.functions import function_protos
-from analog_onnx.ops.schema import OPS, OpSchema
+from analog_onnx.ops.schema import OPS, SCHEMAS, OpSchema
 from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
 
 IMAGE = (3, 32, 32)
 PRESETS = ("aihwkit-default", "aihwkit-pcm", "hardening-additive")
 CHIP = {"chip_seed": np.array(1, np.int64), "t_inference": np.array(86400.0, np.float32)}  # one chip, a day on
+# an analog op's cheapest pass: no noise, no DAC/ADC, no abs-max scaling
+PASS_THROUGH_FLOATS = {"out_noise": 0.0, "inp_bound": float("inf"), "out_bound": float("inf")}
+PASS_THROUGH_INTS = {"inp_bits": 0, "out_bits": 0, "noise_management": 0}
 # the configurations the presets emit, as the op schema names them
 OP_CASES = {f"{op.name} ({label})": (op, op.cases[label]) for op in OPS for label in op.benchmarked}
 
 
-def fastest(run: Callable[[], object], rounds: int) -> float:
-    run()  # warm-up: allocations, thread pool start
+def fastest(run: Callable[[], object], rounds: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """The least time of ``rounds`` runs after a warm-up (allocations, thread pool start), on
+    ``clock``: wall time, or ``time.process_time`` for the CPU time of all threads."""
+    run()
     best = float("inf")
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = clock()
         run()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -91,6 +98,62 @@ def bench_ops(batch: int, threads: int, rounds: int) -> None:
         print(f"  {label:30s} {times[True]:8.2f} {times[False]:9.2f} {times[False] / times[True]:8.1f}x")
 
 
+# ResNet-20's convolutions (input channels, output channels, input size, kernel, stride) and how
+# many of each one forward pass runs
+RESNET20_CONVOLUTIONS = ((3, 16, 32, 3, 1, 1), (16, 16, 32, 3, 1, 6), (16, 32, 32, 3, 2, 1), (16, 32, 32, 1, 2, 1),
+                         (32, 32, 16, 3, 1, 5), (32, 64, 16, 3, 2, 1), (32, 64, 16, 1, 2, 1), (64, 64, 8, 3, 1, 5))
+
+
+def conv_model(cin: int, cout: int, size: int, kernel: int, stride: int, batch: int, attributes: dict | None
+               ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """One convolution: a standard Conv with bias (attributes None) or an AnalogTileConv with these
+    tile attributes, on a random input; the model and its feeds."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
+    w = (rng.standard_normal((cout, cin, kernel, kernel)) * 0.2).astype(np.float32)
+    geometry = {"pads": [kernel // 2] * 4, "strides": [stride] * 2}
+    constants = [onnx.numpy_helper.from_array(w, "W")]
+    if attributes is None:
+        constants.append(onnx.numpy_helper.from_array(np.zeros(cout, np.float32), "B"))
+        node = helper.make_node("Conv", ["X", "W", "B"], ["Y"], **geometry)
+    else:
+        constants += [onnx.numpy_helper.from_array(np.array(v, dtype), n) for n, v, dtype in
+                      (("noise_scale", 1.0, np.float32), ("seed", 1, np.int64),
+                       ("scale", [1.0] * cout, np.float32), ("shift", [0.0] * cout, np.float32))]
+        node = helper.make_node("AnalogTileConv", ["X", "W", "noise_scale", "seed", "scale", "shift"], ["Y"],
+                                domain=DOMAIN, **attributes, **geometry)
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)], constants)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, OPSET_VERSION)]
+    return helper.make_model(graph, opset_imports=opsets), {"X": x}
+
+
+def bench_layers(batch: int, threads: int, rounds: int) -> None:
+    """CPU time of each ResNet-20 convolution: onnxruntime's Conv, and AnalogTileConv pass-through
+    (no noise, DAC or ADC: the product alone) and with aihwkit-default's settings."""
+    default = SCHEMAS["AnalogTile"].cases["aihwkit-default"]
+    settings = {"pass-through": {**default, **PASS_THROUGH_FLOATS, **PASS_THROUGH_INTS}, "aihwkit-default": default}
+    print(f"\nResNet-20 convolutions, batch {batch}, {threads} threads: CPU ms (fastest of {rounds}), "
+          "GFLOP/s of CPU time, x Conv")
+    print(f"  {'layer (cin>cout, size, kxk/stride) x count':44s} {'Conv':>14s} "
+          + " ".join(f"{label:>22s}" for label in settings))
+    totals = collections.Counter()
+    for cin, cout, size, kernel, stride, count in RESNET20_CONVOLUTIONS:
+        flops = 2.0 * batch * cout * cin * kernel * kernel * (size // stride) ** 2
+        cpu = {}
+        for label, attributes in {"Conv": None, **settings}.items():
+            model, feeds = conv_model(cin, cout, size, kernel, stride, batch, attributes)
+            session = counted_session(model, threads, attributes is not None)
+            cpu[label] = fastest(lambda s=session, f=feeds: s.run(None, f), rounds, time.process_time)
+            totals[label] += cpu[label] * count
+        cells = [f"{cpu['Conv'] * 1e3:6.2f} {flops / cpu['Conv'] / 1e9:7.1f}"]
+        cells += [f"{cpu[label] * 1e3:6.2f} {flops / cpu[label] / 1e9:7.1f} {cpu[label] / cpu['Conv']:6.2f}x"
+                  for label in settings]
+        print(f"  {f'{cin}>{cout}, {size}, {kernel}x{kernel}/{stride} x{count}':44s} " + " ".join(cells))
+    print(f"  {'all convolutions of one forward pass (ms)':44s} {totals['Conv'] * 1e3:14.1f} "
+          + " ".join(f"{totals[label] * 1e3:15.1f} {totals[label] / totals['Conv']:5.2f}x" for label in settings))
+
+
 def resnet20() -> onnx.ModelProto:
     import torch
 
@@ -113,16 +176,14 @@ def counted_session(model: onnx.ModelProto, threads: int, native: bool) -> ort.I
 def pass_through(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same graph with every analog op reduced to its cheapest pass (no noise, no DAC/ADC,
     no abs-max scaling): what the transformed structure costs before any noise or quantization."""
-    floats = {"out_noise": 0.0, "inp_bound": float("inf"), "out_bound": float("inf")}
-    ints = {"inp_bits": 0, "out_bits": 0, "noise_management": 0}
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     for node in copy.graph.node:
         for attribute in node.attribute if node.domain == DOMAIN else ():
-            if attribute.name in floats:
-                attribute.f = floats[attribute.name]
-            elif attribute.name in ints:
-                attribute.i = ints[attribute.name]
+            if attribute.name in PASS_THROUGH_FLOATS:
+                attribute.f = PASS_THROUGH_FLOATS[attribute.name]
+            elif attribute.name in PASS_THROUGH_INTS:
+                attribute.i = PASS_THROUGH_INTS[attribute.name]
     return copy
 
 
@@ -224,8 +285,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="also print time per op type")
+    parser.add_argument("--layers", action="store_true", help="only time ResNet-20's convolutions one by one")
     args = parser.parse_args()
     print(f"onnxruntime {ort.__version__}")
+    if args.layers:
+        bench_layers(args.batch, args.threads, args.rounds)
+        return
     bench_ops(args.batch, args.threads, args.rounds)
     bench_resnet(args.batch, args.threads, args.rounds, args.profile)
 

@@ -603,7 +603,7 @@ class AnalogTileConvKernel : AnalogTileKernel {
     if (x.shape.dims.size() != 4 || w.shape.dims.size() != 4 || x.shape.dims[1] != w.shape.dims[1]) {
       fail("X must be NCHW and W [M, C, kh, kw] with the same C");
     }
-    VectorSource src{x.data, static_cast<size_t>(w.shape.dims[1] * w.shape.dims[2] * w.shape.dims[3]), true};
+    VectorSource src{x.data, static_cast<size_t>(w.shape.dims[1] * w.shape.dims[2] * w.shape.dims[3]), true, x.shape.size};
     src.channels = x.shape.dims[1], src.height = x.shape.dims[2], src.width = x.shape.dims[3];
     src.kh = w.shape.dims[2], src.kw = w.shape.dims[3];
     src.sh = strides_[0], src.sw = strides_[1], src.dh = dilations_[0], src.dw = dilations_[1];
