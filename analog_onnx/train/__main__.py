@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import typer
@@ -21,7 +23,22 @@ def main() -> None:
         typer.run(train)
     except AnalogError as error:
         print(f"analog-onnx train: error: {printable(str(error))}", file=sys.stderr)
-        sys.exit(2)
+        leave(2)
+    except SystemExit as done:
+        leave(done.code if isinstance(done.code, int) else int(done.code is not None))
+
+
+def leave(code: int) -> None:
+    """Exit with ``code``. A torchrun worker skips the interpreter's shutdown: once DDP has run,
+    torch keeps the gloo process group alive past ``destroy_process_group``, and destroying its
+    threads during shutdown aborts the worker (SIGABRT) in about one run in ten on a busy machine,
+    after everything was written. Our files are closed by then; streams and logs are flushed here."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
