@@ -191,8 +191,9 @@ def _epilogue_shape(node: ir.Node) -> tuple[int, int] | None:
     weight = node.inputs[1].shape if _is_ours(node, "AnalogTile") else None  # [outputs, inputs], set by the transform
     if weight is None or len(weight) != 2 or not isinstance(weight[0], int):
         return None
-    source, shape = node.inputs[0].producer(), node.inputs[0].shape
-    rank_two = (shape is not None and len(shape) == 2) or (source is not None and source.op_type == "Flatten")
+    source, shapes = node.inputs[0].producer(), (node.inputs[0].shape, node.outputs[0].shape)
+    rank_two = any(s is not None and len(s) == 2 for s in shapes) or (source is not None
+                                                                       and source.op_type == "Flatten")
     return (2, weight[0]) if rank_two else None
 
 

@@ -154,3 +154,13 @@ def test_only_a_runtime_scalar_factor_joins_the_scale(rng, shape, fuses):
              "k": np.full(shape, 0.7, np.float32)}
     np.testing.assert_allclose(run_native(fused, feeds), make_session(model, native=False).run(None, feeds)[0],
                                rtol=1e-4, atol=1e-4)
+
+
+def test_every_gemm_tile_of_an_mlp_takes_its_epilogue(exported_models, rng):
+    """A Gemm's tile has a matrix output even where no shape says so (after a Relu)."""
+    model = transform_model(exported_models["mlp"], load_preset("aihwkit-default"))
+    fused = prepare(model)
+    kinds = [n.op_type for n in fused.graph.node if n.domain == DOMAIN]
+    assert kinds and set(kinds) == {"AnalogTileEpilogue"}, kinds
+    feeds = {model.graph.input[0].name: rng.random((5, 3, 4, 4), dtype=np.float32), "seed": np.array(3, np.int64)}
+    np.testing.assert_allclose(run_native(fused, feeds), run_native(model, feeds), rtol=1e-5, atol=1e-5)

@@ -118,6 +118,8 @@ class _Chain:
         tile = analog_node("AnalogTile", [x, w, *controls], attributes,
                            name=self.names.node(f"{self.base}/analog_tile"), role="tile")
         tile.outputs[0].name = self.names.value(f"{self.base}/analog_tile")
+        if kind == "Gemm":  # a Gemm's input is a matrix: so is the tile's output (the epilogue fusion reads it)
+            tile.outputs[0].type, tile.outputs[0].shape = w.type, ir.Shape([None, outputs])
         tile.metadata_props[LAYER_KEY] = self.base
         self.graph.insert_after(self.last, tile)
         self.last, y = tile, tile.outputs[0]
