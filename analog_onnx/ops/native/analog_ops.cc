@@ -511,17 +511,6 @@ class DeviceWeightsKernel : Kernel {
   mutable std::shared_ptr<const Entry> cached_;
 };
 
-inline std::vector<int64_t> attribute_ints(const OrtKernelInfo* info, const char* name, std::vector<int64_t> fallback) {
-  size_t size = 0;
-  if (OrtStatus* status = g_api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size)) {
-    g_api->ReleaseStatus(status);
-    return fallback;
-  }
-  std::vector<int64_t> values(size);
-  check(g_api->KernelInfoGetAttributeArray_int64(info, name, values.data(), &size));
-  return values;
-}
-
 TileSettings tile_settings(const OrtKernelInfo* info) {
   TileSettings s{};
   s.inp_bits = attribute(info, "inp_bits", int64_t{0});
@@ -590,9 +579,9 @@ class AnalogTileConvKernel : AnalogTileKernel {
  public:
   explicit AnalogTileConvKernel(const OrtKernelInfo* info)
       : AnalogTileKernel(info, "AnalogTileConv"),
-        pads_(attribute_ints(info, "pads", {0, 0, 0, 0})),
-        strides_(attribute_ints(info, "strides", {1, 1})),
-        dilations_(attribute_ints(info, "dilations", {1, 1})) {
+        pads_(attribute_list<int64_t>(info, "pads", {0, 0, 0, 0})),
+        strides_(attribute_list<int64_t>(info, "strides", {1, 1})),
+        dilations_(attribute_list<int64_t>(info, "dilations", {1, 1})) {
     if (pads_.size() != 4 || strides_.size() != 2 || dilations_.size() != 2) fail("needs 2-D pads, strides, dilations");
   }
 

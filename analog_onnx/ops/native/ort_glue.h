@@ -47,9 +47,9 @@ inline int64_t attribute(const OrtKernelInfo* info, const char* name, int64_t fa
   return value;
 }
 
-// A list attribute (ints or floats); empty when the node does not have it.
+// A list attribute (ints or floats); `fallback` when the node does not have it.
 template <typename T>
-std::vector<T> attribute_list(const OrtKernelInfo* info, const char* name) {
+std::vector<T> attribute_list(const OrtKernelInfo* info, const char* name, std::vector<T> fallback = {}) {
   static_assert(std::is_same_v<T, int64_t> || std::is_same_v<T, float>, "ONNX lists are ints or floats");
   auto get = [&](T* values, size_t* size) {
     if constexpr (std::is_same_v<T, int64_t>) return g_api->KernelInfoGetAttributeArray_int64(info, name, values, size);
@@ -58,7 +58,7 @@ std::vector<T> attribute_list(const OrtKernelInfo* info, const char* name) {
   size_t size = 0;
   if (OrtStatus* status = get(nullptr, &size)) {
     g_api->ReleaseStatus(status);
-    return {};
+    return fallback;
   }
   std::vector<T> values(size);
   check(get(values.data(), &size));
