@@ -227,7 +227,8 @@ def bench_resnet(batch: int, threads: int, rounds: int, profile: bool) -> None:
     runs = {}
     for label, (model, native) in variants.items():
         session = counted_session(model, threads, native)
-        controls = {i.name for i in session.get_inputs()}
+        # the controls have defaults, so onnxruntime lists them as overridable initializers, not inputs
+        controls = {i.name for i in (*session.get_inputs(), *session.get_overridable_initializers())}
         feeds = {name: x} | {k: v for k, v in {"seed": np.array(1, np.int64), **CHIP}.items() if k in controls}
         runs[label] = lambda s=session, f=feeds: s.run(None, f)
     aihwkit = aihwkit_forward(batch, threads)
