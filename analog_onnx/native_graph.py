@@ -315,7 +315,7 @@ def _add_chain_step(chain: _NoiseChain, step: ir.Node, value: ir.Value, shapes: 
         return True
     if step.op_type != "Add" or len(step.inputs) != 2 or chain.residual is not None:
         return False
-    other = step.inputs[1] if step.inputs[0] is value else step.inputs[0]
+    other = _other_input(step, value)
     if other is value or not shapes.same(value, other):
         return False
     chain.steps.append(_RESIDUAL)
