@@ -34,6 +34,7 @@ import onnx
 import onnx_ir as ir
 
 from analog_onnx.ops import DOMAIN, OPS, reference
+from analog_onnx.ops.schema import ChainStep
 from analog_onnx.passes.names import Names
 
 ModelLike = str | Path | bytes | onnx.ModelProto
@@ -238,16 +239,13 @@ def _fuse(graph: ir.Graph, names: Names, node: ir.Node, factor: list[ir.Node], c
     _take_the_place(graph, [node, *steps], fused)
 
 
-_NOISE, _AFFINE, _RESIDUAL, _RELU = range(4)  # NoiseChain's step codes (analog_ops.cc)
-
-
 @dataclass
 class _NoiseChain:
     """The nodes a NoiseChain replaces and its program: the steps, the Noise nodes whose attributes
     the noise steps take, a (scale, shift) per channel for each affine step, the residual input."""
 
     nodes: list[ir.Node]
-    steps: list[int] = field(default_factory=list)
+    steps: list[ChainStep] = field(default_factory=list)
     noises: list[ir.Node] = field(default_factory=list)
     affines: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     residual: ir.Value | None = None
@@ -266,7 +264,8 @@ def _fuse_noise_chains(model: ir.Model) -> bool:
         if chain.affines:
             affine = [_initializer(graph, names.value(f"{base}/{what}"), np.stack(rows).astype(np.float32))
                       for what, rows in zip(("scale", "shift"), zip(*chain.affines, strict=True), strict=True)]
-        attributes = {"steps": chain.steps, "streams": [int(a.get("stream", 0)) for a in noises],
+        attributes = {"steps": [int(step) for step in chain.steps],
+                      "streams": [int(a.get("stream", 0)) for a in noises],
                       **{sigma: [float(a.get(sigma, 0.0)) for a in noises] for sigma in ("sigma_add", "sigma_mul")}}
         inputs = [*start.inputs, *affine, chain.residual]
         while inputs[-1] is None:  # optional inputs not given
@@ -281,7 +280,7 @@ def _noise_chain(graph: ir.Graph, start: ir.Node, shapes: _InferredShapes) -> _N
     when it has two nodes or more, else None."""
     if not _is_plain_noise(start):
         return None
-    chain, value = _NoiseChain([start], [_NOISE], [start]), start.outputs[0]
+    chain, value = _NoiseChain([start], [ChainStep.NOISE], [start]), start.outputs[0]
     while (step := _only_consumer(graph, value)) is not None and _add_chain_step(chain, step, value, shapes):
         chain.nodes.append(step)
         value = step.outputs[0]
@@ -294,23 +293,23 @@ def _add_chain_step(chain: _NoiseChain, step: ir.Node, value: ir.Value, shapes: 
     step of constants, or an Add of a value proven to have ``value``'s shape."""
     start = chain.nodes[0]
     if _is_plain_noise(step) and step.inputs[0] is value and step.inputs[1:] == start.inputs[1:]:
-        chain.steps.append(_NOISE)
+        chain.steps.append(ChainStep.NOISE)
         chain.noises.append(step)
         return True
     if step.domain != "" or len(step.outputs) != 1:
         return False
     if step.op_type == "Relu":
-        chain.steps.append(_RELU)
+        chain.steps.append(ChainStep.RELU)
         return True
     affine = _chain_affine(step, value, shapes)
     if affine is not None:
         if chain.affines and len(chain.affines[0][0]) != len(affine[0]):
             return False  # one row of C values per affine step
-        if chain.steps[-1] == _AFFINE:  # compose with the step before
+        if chain.steps[-1] == ChainStep.AFFINE:  # compose with the step before
             (a, b), (c, d) = chain.affines.pop(), affine
             affine = a * c, b * c + d
         else:
-            chain.steps.append(_AFFINE)
+            chain.steps.append(ChainStep.AFFINE)
         chain.affines.append(affine)
         return True
     if step.op_type != "Add" or len(step.inputs) != 2 or chain.residual is not None:
@@ -318,7 +317,7 @@ def _add_chain_step(chain: _NoiseChain, step: ir.Node, value: ir.Value, shapes: 
     other = _other_input(step, value)
     if other is value or not shapes.same(value, other):
         return False
-    chain.steps.append(_RESIDUAL)
+    chain.steps.append(ChainStep.RESIDUAL)
     chain.residual = other
     return True
 

@@ -16,12 +16,13 @@ from onnx import helper as h
 from analog_onnx.config import load_preset
 from analog_onnx.native_graph import fuse_noise_chains, prepare
 from analog_onnx.ops import DOMAIN, OPSET_VERSION
+from analog_onnx.ops.schema import ChainStep
 from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
 
 pytestmark = pytest.mark.native
 
-NOISE, AFFINE, RESIDUAL, RELU = range(4)
+NOISE, AFFINE, RESIDUAL, RELU = ChainStep  # the program's step codes
 
 
 def hardened(model: onnx.ModelProto) -> onnx.ModelProto:

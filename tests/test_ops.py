@@ -33,7 +33,7 @@ from analog_onnx.ops import reference as ref
 from analog_onnx.ops import torch_twins as tw
 from analog_onnx.ops.functions import function_protos
 from analog_onnx.ops.rng import noise_normals, normals, stream_key
-from analog_onnx.ops.schema import OPS, REQUIRED, SCHEMAS, OpSchema
+from analog_onnx.ops.schema import OPS, SCHEMAS, OpSchema, Required
 from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
 
@@ -143,7 +143,7 @@ def test_function_bodies_declare_the_schemas_inputs_outputs_and_defaults(op):
     assert tuple(proto.input) == op.inputs and len(proto.output) == len(op.outputs)
     declared = {a.name: h.get_attribute_value(a) for a in proto.attribute_proto}
     assert set(proto.attribute) | set(declared) == set(op.attributes)
-    assert declared == {k: v for k, v in op.attributes.items() if v is not REQUIRED}
+    assert declared == {k: v for k, v in op.attributes.items() if not isinstance(v, Required)}
     assert set(op.benchmarked) <= set(op.cases)
 
 

@@ -1,12 +1,17 @@
 """The op set, declared once: what every implementation, benchmark and conformance test reads.
 
 Each ``OpSchema`` gives an op's inputs and outputs (names as the function bodies use them), its
-attributes with their defaults (``REQUIRED`` for none), which attributes are noise sigmas (a
+attributes with their defaults (a ``Required`` kind for none), which attributes are noise sigmas (a
 case with all of them 0 is deterministic), whether it exists only in the native library, and
 named example ``cases`` (attribute sets): the configurations the presets emit (``benchmarked``)
 and the corners worth testing. The four implementations are found by name: ``functions.<Name>`` (ONNX function
 body), ``reference.<snake_name>`` (numpy), ``torch_twins.<snake_name>`` and the native kernel
 registered as ``<Name>``.
+
+Each numeric attribute also has its ``Interval`` of valid values. The native kernels read their
+attributes from this declaration (``native/generate.py`` writes it into a header at build time):
+type, default and interval, so a node whose attribute is of the wrong type or out of its interval
+is refused by name instead of computed with a silent default.
 """
 
 from __future__ import annotations
@@ -14,8 +19,78 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from enum import IntEnum
 
-REQUIRED = None  # an attribute without a default
+
+@dataclass(frozen=True)
+class Required:
+    """An attribute without a default, of this kind (the kind of a default otherwise)."""
+
+    kind: str  # "int", "float", "string", "ints" or "floats"
+
+
+def kind_of(value: object) -> str:
+    """The ONNX attribute kind of a default value or ``Required``: "int", "float", "string", "ints", "floats"."""
+    if isinstance(value, Required):
+        return value.kind
+    if isinstance(value, tuple | list):
+        return "floats" if any(isinstance(v, float) for v in value) else "ints"
+    return {bool: "int", int: "int", float: "float", str: "string"}[type(value)]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The valid values of a numeric attribute (of each element of a list attribute): from ``low``
+    to ``high``, an end excluded when ``open_low``/``open_high``; an infinite end that is closed
+    admits infinity itself. NaN is never valid."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return bool(above and below)
+
+    def describe(self, integer: bool) -> str:
+        """What a value must be, for an error message: "an integer from 0 to 24", "a finite number > 0"."""
+        if integer:
+            if (self.low, self.high) == (0, 1):
+                return "0 or 1"
+            if math.isinf(self.high):
+                return "an integer" if math.isinf(self.low) else f"an integer >= {int(self.low)}"
+            return f"an integer from {int(self.low)} to {int(self.high)}"
+        low = "" if math.isinf(self.low) else f" {'>' if self.open_low else '>='} {self.low:g}"
+        if math.isinf(self.high):
+            return f"a number{low} (inf allowed)" if not self.open_high else f"a finite number{low}"
+        if not self.open_low and not self.open_high:
+            return f"a number from {self.low:g} to {self.high:g}"
+        return f"a number{low} {'<' if self.open_high else '<='} {self.high:g}"
+
+
+ANY_INTEGER = Interval(-math.inf, math.inf)  # checked where it is used (an axis against the rank)
+FLAG = Interval(0, 1)
+BITS = Interval(0, 24)  # 0: no grid; a float32 grid of more than 2^24 levels has no exact steps
+STREAM = Interval(0, 2**31 - 1)  # streams are counted from 0 per graph; the bound keeps stream arithmetic exact
+COUNT = Interval(0, 2**62)  # a size (0: one tile)
+FINITE_NON_NEGATIVE = Interval(0, math.inf, open_high=True)
+FINITE_POSITIVE = Interval(0, math.inf, open_low=True, open_high=True)
+POSITIVE = Interval(0, math.inf, open_low=True)  # a bound: inf for none (with no grid)
+FRACTION = Interval(0, 1)
+GEOMETRY = Interval(1, 2**31 - 1)  # a stride or dilation
+PADDING = Interval(0, 2**31 - 1)
+BM_ROUNDS = Interval(1, 62)  # round r scales the input by 2^-r
+
+
+class ChainStep(IntEnum):
+    """The steps of a NoiseChain program (its ``steps`` attribute)."""
+
+    NOISE = 0  # the next Noise: its sigmas and stream
+    AFFINE = 1  # the next row of scale and shift, per channel
+    RESIDUAL = 2  # + input R
+    RELU = 3
 
 
 @dataclass(frozen=True)
@@ -23,7 +98,8 @@ class OpSchema:
     name: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    attributes: dict[str, int | float | tuple[int, ...] | tuple[float, ...] | None]  # name -> default (REQUIRED: none)
+    attributes: dict[str, int | float | str | tuple[int, ...] | tuple[float, ...] | Required]  # name -> default
+    intervals: dict[str, Interval]  # every numeric attribute's valid values
     sigmas: tuple[str, ...] = ()  # attributes that are noise sigmas (times the noise_scale input)
     native_only: bool = False  # put in place by native sessions only; never in a file
     native: bool = True  # has a native kernel (else native sessions run its function body)
@@ -45,19 +121,29 @@ class OpSchema:
 _TILE_ATTRIBUTES = {"inp_bits": 0, "inp_bound": 1.0, "noise_management": 1, "out_noise": 0.0, "out_bits": 0,
                     "out_bound": math.inf, "bm_rounds": 1, "max_input_size": 0, "max_output_size": 0,
                     "weight_scaling_omega": 0.0, "weight_scaling_columnwise": 0, "stream": 0}
+_TILE_INTERVALS = {"inp_bits": BITS, "inp_bound": POSITIVE, "noise_management": FLAG, "out_noise": FINITE_NON_NEGATIVE,
+                   "out_bits": BITS, "out_bound": POSITIVE, "bm_rounds": BM_ROUNDS, "max_input_size": COUNT,
+                   "max_output_size": COUNT, "weight_scaling_omega": FINITE_NON_NEGATIVE,
+                   "weight_scaling_columnwise": FLAG, "stream": STREAM}
 _MVM_OUTPUT_ATTRIBUTES = {"weight_scale": 1.0, "out_noise": 0.0, "out_bits": 0, "out_bound": math.inf, "axis": 1,
                           "stream": 0}
+_MVM_OUTPUT_INTERVALS = {"weight_scale": FINITE_POSITIVE, "out_noise": FINITE_NON_NEGATIVE, "out_bits": BITS,
+                         "out_bound": POSITIVE, "axis": ANY_INTEGER, "stream": STREAM}
+_EPILOGUE = {"relu": FLAG}
 
 OPS: tuple[OpSchema, ...] = (
     OpSchema("Noise", ("X", "noise_scale", "seed"), ("Y",),
-             {"sigma_add": 0.0, "sigma_mul": 0.0, "relative": 0, "stream": 0}, sigmas=("sigma_add", "sigma_mul"),
+             {"sigma_add": 0.0, "sigma_mul": 0.0, "relative": 0, "stream": 0},
+             {"sigma_add": FINITE_NON_NEGATIVE, "sigma_mul": FINITE_NON_NEGATIVE, "relative": FLAG, "stream": STREAM},
+             sigmas=("sigma_add", "sigma_mul"),
              cases={"additive": {"sigma_add": 1.0},
                     "add + mul": {"sigma_add": 0.1, "sigma_mul": 0.1},
                     "multiplicative": {"sigma_mul": 0.2, "stream": 2},
                     "relative, both": {"sigma_add": 0.3, "sigma_mul": 0.2, "relative": 1, "stream": 9},
                     "relative": {"sigma_add": 0.3, "relative": 1, "stream": 3}},
              benchmarked=("additive", "add + mul")),
-    OpSchema("Quantize", ("X",), ("Y",), {"bits": REQUIRED, "bound": 1.0, "signed": 1, "dynamic": 0, "axis": 0},
+    OpSchema("Quantize", ("X",), ("Y",), {"bits": Required("int"), "bound": 1.0, "signed": 1, "dynamic": 0, "axis": 0},
+             {"bits": BITS, "bound": POSITIVE, "signed": FLAG, "dynamic": FLAG, "axis": ANY_INTEGER},
              cases={"dynamic": {"bits": 8, "dynamic": 1, "axis": 1},
                     "4-bit": {"bits": 4},
                     "unsigned": {"bits": 8, "bound": 2.5, "signed": 0},
@@ -66,11 +152,13 @@ OPS: tuple[OpSchema, ...] = (
                     "axis 2": {"bits": 5, "dynamic": 1, "axis": 2}},
              benchmarked=("dynamic",)),
     OpSchema("MvmInput", ("X",), ("Xn", "S"), {"inp_bits": 0, "inp_bound": 1.0, "noise_management": 1, "axis": 1},
+             {"inp_bits": BITS, "inp_bound": POSITIVE, "noise_management": FLAG, "axis": ANY_INTEGER},
              cases={"7-bit DAC": {"inp_bits": 7},
                     "unmanaged": {"inp_bits": 0, "inp_bound": 0.5, "noise_management": 0, "axis": -1},
                     "per vector": {"inp_bits": 5, "inp_bound": 0.8, "axis": -1}},
              benchmarked=("7-bit DAC",)),
-    OpSchema("MvmOutput", ("Y", "S", "noise_scale", "seed"), ("Z",), _MVM_OUTPUT_ATTRIBUTES, sigmas=("out_noise",),
+    OpSchema("MvmOutput", ("Y", "S", "noise_scale", "seed"), ("Z",), _MVM_OUTPUT_ATTRIBUTES, _MVM_OUTPUT_INTERVALS,
+             sigmas=("out_noise",),
              cases={"noise, 9-bit ADC": {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0, "weight_scale": 0.5},
                     "9-bit ADC": {"weight_scale": 0.37, "out_bits": 9, "out_bound": 12.0},
                     "clip only": {"weight_scale": 1.5, "out_bound": 2.0, "axis": -1},
@@ -82,6 +170,13 @@ OPS: tuple[OpSchema, ...] = (
               "read_noise_scale": 1.0, "drift_compensation": 1, "stuck_at_zero": 0.0, "stuck_at_gmax": 0.0,
               "prog_noise_add": 0.0, "prog_noise_rel": 0.0, "drift_nu": 0.0, "drift_nu_std": 0.0,
               "read_noise_rel": 0.0, "bits": 0, "per_channel": 0, "stream": 0},
+             {"device": Interval(1, 3), "g_max": FINITE_POSITIVE, "prog_noise_scale": FINITE_NON_NEGATIVE,
+              "drift": FLAG, "drift_scale": FINITE_NON_NEGATIVE, "read_noise": FLAG,
+              "read_noise_scale": FINITE_NON_NEGATIVE, "drift_compensation": FLAG, "stuck_at_zero": FRACTION,
+              "stuck_at_gmax": FRACTION,
+              "prog_noise_add": FINITE_NON_NEGATIVE, "prog_noise_rel": FINITE_NON_NEGATIVE,
+              "drift_nu": FINITE_NON_NEGATIVE, "drift_nu_std": FINITE_NON_NEGATIVE,
+              "read_noise_rel": FINITE_NON_NEGATIVE, "bits": BITS, "per_channel": FLAG, "stream": STREAM},
              sigmas=("prog_noise_scale", "drift_scale", "read_noise_scale", "stuck_at_zero", "stuck_at_gmax"),
              cases={"pcm": {},
                     "pcm per channel, 4-bit, stuck": {"per_channel": 1, "bits": 4, "stuck_at_zero": 0.05,
@@ -93,12 +188,16 @@ OPS: tuple[OpSchema, ...] = (
                                     "bits": 5, "per_channel": 1}},
              benchmarked=("pcm",)),
     OpSchema("MvmOutputEpilogue", ("Y", "S", "noise_scale", "seed", "scale", "shift"), ("Z",),
-             {**_MVM_OUTPUT_ATTRIBUTES, "relu": 0}, sigmas=("out_noise",), native_only=True),
+             {**_MVM_OUTPUT_ATTRIBUTES, "relu": 0}, {**_MVM_OUTPUT_INTERVALS, **_EPILOGUE}, sigmas=("out_noise",),
+             native_only=True),
     OpSchema("NoiseChain", ("X", "noise_scale", "seed", "scale", "shift", "R"), ("Y",),
-             {"steps": REQUIRED, "sigma_add": REQUIRED, "sigma_mul": REQUIRED, "streams": REQUIRED},
+             {"steps": Required("ints"), "sigma_add": Required("floats"), "sigma_mul": Required("floats"),
+              "streams": Required("ints")},
+             {"steps": Interval(min(ChainStep), max(ChainStep)), "sigma_add": FINITE_NON_NEGATIVE,
+              "sigma_mul": FINITE_NON_NEGATIVE, "streams": STREAM},
              sigmas=("sigma_add", "sigma_mul"), native_only=True),
     OpSchema("AnalogTile", ("X", "W", "noise_scale", "seed"), ("Y",),
-             _TILE_ATTRIBUTES, sigmas=("out_noise",), product=True,
+             _TILE_ATTRIBUTES, _TILE_INTERVALS, sigmas=("out_noise",), product=True,
              cases={"aihwkit-default": {"inp_bits": 7, "out_noise": 0.06, "out_bits": 9, "out_bound": 12.0,
                                         "bm_rounds": 5, "max_input_size": 512, "max_output_size": 512},
                     "tiles, omega, bound management": {"inp_bits": 7, "out_bits": 9, "out_bound": 3.0, "bm_rounds": 4,
@@ -110,9 +209,11 @@ OPS: tuple[OpSchema, ...] = (
                     "unmanaged": {"noise_management": 0, "inp_bits": 5, "inp_bound": 4.0}},
              benchmarked=("aihwkit-default",)),
     OpSchema("AnalogTileEpilogue", ("X", "W", "noise_scale", "seed", "scale", "shift"), ("Y",),
-             {**_TILE_ATTRIBUTES, "relu": 0}, sigmas=("out_noise",), native_only=True, product=True),
+             {**_TILE_ATTRIBUTES, "relu": 0}, {**_TILE_INTERVALS, **_EPILOGUE}, sigmas=("out_noise",),
+             native_only=True, product=True),
     OpSchema("AnalogTileConv", ("X", "W", "noise_scale", "seed", "scale", "shift"), ("Y",),
              {**_TILE_ATTRIBUTES, "pads": (0, 0, 0, 0), "strides": (1, 1), "dilations": (1, 1), "relu": 0},
+             {**_TILE_INTERVALS, "pads": PADDING, "strides": GEOMETRY, "dilations": GEOMETRY, **_EPILOGUE},
              sigmas=("out_noise",), native_only=True, product=True),
 )
 SCHEMAS = {op.name: op for op in OPS}

@@ -3,11 +3,17 @@
 // and rescaling happen per element in registers, rows' abs-max scales are taken while the row is
 // in cache, and the work is split over ORT's intra-op thread pool so its thread setting applies.
 //
+// Every kernel validates what the model file gives it before computing: each attribute as the
+// op's schema declares it (NodeAttributes), the combinations the schema cannot say (a grid needs a
+// finite bound), and at every run the inputs' element types, shapes and control values. Shapes
+// from a file can be anything, so their arithmetic is checked. A refusal is one error naming the
+// node and what is wrong; register.cc hands it to onnxruntime as a status.
+//
 // build.py compiles this file with ANALOG_ONNX_DOMAIN and ANALOG_ONNX_OPSET defined from the
 // Python package, so the domain and version have one source of truth.
 
 #include <algorithm>
-#include <atomic>
+#include <cmath>
 #include <cstring>
 #include <initializer_list>
 #include <limits>
@@ -20,6 +26,7 @@
 #include "analog_tile.h"
 #include "counter_rng.h"
 #include "device_physics.h"
+#include "kernels.h"
 #include "ort_glue.h"
 #include "quantize.h"
 #include "row_schedule.h"
@@ -28,14 +35,8 @@
 #error "build with analog_onnx/ops/native/build.py, which defines ANALOG_ONNX_DOMAIN and ANALOG_ONNX_OPSET"
 #endif
 
-#define ANALOG_EXPORT extern "C" __attribute__((visibility("default")))
-
 namespace analog {
 namespace {
-
-// The C API version whose functions the kernels call (KernelContext_ParallelFor arrived in 17);
-// asking for no more lets one build load in any onnxruntime from 1.17 on.
-constexpr uint32_t kRequiredApi = 17;
 
 const char* type_name(ONNXTensorElementDataType type) {
   switch (type) {
@@ -46,21 +47,44 @@ const char* type_name(ONNXTensorElementDataType type) {
   }
 }
 
-// Common to all kernels: a label for error messages and the float32-only input check.
-class Kernel {
+// Common to all kernels: a label for error messages, the node's attributes, the float32-only
+// input check.
+class Kernel : public OpKernel {
  protected:
   Kernel(const OrtKernelInfo* info, const char* op, std::initializer_list<std::pair<size_t, const char*>> tensors)
-      : label_(std::string(ANALOG_ONNX_DOMAIN ".") + op + " node '" + node_name(info) + "'") {
+      : op_(op), label_{std::string(ANALOG_ONNX_DOMAIN ".") + op + " node '" + node_name(info) + "'"} {
     for (const auto& [index, name] : tensors) {
       const ONNXTensorElementDataType type = input_element_type(info, index);
-      if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-        fail(std::string("input ") + name + " is " + type_name(type) +
-             "; the native analog kernels compute in float32 only (export or cast the model to float32)");
-      }
+      if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) fail(not_float(name, type));
     }
   }
 
-  [[noreturn]] void fail(const std::string& what) const { throw KernelError(label_ + ": " + what); }
+  NodeAttributes attributes(const OrtKernelInfo* info) const { return {info, op_, label_}; }
+
+  [[noreturn]] void fail(const std::string& what) const { label_.fail(what); }
+
+  static std::string not_float(const char* name, ONNXTensorElementDataType type) {
+    return std::string("input ") + name + " is " + type_name(type) +
+           "; the native analog kernels compute in float32 only (export or cast the model to float32)";
+  }
+
+  // Input `index` (called `name`), which must be a float32 tensor.
+  InputTensor tensor(const OrtKernelContext* context, size_t index, const char* name) const {
+    const InputTensor t = input_tensor(context, index);
+    if (t.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) fail(not_float(name, t.type));
+    return t;
+  }
+
+  // The noise_scale control (input `index`): one finite value.
+  float noise_scale(const OrtKernelContext* context, size_t index) const {
+    const float value = input_scalar<float>(context, index, label_.text + ": input noise_scale");
+    if (!std::isfinite(value)) fail("input noise_scale must be finite, got " + std::to_string(value));
+    return value;
+  }
+
+  int64_t seed(const OrtKernelContext* context, size_t index, const char* name = "seed") const {
+    return input_scalar<int64_t>(context, index, label_.text + ": input " + name);
+  }
 
   // The rows of Flatten(X, axis), with ONNX's axis rules.
   RowLayout flatten(const Shape& shape, int64_t axis) const {
@@ -74,8 +98,18 @@ class Kernel {
     return {rows, rows == 0 ? 0 : shape.size / rows};
   }
 
-  std::string label_;
+  const char* op_;
+  NodeLabel label_;
 };
+
+// A DAC, ADC or quantizer grid from attributes `bits` and `bound`: with bits > 0 the bound must be
+// finite (the grid's step is bound / levels).
+ClipRound grid(const NodeAttributes& a, const char* bits, const char* bound, bool is_signed) {
+  const int64_t n = a.integer(bits);
+  const float limit = a.real(bound);
+  if (n > 0 && std::isinf(limit)) a.fail(bound, std::string("must be finite when ") + bits + " > 0");
+  return ClipRound(n, limit, is_signed);
+}
 
 // clip_and_round(x / scale) * back over n elements (back is the scale or 1, both exact).
 void scaled_clip_round(const float* x, float* out, size_t n, float scale, float back,
@@ -87,16 +121,16 @@ void scaled_clip_round(const float* x, float* out, size_t n, float scale, float 
   }
 }
 
-class QuantizeKernel : Kernel {
+class QuantizeKernel : public Kernel {
  public:
   explicit QuantizeKernel(const OrtKernelInfo* info)
       : Kernel(info, "Quantize", {{0, "X"}}),
-        grid_(required_bits(info), attribute(info, "bound", 1.0f), attribute(info, "signed", int64_t{1}) != 0),
-        dynamic_(attribute(info, "dynamic", int64_t{0}) != 0),
-        axis_(attribute(info, "axis", int64_t{0})) {}
+        grid_(grid(attributes(info), "bits", "bound", attributes(info).flag("signed"))),
+        dynamic_(attributes(info).flag("dynamic")),
+        axis_(attributes(info).integer("axis")) {}
 
-  void compute(OrtKernelContext* context) const {
-    const InputTensor x = input_tensor(context, 0);
+  void compute(OrtKernelContext* context) const override {
+    const InputTensor x = tensor(context, 0, "X");
     float* out = output_tensor(context, 0, x.shape.dims);
     const RowLayout layout = dynamic_ ? flatten(x.shape, axis_) : RowLayout{1, x.shape.size};
     std::vector<float> scales(layout.rows, 1.0f);
@@ -107,26 +141,21 @@ class QuantizeKernel : Kernel {
   }
 
  private:
-  int64_t required_bits(const OrtKernelInfo* info) const {
-    if (!has_int_attribute(info, "bits")) fail("attribute bits is required");
-    return attribute(info, "bits", int64_t{0});
-  }
-
   ClipRound grid_;
   bool dynamic_;
   int64_t axis_;
 };
 
-class MvmInputKernel : Kernel {
+class MvmInputKernel : public Kernel {
  public:
   explicit MvmInputKernel(const OrtKernelInfo* info)
       : Kernel(info, "MvmInput", {{0, "X"}}),
-        dac_(attribute(info, "inp_bits", int64_t{0}), attribute(info, "inp_bound", 1.0f), true),
-        manage_(attribute(info, "noise_management", int64_t{1}) != 0),
-        axis_(attribute(info, "axis", int64_t{1})) {}
+        dac_(grid(attributes(info), "inp_bits", "inp_bound", true)),
+        manage_(attributes(info).flag("noise_management")),
+        axis_(attributes(info).integer("axis")) {}
 
-  void compute(OrtKernelContext* context) const {
-    const InputTensor x = input_tensor(context, 0);
+  void compute(OrtKernelContext* context) const override {
+    const InputTensor x = tensor(context, 0, "X");
     const RowLayout layout = flatten(x.shape, axis_);
     float* xn = output_tensor(context, 0, x.shape.dims);
     float* scales = output_tensor(context, 1, {static_cast<int64_t>(layout.rows), 1});
@@ -168,24 +197,23 @@ void add_noise(const float* x, float* y, size_t begin, size_t end, uint64_t key,
   }
 }
 
-class NoiseKernel : Kernel {
+class NoiseKernel : public Kernel {
  public:
   explicit NoiseKernel(const OrtKernelInfo* info)
       : Kernel(info, "Noise", {{0, "X"}}),
-        sigma_add_(attribute(info, "sigma_add", 0.0f)),
-        sigma_mul_(attribute(info, "sigma_mul", 0.0f)),
-        relative_(attribute(info, "relative", int64_t{0}) != 0),
-        stream_(attribute(info, "stream", int64_t{0})),
+        sigma_add_(attributes(info).real("sigma_add")),
+        sigma_mul_(attributes(info).real("sigma_mul")),
+        relative_(attributes(info).flag("relative")),
+        stream_(attributes(info).integer("stream")),
         both_(sigma_add_ != 0.0f && sigma_mul_ != 0.0f) {}
 
-  void compute(OrtKernelContext* context) const {
-    const InputTensor x = input_tensor(context, 0);
-    const float noise_scale = input_scalar<float>(context, 1, label_ + ": noise_scale");
-    const int64_t seed = input_scalar<int64_t>(context, 2, label_ + ": seed");
+  void compute(OrtKernelContext* context) const override {
+    const InputTensor x = tensor(context, 0, "X");
+    const float scale = noise_scale(context, 1);
+    const uint64_t key = stream_key(seed(context, 2), stream_);
     float* y = output_tensor(context, 0, x.shape.dims);
-    const uint64_t key = stream_key(seed, stream_);
-    const float mul = noise_scale * sigma_mul_;
-    const float add = noise_scale * sigma_add_;
+    const float mul = scale * sigma_mul_;
+    const float add = scale * sigma_add_;
     const RowLayout layout = relative_ ? flatten(x.shape, 1) : RowLayout{1, x.shape.size};
     std::vector<float> scales(layout.rows, 1.0f);
     for_each_row_range(context, x.data, layout, relative_, scales.data(), scales.size(),
@@ -250,33 +278,31 @@ void noisy_adc(const float* y, float* out, size_t begin, size_t end, uint64_t ke
   }
 }
 
-class MvmOutputKernel : protected Kernel {
+class MvmOutputKernel : public Kernel {
  public:
   explicit MvmOutputKernel(const OrtKernelInfo* info, const char* op = "MvmOutput")
       : Kernel(info, op, {{0, "Y"}, {1, "S"}}),
-        weight_scale_(attribute(info, "weight_scale", 1.0f)),
-        out_noise_(attribute(info, "out_noise", 0.0f)),
-        adc_(attribute(info, "out_bits", int64_t{0}),
-             attribute(info, "out_bound", std::numeric_limits<float>::infinity()), true),
-        axis_(attribute(info, "axis", int64_t{1})),
-        stream_(attribute(info, "stream", int64_t{0})) {}
+        weight_scale_(attributes(info).real("weight_scale")),
+        out_noise_(attributes(info).real("out_noise")),
+        adc_(grid(attributes(info), "out_bits", "out_bound", true)),
+        axis_(attributes(info).integer("axis")),
+        stream_(attributes(info).integer("stream")) {}
 
-  void compute(OrtKernelContext* context) const { run(context, nullptr); }
+  void compute(OrtKernelContext* context) const override { run(context, nullptr); }
 
  protected:
   void run(OrtKernelContext* context, const Epilogue* epilogue) const {
-    const InputTensor y = input_tensor(context, 0);
-    const InputTensor scales = input_tensor(context, 1);
-    const float noise_scale = input_scalar<float>(context, 2, label_ + ": noise_scale");
-    const int64_t seed = input_scalar<int64_t>(context, 3, label_ + ": seed");
+    const InputTensor y = tensor(context, 0, "Y");
+    const InputTensor scales = tensor(context, 1, "S");
+    const float scale = noise_scale(context, 2);
+    const uint64_t key = stream_key(seed(context, 3), stream_);
     const RowLayout layout = flatten(y.shape, axis_);
     if (scales.shape.size != layout.rows && scales.shape.size != 1) {
       fail("S has " + std::to_string(scales.shape.size) + " values but Flatten(Y, axis) has " +
            std::to_string(layout.rows) + " rows");
     }
     float* out = output_tensor(context, 0, y.shape.dims);
-    const uint64_t key = stream_key(seed, stream_);
-    const float noise = noise_scale * out_noise_;
+    const float noise = scale * out_noise_;
     for_each_row_range(context, y.data, layout, false, const_cast<float*>(scales.data), scales.shape.size,
                        [&](size_t begin, size_t end, size_t, float scale) {
                          noisy_adc(y.data, out, begin, end, key, noise, weight_scale_, scale, adc_, epilogue);
@@ -290,15 +316,15 @@ class MvmOutputKernel : protected Kernel {
 };
 
 // MvmOutput followed by its layer's digital epilogue: inputs 4 and 5 are the per-channel a and b.
-class MvmOutputEpilogueKernel : MvmOutputKernel {
+class MvmOutputEpilogueKernel : public MvmOutputKernel {
  public:
   explicit MvmOutputEpilogueKernel(const OrtKernelInfo* info)
-      : MvmOutputKernel(info, "MvmOutputEpilogue"), relu_(attribute(info, "relu", int64_t{0}) != 0) {}
+      : MvmOutputKernel(info, "MvmOutputEpilogue"), relu_(attributes(info).flag("relu")) {}
 
-  void compute(OrtKernelContext* context) const {
-    const Shape shape = input_tensor(context, 0).shape;
-    const InputTensor scale = input_tensor(context, 4);
-    const InputTensor shift = input_tensor(context, 5);
+  void compute(OrtKernelContext* context) const override {
+    const Shape shape = tensor(context, 0, "Y").shape;
+    const InputTensor scale = tensor(context, 4, "scale");
+    const InputTensor shift = tensor(context, 5, "shift");
     const size_t channels = shape.dims.size() < 2 ? 0 : static_cast<size_t>(shape.dims[1]);
     if (channels == 0 || scale.shape.size != channels || shift.shape.size != channels) {
       fail("the epilogue's scale and shift must have one value per channel (dimension 1 of Y)");
@@ -319,30 +345,26 @@ class MvmOutputEpilogueKernel : MvmOutputKernel {
 // its stream at the same element indices as NoiseKernel, an affine stage is a folded inference
 // BatchNormalization or per-channel bias (the next row of scale and shift, [stages, C]), a
 // residual stage adds input R (X's shape), a relu stage clips at 0.
-class NoiseChainKernel : Kernel {
+// (The step codes are schema.ChainStep's, from analog_generated.h.)
+class NoiseChainKernel : public Kernel {
  public:
-  enum Step : int64_t { kNoise = 0, kAffine = 1, kResidual = 2, kRelu = 3 };
-
   explicit NoiseChainKernel(const OrtKernelInfo* info)
       : Kernel(info, "NoiseChain", {{0, "X"}}),
-        steps_(attribute_list<int64_t>(info, "steps")),
-        sigma_add_(attribute_list<float>(info, "sigma_add")),
-        sigma_mul_(attribute_list<float>(info, "sigma_mul")),
-        streams_(attribute_list<int64_t>(info, "streams")) {
+        steps_(attributes(info).integers("steps")),
+        sigma_add_(attributes(info).reals("sigma_add")),
+        sigma_mul_(attributes(info).reals("sigma_mul")),
+        streams_(attributes(info).integers("streams")) {
     const auto noises = static_cast<size_t>(std::count(steps_.begin(), steps_.end(), kNoise));
     if (sigma_add_.size() != noises || sigma_mul_.size() != noises || streams_.size() != noises) {
-      fail("sigma_add, sigma_mul and streams need one value per noise step");
-    }
-    for (const int64_t step : steps_) {
-      if (step < kNoise || step > kRelu) fail("unknown step " + std::to_string(step));
+      fail("attributes sigma_add, sigma_mul and streams need one value per noise step");
     }
     affines_ = static_cast<size_t>(std::count(steps_.begin(), steps_.end(), kAffine));
   }
 
-  void compute(OrtKernelContext* context) const {
-    const InputTensor x = input_tensor(context, 0);
-    const float noise_scale = input_scalar<float>(context, 1, label_ + ": noise_scale");
-    const int64_t seed = input_scalar<int64_t>(context, 2, label_ + ": seed");
+  void compute(OrtKernelContext* context) const override {
+    const InputTensor x = tensor(context, 0, "X");
+    const float scale_of_noise = noise_scale(context, 1);
+    const int64_t run_seed = seed(context, 2);
     float* out = output_tensor(context, 0, x.shape.dims);
     const size_t channels = x.shape.dims.size() < 2 ? 0 : static_cast<size_t>(x.shape.dims[1]);
     const float *scale = nullptr, *shift = nullptr, *residual = nullptr;
@@ -354,15 +376,15 @@ class NoiseChainKernel : Kernel {
       scale = a.data, shift = b.data;
     }
     if (std::count(steps_.begin(), steps_.end(), kResidual) > 0) {
-      const InputTensor r = optional_input(context, 5, "R");
+      const InputTensor r = optional_input(context, 5, "R");  // float32: read as such below
       if (r.shape.dims != x.shape.dims) fail("R must have X's shape");
       residual = r.data;
     }
     if (x.shape.size == 0) return;
     std::vector<NoiseStage> noises;
     for (size_t k = 0; k < streams_.size(); ++k) {
-      noises.push_back({stream_key(seed, streams_[k]), sigma_add_[k] != 0.0f && sigma_mul_[k] != 0.0f,
-                        noise_scale * sigma_mul_[k], noise_scale * sigma_add_[k]});
+      noises.push_back({stream_key(run_seed, streams_[k]), sigma_add_[k] != 0.0f && sigma_mul_[k] != 0.0f,
+                        scale_of_noise * sigma_mul_[k], scale_of_noise * sigma_add_[k]});
     }
     const size_t inner = channels == 0 ? 1 : x.shape.size / x.shape.rows(2);
     auto range = [&](size_t begin, size_t end, size_t, float) {
@@ -379,8 +401,10 @@ class NoiseChainKernel : Kernel {
   };
 
   InputTensor optional_input(const OrtKernelContext* context, size_t index, const char* name) const {
-    if (input_value(context, index) == nullptr) fail(std::string("input ") + name + " is not given");
-    return input_tensor(context, index);
+    size_t count = 0;
+    check(g_api->KernelContext_GetInputCount(context, &count));
+    if (index >= count || input_value(context, index) == nullptr) fail(std::string("input ") + name + " is not given");
+    return tensor(context, index, name);
   }
 
   void run_range(const float* x, float* out, size_t first, size_t n, const std::vector<NoiseStage>& noises,
@@ -419,46 +443,26 @@ class NoiseChainKernel : Kernel {
 // The weights on a chip (devices/chip.py): the programmed and drifted conductances of the last
 // (chip_seed, t_inference, noise_scale, W) are kept, so a run with the same chip and time only
 // draws its read noise; a negative chip_seed is a fresh chip on every run and is never kept.
-class DeviceWeightsKernel : Kernel {
+class DeviceWeightsKernel : public Kernel {
  public:
   explicit DeviceWeightsKernel(const OrtKernelInfo* info)
-      : Kernel(info, "DeviceWeights", {{0, "W"}}),
-        settings_{attribute(info, "device", int64_t{1}),
-                  attribute(info, "g_max", 25.0f),
-                  attribute(info, "prog_noise_scale", 1.0f),
-                  attribute(info, "drift_scale", 1.0f),
-                  attribute(info, "read_noise_scale", 1.0f),
-                  attribute(info, "stuck_at_zero", 0.0f),
-                  attribute(info, "stuck_at_gmax", 0.0f),
-                  attribute(info, "drift", int64_t{1}) != 0,
-                  attribute(info, "read_noise", int64_t{1}) != 0,
-                  attribute(info, "drift_compensation", int64_t{1}) != 0,
-                  attribute(info, "prog_noise_add", 0.0f),
-                  attribute(info, "prog_noise_rel", 0.0f),
-                  attribute(info, "drift_nu", 0.0f),
-                  attribute(info, "drift_nu_std", 0.0f),
-                  attribute(info, "read_noise_rel", 0.0f),
-                  attribute(info, "bits", int64_t{0}),
-                  attribute(info, "per_channel", int64_t{0}) != 0,
-                  attribute(info, "stream", int64_t{0})},
-        physics_(settings_) {
-    if (settings_.device < kPcm || settings_.device > kGeneric) fail("attribute device must be 1, 2 or 3");
-  }
+      : Kernel(info, "DeviceWeights", {{0, "W"}}), settings_(device_settings(attributes(info))), physics_(settings_) {}
 
-  void compute(OrtKernelContext* context) const {
-    const InputTensor w = input_tensor(context, 0);
-    const float noise_scale = input_scalar<float>(context, 1, label_ + ": noise_scale");
-    const int64_t seed = input_scalar<int64_t>(context, 2, label_ + ": seed");
-    const int64_t chip_seed = input_scalar<int64_t>(context, 3, label_ + ": chip_seed");
-    const float t = input_scalar<float>(context, 4, label_ + ": t_inference");
+  void compute(OrtKernelContext* context) const override {
+    const InputTensor w = tensor(context, 0, "W");
+    const float scale = noise_scale(context, 1);
+    const int64_t read_seed = seed(context, 2);
+    const int64_t chip_seed = seed(context, 3, "chip_seed");
+    const float t = input_scalar<float>(context, 4, label_.text + ": input t_inference");
+    if (!(std::isfinite(t) && t >= 0.0f)) fail("input t_inference must be a finite number of seconds >= 0, got " + std::to_string(t));
     const RowLayout layout = settings_.per_channel ? flatten(w.shape, 1) : RowLayout{1, w.shape.size};
-    const std::shared_ptr<const Entry> entry = chip(w, layout, noise_scale, chip_seed, t);
+    const std::shared_ptr<const Entry> entry = chip(w, layout, scale, chip_seed, t);
     const ProgrammedChip& programmed = entry->chip;
     const size_t size = w.shape.size;
     float* out = output_tensor(context, 0, w.shape.dims);  // may share W's buffer: W was read above
     *output_tensor(context, 1, {}) = programmed.alpha;
     const bool reads = settings_.read_noise;
-    const uint64_t key = reads ? draw_key(seed, settings_.stream, kRead) : 0;
+    const uint64_t key = reads ? draw_key(read_seed, settings_.stream, kRead) : 0;
     const float* now = programmed.now.data();
     const float* sigma = programmed.read_sigma.data();
     constexpr size_t kChunk = 16 * kBlock;  // elements per task
@@ -484,6 +488,29 @@ class DeviceWeightsKernel : Kernel {
   }
 
  private:
+  static DeviceSettings device_settings(const NodeAttributes& a) {
+    const DeviceSettings s{a.integer("device"),
+                           a.real("g_max"),
+                           a.real("prog_noise_scale"),
+                           a.real("drift_scale"),
+                           a.real("read_noise_scale"),
+                           a.real("stuck_at_zero"),
+                           a.real("stuck_at_gmax"),
+                           a.flag("drift"),
+                           a.flag("read_noise"),
+                           a.flag("drift_compensation"),
+                           a.real("prog_noise_add"),
+                           a.real("prog_noise_rel"),
+                           a.real("drift_nu"),
+                           a.real("drift_nu_std"),
+                           a.real("read_noise_rel"),
+                           a.integer("bits"),
+                           a.flag("per_channel"),
+                           a.integer("stream")};
+    if (s.stuck_at_zero + s.stuck_at_gmax > 1.0f) a.fail("stuck_at_gmax", "plus stuck_at_zero must be at most 1");
+    return s;
+  }
+
   struct Entry {
     int64_t chip_seed;
     float t, noise_scale;
@@ -511,38 +538,44 @@ class DeviceWeightsKernel : Kernel {
   mutable std::shared_ptr<const Entry> cached_;
 };
 
-TileSettings tile_settings(const OrtKernelInfo* info) {
+TileSettings tile_settings(const NodeAttributes& a) {
   TileSettings s{};
-  s.inp_bits = attribute(info, "inp_bits", int64_t{0});
-  s.noise_management = attribute(info, "noise_management", int64_t{1});
-  s.out_bits = attribute(info, "out_bits", int64_t{0});
-  s.bm_rounds = std::max<int64_t>(1, attribute(info, "bm_rounds", int64_t{1}));
-  s.max_input_size = attribute(info, "max_input_size", int64_t{0});
-  s.max_output_size = attribute(info, "max_output_size", int64_t{0});
-  s.columnwise = attribute(info, "weight_scaling_columnwise", int64_t{0});
-  s.stream = attribute(info, "stream", int64_t{0});
-  s.inp_bound = attribute(info, "inp_bound", 1.0f);
-  s.out_noise = attribute(info, "out_noise", 0.0f);
-  s.out_bound = attribute(info, "out_bound", std::numeric_limits<float>::infinity());
-  s.omega = attribute(info, "weight_scaling_omega", 0.0f);
+  s.inp_bits = a.integer("inp_bits");
+  s.noise_management = a.integer("noise_management");
+  s.out_bits = a.integer("out_bits");
+  s.bm_rounds = a.integer("bm_rounds");
+  s.max_input_size = a.integer("max_input_size");
+  s.max_output_size = a.integer("max_output_size");
+  s.columnwise = a.integer("weight_scaling_columnwise");
+  s.stream = a.integer("stream");
+  s.inp_bound = a.real("inp_bound");
+  s.out_noise = a.real("out_noise");
+  s.out_bound = a.real("out_bound");
+  s.omega = a.real("weight_scaling_omega");
+  if (s.inp_bits > 0 && std::isinf(s.inp_bound)) a.fail("inp_bound", "must be finite when inp_bits > 0");
+  if (s.out_bits > 0 && std::isinf(s.out_bound)) a.fail("out_bound", "must be finite when out_bits > 0");
   return s;
 }
 
+// add_noise in analog_tile.h gathers a block's noise with 32-bit offsets of up to kLanes outputs.
+constexpr int64_t kMaxTileOutputs = (int64_t{1} << 31) / static_cast<int64_t>(kLanes) - 1;
+
 // AnalogTile: Y[..., M] = X[..., K] W^T on tiles (analog_tile.h); AnalogTileEpilogue (native
 // sessions only) adds the per-channel epilogue of its inputs 4 and 5.
-class AnalogTileKernel : protected Kernel {
+class AnalogTileKernel : public Kernel {
  public:
   explicit AnalogTileKernel(const OrtKernelInfo* info, const char* op = "AnalogTile")
-      : Kernel(info, op, {{0, "X"}, {1, "W"}}), settings_(tile_settings(info)),
-        relu_(attribute(info, "relu", int64_t{0}) != 0), epilogue_(std::string(op) != "AnalogTile") {}
+      : Kernel(info, op, {{0, "X"}, {1, "W"}}), settings_(tile_settings(attributes(info))),
+        relu_(std::string(op) != "AnalogTile" && attributes(info).flag("relu")), epilogue_(std::string(op) != "AnalogTile") {}
 
-  void compute(OrtKernelContext* context) const {
-    const InputTensor x = input_tensor(context, 0), w = input_tensor(context, 1);
-    const float noise_scale = input_scalar<float>(context, 2, label_ + ": noise_scale");
-    const int64_t seed = input_scalar<int64_t>(context, 3, label_ + ": seed");
+  void compute(OrtKernelContext* context) const override {
+    const InputTensor x = tensor(context, 0, "X"), w = tensor(context, 1, "W");
+    const float scale = noise_scale(context, 2);
+    const int64_t run_seed = seed(context, 3);
     if (w.shape.dims.size() != 2 || x.shape.dims.empty() || x.shape.dims.back() != w.shape.dims[1]) {
       fail("W must be [outputs, inputs] with inputs the last dimension of X");
     }
+    check_outputs(w.shape.dims[0]);
     std::vector<int64_t> dims = x.shape.dims;
     dims.back() = w.shape.dims[0];
     float* out = output_tensor(context, 0, dims);
@@ -550,13 +583,19 @@ class AnalogTileKernel : protected Kernel {
     VectorSource source{x.data, k};
     const ChannelEpilogue epilogue = channel_epilogue(context, w.shape.dims[0]);
     analog_tile(context, source, w.data, static_cast<size_t>(w.shape.dims[0]), k ? x.shape.size / k : 0, settings_,
-                noise_scale, seed, epilogue_ ? &epilogue : nullptr, out);
+                scale, run_seed, epilogue_ ? &epilogue : nullptr, out);
   }
 
  protected:
+  void check_outputs(int64_t outputs) const {
+    if (outputs > kMaxTileOutputs) {
+      fail("W has " + std::to_string(outputs) + " outputs; the native tile takes at most " + std::to_string(kMaxTileOutputs));
+    }
+  }
+
   ChannelEpilogue channel_epilogue(const OrtKernelContext* context, int64_t channels) const {
     if (!epilogue_) return {nullptr, nullptr, false};
-    const InputTensor scale = input_tensor(context, 4), shift = input_tensor(context, 5);
+    const InputTensor scale = tensor(context, 4, "scale"), shift = tensor(context, 5, "shift");
     if (scale.shape.size != static_cast<size_t>(channels) || shift.shape.size != static_cast<size_t>(channels)) {
       fail("the epilogue's scale and shift must have one value per output channel");
     }
@@ -575,256 +614,92 @@ class AnalogTileEpilogueKernel : public AnalogTileKernel {
 // AnalogTileConv (native sessions only): a 2-D Conv (group 1) as AnalogTile on its im2col patches,
 // read from the NCHW input and written to the NCHW output, with the per-channel epilogue of
 // inputs 4 and 5 (native_graph.fuse_tile_convolutions).
-class AnalogTileConvKernel : AnalogTileKernel {
+class AnalogTileConvKernel : public AnalogTileKernel {
  public:
   explicit AnalogTileConvKernel(const OrtKernelInfo* info)
       : AnalogTileKernel(info, "AnalogTileConv"),
-        pads_(attribute_list<int64_t>(info, "pads", {0, 0, 0, 0})),
-        strides_(attribute_list<int64_t>(info, "strides", {1, 1})),
-        dilations_(attribute_list<int64_t>(info, "dilations", {1, 1})) {
-    if (pads_.size() != 4 || strides_.size() != 2 || dilations_.size() != 2) fail("needs 2-D pads, strides, dilations");
-  }
+        pads_(attributes(info).integers("pads")),
+        strides_(attributes(info).integers("strides")),
+        dilations_(attributes(info).integers("dilations")) {}
 
-  void compute(OrtKernelContext* context) const {
-    const InputTensor x = input_tensor(context, 0), w = input_tensor(context, 1);
-    const float noise_scale = input_scalar<float>(context, 2, label_ + ": noise_scale");
-    const int64_t seed = input_scalar<int64_t>(context, 3, label_ + ": seed");
+  void compute(OrtKernelContext* context) const override {
+    const InputTensor x = tensor(context, 0, "X"), w = tensor(context, 1, "W");
+    const float scale = noise_scale(context, 2);
+    const int64_t run_seed = seed(context, 3);
     if (x.shape.dims.size() != 4 || w.shape.dims.size() != 4 || x.shape.dims[1] != w.shape.dims[1]) {
       fail("X must be NCHW and W [M, C, kh, kw] with the same C");
     }
-    VectorSource src{x.data, static_cast<size_t>(w.shape.dims[1] * w.shape.dims[2] * w.shape.dims[3]), true, x.shape.size};
+    const int64_t outputs = w.shape.dims[0];
+    check_outputs(outputs);
+    const int64_t patch = checked_product(checked_product(w.shape.dims[1], w.shape.dims[2], "the patch size"),
+                                          w.shape.dims[3], "the patch size");
+    VectorSource src{x.data, static_cast<size_t>(patch), true, x.shape.size};
     src.channels = x.shape.dims[1], src.height = x.shape.dims[2], src.width = x.shape.dims[3];
     src.kh = w.shape.dims[2], src.kw = w.shape.dims[3];
     src.sh = strides_[0], src.sw = strides_[1], src.dh = dilations_[0], src.dw = dilations_[1];
     src.pad_top = pads_[0], src.pad_left = pads_[1];
-    src.out_h = (src.height + pads_[0] + pads_[2] - src.dh * (src.kh - 1) - 1) / src.sh + 1;
-    src.out_w = (src.width + pads_[1] + pads_[3] - src.dw * (src.kw - 1) - 1) / src.sw + 1;
-    if (src.out_h <= 0 || src.out_w <= 0) fail("the kernel does not fit the padded input");
-    src.prepare();
-    const int64_t outputs = w.shape.dims[0];
+    src.out_h = output_size(src.height, pads_[0] + pads_[2], src.kh, src.dh, src.sh);
+    src.out_w = output_size(src.width, pads_[1] + pads_[3], src.kw, src.dw, src.sw);
+    const int64_t vectors = checked_product(checked_product(x.shape.dims[0], src.out_h, "the output size"), src.out_w,
+                                            "the output size");
     float* out = output_tensor(context, 0, {x.shape.dims[0], outputs, src.out_h, src.out_w});
+    if (vectors == 0 || outputs == 0) return;  // an empty output
+    src.prepare();
     const ChannelEpilogue epilogue = channel_epilogue(context, outputs);
-    analog_tile(context, src, w.data, static_cast<size_t>(outputs),
-                static_cast<size_t>(x.shape.dims[0] * src.out_h * src.out_w), settings_, noise_scale, seed, &epilogue,
-                out);
+    analog_tile(context, src, w.data, static_cast<size_t>(outputs), static_cast<size_t>(vectors), settings_, scale,
+                run_seed, &epilogue, out);
   }
 
  private:
+  // Output positions along one axis: (size + padding - dilation (kernel - 1) - 1) / stride + 1, at
+  // least 1 (the attributes are bounded, the tensor sizes are not: checked arithmetic).
+  int64_t output_size(int64_t size, int64_t padding, int64_t kernel, int64_t dilation, int64_t stride) const {
+    const int64_t reach = kernel == 0 ? 0 : checked_product(dilation, kernel - 1, "the dilated kernel");
+    int64_t span = 0;
+    if (__builtin_add_overflow(size, padding, &span)) fail("the padded input does not fit in 64 bits");
+    if (kernel == 0 || reach >= span) fail("the kernel does not fit the padded input");
+    return (span - reach - 1) / stride + 1;
+  }
+
   std::vector<int64_t> pads_, strides_, dilations_;
 };
 
-struct DimsInfo {
-  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  std::vector<int64_t> dims;
-  std::vector<std::string> names;  // symbolic names ("" where the size is known)
-};
-
-DimsInfo dims_info(OrtShapeInferContext* context, size_t index) {
-  OrtTensorTypeAndShapeInfo* info = nullptr;  // owned by the context
-  check(g_api->ShapeInferContext_GetInputTypeShape(context, index, &info));
-  DimsInfo out;
-  size_t rank = 0;
-  check(g_api->GetTensorElementType(info, &out.type));
-  check(g_api->GetDimensionsCount(info, &rank));
-  out.dims.resize(rank);
-  std::vector<const char*> names(rank, nullptr);
-  check(g_api->GetDimensions(info, out.dims.data(), rank));
-  check(g_api->GetSymbolicDimensions(info, names.data(), rank));
-  for (const char* name : names) out.names.emplace_back(name == nullptr ? "" : name);
-  return out;
-}
-
-// The tiles' output type and shape: AnalogTile X[..., K] -> [..., M]; AnalogTileConv [N, C, H, W]
-// -> [N, M, OH, OW]. A size not known here gets a symbolic name of its own (a bare -1 would read
-// as a size).
-void tile_output_shape(OrtShapeInferContext* context) {
-  static std::atomic<uint64_t> unknowns{0};
-  DimsInfo x = dims_info(context, 0), w = dims_info(context, 1);
-  if (x.dims.empty() || w.dims.empty()) throw KernelError("AnalogTile: X and W must have a known rank");
-  const bool conv = w.dims.size() == 4;
-  if (conv) x.dims.resize(4, -1), x.names.resize(4, "");
-  x.dims[conv ? 1 : x.dims.size() - 1] = w.dims[0];
-  x.names[conv ? 1 : x.names.size() - 1] = w.names[0];
-  if (conv) x.dims[2] = x.dims[3] = -1;
-  for (size_t i = 0; i < x.dims.size(); ++i)
-    if (x.dims[i] < 0 && (x.names[i].empty() || (conv && i >= 2))) x.names[i] = "analog_tile_" + std::to_string(unknowns++);
-  std::vector<const char*> names;
-  for (const auto& name : x.names) names.push_back(name.c_str());
-  OrtTensorTypeAndShapeInfo* output = nullptr;
-  check(g_api->CreateTensorTypeAndShapeInfo(&output));
-  OrtStatus* status = g_api->SetTensorElementType(output, x.type);
-  if (status == nullptr) status = g_api->SetDimensions(output, x.dims.data(), x.dims.size());
-  if (status == nullptr) status = g_api->SetSymbolicDimensions(output, names.data(), names.size());
-  if (status == nullptr) status = g_api->ShapeInferContext_SetOutputTypeShape(context, 0, output);
-  g_api->ReleaseTensorTypeAndShapeInfo(output);
-  check(status);
-}
-
-// Runs f, turning a C++ exception into an OrtStatus for onnxruntime.
-template <typename F>
-OrtStatus* guarded(F&& f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const std::exception& error) {
-    return g_api->CreateStatus(ORT_INVALID_ARGUMENT, error.what());
-  }
-}
-
-// Declares output `index` a float32 scalar (DeviceWeights' alpha), so the layer output it scales
-// keeps its inferred shape.
-void set_scalar_output(OrtShapeInferContext* context, size_t index) {
-  OrtTensorTypeAndShapeInfo* info = nullptr;
-  check(g_api->CreateTensorTypeAndShapeInfo(&info));
-  OrtStatus* status = g_api->SetTensorElementType(info, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-  if (status == nullptr) status = g_api->SetDimensions(info, nullptr, 0);
-  if (status == nullptr) status = g_api->ShapeInferContext_SetOutputTypeShape(context, index, info);
-  g_api->ReleaseTensorTypeAndShapeInfo(info);
-  check(status);
-}
-
-// One op of the domain: the OrtCustomOp table onnxruntime reads, plus our names and types.
-struct OpSpec : OrtCustomOp {
-  const char* op_name;
-  std::vector<ONNXTensorElementDataType> input_types, output_types;
-  size_t required_inputs = 0;  // with_optional_inputs: inputs from here on are optional
-};
-
-const OpSpec& spec_of(const OrtCustomOp* op) { return *static_cast<const OpSpec*>(op); }
-
 template <typename K>
-OpSpec make_op(const char* name, std::vector<ONNXTensorElementDataType> inputs,
-               std::vector<ONNXTensorElementDataType> outputs, bool elementwise = true) {
-  OpSpec spec{};
-  spec.version = ORT_API_VERSION;
-  spec.op_name = name;
-  spec.input_types = std::move(inputs);
-  spec.output_types = std::move(outputs);
-  spec.GetName = [](const OrtCustomOp* op) { return spec_of(op).op_name; };
-  spec.GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return nullptr; };
-  spec.GetInputType = [](const OrtCustomOp* op, size_t i) { return spec_of(op).input_types[i]; };
-  spec.GetInputTypeCount = [](const OrtCustomOp* op) { return spec_of(op).input_types.size(); };
-  spec.GetOutputType = [](const OrtCustomOp* op, size_t i) { return spec_of(op).output_types[i]; };
-  spec.GetOutputTypeCount = [](const OrtCustomOp* op) { return spec_of(op).output_types.size(); };
-  spec.GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
-  spec.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
-  spec.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
-  spec.CreateKernelV2 = [](const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** kernel) {
-    return guarded([&] { *kernel = new K(info); });
-  };
-  spec.KernelComputeV2 = [](void* kernel, OrtKernelContext* context) {
-    return guarded([&] { static_cast<const K*>(kernel)->compute(context); });
-  };
-  spec.KernelDestroy = [](void* kernel) { delete static_cast<K*>(kernel); };
-  // The first output has the first input's shape; the type onnxruntime already takes from the inputs.
-  spec.InferOutputShapeFn = [](const OrtCustomOp* op, OrtShapeInferContext* context) {
-    return guarded([&] {
-      OrtTensorTypeAndShapeInfo* input = nullptr;  // owned by the context
-      check(g_api->ShapeInferContext_GetInputTypeShape(context, 0, &input));
-      check(g_api->ShapeInferContext_SetOutputTypeShape(context, 0, input));
-      if (std::string(spec_of(op).op_name) == "DeviceWeights") set_scalar_output(context, 1);
-    });
-  };
-  // Every kernel reads an element (or its whole row) before writing the same element, so the
-  // first output may reuse the first input's buffer: one memory stream instead of two.
-  spec.GetMayInplace = [](int** input_index, int** output_index) -> size_t {
-    *input_index = new int[1]{0};
-    *output_index = new int[1]{0};
-    return 1;
-  };
-  spec.ReleaseMayInplace = [](int* input_index, int* output_index) {
-    delete[] input_index;
-    delete[] output_index;
-  };
-  if (!elementwise) {  // the output has its own shape (tile_output_shape) and buffer
-    spec.InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* context) {
-      return guarded([&] { tile_output_shape(context); });
-    };
-    spec.GetMayInplace = nullptr;
-    spec.ReleaseMayInplace = nullptr;
-  }
-  spec.GetStartVersion = [](const OrtCustomOp*) { return ANALOG_ONNX_OPSET; };
-  spec.GetEndVersion = [](const OrtCustomOp*) { return ANALOG_ONNX_OPSET; };
-  return spec;
-}
-
-// The op with its inputs from `required` on optional (an empty name in the graph: not given).
-OpSpec with_optional_inputs(OpSpec spec, size_t required) {
-  spec.required_inputs = required;
-  spec.GetInputCharacteristic = [](const OrtCustomOp* op, size_t i) {
-    return i < spec_of(op).required_inputs ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  };
-  return spec;
+KernelEntry entry(const char* name, std::vector<ONNXTensorElementDataType> inputs,
+                  std::vector<ONNXTensorElementDataType> outputs, OutputShape shape = OutputShape::kOfFirstInput,
+                  size_t required_inputs = SIZE_MAX) {
+  return {name, std::move(inputs), std::move(outputs), required_inputs, shape,
+          [](const OrtKernelInfo* info) -> OpKernel* { return new K(info); }};
 }
 
 // Tensor inputs and outputs are declared of any type: onnxruntime then gives each output the type
-// of the op's last such input (MvmOutput needs InferOutputShapeFn for that), so a float16 model
+// of the op's last such input (MvmOutput needs its shape function for that), so a float16 model
 // gets through type inference to the kernel's own clear refusal instead of a "no kernel found" or
 // type-mismatch error.
 constexpr auto kAny = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
 constexpr auto kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 constexpr auto kInt64 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
 
-std::vector<OpSpec>& op_table() {
-  static std::vector<OpSpec> ops = {
-      make_op<NoiseKernel>("Noise", {kAny, kFloat, kInt64}, {kAny}),
-      make_op<QuantizeKernel>("Quantize", {kAny}, {kAny}),
-      make_op<MvmInputKernel>("MvmInput", {kAny}, {kAny, kAny}),
-      make_op<MvmOutputKernel>("MvmOutput", {kAny, kAny, kFloat, kInt64}, {kAny}),
-      make_op<DeviceWeightsKernel>("DeviceWeights", {kAny, kFloat, kInt64, kInt64, kFloat}, {kAny, kFloat}),
-      make_op<MvmOutputEpilogueKernel>("MvmOutputEpilogue", {kAny, kAny, kFloat, kInt64, kFloat, kFloat}, {kAny}),
-      with_optional_inputs(
-          make_op<NoiseChainKernel>("NoiseChain", {kAny, kFloat, kInt64, kFloat, kFloat, kAny}, {kAny}), 3),
-      make_op<AnalogTileKernel>("AnalogTile", {kAny, kFloat, kFloat, kInt64}, {kAny}, false),
-      make_op<AnalogTileEpilogueKernel>("AnalogTileEpilogue", {kAny, kFloat, kFloat, kInt64, kFloat, kFloat}, {kAny},
-                                        false),
-      make_op<AnalogTileConvKernel>("AnalogTileConv", {kAny, kFloat, kFloat, kInt64, kFloat, kFloat}, {kAny}, false),
-  };
-  return ops;
-}
-
-// Domains must outlive every session that uses them: keep them until the library unloads.
-struct Domains {
-  std::mutex mutex;
-  std::vector<OrtCustomOpDomain*> owned;
-  ~Domains() {
-    for (OrtCustomOpDomain* domain : owned) g_api->ReleaseCustomOpDomain(domain);
-  }
-};
-
-Domains& domains() {
-  static Domains all;
-  return all;
-}
-
 }  // namespace
+
+const std::vector<KernelEntry>& kernel_entries() {
+  static const std::vector<KernelEntry> entries = {
+      entry<NoiseKernel>("Noise", {kAny, kFloat, kInt64}, {kAny}),
+      entry<QuantizeKernel>("Quantize", {kAny}, {kAny}),
+      entry<MvmInputKernel>("MvmInput", {kAny}, {kAny, kAny}),
+      entry<MvmOutputKernel>("MvmOutput", {kAny, kAny, kFloat, kInt64}, {kAny}),
+      entry<DeviceWeightsKernel>("DeviceWeights", {kAny, kFloat, kInt64, kInt64, kFloat}, {kAny, kFloat},
+                                 OutputShape::kOfFirstInputAndScalar),
+      entry<MvmOutputEpilogueKernel>("MvmOutputEpilogue", {kAny, kAny, kFloat, kInt64, kFloat, kFloat}, {kAny}),
+      entry<NoiseChainKernel>("NoiseChain", {kAny, kFloat, kInt64, kFloat, kFloat, kAny}, {kAny},
+                              OutputShape::kOfFirstInput, 3),
+      entry<AnalogTileKernel>("AnalogTile", {kAny, kFloat, kFloat, kInt64}, {kAny}, OutputShape::kTile),
+      entry<AnalogTileEpilogueKernel>("AnalogTileEpilogue", {kAny, kFloat, kFloat, kInt64, kFloat, kFloat}, {kAny},
+                                      OutputShape::kTile),
+      entry<AnalogTileConvKernel>("AnalogTileConv", {kAny, kFloat, kFloat, kInt64, kFloat, kFloat}, {kAny},
+                                  OutputShape::kTile),
+  };
+  return entries;
+}
+
 }  // namespace analog
-
-ANALOG_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
-  using namespace analog;
-  const OrtApi* api = api_base->GetApi(kRequiredApi);
-  if (api == nullptr) return nullptr;  // onnxruntime older than 1.17 has already printed why
-  g_api = api;
-  OrtCustomOpDomain* domain = nullptr;
-  if (OrtStatus* status = api->CreateCustomOpDomain(ANALOG_ONNX_DOMAIN, &domain)) return status;
-  {
-    std::lock_guard<std::mutex> lock(domains().mutex);
-    domains().owned.push_back(domain);
-  }
-  for (OpSpec& op : op_table()) {
-    if (OrtStatus* status = api->CustomOpDomain_Add(domain, &op)) return status;
-  }
-  return api->AddCustomOpDomain(options, domain);
-}
-
-// For `analog-onnx kernels status`: what this library provides, readable without onnxruntime.
-ANALOG_EXPORT int AnalogOnnxOrtApiVersion() { return ORT_API_VERSION; }
-
-ANALOG_EXPORT const char* AnalogOnnxOps() {
-  static const std::string names = [] {
-    std::string joined;
-    for (const analog::OpSpec& op : analog::op_table()) joined += (joined.empty() ? "" : ",") + std::string(op.op_name);
-    return joined;
-  }();
-  return names.c_str();
-}

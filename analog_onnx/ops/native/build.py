@@ -5,6 +5,10 @@ The library is compiled with the system C++ compiler on the machine that uses it
 hash of the sources, flags and CPU: upgrading onnxruntime or editing a kernel simply selects a
 new path. Nothing is compiled at import or session time; ``analog-onnx kernels build`` does it.
 
+The sources are the ``.cc`` and ``.h`` files beside this module and one generated header,
+``analog_generated.h`` (``generate.py``: what the kernels share with the Python side, written from
+it), which is part of the key.
+
 Loading a library runs its code, and loading a truncated file can kill the process (SIGBUS), so
 the build records the library's size and sha256 beside it and nothing loads a library that does
 not match its record, or that lies in a folder other users could write to.
@@ -21,6 +25,8 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -34,7 +40,6 @@ from analog_onnx.ops import DOMAIN, OPSET_VERSION
 from analog_onnx.ops.native import headers
 
 SOURCE_DIR = Path(__file__).parent
-TRANSLATION_UNIT = SOURCE_DIR / "analog_ops.cc"
 LIBRARY_NAME = "libanalog_onnx_ops.dylib" if sys.platform == "darwin" else "libanalog_onnx_ops.so"
 RECORD_NAME = "build-record.json"  # {"size": bytes, "sha256": hex} of the library, written by the build
 REBUILD_HINT = "rebuild it with `analog-onnx kernels build`"
@@ -77,10 +82,22 @@ def _cpu_identity() -> str:
 
 
 @lru_cache(maxsize=1)
+def generated_header() -> str:
+    from analog_onnx.ops.native import generate  # imports the device models: only when building or keying
+
+    return generate.header()
+
+
+def translation_units() -> list[Path]:
+    return sorted(SOURCE_DIR.glob("*.cc"))
+
+
+@lru_cache(maxsize=1)
 def build_key() -> str:
     digest = hashlib.sha256()
-    for path in sorted(SOURCE_DIR.glob("*.cc")) + sorted(SOURCE_DIR.glob("*.h")):
+    for path in translation_units() + sorted(SOURCE_DIR.glob("*.h")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(generated_header().encode() + b"\0")
     digest.update("\0".join(CXXFLAGS).encode())
     digest.update(f"{platform.machine()}\0{_cpu_identity()}".encode())
     return digest.hexdigest()[:16]
@@ -164,16 +181,27 @@ def build_library(*, force: bool = False) -> tuple[Path, bool]:
         raise AnalogError(f"cannot write the native kernels into {cache_dir()}: {e.strerror}; "
                           "set ANALOG_ONNX_CACHE to a writable folder") from None
     with atomic_outputs(target.parent / RECORD_NAME, target, force=True) as (record, scratch):
-        command = [compiler, *CXXFLAGS, "-I", str(include), str(TRANSLATION_UNIT), "-o", str(scratch)]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
-            raise AnalogError(f"compiling the native kernels failed: {(errors or ['no output'])[0]}")
+        compile_library(compiler, include, scratch)
         problem = load_problem(scratch)
         if problem:
             raise AnalogError(f"the freshly built native kernels do not load: {problem}")
         record.write_text(json.dumps(_record(scratch)))
     return target, True
+
+
+def compile_library(compiler: str, include: Path, output: Path, extra_flags: Sequence[str] = ()) -> None:
+    """Compile the sources and the generated header into the shared library ``output``
+    (``extra_flags`` after the usual ones: ``tools/fuzz_sanitized.py`` adds the sanitizers)."""
+    with tempfile.TemporaryDirectory() as generated:
+        from analog_onnx.ops.native.generate import HEADER_NAME
+
+        (Path(generated) / HEADER_NAME).write_text(generated_header())
+        command = [compiler, *CXXFLAGS, *extra_flags, "-I", generated, "-I", str(include),
+                   *map(str, translation_units()), "-o", str(output)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
+        raise AnalogError(f"compiling the native kernels failed: {(errors or ['no output'])[0]}")
 
 
 def load_problem(path: Path) -> str | None:

@@ -11,16 +11,15 @@
 #include <cstdint>
 #include <vector>
 
+#include "analog_generated.h"
 #include "counter_rng.h"
 
 namespace analog {
 
 enum DeviceKind : int64_t { kPcm = 1, kReram = 2, kGeneric = 3 };
 
-// devices/streams.py: the draws of one layer and their stream numbers.
-constexpr int64_t kDeviceStreamBase = int64_t{1} << 32;
-enum DeviceDraw : int64_t { kProgram = 0, kDrift = 1, kStuck = 2, kRead = 3, kReferenceRead = 4, kDraws = 5 };
-
+// devices/streams.py: the draws of one layer and their stream numbers (kDeviceStreamBase and the
+// DeviceDraw codes come from there through analog_generated.h).
 inline uint64_t draw_key(int64_t seed, int64_t layer_stream, DeviceDraw draw) {
   return stream_key(seed, kDeviceStreamBase + layer_stream * kDraws + draw);
 }
@@ -84,7 +83,7 @@ class DevicePhysics {
     for (size_t r = 0; r < rows; ++r) {
       float peak = 0.0f;
       for (size_t c = 0; c < columns; ++c) peak = std::max(peak, std::fabs(w[r * columns + c]));
-      chip.scale[r] = s_.g_max / std::max(peak, 1e-7f);
+      chip.scale[r] = s_.g_max / std::max(peak, kZeroWeight);
     }
     // 1. map to target pairs, levels when bits > 0
     std::vector<float> target(pairs);
@@ -150,7 +149,6 @@ class DevicePhysics {
  private:
   static constexpr float kT0 = 20.0f;        // s, PCMDevice.t0 (GenericDevice.t0)
   static constexpr float kTRead = 250e-9f;   // s, PCMDevice.t_read
-  static constexpr float kMinReadout = 1e-4f;  // chip.MIN_READOUT
 
   float stick(float g, float u) const {
     if (u < s_.stuck_at_zero) return 0.0f;

@@ -1,0 +1,235 @@
+// Registration of the kernels (kernels.h) with onnxruntime: the OrtCustomOp table of each op, the
+// output shape rules, and the library's exported entry points.
+//
+// onnxruntime calls into this library through C function pointers, and a C++ exception that
+// crossed one would end the process. So every entry point runs its work inside `guarded`, which
+// turns any exception (a refused attribute, an allocation failure) into an OrtStatus; exceptions
+// thrown on the intra-op pool's threads are carried to the caller by parallel_for (ort_glue.h).
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels.h"
+#include "ort_glue.h"
+
+#if !defined(ANALOG_ONNX_DOMAIN) || !defined(ANALOG_ONNX_OPSET)
+#error "build with analog_onnx/ops/native/build.py, which defines ANALOG_ONNX_DOMAIN and ANALOG_ONNX_OPSET"
+#endif
+
+#define ANALOG_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace analog {
+namespace {
+
+// The C API version whose functions the kernels call (KernelContext_ParallelFor arrived in 17);
+// asking for no more lets one build load in any onnxruntime from 1.17 on.
+constexpr uint32_t kRequiredApi = 17;
+
+// Runs f, turning any C++ exception into an OrtStatus for onnxruntime (nullptr: success).
+template <typename F>
+OrtStatus* guarded(F&& f) noexcept {
+  try {
+    f();
+    return nullptr;
+  } catch (const KernelError& error) {
+    return g_api->CreateStatus(ORT_INVALID_ARGUMENT, error.what());
+  } catch (const std::bad_alloc&) {
+    return g_api->CreateStatus(ORT_FAIL, "the analog kernels ran out of memory");
+  } catch (const std::exception& error) {
+    return g_api->CreateStatus(ORT_RUNTIME_EXCEPTION, error.what());
+  } catch (...) {
+    return g_api->CreateStatus(ORT_RUNTIME_EXCEPTION, "the analog kernels failed with an unknown error");
+  }
+}
+
+struct DimsInfo {
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> dims;
+  std::vector<std::string> names;  // symbolic names ("" where the size is known)
+};
+
+DimsInfo dims_info(OrtShapeInferContext* context, size_t index) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;  // owned by the context
+  check(g_api->ShapeInferContext_GetInputTypeShape(context, index, &info));
+  DimsInfo out;
+  size_t rank = 0;
+  check(g_api->GetTensorElementType(info, &out.type));
+  check(g_api->GetDimensionsCount(info, &rank));
+  out.dims.resize(rank);
+  std::vector<const char*> names(rank, nullptr);
+  check(g_api->GetDimensions(info, out.dims.data(), rank));
+  check(g_api->GetSymbolicDimensions(info, names.data(), rank));
+  for (const char* name : names) out.names.emplace_back(name == nullptr ? "" : name);
+  return out;
+}
+
+// The tiles' output type and shape: AnalogTile X[..., K] -> [..., M]; AnalogTileConv [N, C, H, W]
+// -> [N, M, OH, OW]. A size not known here gets a symbolic name of its own (a bare -1 would read
+// as a size).
+void tile_output_shape(OrtShapeInferContext* context) {
+  static std::atomic<uint64_t> unknowns{0};
+  DimsInfo x = dims_info(context, 0), w = dims_info(context, 1);
+  if (x.dims.empty() || w.dims.empty()) throw KernelError("AnalogTile: X and W must have a known rank");
+  const bool conv = w.dims.size() == 4;
+  if (conv) x.dims.resize(4, -1), x.names.resize(4, "");
+  x.dims[conv ? 1 : x.dims.size() - 1] = w.dims[0];
+  x.names[conv ? 1 : x.names.size() - 1] = w.names[0];
+  if (conv) x.dims[2] = x.dims[3] = -1;
+  for (size_t i = 0; i < x.dims.size(); ++i)
+    if (x.dims[i] < 0 && (x.names[i].empty() || (conv && i >= 2))) x.names[i] = "analog_tile_" + std::to_string(unknowns++);
+  std::vector<const char*> names;
+  for (const auto& name : x.names) names.push_back(name.c_str());
+  OrtTensorTypeAndShapeInfo* output = nullptr;
+  check(g_api->CreateTensorTypeAndShapeInfo(&output));
+  OrtStatus* status = g_api->SetTensorElementType(output, x.type);
+  if (status == nullptr) status = g_api->SetDimensions(output, x.dims.data(), x.dims.size());
+  if (status == nullptr) status = g_api->SetSymbolicDimensions(output, names.data(), names.size());
+  if (status == nullptr) status = g_api->ShapeInferContext_SetOutputTypeShape(context, 0, output);
+  g_api->ReleaseTensorTypeAndShapeInfo(output);
+  check(status);
+}
+
+// Declares output `index` a float32 scalar (DeviceWeights' alpha), so the layer output it scales
+// keeps its inferred shape.
+void set_scalar_output(OrtShapeInferContext* context, size_t index) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  check(g_api->CreateTensorTypeAndShapeInfo(&info));
+  OrtStatus* status = g_api->SetTensorElementType(info, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (status == nullptr) status = g_api->SetDimensions(info, nullptr, 0);
+  if (status == nullptr) status = g_api->ShapeInferContext_SetOutputTypeShape(context, index, info);
+  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  check(status);
+}
+
+// The first output has the first input's shape (the type onnxruntime already takes from the
+// inputs); DeviceWeights' second output is a scalar.
+void elementwise_output_shape(OrtShapeInferContext* context, bool scalar_second) {
+  OrtTensorTypeAndShapeInfo* input = nullptr;  // owned by the context
+  check(g_api->ShapeInferContext_GetInputTypeShape(context, 0, &input));
+  check(g_api->ShapeInferContext_SetOutputTypeShape(context, 0, input));
+  if (scalar_second) set_scalar_output(context, 1);
+}
+
+// One op of the domain: the OrtCustomOp table onnxruntime reads, and the kernel entry behind it.
+struct OpSpec : OrtCustomOp {
+  const KernelEntry* kernel;
+};
+
+const KernelEntry& kernel_of(const OrtCustomOp* op) { return *static_cast<const OpSpec*>(op)->kernel; }
+
+OpSpec make_op(const KernelEntry& kernel) {
+  OpSpec spec{};
+  spec.version = ORT_API_VERSION;
+  spec.kernel = &kernel;
+  spec.GetName = [](const OrtCustomOp* op) { return kernel_of(op).name; };
+  spec.GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return nullptr; };
+  spec.GetInputType = [](const OrtCustomOp* op, size_t i) { return kernel_of(op).inputs[i]; };
+  spec.GetInputTypeCount = [](const OrtCustomOp* op) { return kernel_of(op).inputs.size(); };
+  spec.GetOutputType = [](const OrtCustomOp* op, size_t i) { return kernel_of(op).outputs[i]; };
+  spec.GetOutputTypeCount = [](const OrtCustomOp* op) { return kernel_of(op).outputs.size(); };
+  spec.GetInputCharacteristic = [](const OrtCustomOp* op, size_t i) {
+    return i < kernel_of(op).required_inputs ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  };
+  spec.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+  spec.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
+  spec.CreateKernelV2 = [](const OrtCustomOp* op, const OrtApi*, const OrtKernelInfo* info, void** kernel) {
+    return guarded([&] { *kernel = kernel_of(op).create(info); });
+  };
+  spec.KernelComputeV2 = [](void* kernel, OrtKernelContext* context) {
+    return guarded([&] { static_cast<const OpKernel*>(kernel)->compute(context); });
+  };
+  spec.KernelDestroy = [](void* kernel) { delete static_cast<OpKernel*>(kernel); };
+  spec.InferOutputShapeFn = [](const OrtCustomOp* op, OrtShapeInferContext* context) {
+    return guarded([&] {
+      const OutputShape rule = kernel_of(op).shape;
+      if (rule == OutputShape::kTile) return tile_output_shape(context);
+      elementwise_output_shape(context, rule == OutputShape::kOfFirstInputAndScalar);
+    });
+  };
+  if (kernel.shape != OutputShape::kTile) {
+    // Every elementwise kernel reads an element (or its whole row) before writing the same
+    // element, so the first output may reuse the first input's buffer: one memory stream, not two.
+    spec.GetMayInplace = [](int** input_index, int** output_index) -> size_t {
+      *input_index = new int[1]{0};
+      *output_index = new int[1]{0};
+      return 1;
+    };
+    spec.ReleaseMayInplace = [](int* input_index, int* output_index) {
+      delete[] input_index;
+      delete[] output_index;
+    };
+  }
+  spec.GetStartVersion = [](const OrtCustomOp*) { return ANALOG_ONNX_OPSET; };
+  spec.GetEndVersion = [](const OrtCustomOp*) { return ANALOG_ONNX_OPSET; };
+  return spec;
+}
+
+std::vector<OpSpec>& op_table() {
+  static std::vector<OpSpec> ops = [] {
+    std::vector<OpSpec> specs;
+    for (const KernelEntry& kernel : kernel_entries()) specs.push_back(make_op(kernel));
+    return specs;
+  }();
+  return ops;
+}
+
+// Domains must outlive every session that uses them: kept until the library unloads.
+struct ReleaseDomain {
+  void operator()(OrtCustomOpDomain* domain) const { g_api->ReleaseCustomOpDomain(domain); }
+};
+
+struct Domains {
+  std::mutex mutex;
+  std::vector<std::unique_ptr<OrtCustomOpDomain, ReleaseDomain>> owned;
+};
+
+Domains& domains() {
+  static Domains all;
+  return all;
+}
+
+}  // namespace
+}  // namespace analog
+
+ANALOG_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  using namespace analog;
+  const OrtApi* api = api_base == nullptr ? nullptr : api_base->GetApi(kRequiredApi);
+  if (api == nullptr) {  // an onnxruntime older than 1.17: say so through its oldest API
+    const OrtApi* oldest = api_base == nullptr ? nullptr : api_base->GetApi(1);
+    return oldest == nullptr ? nullptr
+                             : oldest->CreateStatus(ORT_FAIL, "the analog kernels need onnxruntime 1.17 or newer");
+  }
+  g_api = api;
+  return guarded([&] {
+    OrtCustomOpDomain* created = nullptr;
+    check(api->CreateCustomOpDomain(ANALOG_ONNX_DOMAIN, &created));
+    std::unique_ptr<OrtCustomOpDomain, ReleaseDomain> domain(created);
+    for (OpSpec& op : op_table()) check(api->CustomOpDomain_Add(domain.get(), &op));
+    check(api->AddCustomOpDomain(options, domain.get()));
+    std::lock_guard<std::mutex> lock(domains().mutex);
+    domains().owned.push_back(std::move(domain));
+  });
+}
+
+// For `analog-onnx kernels status`: what this library provides, readable without onnxruntime.
+ANALOG_EXPORT int AnalogOnnxOrtApiVersion() { return ORT_API_VERSION; }
+
+ANALOG_EXPORT const char* AnalogOnnxOps() {
+  static const std::string names = []() -> std::string {
+    try {
+      std::string joined;
+      for (const analog::KernelEntry& kernel : analog::kernel_entries()) {
+        joined += (joined.empty() ? "" : ",") + std::string(kernel.name);
+      }
+      return joined;
+    } catch (...) {
+      return "";
+    }
+  }();
+  return names.c_str();
+}
