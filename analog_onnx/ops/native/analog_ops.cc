@@ -57,9 +57,12 @@ class Kernel : public OpKernel {
       const ONNXTensorElementDataType type = input_element_type(info, index);
       if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) fail(not_float(name, type));
     }
+    attributes(info).check_all();
   }
 
   NodeAttributes attributes(const OrtKernelInfo* info) const { return {info, op_, label_}; }
+
+  const std::string& label() const override { return label_.text; }
 
   [[noreturn]] void fail(const std::string& what) const { label_.fail(what); }
 
@@ -132,6 +135,7 @@ class QuantizeKernel : public Kernel {
   void compute(OrtKernelContext* context) const override {
     const InputTensor x = tensor(context, 0, "X");
     float* out = output_tensor(context, 0, x.shape.dims);
+    if (x.shape.size == 0) return;  // (however many empty rows its shape has)
     const RowLayout layout = dynamic_ ? flatten(x.shape, axis_) : RowLayout{1, x.shape.size};
     std::vector<float> scales(layout.rows, 1.0f);
     for_each_row_range(context, x.data, layout, dynamic_, scales.data(), scales.size(),
@@ -212,6 +216,7 @@ class NoiseKernel : public Kernel {
     const float scale = noise_scale(context, 1);
     const uint64_t key = stream_key(seed(context, 2), stream_);
     float* y = output_tensor(context, 0, x.shape.dims);
+    if (x.shape.size == 0) return;  // (however many empty rows its shape has)
     const float mul = scale * sigma_mul_;
     const float add = scale * sigma_add_;
     const RowLayout layout = relative_ ? flatten(x.shape, 1) : RowLayout{1, x.shape.size};
@@ -455,6 +460,11 @@ class DeviceWeightsKernel : public Kernel {
     const int64_t chip_seed = seed(context, 3, "chip_seed");
     const float t = input_scalar<float>(context, 4, label_.text + ": input t_inference");
     if (!(std::isfinite(t) && t >= 0.0f)) fail("input t_inference must be a finite number of seconds >= 0, got " + std::to_string(t));
+    if (w.shape.size == 0) {  // no devices (and no rows to map, however many W's shape says)
+      output_tensor(context, 0, w.shape.dims);
+      *output_tensor(context, 1, {}) = settings_.drift_compensation ? std::numeric_limits<float>::quiet_NaN() : 1.0f;
+      return;  // (alpha is the mean over no weights, as the reference's)
+    }
     const RowLayout layout = settings_.per_channel ? flatten(w.shape, 1) : RowLayout{1, w.shape.size};
     const std::shared_ptr<const Entry> entry = chip(w, layout, scale, chip_seed, t);
     const ProgrammedChip& programmed = entry->chip;

@@ -49,13 +49,15 @@ namespace schema {
 enum class Kind { kInt, kFloat, kString, kInts, kFloats };
 
 // An attribute: its kind, whether it is required, its valid interval (of each element of a list;
-// an infinite end that is closed admits infinity), what a value must be (for errors) and its default.
+// an infinite end that is closed admits infinity; an integer's as int64, every int64 exact), what
+// a value must be (for errors) and its default.
 struct Attribute {
   const char* name;
   Kind kind;
   bool required;
   double low, high;
   bool open_low, open_high;
+  int64_t int_low, int_high;  // the integers inside [low, high], open ends excluded
   const char* must_be;
   double number;          // the default of an int or float
   const char* text;       // the default of a string
@@ -82,6 +84,13 @@ def _double(value: float) -> str:
     if math.isinf(value):
         return ("-" if value < 0 else "") + "std::numeric_limits<double>::infinity()"
     return repr(float(value))
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _int64(value: int) -> str:
+    return "std::numeric_limits<int64_t>::min()" if value == _INT64_MIN else f"int64_t{{{value}}}"
 
 
 def _string(text: str) -> str:
@@ -119,9 +128,12 @@ def _schema_tables(ops: Iterable[OpSchema]) -> str:
                 size = len(default)
                 listed = f"k{op.name}_{name}"
                 lines.append(f"inline constexpr double {listed}[] = {{{', '.join(_double(v) for v in default)}}};")
+            open_low, open_high = bool(interval and interval.open_low), bool(interval and interval.open_high)
+            int_low = _INT64_MIN if math.isinf(low) else math.ceil(low) + (open_low and low == math.ceil(low))
+            int_high = _INT64_MAX if math.isinf(high) else math.floor(high) - (open_high and high == math.floor(high))
             rows.append(f'    {{"{name}", Kind::{_KINDS[kind]}, {str(isinstance(default, Required)).lower()}, '
-                        f"{_double(low)}, {_double(high)}, {str(bool(interval and interval.open_low)).lower()}, "
-                        f"{str(bool(interval and interval.open_high)).lower()}, {_string(must_be)}, "
+                        f"{_double(low)}, {_double(high)}, {str(open_low).lower()}, {str(open_high).lower()}, "
+                        f"{_int64(max(int_low, _INT64_MIN))}, {_int64(min(int_high, _INT64_MAX))}, {_string(must_be)}, "
                         f"{_double(number)}, {text}, {listed}, {size}}},")
         lines += [f"inline constexpr Attribute k{op.name}[] = {{", *rows, "};"]
         table.append(f'    {{"{op.name}", k{op.name}, {len(op.attributes)}}},')

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include "onnxruntime_c_api.h"
@@ -21,6 +22,7 @@ class OpKernel {
  public:
   virtual ~OpKernel() = default;
   virtual void compute(OrtKernelContext* context) const = 0;
+  virtual const std::string& label() const = 0;  // "ai.analog.Op node 'name'", which starts its errors
 };
 
 struct KernelEntry {

@@ -83,7 +83,7 @@ class NodeAttributes {
     if (!present(spec, g_api->KernelInfoGetAttribute_int64(info_, name, &value))) {
       return static_cast<int64_t>(spec.number);
     }
-    check_value(spec, static_cast<double>(value), std::to_string(value));
+    check_integer(spec, value);
     return value;
   }
 
@@ -111,6 +111,21 @@ class NodeAttributes {
 
   std::vector<int64_t> integers(const char* name) const { return list<int64_t>(name, schema::Kind::kInts); }
   std::vector<float> reals(const char* name) const { return list<float>(name, schema::Kind::kFloats); }
+
+  // Reads every attribute the op declares, so a wrong kind or value is refused (the first, in the
+  // schema's order) before a kernel combines values.
+  void check_all() const {
+    for (size_t i = 0; i < op_.count; ++i) {
+      const schema::Attribute& spec = op_.attributes[i];
+      switch (spec.kind) {
+        case schema::Kind::kInt: integer(spec.name); break;
+        case schema::Kind::kFloat: real(spec.name); break;
+        case schema::Kind::kString: text(spec.name); break;
+        case schema::Kind::kInts: integers(spec.name); break;
+        case schema::Kind::kFloats: reals(spec.name); break;
+      }
+    }
+  }
 
   [[noreturn]] void fail(const char* name, const std::string& what) const {
     label_.fail(std::string("attribute ") + name + " " + what);
@@ -191,6 +206,13 @@ class NodeAttributes {
     if (!inside(spec, value)) fail(spec.name, std::string("must be ") + spec.must_be + ", got " + text);
   }
 
+  void check_integer(const schema::Attribute& spec, int64_t value, const std::string& at = "") const {
+    if (value < spec.int_low || value > spec.int_high) {
+      fail(spec.name, std::string(at.empty() ? "must be " : "values must each be ") + spec.must_be + ", got " +
+                          std::to_string(value) + at);
+    }
+  }
+
   template <typename T>
   std::vector<T> list(const char* name, schema::Kind kind) const {
     const schema::Attribute& spec = declared(name, kind);
@@ -214,10 +236,11 @@ class NodeAttributes {
       fail(name, "must have " + std::to_string(spec.list_size) + " values, got " + std::to_string(values.size()));
     }
     for (size_t i = 0; i < values.size(); ++i) {
-      if (!inside(spec, static_cast<double>(values[i]))) {
-        const std::string text = std::is_same_v<T, int64_t> ? std::to_string(values[i]) : number_text(values[i]);
-        fail(name, std::string("values must each be ") + spec.must_be + ", got " + text + " at position " +
-                       std::to_string(i));
+      const std::string at = " at position " + std::to_string(i);
+      if constexpr (std::is_same_v<T, int64_t>) {
+        check_integer(spec, values[i], at);
+      } else if (!inside(spec, values[i])) {
+        fail(name, std::string("values must each be ") + spec.must_be + ", got " + number_text(values[i]) + at);
       }
     }
     return values;

@@ -30,20 +30,26 @@ namespace {
 // asking for no more lets one build load in any onnxruntime from 1.17 on.
 constexpr uint32_t kRequiredApi = 17;
 
-// Runs f, turning any C++ exception into an OrtStatus for onnxruntime (nullptr: success).
+// Runs f, turning any C++ exception into an OrtStatus for onnxruntime (nullptr: success). An
+// error that does not yet say where it comes from (an onnxruntime call failing inside a kernel, an
+// allocation) is prefixed with `label`.
 template <typename F>
-OrtStatus* guarded(F&& f) noexcept {
+OrtStatus* guarded(F&& f, const std::string& label) noexcept {
+  auto status = [&](OrtErrorCode code, const std::string& what) {
+    const bool labelled = what.compare(0, label.size(), label) == 0;
+    return g_api->CreateStatus(code, (labelled ? what : label + ": " + what).c_str());
+  };
   try {
     f();
     return nullptr;
   } catch (const KernelError& error) {
-    return g_api->CreateStatus(ORT_INVALID_ARGUMENT, error.what());
+    return status(ORT_INVALID_ARGUMENT, error.what());
   } catch (const std::bad_alloc&) {
-    return g_api->CreateStatus(ORT_FAIL, "the analog kernels ran out of memory");
+    return status(ORT_FAIL, "out of memory");
   } catch (const std::exception& error) {
-    return g_api->CreateStatus(ORT_RUNTIME_EXCEPTION, error.what());
+    return status(ORT_RUNTIME_EXCEPTION, error.what());
   } catch (...) {
-    return g_api->CreateStatus(ORT_RUNTIME_EXCEPTION, "the analog kernels failed with an unknown error");
+    return status(ORT_RUNTIME_EXCEPTION, "unknown error");
   }
 }
 
@@ -74,7 +80,7 @@ DimsInfo dims_info(OrtShapeInferContext* context, size_t index) {
 void tile_output_shape(OrtShapeInferContext* context) {
   static std::atomic<uint64_t> unknowns{0};
   DimsInfo x = dims_info(context, 0), w = dims_info(context, 1);
-  if (x.dims.empty() || w.dims.empty()) throw KernelError("AnalogTile: X and W must have a known rank");
+  if (x.dims.empty() || w.dims.empty()) throw KernelError("X and W must have a known rank");
   const bool conv = w.dims.size() == 4;
   if (conv) x.dims.resize(4, -1), x.names.resize(4, "");
   x.dims[conv ? 1 : x.dims.size() - 1] = w.dims[0];
@@ -122,6 +128,9 @@ struct OpSpec : OrtCustomOp {
 
 const KernelEntry& kernel_of(const OrtCustomOp* op) { return *static_cast<const OpSpec*>(op)->kernel; }
 
+// "ai.analog.Op": what a shape error or a failed kernel creation starts with (before the node is known).
+std::string op_label(const OrtCustomOp* op) { return std::string(ANALOG_ONNX_DOMAIN ".") + kernel_of(op).name; }
+
 OpSpec make_op(const KernelEntry& kernel) {
   OpSpec spec{};
   spec.version = ORT_API_VERSION;
@@ -138,18 +147,21 @@ OpSpec make_op(const KernelEntry& kernel) {
   spec.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
   spec.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
   spec.CreateKernelV2 = [](const OrtCustomOp* op, const OrtApi*, const OrtKernelInfo* info, void** kernel) {
-    return guarded([&] { *kernel = kernel_of(op).create(info); });
+    return guarded([&] { *kernel = kernel_of(op).create(info); }, op_label(op));
   };
   spec.KernelComputeV2 = [](void* kernel, OrtKernelContext* context) {
-    return guarded([&] { static_cast<const OpKernel*>(kernel)->compute(context); });
+    const auto* self = static_cast<const OpKernel*>(kernel);
+    return guarded([&] { self->compute(context); }, self->label());
   };
   spec.KernelDestroy = [](void* kernel) { delete static_cast<OpKernel*>(kernel); };
   spec.InferOutputShapeFn = [](const OrtCustomOp* op, OrtShapeInferContext* context) {
-    return guarded([&] {
-      const OutputShape rule = kernel_of(op).shape;
-      if (rule == OutputShape::kTile) return tile_output_shape(context);
-      elementwise_output_shape(context, rule == OutputShape::kOfFirstInputAndScalar);
-    });
+    return guarded(
+        [&] {
+          const OutputShape rule = kernel_of(op).shape;
+          if (rule == OutputShape::kTile) return tile_output_shape(context);
+          elementwise_output_shape(context, rule == OutputShape::kOfFirstInputAndScalar);
+        },
+        op_label(op));
   };
   if (kernel.shape != OutputShape::kTile) {
     // Every elementwise kernel reads an element (or its whole row) before writing the same
@@ -205,15 +217,17 @@ ANALOG_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* optio
                              : oldest->CreateStatus(ORT_FAIL, "the analog kernels need onnxruntime 1.17 or newer");
   }
   g_api = api;
-  return guarded([&] {
-    OrtCustomOpDomain* created = nullptr;
-    check(api->CreateCustomOpDomain(ANALOG_ONNX_DOMAIN, &created));
-    std::unique_ptr<OrtCustomOpDomain, ReleaseDomain> domain(created);
-    for (OpSpec& op : op_table()) check(api->CustomOpDomain_Add(domain.get(), &op));
-    check(api->AddCustomOpDomain(options, domain.get()));
-    std::lock_guard<std::mutex> lock(domains().mutex);
-    domains().owned.push_back(std::move(domain));
-  });
+  return guarded(
+      [&] {
+        OrtCustomOpDomain* created = nullptr;
+        check(api->CreateCustomOpDomain(ANALOG_ONNX_DOMAIN, &created));
+        std::unique_ptr<OrtCustomOpDomain, ReleaseDomain> domain(created);
+        for (OpSpec& op : op_table()) check(api->CustomOpDomain_Add(domain.get(), &op));
+        check(api->AddCustomOpDomain(options, domain.get()));
+        std::lock_guard<std::mutex> lock(domains().mutex);
+        domains().owned.push_back(std::move(domain));
+      },
+      "registering the " ANALOG_ONNX_DOMAIN " kernels");
 }
 
 // For `analog-onnx kernels status`: what this library provides, readable without onnxruntime.
