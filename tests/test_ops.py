@@ -142,6 +142,7 @@ def test_function_bodies_declare_the_schemas_inputs_outputs_and_defaults(op):
     proto = getattr(functions, op.name).to_function_proto()
     assert tuple(proto.input) == op.inputs and len(proto.output) == len(op.outputs)
     declared = {a.name: h.get_attribute_value(a) for a in proto.attribute_proto}
+    declared = {k: v.decode() if isinstance(v, bytes) else v for k, v in declared.items()}
     assert set(proto.attribute) | set(declared) == set(op.attributes)
     assert declared == {k: v for k, v in op.attributes.items() if not isinstance(v, Required)}
     assert set(op.benchmarked) <= set(op.cases)

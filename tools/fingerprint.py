@@ -6,8 +6,9 @@
 For every model (the shipped ``models/*.onnx`` and the ``.onnx`` files in ``--models``) and every
 hardware config (each preset and a few variants), it records
 
-- ``outputs``: sha256 of the transformed model's outputs on fixed inputs at fixed noise scales
-  and seeds, under the function bodies and under the native kernels;
+- ``outputs``: sha256 of the transformed model's outputs on fixed inputs at fixed noise scales,
+  seeds and chips (``chip_seed``: its default -1 is a fresh chip per run), under the function
+  bodies and under the native kernels;
 - ``nodes``: sha256 of the transformed graph's nodes and functions (names, ops, attributes), which
   does not look at graph inputs, initializers or metadata;
 - ``strip``: whether ``strip`` gives back the original model byte for byte;
@@ -43,7 +44,7 @@ VARIANTS = {
     "aihwkit-default+matmul-first-digital": ["activation_matmul=true", "keep_first_digital=true"],
     "hardening-additive+mul-relative": ["multiplicative=0.05", "relative=true", "network_inputs=false"],
 }
-LEVELS = ((0.0, 3), (0.5, 11), (1.0, 12345))
+LEVELS = ((0.0, 3), (0.5, 11), (1.0, 12345))  # (noise_scale, seed); chip_seed is seed + 1
 
 
 def _configs() -> dict:
@@ -85,6 +86,8 @@ def _outputs(model: onnx.ModelProto, native: bool) -> str:
             run["noise_scale"] = np.array(scale, np.float32)
         if "seed" in names:
             run["seed"] = np.array(seed, np.int64)
+        if "chip_seed" in names:
+            run["chip_seed"] = np.array(seed + 1, np.int64)
         parts += [o.tobytes() for o in session.run(None, run)]
     return _sha(*parts)
 

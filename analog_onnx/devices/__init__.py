@@ -1,9 +1,9 @@
 """Device physics: what happens to the weights once they are conductances on a chip.
 
-One class per device technology (``pcm.py``, ``reram.py``, ``generic.py``) with the physics split
-into named steps (``base.py``); ``chip.py`` runs the steps for a layer on one chip, ``streams.py``
-keys the random draws to (chip_seed, stream) and (seed, stream), ``torch_twins.py`` serves the
-trainer. The config section is ``config.DeviceConfig``.
+One class per device model (``pcm.py``, ``hermes.py``, ``reram.py``, ``generic.py``), named in
+``registry.py``, with the physics split into named steps (``base.py``); ``chip.py`` runs the steps
+for a layer on one chip, ``streams.py`` keys the random draws to (chip_seed, stream) and (seed,
+stream), ``torch_twins.py`` serves the trainer. The config section is ``config.DeviceConfig``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import numpy as np
 
 from analog_onnx.devices.base import DeviceModel
 from analog_onnx.devices.chip import program_layer, read_weights
-from analog_onnx.devices.config import DEVICE_MODELS, GENERIC_KEYS, DeviceConfig
+from analog_onnx.devices.config import CONFIG_KEYS, DEVICE_MODELS, DeviceConfig
 from analog_onnx.devices.generic import GenericDevice
+from analog_onnx.devices.hermes import HermesPCMDevice
 from analog_onnx.devices.pcm import PCMDevice
+from analog_onnx.devices.registry import DEVICE_CLASSES, parameters
 from analog_onnx.devices.reram import ReRAMDevice
 from analog_onnx.devices.streams import chip_draws, read_normals
-
-DEVICE_CLASSES: dict[str, type[DeviceModel]] = {"pcm": PCMDevice, "reram": ReRAMDevice, "generic": GenericDevice}
 
 
 def make_device(config: DeviceConfig, noise_scale: float = 1.0) -> DeviceModel | None:
@@ -26,12 +26,7 @@ def make_device(config: DeviceConfig, noise_scale: float = 1.0) -> DeviceModel |
     if not config.enabled:
         return None
     cls = DEVICE_CLASSES[config.model]
-    extra = {}
-    if cls is GenericDevice:
-        extra = {key: getattr(config, key) for key in GENERIC_KEYS}
-    device = cls(g_max=config.g_max, prog_noise_scale=config.prog_noise_scale, drift_scale=config.drift_scale,
-                 read_noise_scale=config.read_noise_scale, **extra)
-    return device.scaled(noise_scale)
+    return cls(**{key: getattr(config, key) for key in parameters(cls, CONFIG_KEYS)}).scaled(noise_scale)
 
 
 def chip_weights(weights: np.ndarray, config: DeviceConfig, noise_scale: float, seed: int, chip_seed: int,
@@ -46,5 +41,5 @@ def chip_weights(weights: np.ndarray, config: DeviceConfig, noise_scale: float, 
     return w_read.astype(np.float32), np.asarray(layer.alpha, np.float32)
 
 
-__all__ = ["DEVICE_CLASSES", "DEVICE_MODELS", "DeviceConfig", "DeviceModel", "GenericDevice", "PCMDevice",
-           "ReRAMDevice", "chip_weights", "make_device"]
+__all__ = ["DEVICE_CLASSES", "DEVICE_MODELS", "DeviceConfig", "DeviceModel", "GenericDevice", "HermesPCMDevice",
+           "PCMDevice", "ReRAMDevice", "chip_weights", "make_device"]

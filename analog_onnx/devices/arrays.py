@@ -1,29 +1,50 @@
-"""The few array operations the device physics needs, for numpy arrays and torch tensors alike.
+"""The few array operations the device physics needs, for numpy arrays, torch tensors, Python
+numbers and traced function-body values alike.
 
 The physics is written once (``base.py`` and the device classes) with Python operators and
-``.clip``, which both libraries share; the handful of calls whose names differ go through here,
-so the numpy reference and the torch twin run the same formulas.
+``.clip``, which all of them share; the handful of calls whose names differ go through here, so
+the numpy reference, the torch twin and the ONNX function body (``ops/device_functions.py`` traces
+the same formulas) run the same operations. A formula must not branch on an array's value: it
+selects with ``where``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-Array = Any  # a float32 numpy.ndarray or torch.Tensor; formulas keep the type they are given
+Array = Any  # a float32 numpy.ndarray, torch.Tensor or traced value; formulas keep the type they are given
+
+
+def _is_torch(x: object) -> bool:
+    return type(x).__module__.startswith("torch")
 
 
 def log(x: Array) -> Array:
+    if isinstance(x, float | int):
+        return math.log(x)
     return np.log(x) if isinstance(x, np.ndarray) else x.log()
 
 
+def sqrt(x: Array) -> Array:
+    if isinstance(x, float | int):
+        return math.sqrt(x)
+    return np.sqrt(x) if isinstance(x, np.ndarray) else x.sqrt()
+
+
 def where(condition: Array, a: Array, b: Array) -> Array:
+    """``a`` where ``condition`` holds, else ``b`` (a Python bool picks one of them whole)."""
+    if isinstance(condition, bool | np.bool_):
+        return a if condition else b
     if isinstance(condition, np.ndarray):
         return np.where(condition, a, b)
-    import torch
+    if _is_torch(condition):
+        import torch
 
-    return torch.where(condition, a, b)
+        return torch.where(condition, a, b)
+    return condition.select(a, b)
 
 
 def absmax(x: Array, keep_axis: int | None) -> Array:

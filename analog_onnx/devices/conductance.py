@@ -9,7 +9,7 @@ of shape ``(2, *weights.shape)``: ``[g+, g-]``, so every per-device step is one 
 from __future__ import annotations
 
 from analog_onnx.devices.arrays import Array, absmax, stack
-from analog_onnx.ops.reference import levels
+from analog_onnx.ops.grid import levels
 
 ZERO_WEIGHT = 1e-7  # smallest abs-max a scale is computed from (an all-zero tensor maps to 0 uS)
 

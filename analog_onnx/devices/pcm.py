@@ -6,10 +6,9 @@ the same model and global drift compensation are used by Joshi et al., Nature Co
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from analog_onnx.devices.arrays import Array, log
+from analog_onnx.devices.arrays import Array, log, sqrt
 from analog_onnx.devices.base import DeviceModel, polynomial, power_law
 
 
@@ -17,6 +16,7 @@ from analog_onnx.devices.base import DeviceModel, polynomial, power_law
 class PCMDevice(DeviceModel):
     """PCM: polynomial programming noise, conductance-dependent drift exponents, 1/f read noise."""
 
+    name = "pcm"
     prog_coeff: tuple[float, ...] = (0.26348, 1.9650, -1.1731)  # uS: sigma = sum c_i (g_target/g_max)^i
     prog_coeff_g_max: float = 25.0  # uS: the g_max the coefficients were fitted at (sigma scales with g_max)
     t0: float = 20.0  # s: first read after programming; drift is relative to it
@@ -39,16 +39,16 @@ class PCMDevice(DeviceModel):
         spread = _clipped_line(self.nu_std, ln_g)
         return abs(mean + spread * z) * self.drift_scale
 
-    def drift(self, g_target: Array, g_prog: Array, z: Array, t_inference: float) -> Array:
+    def drift(self, g_target: Array, g_prog: Array, z: Array, t_inference: Array | float) -> Array:
         return g_prog * power_law(t_inference, self.t0, self.drift_exponent(g_target, z))
 
-    def read_noise_sigma(self, g_prog: Array, g_now: Array, t_inference: float) -> Array:
+    def read_noise_sigma(self, g_prog: Array, g_now: Array, t_inference: Array | float) -> Array:
         """|g(t)| Q_s(g_prog) sqrt(ln((t + t_read) / (2 t_read))), t = t_inference + t0: the 1/f
         noise accumulated since programming, so it grows with time."""
         low, high = self.read_q_range
         q_s = (self.read_q / ((abs(g_prog) / self.g_max) ** self.read_q_exponent).clip(min=low)).clip(max=high)
         t = t_inference + self.t0
-        return abs(g_now) * q_s * math.sqrt(math.log((t + self.t_read) / (2 * self.t_read)))
+        return abs(g_now) * q_s * sqrt(log((t + self.t_read) / (2 * self.t_read)))
 
 
 def _clipped_line(line: tuple[float, float, float, float], x: Array) -> Array:

@@ -23,10 +23,9 @@ from onnxscript.values import Opset
 
 from analog_onnx.devices.chip import MIN_READOUT
 from analog_onnx.devices.conductance import ZERO_WEIGHT
-from analog_onnx.devices.pcm import PCMDevice
-from analog_onnx.devices.reram import ReRAMDevice
 from analog_onnx.devices.streams import DEVICE_STREAM_BASE, Draw
 from analog_onnx.ops import DOMAIN, OP_NAMES, OPSET_VERSION
+from analog_onnx.ops.device_functions import device_functions
 from analog_onnx.ops.rng import GAMMA, KEY_HIGH, KEY_LOW
 
 analog = Opset(DOMAIN, OPSET_VERSION)
@@ -296,18 +295,9 @@ def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: in
 
 
 # -- DeviceWeights: the device physics of analog_onnx/devices, step by step (see chip.py) -------------
-_PCM, _RERAM = PCMDevice(), ReRAMDevice()
-_PCM_PROG = (*_PCM.prog_coeff, 0.0, 0.0)  # padded to the five coefficients of Polynomial
-_RERAM_FITS = tuple(coefficients for _, coefficients in _RERAM.fits)
-_RERAM_TIMES = tuple(t for t, _ in _RERAM.fits)
+# The device-specific steps (DeviceProgrammingSigma, DeviceDrift, DeviceReadSigma, DeviceIndex) are
+# traced from the device classes by device_functions.py; the steps every device shares are here.
 _DRAWS = len(Draw)
-
-
-@script(analog)
-def Polynomial(x, c0: float, c1: float, c2: float, c3: float, c4: float):
-    """c0 + c1 x + ... + c4 x^4 by Horner's rule, as devices/base.polynomial."""
-    y = op.Add(op.Mul(op.Add(op.Mul(op.Constant(value_float=c4), x), op.Constant(value_float=c3)), x), op.Constant(value_float=c2))
-    return op.Add(op.Mul(op.Add(op.Mul(y, x), op.Constant(value_float=c1)), x), op.Constant(value_float=c0))
 
 
 @script(analog)
@@ -334,38 +324,6 @@ def Stick(G, u, g_max: float, stuck_at_zero: float, stuck_at_gmax: float):
 
 
 @script(analog)
-def ReramSigma(x, t_inference, g_max: float):
-    """ReRAMDevice.sigma_at: the fits interpolated linearly in ln t, held outside their times."""
-    t = op.Clip(t_inference, op.Constant(value_float=_RERAM_TIMES[0]), op.Constant(value_float=_RERAM_TIMES[2]))
-    p0 = Polynomial(x, c0=_RERAM_FITS[0][0], c1=_RERAM_FITS[0][1], c2=_RERAM_FITS[0][2], c3=_RERAM_FITS[0][3], c4=_RERAM_FITS[0][4])
-    p1 = Polynomial(x, c0=_RERAM_FITS[1][0], c1=_RERAM_FITS[1][1], c2=_RERAM_FITS[1][2], c3=_RERAM_FITS[1][3], c4=_RERAM_FITS[1][4])
-    p2 = Polynomial(x, c0=_RERAM_FITS[2][0], c1=_RERAM_FITS[2][1], c2=_RERAM_FITS[2][2], c3=_RERAM_FITS[2][3], c4=_RERAM_FITS[2][4])
-    one = op.Constant(value_float=1.0)
-    t1 = op.Constant(value_float=_RERAM_TIMES[1])
-    w1 = op.Div(op.Log(op.Div(t, op.Constant(value_float=_RERAM_TIMES[0]))), op.Log(op.Div(t1, op.Constant(value_float=_RERAM_TIMES[0]))))
-    w2 = op.Div(op.Log(op.Div(t, t1)), op.Log(op.Div(op.Constant(value_float=_RERAM_TIMES[2]), t1)))
-    early = op.Add(op.Mul(op.Sub(one, w1), p0), op.Mul(w1, p1))
-    late = op.Add(op.Mul(op.Sub(one, w2), p1), op.Mul(w2, p2))
-    sigma = op.Where(op.LessOrEqual(t, t1), early, late)
-    return op.Mul(sigma, op.Div(op.Constant(value_float=g_max), op.Constant(value_float=_RERAM.fit_g_max)))
-
-
-@script(analog)
-def ReadSigma(G_prog, G_now, t_inference, device: int, g_max: float, read_noise_rel: float):
-    """The read-noise sigma of each device (PCMDevice / ReRAMDevice / GenericDevice.read_noise_sigma)."""
-    ratio = op.Pow(op.Div(op.Abs(G_prog), op.Constant(value_float=g_max)), op.Constant(value_float=_PCM.read_q_exponent))
-    q_s = op.Min(op.Div(op.Constant(value_float=_PCM.read_q), op.Max(ratio, op.Constant(value_float=_PCM.read_q_range[0]))), op.Constant(value_float=_PCM.read_q_range[1]))
-    t_read = op.Constant(value_float=_PCM.t_read)
-    t = op.Add(t_inference, op.Constant(value_float=_PCM.t0))
-    growth = op.Sqrt(op.Log(op.Div(op.Add(t, t_read), op.Mul(op.Constant(value_float=2.0), t_read))))
-    pcm = op.Mul(op.Mul(op.Abs(G_now), q_s), growth)
-    generic = op.Mul(op.Constant(value_float=read_noise_rel), op.Abs(G_now))
-    device_t = op.Constant(value_int=device)
-    zero = op.Constant(value_float=0.0)
-    return op.Where(op.Equal(device_t, op.Constant(value_int=1)), pcm, op.Where(op.Equal(device_t, op.Constant(value_int=2)), op.Mul(G_now, zero), generic))
-
-
-@script(analog)
 def Readout(G, scale):
     """The weights of a pair array [2, rows, columns]: (g+ - g-) / scale (conductance.to_weights)."""
     return op.Div(op.Sub(op.Gather(G, op.Constant(value_int=0), axis=0), op.Gather(G, op.Constant(value_int=1), axis=0)), scale)
@@ -378,13 +336,11 @@ def MeanAbs(X):
 
 
 @script(analog)
-def DeviceWeights(W: FLOAT, noise_scale: FLOAT, seed: INT64, chip_seed: INT64, t_inference: FLOAT, device: int = 1, g_max: float = 25.0, prog_noise_scale: float = 1.0, drift: int = 1, drift_scale: float = 1.0, read_noise: int = 1, read_noise_scale: float = 1.0, drift_compensation: int = 1, stuck_at_zero: float = 0.0, stuck_at_gmax: float = 0.0, prog_noise_add: float = 0.0, prog_noise_rel: float = 0.0, drift_nu: float = 0.0, drift_nu_std: float = 0.0, read_noise_rel: float = 0.0, bits: int = 0, per_channel: int = 0, stream: int = 0):
+def DeviceWeights(W: FLOAT, noise_scale: FLOAT, seed: INT64, chip_seed: INT64, t_inference: FLOAT, device: str = "pcm", g_max: float = 25.0, prog_noise_scale: float = 1.0, drift: int = 1, drift_scale: float = 1.0, read_noise: int = 1, read_noise_scale: float = 1.0, drift_compensation: int = 1, stuck_at_zero: float = 0.0, stuck_at_gmax: float = 0.0, prog_noise_add: float = 0.0, prog_noise_rel: float = 0.0, drift_nu: float = 0.0, drift_nu_std: float = 0.0, read_noise_rel: float = 0.0, bits: int = 0, per_channel: int = 0, stream: int = 0):
     """(W_read, alpha): one read of chip `chip_seed` at t_inference, and the compensation factor (devices/chip.py)."""
     gmax = op.Constant(value_float=g_max)
     zero = op.Constant(value_float=0.0)
-    device_t = op.Constant(value_int=device)
-    is_pcm = op.Equal(device_t, op.Constant(value_int=1))
-    is_reram = op.Equal(device_t, op.Constant(value_int=2))
+    index = analog.DeviceIndex(device=device)
     # 1. map: one scale per row of Flatten(W, per_channel), pairs [2, rows, columns], levels
     flat = op.Flatten(W, axis=per_channel)
     peak, _ = op.TopK(op.Abs(flat), op.Constant(value=_ONE_K), axis=1)
@@ -395,31 +351,19 @@ def DeviceWeights(W: FLOAT, noise_scale: FLOAT, seed: INT64, chip_seed: INT64, t
     target = ClipAndRound(pair, bits=bits, bound=g_max, signed=1)
     count = op.Size(target)
     shape = op.Shape(target)
-    x = op.Div(target, gmax)
     # 2. program (per chip), 3. stuck devices
     prog_scale = op.Mul(op.Constant(value_float=prog_noise_scale), noise_scale)
-    pcm_sigma = op.Mul(Polynomial(x, c0=_PCM_PROG[0], c1=_PCM_PROG[1], c2=_PCM_PROG[2], c3=_PCM_PROG[3], c4=_PCM_PROG[4]), op.Div(gmax, op.Constant(value_float=_PCM.prog_coeff_g_max)))
-    generic_sigma = op.Add(op.Mul(op.Constant(value_float=prog_noise_add), gmax), op.Mul(op.Constant(value_float=prog_noise_rel), target))
-    sigma = op.Where(is_pcm, pcm_sigma, op.Where(is_reram, ReramSigma(x, op.Constant(value_float=_RERAM_TIMES[0]), g_max=g_max), generic_sigma))
+    sigma = analog.DeviceProgrammingSigma(target, noise_scale, index, g_max=g_max, prog_noise_scale=prog_noise_scale, drift_scale=drift_scale, read_noise_scale=read_noise_scale, prog_noise_add=prog_noise_add, prog_noise_rel=prog_noise_rel, drift_nu=drift_nu, drift_nu_std=drift_nu_std, read_noise_rel=read_noise_rel)
     z_program = op.Reshape(StandardNormals(count, DrawKey(chip_seed, stream=stream, draw=0)), shape)
     u = op.Reshape(StandardUniforms(count, DrawKey(chip_seed, stream=stream, draw=2)), shape)
     programmed = Stick(op.Relu(op.Add(target, op.Mul(op.Mul(prog_scale, sigma), z_program))), u, g_max=g_max, stuck_at_zero=stuck_at_zero, stuck_at_gmax=stuck_at_gmax)
     # 4. drift to t_inference (per chip and time)
     z_drift = op.Reshape(StandardNormals(count, DrawKey(chip_seed, stream=stream, draw=1)), shape)
-    ln_x = op.Log(op.Max(op.Div(op.Abs(target), gmax), op.Constant(value_float=_PCM.g_relative_floor)))
-    nu_mean = op.Clip(op.Add(op.Mul(op.Constant(value_float=_PCM.nu_mean[0]), ln_x), op.Constant(value_float=_PCM.nu_mean[1])), op.Constant(value_float=_PCM.nu_mean[2]), op.Constant(value_float=_PCM.nu_mean[3]))
-    nu_std = op.Clip(op.Add(op.Mul(op.Constant(value_float=_PCM.nu_std[0]), ln_x), op.Constant(value_float=_PCM.nu_std[1])), op.Constant(value_float=_PCM.nu_std[2]), op.Constant(value_float=_PCM.nu_std[3]))
-    nu_pcm = op.Abs(op.Add(nu_mean, op.Mul(nu_std, z_drift)))
-    nu_generic = op.Relu(op.Add(op.Constant(value_float=drift_nu), op.Mul(op.Constant(value_float=drift_nu_std), z_drift)))
-    nu = op.Mul(op.Where(is_pcm, nu_pcm, nu_generic), op.Constant(value_float=drift_scale))
-    t0 = op.Constant(value_float=_PCM.t0)
-    power_law = op.Mul(programmed, op.Pow(op.Div(op.Add(t_inference, t0), t0), op.Neg(nu)))
-    relaxed = op.Relu(op.Add(target, op.Mul(op.Mul(prog_scale, ReramSigma(x, t_inference, g_max=g_max)), z_drift)))
-    drifted = Stick(op.Where(is_reram, relaxed, power_law), u, g_max=g_max, stuck_at_zero=stuck_at_zero, stuck_at_gmax=stuck_at_gmax)
-    now = op.Where(op.Cast(op.Constant(value_int=drift), to=TensorProto.BOOL), drifted, programmed)
+    drifted = analog.DeviceDrift(target, programmed, z_drift, t_inference, noise_scale, index, g_max=g_max, prog_noise_scale=prog_noise_scale, drift_scale=drift_scale, read_noise_scale=read_noise_scale, prog_noise_add=prog_noise_add, prog_noise_rel=prog_noise_rel, drift_nu=drift_nu, drift_nu_std=drift_nu_std, read_noise_rel=read_noise_rel)
+    now = op.Where(op.Cast(op.Constant(value_int=drift), to=TensorProto.BOOL), Stick(drifted, u, g_max=g_max, stuck_at_zero=stuck_at_zero, stuck_at_gmax=stuck_at_gmax), programmed)
     # 5. compensation (per chip and time), 6. read (per read)
     read_scale = op.Mul(op.Constant(value_float=read_noise_scale), noise_scale)
-    read_sigma = op.Mul(read_scale, ReadSigma(programmed, now, t_inference, device=device, g_max=g_max, read_noise_rel=read_noise_rel))
+    read_sigma = op.Mul(read_scale, analog.DeviceReadSigma(programmed, now, t_inference, noise_scale, index, g_max=g_max, prog_noise_scale=prog_noise_scale, drift_scale=drift_scale, read_noise_scale=read_noise_scale, prog_noise_add=prog_noise_add, prog_noise_rel=prog_noise_rel, drift_nu=drift_nu, drift_nu_std=drift_nu_std, read_noise_rel=read_noise_rel))
     reads = op.Cast(op.Constant(value_int=read_noise), to=TensorProto.BOOL)
     z_reference = op.Reshape(StandardNormals(count, DrawKey(chip_seed, stream=stream, draw=4)), shape)
     reference = op.Where(reads, op.Relu(op.Add(now, op.Mul(read_sigma, z_reference))), now)
@@ -432,14 +376,16 @@ def DeviceWeights(W: FLOAT, noise_scale: FLOAT, seed: INT64, chip_seed: INT64, t
 
 PUBLIC = tuple(globals()[name] for name in OP_NAMES)  # the schema's ops, in its order
 HELPERS = (SwapHalves, SquaresPair, KeyOf, StreamKey, NormalsFrom, StandardNormals, RowAbsMax, ClipAndRound, Converter,
-           SplitIndex, Polynomial, DrawKey, StandardUniforms, Stick, ReramSigma, ReadSigma, Readout, MeanAbs)
+           SplitIndex, DrawKey, StandardUniforms, Stick, Readout, MeanAbs)
+DEVICE_HELPERS = device_functions(DOMAIN)  # traced from the device models
 
 
 def function_protos(opset: int) -> list[onnx.FunctionProto]:
     """All function bodies (public ops and their helpers), importing the model's default opset."""
     protos = []
-    for fn in HELPERS + PUBLIC:
-        proto = fn.to_function_proto()
+    for fn in (*DEVICE_HELPERS, *HELPERS, *PUBLIC):
+        proto = onnx.FunctionProto()
+        proto.CopyFrom(fn if isinstance(fn, onnx.FunctionProto) else fn.to_function_proto())
         for imp in proto.opset_import:
             if imp.domain == "":
                 imp.version = opset

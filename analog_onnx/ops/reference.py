@@ -13,16 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from analog_onnx.devices import DeviceConfig, chip_weights
+from analog_onnx.ops.grid import levels
 from analog_onnx.ops.rng import noise_normals, normals, stream_key
 
 F32 = np.float32
-
-
-def levels(bits: int, signed: int) -> int:
-    """Largest integer level: 2**(bits-1)-1 signed (symmetric), 2**bits-1 unsigned; 0 = no quantization."""
-    if bits <= 0:
-        return 0
-    return (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
 
 
 def rows(x: np.ndarray, axis: int) -> np.ndarray:
@@ -137,7 +132,7 @@ def device_weights(
     chip_seed: int,
     t_inference: float,
     *,
-    device: int = 1,
+    device: str = "pcm",
     per_channel: int = 0,
     bits: int = 0,
     stream: int = 0,
@@ -146,24 +141,19 @@ def device_weights(
     """The weights one read of chip ``chip_seed`` sees ``t_inference`` s after programming, and the
     layer's drift-compensation factor: ``(W_read, alpha)``, ``alpha`` to multiply the layer's output.
 
-    ``device`` indexes ``DEVICE_MODELS`` (1 pcm, 2 reram, 3 generic); the other attributes are the
+    ``device`` names the device model (``devices/registry.py``); the other attributes are the
     ``[device]`` config keys (booleans as 0/1). ``per_channel=1`` maps each row of ``Flatten(W, 1)``
     (output channels on axis 0) to its own conductance scale. The physics is ``analog_onnx.devices``.
     """
-    from analog_onnx.devices import chip_weights  # the device physics builds on this module
-
     config = device_config(device, settings)
     return chip_weights(w.astype(F32), config, float(noise_scale), int(seed), int(chip_seed), float(t_inference),
                         bits=bits, channel_axis=0 if per_channel else None, stream=stream)
 
 
-def device_config(device: int, settings: dict[str, float]):  # noqa: ANN201 (devices imports this module)
+def device_config(device: str, settings: dict[str, float]) -> DeviceConfig:
     """The ``[device]`` section a DeviceWeights node's attributes describe."""
-    from analog_onnx.devices import DEVICE_MODELS, DeviceConfig
-
     switches = ("drift", "read_noise", "drift_compensation")
-    return DeviceConfig(model=DEVICE_MODELS[device],
-                        **{k: bool(v) if k in switches else float(v) for k, v in settings.items()})
+    return DeviceConfig(model=device, **{k: bool(v) if k in switches else float(v) for k, v in settings.items()})
 
 
 def split_sizes(size: int, max_size: int) -> list[int]:

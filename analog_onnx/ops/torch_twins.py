@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from analog_onnx.ops import DOMAIN
-from analog_onnx.ops.reference import levels
+from analog_onnx.ops.grid import levels
 
 F32 = np.float32
 Normals = tuple[torch.Tensor, torch.Tensor]
@@ -202,7 +202,7 @@ def mvm_output(
 
 
 def device_weights(w: torch.Tensor, noise_scale: float, t_inference: float, *, draws: Any = None,
-                   read: torch.Tensor | None = None, device: int = 1, per_channel: int = 0, bits: int = 0,
+                   read: torch.Tensor | None = None, device: str = "pcm", per_channel: int = 0, bits: int = 0,
                    **settings: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W_read, alpha)`` of one fresh chip and read (``draws``, a ``ChipDraws``, and ``read``, the
     read normals, replace the torch draws): the reference's device physics on tensors, no gradient."""

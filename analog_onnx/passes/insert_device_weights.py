@@ -24,7 +24,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
-from analog_onnx.devices import DEVICE_MODELS, GENERIC_KEYS
+from analog_onnx.devices.config import CONFIG_KEYS
 from analog_onnx.passes.common import EffectPass, analog_node, control_inputs, next_stream, splice_after, tag
 from analog_onnx.passes.insert_analog_tile import tiles_by_layer
 from analog_onnx.passes.names import Names
@@ -34,13 +34,12 @@ from analog_onnx.passes.sites import Site, find_sites
 CONTROLS = ("noise_scale", "seed", "chip_seed", "t_inference")
 
 
-def device_attributes(config: AnalogConfig) -> dict[str, int | float]:
-    """The DeviceWeights attributes ``config`` describes (booleans as 0/1), stream and layout aside."""
+def device_attributes(config: AnalogConfig) -> dict[str, int | float | str]:
+    """The DeviceWeights attributes ``config`` describes (the device by name, booleans as 0/1),
+    stream and layout aside."""
     d = config.device
-    keys = ("g_max", "prog_noise_scale", "drift", "drift_scale", "read_noise", "read_noise_scale",
-            "drift_compensation", "stuck_at_zero", "stuck_at_gmax", *GENERIC_KEYS)
-    values = {key: int(v) if isinstance(v := getattr(d, key), bool) else v for key in keys}
-    return {"device": DEVICE_MODELS.index(d.model), **values, "bits": config.weights.bits}
+    values = {key: int(v) if isinstance(v := getattr(d, key), bool) else v for key in CONFIG_KEYS}
+    return {"device": d.model, **values, "bits": config.weights.bits}
 
 
 class InsertDeviceWeightsPass(EffectPass):

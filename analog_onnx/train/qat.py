@@ -20,7 +20,7 @@ from torch import nn
 
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import torch_twins as tw
-from analog_onnx.ops.reference import levels
+from analog_onnx.ops.grid import levels
 from analog_onnx.train.attach import LAYER_TYPES, TwinHook, WeightQuant, layer_twin
 
 ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6)

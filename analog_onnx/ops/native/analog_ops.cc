@@ -451,7 +451,13 @@ class NoiseChainKernel : public Kernel {
 class DeviceWeightsKernel : public Kernel {
  public:
   explicit DeviceWeightsKernel(const OrtKernelInfo* info)
-      : Kernel(info, "DeviceWeights", {{0, "W"}}), settings_(device_settings(attributes(info))), physics_(settings_) {}
+      : Kernel(info, "DeviceWeights", {{0, "W"}}), settings_(device_settings(attributes(info))),
+        program_(device_model(settings_.device)) {
+    if (program_ == nullptr) {
+      attributes(info).fail("device", "must name a device model (" + device_model_names() + "), got '" +
+                                          printable(settings_.device) + "'");
+    }
+  }
 
   void compute(OrtKernelContext* context) const override {
     const InputTensor w = tensor(context, 0, "W");
@@ -499,7 +505,7 @@ class DeviceWeightsKernel : public Kernel {
 
  private:
   static DeviceSettings device_settings(const NodeAttributes& a) {
-    const DeviceSettings s{a.integer("device"),
+    const DeviceSettings s{a.text("device"),
                            a.real("g_max"),
                            a.real("prog_noise_scale"),
                            a.real("drift_scale"),
@@ -536,14 +542,14 @@ class DeviceWeightsKernel : public Kernel {
                       std::equal(w.data, w.data + w.shape.size, cached_->weights.begin());
     if (same) return cached_;
     auto entry = std::make_shared<Entry>(Entry{chip_seed, t, noise_scale, std::vector<float>(w.data, w.data + w.shape.size),
-                                               physics_.program(w.data, layout.rows, layout.length, noise_scale,
-                                                                chip_seed, t)});
+                                               program_(settings_, w.data, layout.rows, layout.length, noise_scale,
+                                                        chip_seed, t)});
     if (chip_seed >= 0) cached_ = entry;
     return entry;
   }
 
   DeviceSettings settings_;
-  DevicePhysics physics_;
+  ProgramChip program_;
   mutable std::mutex mutex_;
   mutable std::shared_ptr<const Entry> cached_;
 };

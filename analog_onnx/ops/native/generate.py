@@ -3,19 +3,26 @@
 What the kernels share with the rest of the package is written once, in Python, and reaches the
 C++ through this header: each op's attributes (kind, default, valid interval: ``ops/schema.py``),
 the NoiseChain step codes (``schema.ChainStep``), the device draws' stream numbers
-(``devices/streams.py``) and the chip constants (``devices/chip.py``, ``devices/conductance.py``).
+(``devices/streams.py``), the chip constants (``devices/chip.py``, ``devices/conductance.py``) and
+the device models: the registry of ``devices/registry.py`` (``ANALOG_DEVICE_MODELS``) and, per
+model, a struct named after its class holding its constants (its fields that no config sets): a
+number as a float, a tuple as an array, a dataclass as its fields (``nu_mean_threshold``), a tuple
+of dataclasses as an array per field (``fits_t[i]``, ``fits_coefficients[i][k]``).
 ``build.py`` writes ``header()`` as ``analog_generated.h`` for each build (its text is part of the
 build key); ``python -m analog_onnx.ops.native.generate`` prints it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from enum import IntEnum
 
 from analog_onnx.devices.chip import MIN_READOUT
 from analog_onnx.devices.conductance import ZERO_WEIGHT
+from analog_onnx.devices.config import CONFIG_KEYS
+from analog_onnx.devices.registry import DEVICE_CLASSES, parameters
 from analog_onnx.devices.streams import DEVICE_STREAM_BASE, Draw
 from analog_onnx.ops.schema import OPS, ChainStep, OpSchema, Required, kind_of
 
@@ -30,7 +37,7 @@ def header() -> str:
              _enum("DeviceDraw", Draw, count="kDraws"),
              f"constexpr float kMinReadout = {_float(MIN_READOUT)};  // devices/chip.MIN_READOUT",
              f"constexpr float kZeroWeight = {_float(ZERO_WEIGHT)};  // devices/conductance.ZERO_WEIGHT",
-             "}  // namespace analog\n"]
+             _device_models(), "}  // namespace analog\n"]
     return "\n\n".join(parts)
 
 
@@ -139,6 +146,46 @@ def _schema_tables(ops: Iterable[OpSchema]) -> str:
         table.append(f'    {{"{op.name}", k{op.name}, {len(op.attributes)}}},')
     lines += ["inline constexpr Op kOps[] = {", *table, "};", "}  // namespace schema"]
     return "\n".join(lines)
+
+
+def _device_models() -> str:
+    lines = ["// -- devices/registry.py: X(name, class) for every device model, in the registry's order",
+             "#define ANALOG_DEVICE_MODELS(X) " + " ".join(f'X("{name}", {cls.__name__})'
+                                                         for name, cls in DEVICE_CLASSES.items()),
+             "", "namespace devices {"]
+    for name, cls in DEVICE_CLASSES.items():
+        default = cls()
+        lines += [f'// {cls.__module__}.{cls.__name__} (device.model = "{name}")', f"struct {cls.__name__} {{"]
+        for field in dataclasses.fields(cls):
+            if field.name not in parameters(cls, CONFIG_KEYS):
+                lines += [f"  {line}" for line in _constants(field.name, getattr(default, field.name))]
+        lines.append("};")
+    lines.append("}  // namespace devices")
+    return "\n".join(lines)
+
+
+def _constants(name: str, value: object) -> list[str]:
+    """``static constexpr`` members holding ``value``: see the module's docstring for the layout."""
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return [f"static constexpr float {name} = {_float(value)};"]
+    if dataclasses.is_dataclass(value):
+        return [line for f in dataclasses.fields(value)
+                for line in _constants(f"{name}_{f.name}", getattr(value, f.name))]
+    if isinstance(value, tuple) and all(isinstance(v, float | int) for v in value):
+        return [f"static constexpr float {name}[] = {{{', '.join(_float(v) for v in value)}}};"]
+    if isinstance(value, tuple) and value and all(dataclasses.is_dataclass(v) for v in value):
+        lines = []
+        for f in dataclasses.fields(value[0]):
+            column = [getattr(v, f.name) for v in value]
+            if all(isinstance(c, float | int) for c in column):
+                lines.append(f"static constexpr float {name}_{f.name}[] = {{{', '.join(map(_float, column))}}};")
+                continue
+            if len({len(c) for c in column}) != 1:
+                raise ValueError(f"{name}.{f.name}: every entry needs as many values (a C++ array is rectangular)")
+            rows = ", ".join("{" + ", ".join(map(_float, c)) + "}" for c in column)
+            lines.append(f"static constexpr float {name}_{f.name}[][{len(column[0])}] = {{{rows}}};")
+        return lines
+    raise TypeError(f"device constant {name} = {value!r}: a number, a tuple of numbers or dataclasses, or a dataclass")
 
 
 if __name__ == "__main__":

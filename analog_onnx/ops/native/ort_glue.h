@@ -41,24 +41,28 @@ inline bool succeeded(OrtStatus* status) {
   return false;
 }
 
-// The node's name as text for one error line: control characters (a newline in a hostile file)
-// are written as \xNN.
+// Text from a model file as it goes into one error line: control characters (a newline in a
+// hostile file) are written as \xNN.
+inline std::string printable(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    if (static_cast<unsigned char>(c) >= 0x20 && c != 0x7f) {
+      out += c;
+      continue;
+    }
+    const char* hex = "0123456789abcdef";
+    out += std::string("\\x") + hex[(c >> 4) & 0xf] + hex[c & 0xf];
+  }
+  return out;
+}
+
 inline std::string node_name(const OrtKernelInfo* info) {
   size_t size = 0;
   check(g_api->KernelInfo_GetNodeName(info, nullptr, &size));
   std::string name(size, '\0');
   check(g_api->KernelInfo_GetNodeName(info, name.data(), &size));
   name.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
-  std::string text;
-  for (const char c : name) {
-    if (static_cast<unsigned char>(c) >= 0x20 && c != 0x7f) {
-      text += c;
-      continue;
-    }
-    const char* hex = "0123456789abcdef";
-    text += std::string("\\x") + hex[(c >> 4) & 0xf] + hex[c & 0xf];
-  }
-  return text;
+  return printable(name);
 }
 
 // An error naming the node: "ai.analog.Op node 'name': what".
