@@ -27,6 +27,7 @@ import pytest
 from onnx import AttributeProto
 from onnx import helper as h
 
+from analog_onnx.devices.registry import DEVICE_CLASSES
 from analog_onnx.ops import DOMAIN, NATIVE_OPS, OPSET_VERSION
 from analog_onnx.ops.schema import SCHEMAS, ChainStep, Interval, OpSchema, Required, kind_of
 from analog_onnx.runtime import native_library_path
@@ -118,6 +119,7 @@ def outside(rng: np.random.Generator, interval: Interval, integer: bool) -> list
 
 
 OTHER_KINDS = {"int": 2.5, "float": 3, "string": 7, "ints": [0.5, 1.5], "floats": [1, 2]}
+STRINGS = {"device": (list(DEVICE_CLASSES), ["flash", "", "PCM", "pcm\nreram", "reram "])}  # (valid, invalid)
 
 
 @dataclass
@@ -140,6 +142,12 @@ def fuzz_attributes(op: OpSchema, rng: np.random.Generator) -> Attributes:
         elif mutation == "kind":
             values[name] = OTHER_KINDS[kind] if kind != "string" else 7
             result.broken.add(name)
+        elif kind == "string":
+            valid, invalid = STRINGS[name]
+            pool = invalid if mutation == "outside" else valid
+            values[name] = pool[int(rng.integers(len(pool)))]
+            if mutation == "outside":
+                result.broken.add(name)
         elif interval is not None:
             integer = kind in ("int", "ints")
             bad = outside(rng, interval, integer)
@@ -392,6 +400,8 @@ REFUSALS = [
     ("Noise", {"stream": 2**63 - 1}, {}, "attribute stream must be an integer from 0 to 2147483647"),
     ("Noise", {"sigma_add": math.nan}, {}, "attribute sigma_add must be a finite number >= 0, got nan"),
     ("DeviceWeights", {"bits": 70}, {}, "attribute bits must be an integer from 0 to 24, got 70"),
+    ("DeviceWeights", {"device": "flash"}, {}, "attribute device must name a device model \\(pcm, reram, "),
+    ("DeviceWeights", {"device": 2}, {}, "attribute device must be a string, not an integer"),  # a file of 0.1
     ("DeviceWeights", {"stuck_at_zero": 0.7, "stuck_at_gmax": 0.7}, {},
      "attribute stuck_at_gmax plus stuck_at_zero must be at most 1"),
     ("DeviceWeights", {}, {"t_inference": np.array(-5.0, np.float32)}, "input t_inference must be a finite number"),

@@ -14,7 +14,6 @@ from analog_onnx.devices.base import DeviceModel
 from analog_onnx.devices.chip import program_layer, read_weights
 from analog_onnx.devices.config import CONFIG_KEYS, DEVICE_MODELS, DeviceConfig
 from analog_onnx.devices.generic import GenericDevice
-from analog_onnx.devices.hermes import HermesPCMDevice
 from analog_onnx.devices.pcm import PCMDevice
 from analog_onnx.devices.registry import DEVICE_CLASSES, parameters
 from analog_onnx.devices.reram import ReRAMDevice
@@ -41,5 +40,5 @@ def chip_weights(weights: np.ndarray, config: DeviceConfig, noise_scale: float, 
     return w_read.astype(np.float32), np.asarray(layer.alpha, np.float32)
 
 
-__all__ = ["DEVICE_CLASSES", "DEVICE_MODELS", "DeviceConfig", "DeviceModel", "GenericDevice", "HermesPCMDevice",
-           "PCMDevice", "ReRAMDevice", "chip_weights", "make_device"]
+__all__ = ["DEVICE_CLASSES", "DEVICE_MODELS", "DeviceConfig", "DeviceModel", "GenericDevice", "PCMDevice",
+           "ReRAMDevice", "chip_weights", "make_device"]

@@ -168,14 +168,14 @@ def _traced_device(body: Body, cls: type[DeviceModel], noise_scale: Traced) -> D
     return cls(**{key: body.attribute(key) for key in parameters(cls, CONFIG_KEYS)}).scaled(noise_scale)
 
 
-def step_function(name: str, domain: str) -> onnx.FunctionProto:
+def step_function(name: str, domain: str, devices: dict[str, type[DeviceModel]]) -> onnx.FunctionProto:
     """One step of every device model, the one ``index`` says chosen by a chain of Where."""
     method, inputs = STEPS[name]
     body = Body()
     values = [Traced(body, i) for i in inputs]
     noise_scale, index = Traced(body, "noise_scale"), Traced(body, "index")
     result = body.value(math.nan)
-    for position, cls in reversed(list(enumerate(DEVICE_CLASSES.values()))):
+    for position, cls in reversed(list(enumerate(devices.values()))):
         traced = getattr(_traced_device(body, cls, noise_scale), method)(*values)
         chosen = body.node("Equal", index, body.node("Constant", value_int=position))
         result = chosen.select(traced, result)
@@ -183,23 +183,23 @@ def step_function(name: str, domain: str) -> onnx.FunctionProto:
                          f"DeviceModel.{method} of the device model at `index`, traced from devices/")
 
 
-def index_function(domain: str) -> onnx.FunctionProto:
+def index_function(domain: str, devices: dict[str, type[DeviceModel]]) -> onnx.FunctionProto:
     """``DeviceIndex(device)``: the position of the name in the registry (its count when unknown).
 
     (Equal compares strings only from opset 19, so Unique finds it: in first-seen order, the
     ``device`` after the known names gets the index of its first occurrence.)"""
     body = Body()
-    names = onnx.numpy_helper.from_array(np.array(list(DEVICE_CLASSES), dtype=object), "names")
+    names = onnx.numpy_helper.from_array(np.array(list(devices), dtype=object), "names")
     known = body.node("Constant", value=names)
     this = body.node("Unsqueeze", body.attribute("device", AttributeProto.STRING),
                      body.node("Constant", value_ints=[0]))
     together = body.node("Concat", known, this, axis=0)
     outputs = [body.name() + suffix for suffix in ("_unique", "_first", "_inverse", "_counts")]
     body.nodes.append(h.make_node("Unique", [together.name], outputs, sorted=0))
-    index = body.node("Gather", Traced(body, outputs[2]), body.node("Constant", value_int=len(DEVICE_CLASSES)))
+    index = body.node("Gather", Traced(body, outputs[2]), body.node("Constant", value_int=len(devices)))
     return body.function("DeviceIndex", domain, [], index, ("device",), "the registry position of the device attribute")
 
 
-def device_functions(domain: str) -> list[onnx.FunctionProto]:
-    """``DeviceIndex`` and the three step functions, for every registered device model."""
-    return [index_function(domain), *(step_function(name, domain) for name in STEPS)]
+def device_functions(domain: str, devices: dict[str, type[DeviceModel]] = DEVICE_CLASSES) -> list[onnx.FunctionProto]:
+    """``DeviceIndex`` and the three step functions, for every device model of ``devices`` (the registry)."""
+    return [index_function(domain, devices), *(step_function(name, domain, devices) for name in STEPS)]

@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable
 from enum import IntEnum
 
+from analog_onnx.devices.base import DeviceModel
 from analog_onnx.devices.chip import MIN_READOUT
 from analog_onnx.devices.conductance import ZERO_WEIGHT
 from analog_onnx.devices.config import CONFIG_KEYS
@@ -30,14 +31,14 @@ HEADER_NAME = "analog_generated.h"
 _KINDS = {"int": "kInt", "float": "kFloat", "string": "kString", "ints": "kInts", "floats": "kFloats"}
 
 
-def header() -> str:
-    """The text of ``analog_generated.h``."""
+def header(devices: dict[str, type[DeviceModel]] = DEVICE_CLASSES) -> str:
+    """The text of ``analog_generated.h`` (with the device models of ``devices``: the registry's)."""
     parts = [_PREAMBLE, _schema_tables(op for op in OPS if op.native), _enum("ChainStep", ChainStep),
              f"constexpr int64_t kDeviceStreamBase = {DEVICE_STREAM_BASE};  // devices/streams.DEVICE_STREAM_BASE",
              _enum("DeviceDraw", Draw, count="kDraws"),
              f"constexpr float kMinReadout = {_float(MIN_READOUT)};  // devices/chip.MIN_READOUT",
              f"constexpr float kZeroWeight = {_float(ZERO_WEIGHT)};  // devices/conductance.ZERO_WEIGHT",
-             _device_models(), "}  // namespace analog\n"]
+             _device_models(devices), "}  // namespace analog\n"]
     return "\n\n".join(parts)
 
 
@@ -148,12 +149,12 @@ def _schema_tables(ops: Iterable[OpSchema]) -> str:
     return "\n".join(lines)
 
 
-def _device_models() -> str:
+def _device_models(devices: dict[str, type[DeviceModel]]) -> str:
     lines = ["// -- devices/registry.py: X(name, class) for every device model, in the registry's order",
              "#define ANALOG_DEVICE_MODELS(X) " + " ".join(f'X("{name}", {cls.__name__})'
-                                                         for name, cls in DEVICE_CLASSES.items()),
+                                                         for name, cls in devices.items()),
              "", "namespace devices {"]
-    for name, cls in DEVICE_CLASSES.items():
+    for name, cls in devices.items():
         default = cls()
         lines += [f'// {cls.__module__}.{cls.__name__} (device.model = "{name}")', f"struct {cls.__name__} {{"]
         for field in dataclasses.fields(cls):
