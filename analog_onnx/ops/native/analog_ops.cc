@@ -105,13 +105,15 @@ class Kernel : public OpKernel {
   NodeLabel label_;
 };
 
-// A DAC, ADC or quantizer grid from attributes `bits` and `bound`: with bits > 0 the bound must be
+// A DAC's, ADC's or quantizer's attributes `bits` and `bound`: with bits > 0 the bound must be
 // finite (the grid's step is bound / levels).
+void check_grid(const NodeAttributes& a, const char* bits, const char* bound) {
+  if (a.integer(bits) > 0 && std::isinf(a.real(bound))) a.fail(bound, std::string("must be finite when ") + bits + " > 0");
+}
+
 ClipRound grid(const NodeAttributes& a, const char* bits, const char* bound, bool is_signed) {
-  const int64_t n = a.integer(bits);
-  const float limit = a.real(bound);
-  if (n > 0 && std::isinf(limit)) a.fail(bound, std::string("must be finite when ") + bits + " > 0");
-  return ClipRound(n, limit, is_signed);
+  check_grid(a, bits, bound);
+  return ClipRound(a.integer(bits), a.real(bound), is_signed);
 }
 
 // clip_and_round(x / scale) * back over n elements (back is the scale or 1, both exact).
@@ -568,8 +570,8 @@ TileSettings tile_settings(const NodeAttributes& a) {
   s.out_noise = a.real("out_noise");
   s.out_bound = a.real("out_bound");
   s.omega = a.real("weight_scaling_omega");
-  if (s.inp_bits > 0 && std::isinf(s.inp_bound)) a.fail("inp_bound", "must be finite when inp_bits > 0");
-  if (s.out_bits > 0 && std::isinf(s.out_bound)) a.fail("out_bound", "must be finite when out_bits > 0");
+  check_grid(a, "inp_bits", "inp_bound");
+  check_grid(a, "out_bits", "out_bound");
   return s;
 }
 
