@@ -184,7 +184,7 @@ def test_device_weights_pass_feeds_the_layer_and_compensates_after_the_adc():
     assert gemm.inputs[1] is device.outputs[0] and mul.inputs == (mvm_in.outputs[1], device.outputs[1])
     assert mvm_out.inputs[1] is mul.outputs[0]  # alpha rescales after the ADC, before the bias
     assert [v.name for v in device.inputs[1:]] == list(CONTROLS)
-    assert device.attributes["stream"].as_int() == 2 and device.attributes["device"].as_int() == 1
+    assert device.attributes["stream"].as_int() == 2 and device.attributes["device"].as_string() == "pcm"
     uncompensated = with_controls(gemm_relu())
     InsertDeviceWeightsPass(config.with_overrides(["drift_compensation=false", "weights.per_channel=true"]))(
         uncompensated)
