@@ -549,8 +549,10 @@ class AnalogTileKernel : protected Kernel {
     const size_t k = static_cast<size_t>(w.shape.dims[1]);
     VectorSource source{x.data, k};
     const ChannelEpilogue epilogue = channel_epilogue(context, w.shape.dims[0]);
-    analog_tile(context, source, w.data, static_cast<size_t>(w.shape.dims[0]), k ? x.shape.size / k : 0, settings_,
-                noise_scale, seed, epilogue_ ? &epilogue : nullptr, out);
+    size_t vectors = 1;  // every dimension of X but the last (not size / k: K may be 0)
+    for (size_t i = 0; i + 1 < x.shape.dims.size(); ++i) vectors *= static_cast<size_t>(x.shape.dims[i]);
+    analog_tile(context, source, w.data, static_cast<size_t>(w.shape.dims[0]), vectors, settings_, noise_scale, seed,
+                epilogue_ ? &epilogue : nullptr, out);
   }
 
  protected:
