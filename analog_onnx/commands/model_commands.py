@@ -60,7 +60,6 @@ def transform(
     output = output or model.with_name(model.name.removesuffix(".onnx") + ".analog.onnx")
     source = tf.load_model(model)
     data_files = _check_outputs(output, model, force)
-    tf.check_float32(source, model)
     _check_includes(source, config)
     result = tf.transform_model(source, config)
     _save_checked(result, output, model, data_files, force)
