@@ -19,6 +19,7 @@ import onnx
 import onnx.version_converter
 import onnx_ir as ir
 
+from analog_onnx import arguments
 from analog_onnx.config import AnalogConfig
 from analog_onnx.effects import enabled_effects
 from analog_onnx.errors import AnalogError, ConfigError, ModelError
@@ -178,6 +179,7 @@ def analog_sites(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> lis
     """The places ``transform_model`` would touch under ``config``, in graph order (none when
     the config enables no effect), found as the transform finds them: on the standard model (a
     QONNX weight behind ``Quant`` is a constant weight there)."""
+    _check_arguments(model, config)
     return _sites(_standardized(_working_copy(model)), config)
 
 
@@ -191,6 +193,8 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
 
     Returns the same kind of object it was given (a new one; the input is not changed).
     """
+    _check_arguments(model, config)
+    sites = arguments.names(sites, "sites") if sites is not None else None
     work = _transformable(_working_copy(model))
     chosen = [s.name for s in _sites(work, config)]
     if sites is not None:
@@ -214,8 +218,14 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
     return _like(work, model)
 
 
+def _check_arguments(model: Any, config: Any) -> None:
+    arguments.expect(model, (onnx.ModelProto, ir.Model), "model (an onnx.ModelProto or onnx_ir.Model)")
+    arguments.expect(config, AnalogConfig, "config (an AnalogConfig: load_preset(NAME) or AnalogConfig.load(FILE))")
+
+
 def strip_model(model: onnx.ModelProto | ir.Model) -> onnx.ModelProto | ir.Model:
     """Undo ``transform_model``: the original nodes, initializers, inputs and outputs."""
+    arguments.expect(model, (onnx.ModelProto, ir.Model), "model")
     work = _working_copy(model)
     if read_analog_metadata(work) is None:
         raise ModelError("model is not an analog-onnx transformed model (no analog_onnx.config metadata)")
@@ -226,7 +236,7 @@ def strip_model(model: onnx.ModelProto | ir.Model) -> onnx.ModelProto | ir.Model
 # -- files ----------------------------------------------------------------------------------
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Read an ONNX file (with its external data); any problem is one clear ModelError."""
-    path = Path(path)
+    path = Path(arguments.expect(path, (str, Path), "path"))
     if not path.is_file():
         raise ModelError(f"no such model file: {path}")
     try:

@@ -33,7 +33,8 @@ from torch import nn
 from torch.nn import functional
 
 from analog_onnx import __version__
-from analog_onnx.config import AnalogConfig
+from analog_onnx.arguments import check_fields
+from analog_onnx.config import MAX_INT, AnalogConfig
 from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.errors import AnalogError
 from analog_onnx.files import write_text
@@ -109,6 +110,12 @@ class TrainConfig:
         return QatSpec(self.bits, self.act_scale, self.weight_bits) if self.uses_qat else None
 
     def validate(self) -> None:
+        check_fields(self, "train config")
+        if not 0 <= self.seed < 2**63:
+            raise AnalogError(f"seed must be between 0 and 2**63-1, got {self.seed}")
+        for name in ("epochs", "batch_size", "eval_repeats", "bits", "weight_bits", "limit"):
+            if abs(getattr(self, name) or 0) > MAX_INT:
+                raise AnalogError(f"{name} must be at most {MAX_INT:,}, got {getattr(self, name)}")
         for name, value, allowed in (("method", self.method, METHODS), ("optimizer", self.optimizer, OPTIMIZERS),
                                      ("schedule", self.schedule, SCHEDULES)):
             if value not in allowed:
