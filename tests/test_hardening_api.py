@@ -146,3 +146,21 @@ def test_workers_are_capped_at_the_cores(monkeypatch):
     payload = backends.Payload((), (), np.zeros(1, np.int64), 1, None, 0, None)
     assert len(dict(backends.run_units(payload, iter(units), len(units), workers=64))) == 100
     assert started == [2]
+
+
+def test_a_batch_onnxruntime_fails_on_is_one_error(tmp_path):
+    """A model that runs on the probe sample but not on every batch (an index out of range)."""
+    from onnx import TensorProto, numpy_helper
+    from onnx import helper as h
+
+    nodes = [h.make_node("Cast", ["x"], ["i"], to=TensorProto.INT64), h.make_node("Squeeze", ["i", "axes"], ["j"]),
+             h.make_node("Gather", ["table", "j"], ["y"])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+                         [numpy_helper.from_array(np.eye(3, dtype=np.float32), "table"),
+                          numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    np.savez(tmp_path / "d.npz", x=np.array([[0], [1], [2], [9]], np.float32), y=np.array([0, 1, 2, 0]))
+    with pytest.raises(AnalogError, match="onnxruntime failed on samples 2 to 3: .*Gather"):
+        evaluate(model, f"npz:{tmp_path / 'd.npz'}", config="ideal", settings=RunSettings(repeats=1, seed=0,
+                                                                                               batch_size=2))

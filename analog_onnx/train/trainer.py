@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional
 
 from analog_onnx import __version__
-from analog_onnx.arguments import check_fields
+from analog_onnx.arguments import check_fields, expect
 from analog_onnx.config import MAX_INT, AnalogConfig
 from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.errors import AnalogError
@@ -152,7 +152,7 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, resume: bool =
     An ``out`` folder that already holds a run is continued with ``resume`` or restarted with
     ``force``, never silently overwritten.
     """
-    config.validate()
+    expect(config, TrainConfig, "config (a TrainConfig)").validate()
     out = Path(config.out).expanduser()
     if out.exists() and not out.is_dir():
         raise AnalogError(f"--out {out} is a file; the run needs a folder")
