@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,7 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
     _check_arguments(model, config)
     sites = arguments.names(sites, "sites") if sites is not None else None
     work = _transformable(_working_copy(model))
+    _check_includes(work, config)
     chosen = [s.name for s in _sites(work, config)]
     if sites is not None:
         unknown = set(sites) - set(chosen)
@@ -216,6 +218,18 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
             raise error.__cause__ from None
         raise
     return _like(work, model)
+
+
+def _check_includes(model: ir.Model, config: AnalogConfig) -> None:
+    """Every include pattern must select something: a typo must not give a silent 0-site model."""
+    if not config.placement.include:
+        return
+    candidates = [s.name for s in _sites(model, config.with_placement(include=[]))]
+    for pattern in config.placement.include:
+        if not any(re.search(pattern, name) for name in candidates):
+            listed = ", ".join(candidates[:8]) + (" ..." if len(candidates) > 8 else "")
+            raise ModelError(f"--include {pattern!r} matches none of the sites of this config"
+                             f"{': ' + listed if candidates else ' (there are none)'}")
 
 
 def _check_arguments(model: Any, config: Any) -> None:

@@ -62,6 +62,8 @@ def test_the_train_config_checks_its_field_types():
         TrainConfig(epochs="3").validate()
     with pytest.raises(AnalogError, match="seed must be between 0 and 2\\*\\*63-1"):
         TrainConfig(seed=2**64).validate()
+    with pytest.raises(AnalogError, match="noise scale is beyond the float32 range"):
+        TrainConfig(noise_scale=1e39).validate()
 
 
 def test_text_is_read_as_the_cli_reads_it_and_a_string_is_one_name():
@@ -164,3 +166,9 @@ def test_a_batch_onnxruntime_fails_on_is_one_error(tmp_path):
     with pytest.raises(AnalogError, match="onnxruntime failed on samples 2 to 3: .*Gather"):
         evaluate(model, f"npz:{tmp_path / 'd.npz'}", config="ideal", settings=RunSettings(repeats=1, seed=0,
                                                                                                batch_size=2))
+
+
+def test_an_include_that_matches_nothing_is_refused_in_memory_too():
+    config = load_preset("hardening-additive").with_placement(include=["no-such-layer"])
+    with pytest.raises(AnalogError, match="--include 'no-such-layer' matches none of the sites"):
+        evaluate(MODEL, "digits", config=config, settings=QUICK, limit=20)

@@ -65,6 +65,17 @@ def test_a_matmul_with_a_vector_weight_runs_and_strips_back(preset, native):
     assert structure(strip_model(analog)) == structure(original)
 
 
+@pytest.mark.parametrize("native", ENGINES)
+def test_a_matmul_with_a_vector_activation_operand_runs(native):
+    original = model([h.make_node("MatMul", ["x", "v"], ["y"], name="mm")], [value("x", ["n", 3]), value("v", [3])],
+                     [value("y", ["n"])])
+    analog = transform_model(original, load_preset("aihwkit-default").with_overrides(["activation_matmul=true"]))
+    feeds = {"x": np.ones((2, 3), np.float32), "v": np.array([1, 2, 3], np.float32)}
+    y = runs(analog, {**feeds, "noise_scale": np.array(0.0, np.float32)}, native)
+    np.testing.assert_allclose(y, [6.0, 6.0], atol=0.1)  # no noise: the DAC/ADC grid only
+    assert structure(strip_model(analog)) == structure(original)
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_a_network_input_that_is_also_an_output_keeps_its_name(preset):
     original = model([h.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [value("x", ["n", 3])],
@@ -175,6 +186,19 @@ def test_edited_marks_naming_missing_values_are_one_error(key, change, message):
         strip_model(analog)
     with pytest.raises(ModelError, match=message):
         evaluate(analog, "digits", settings=RunSettings(repeats=1, seed=0), limit=4)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_an_original_add_marked_as_a_moved_bias_is_one_error(preset):
+    weight = numpy_helper.from_array(np.ones((3, 4), np.float32), "w")
+    nodes = [h.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1),
+             h.make_node("Add", ["y", "c"], ["z"], name="add")]
+    original = model(nodes, [value("x", ["n", 4])], [value("z", ["n", 3])],
+                     [weight, numpy_helper.from_array(np.ones(3, np.float32), "c")])
+    analog = transform_model(original, load_preset(preset))
+    next(n for n in analog.graph.node if n.name == "add").metadata_props.add(key="analog_onnx.role", value="bias")
+    with pytest.raises(ModelError, match="'add' is marked as the bias of 'fc', which has no free bias input"):
+        strip_model(analog)
 
 
 def test_strip_looks_at_the_graph_a_fixed_number_of_times(monkeypatch):

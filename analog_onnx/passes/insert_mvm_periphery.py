@@ -13,9 +13,9 @@ Rule, for each analog layer ``Y = Layer(X, W, b)`` among ``find_sites`` under th
   array and its scale multiplied back after ``MvmOutput``.
 - ``MvmOutput`` reads the ``noise_scale`` and ``seed`` controls and draws its own stream (the
   next free one in the graph, in site order).
-- A MatMul with a vector weight ``w[K]`` (one output per input vector, its last axis dropped)
-  reads ``w`` as the column ``[K, 1]``, so ``Y`` has a row per input vector like ``X``; a Squeeze
-  after the periphery drops the axis again.
+- A MatMul with a vector weight ``w[K]`` (one output per input vector, its last axis dropped), or
+  a second operand known to be a vector, reads it as the column ``[K, 1]``, so ``Y`` has a row per
+  input vector like ``X``; a Squeeze after the periphery drops the axis again.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ class InsertMvmPeripheryPass(EffectPass):
         node, f = site.node, self.config.forward
         axis = rows_axis(node.op_type)
         y_shape = node.outputs[0].shape
-        column = _as_column(graph, node, names, f"{site.name}/analog_column") \
-            if site.weight is not None and site.weight.ndim == 1 else None
+        operand = node.inputs[1].shape
+        vector = site.weight.ndim == 1 if site.weight is not None else operand is not None and len(operand) == 1
+        column = _as_column(graph, node, names, f"{site.name}/analog_column") if vector else None
         scale = self._mvm_input(graph, node, 0, axis, f"{site.name}/analog_in", names)
         operand_scale = None
         if site.weight is None:  # MatMul of two activations
@@ -91,11 +92,12 @@ class InsertMvmPeripheryPass(EffectPass):
                               name=names.node(f"{site.name}/analog_out"), role="mvm_output")
         splice_after(graph, y, mvm_out, names)
         last = mvm_out
-        if column is not None:  # the axes the column added
-            last = self._append(graph, last, "Squeeze", column, f"{site.name}/analog_squeeze", "weight_column", names)
-            last.outputs[0].shape, mvm_out.outputs[0].shape = y_shape, None
         if operand_scale is not None:
             last = self._append(graph, last, "Mul", operand_scale, f"{site.name}/analog_operand_scale", "scale", names)
+        if column is not None:  # the axis the column added goes (a MatMul has no bias)
+            mvm_out.outputs[0].shape = last.outputs[0].shape = None
+            last = self._append(graph, last, "Squeeze", column, f"{site.name}/analog_squeeze", "weight_column", names)
+            last.outputs[0].shape = y_shape
         if bias is not None:
             self._append(graph, last, "Add", bias, f"{site.name}/analog_bias", "bias", names)
             node.replace_input_with(BIAS_INPUT[node.op_type], None)

@@ -55,7 +55,11 @@ class StripAnalogPass(ir.passes.InPlacePass):
         """Give the layer under a bias Add its original bias input back."""
         layer = _upstream(add.inputs[0]).producer()
         if layer is not None and layer.op_type in BIAS_INPUT and not is_inserted(layer):
-            layer.replace_input_with(BIAS_INPUT[layer.op_type], _upstream(add.inputs[1]))
+            index = BIAS_INPUT[layer.op_type]
+            if len(layer.inputs) <= index or layer.inputs[index] is not None:
+                raise ModelError(f"node {add.name!r} is marked as the bias of {layer.name!r}, which has no free bias "
+                                 "input: the file was edited; transform the original model again")
+            layer.replace_input_with(index, _upstream(add.inputs[1]))
 
     @staticmethod
     def _restore_layer(graph: ir.Graph, last: ir.Node, original: dict[str, ir.Value]) -> None:

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional
 
 from analog_onnx import __version__
-from analog_onnx.arguments import check_fields, expect
+from analog_onnx.arguments import check_fields, expect, float32_problem
 from analog_onnx.config import MAX_INT, AnalogConfig
 from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.errors import AnalogError
@@ -126,6 +126,10 @@ class TrainConfig:
                                                 self.weight_decay)):
             raise AnalogError("noise scale, ramp epochs, noise spread, learning rate and weight decay must be finite "
                               "and >= 0")
+        for name in ("lr", "momentum", "weight_decay", "noise_scale", "ramp_epochs", "noise_spread", "act_scale"):
+            problem = float32_problem(getattr(self, name))  # torch trains in float32
+            if problem:
+                raise AnalogError(f"{name.replace('_', ' ')} {problem}, got {getattr(self, name)}")
         hardware = self.hardware_config()
         if self.uses_noise and (hardware is None or not hardware.has_noise or self.noise_scale == 0):
             raise AnalogError(f"method {self.method} trains with noise: give a hardware config with noise "
