@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import one_line_error
 
 from analog_onnx.config import load_preset
 from analog_onnx.data import load_dataset
@@ -22,15 +23,10 @@ MODEL = Path(__file__).parents[1] / "models" / "digits-mlp-baseline.onnx"
 QUICK = RunSettings(repeats=1, seed=0)
 
 
-def one_line_error(result: tuple[int, str, str], fragment: str) -> None:
-    code, _, err = result
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and fragment in err, err
-
 
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: evaluate(MODEL, "digits", config="hardening-additive", settings={"repeats": 1}),
-     "settings (a RunSettings) must be RunSettings or None, got dict"),
+     "settings must be RunSettings, got dict"),
     (lambda: evaluate(MODEL, 64, config="hardening-additive"), "data (a --data spec"),
     (lambda: evaluate(MODEL, "digits", config={"forward": {}}), "config (an AnalogConfig, a preset name"),
     (lambda: evaluate(64, "digits", config="hardening-additive"), "a model must be str or Path or ModelProto"),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from helpers import one_line_error
 
 from analog_onnx import transform as tf
 from analog_onnx.errors import AnalogError
@@ -21,11 +22,6 @@ EVALUATE = ("evaluate", MODEL, "-d", "digits", "--limit", "20", "-r", "1", "--se
 def disk_full(*_args: object, **_kwargs: object) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
-
-def one_line_error(result: tuple[int, str, str], fragment: str) -> None:
-    code, _, err = result
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and fragment in err, err
 
 
 def test_a_full_disk_during_transform_is_one_line_and_leaves_nothing(run_cli, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error
 
 pytest.importorskip("torch")
 
@@ -55,11 +56,6 @@ def fake_results(spec, out: Path) -> None:
         (out / cell.folder).mkdir(parents=True)
         cells.write_json(out / cell.folder / cells.RECORD, record)
 
-
-def one_line_error(result: tuple[int, str, str], fragment: str) -> None:
-    code, _, err = result
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and fragment in err, err
 
 
 def test_a_second_study_into_the_same_folder_is_refused(run_cli, tmp_path):

@@ -81,8 +81,7 @@ class RunSettings:
 
 def checked_settings(settings: RunSettings | None) -> RunSettings:
     """The caller's settings (the defaults for None), checked."""
-    return expect(settings, RunSettings | None, "settings (a RunSettings)").checked() if settings is not None \
-        else RunSettings().checked()
+    return (RunSettings() if settings is None else expect(settings, RunSettings, "settings")).checked()
 
 
 def normalization_flags(mean: Sequence[float] | str | None, std: Sequence[float] | str | None,
