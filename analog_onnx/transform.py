@@ -118,11 +118,10 @@ def _standardized(model: ir.Model) -> ir.Model:
 
 
 def _transformable(model: ir.Model) -> ir.Model:
-    """The working copy, refused when already transformed or not float32, else standardized and
-    without stale marks of ours."""
+    """The working copy, refused when already transformed, else standardized and without stale
+    marks of ours."""
     if read_analog_metadata(model) is not None or DOMAIN in model.opset_imports:
         raise ModelError("model is already transformed; run `analog-onnx strip` first")
-    _check_float32(model)
     _drop_stale_marks(model)
     return _standardized(model)
 
@@ -130,14 +129,16 @@ def _transformable(model: ir.Model) -> ir.Model:
 FLOAT_TYPES = {ir.DataType.FLOAT16: "float16", ir.DataType.DOUBLE: "float64", ir.DataType.BFLOAT16: "bfloat16"}
 
 
-def _check_float32(model: ir.Model) -> None:
-    """The analog ops compute in float32: refuse a model whose inputs, outputs or weights are
-    another float type, before transforming it (onnxruntime would refuse the result)."""
-    graph = model.graph
-    for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
-        if value.dtype in FLOAT_TYPES:
-            raise ModelError(f"{value.name} is {FLOAT_TYPES[value.dtype]}; analog-onnx transforms float32 models "
-                             "(convert the model to float32 first)")
+def _check_float32(sites: list[Site]) -> None:
+    """The analog ops compute in float32: refuse a site whose tensors (a layer's input and weight,
+    the value that gets noise) are another float type, before any pass runs. A model that is not
+    float32 where nothing is placed (the ``ideal`` preset) transforms as it is."""
+    for site in sites:
+        layer = site.node is not None and site.weight is not None
+        for value in (*(site.node.inputs[:2] if layer else ()), site.value):
+            if value is not None and value.dtype in FLOAT_TYPES:
+                raise ModelError(f"{value.name} is {FLOAT_TYPES[value.dtype]}; analog-onnx transforms float32 "
+                                 "models (convert the model to float32 first)")
 
 
 def _drop_stale_marks(model: ir.Model) -> None:
@@ -198,7 +199,9 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
     sites = arguments.names(sites, "sites") if sites is not None else None
     work = _transformable(_working_copy(model))
     _check_includes(work, config)
-    chosen = [s.name for s in _sites(work, config)]
+    found = _sites(work, config)
+    _check_float32(found)
+    chosen = [s.name for s in found]
     if sites is not None:
         unknown = set(sites) - set(chosen)
         if unknown:
