@@ -16,7 +16,7 @@ from analog_onnx.commands import (
     train_commands,
 )
 from analog_onnx.errors import AnalogError
-from analog_onnx.files import unwind_on_sigterm
+from analog_onnx.files import first_line, unwind_on_sigterm
 from analog_onnx.text import printable
 
 app = typer.Typer(
@@ -49,8 +49,14 @@ def main() -> None:
     try:
         app()
     except AnalogError as error:
-        print(f"analog-onnx: error: {printable(str(error))}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(error))
+    except OSError as error:  # the machine's, not the program's: a full disk, a lost mount, no permission
+        _fail((error.strerror or first_line(error)) + (f": {error.filename}" if error.filename else ""))
+
+
+def _fail(message: str) -> None:
+    print(f"analog-onnx: error: {printable(message)}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 import tomli_w
 import tomllib
 
+from analog_onnx.arguments import float32_problem
 from analog_onnx.devices.config import DeviceConfig
 from analog_onnx.errors import AnalogError, ConfigError
 from analog_onnx.files import read_small_text, write_text
@@ -30,6 +31,7 @@ NOISE_MANAGEMENT = ("abs_max", "none")
 BOUND_MANAGEMENT = ("iterative", "none")
 ANALOG_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CHANGED = "+overrides"  # appended to the name of a preset or file config changed by --set or flags
+MAX_INT = 2**31 - 1  # sizes and factors beyond this are mistakes, and int64 attributes overflow soon after
 DEFAULT_ACTIVATION_OPS = (
     "Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "Relu",
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
@@ -203,8 +205,12 @@ class AnalogConfig:
     # -- validation ----------------------------------------------------------------------
     def validate(self) -> None:
         p, n, f, w = self.placement, self.noise, self.forward, self.weights
-        for key, value in _flat_items(self.to_dict()):
-            _check(not isinstance(value, float) or math.isfinite(value), key, f"must be a finite number, got {value}")
+        for key, value in _flat_items(self.to_dict()):  # floats become float32 attributes, ints int64 ones
+            if isinstance(value, float):
+                problem = float32_problem(value)
+                _check(problem is None, key, f"{problem}, got {value}")
+            elif isinstance(value, int) and not isinstance(value, bool):
+                _check(abs(value) <= MAX_INT, key, f"must be at most {MAX_INT:,} in magnitude, got {value}")
         _check(p.where in PLACEMENTS, "placement.where", f"must be one of {', '.join(PLACEMENTS)}")
         _check(f.noise_management in NOISE_MANAGEMENT, "forward.noise_management",
                f"must be one of {', '.join(NOISE_MANAGEMENT)}")

@@ -3,7 +3,9 @@
 Writing: every output goes through :func:`atomic_outputs`. The files are written into a private
 staging folder beside the target (``.NAME.XXXX.tmp/NAME``) under their final names, then renamed
 into place only when all of them are complete; the staging folder is removed on any exception,
-including the ``SystemExit`` that :func:`unwind_on_sigterm` makes of SIGTERM. Every file gets
+including the ``SystemExit`` that :func:`unwind_on_sigterm` makes of SIGTERM. An OS error while
+writing (a full disk, a quota, a read-only file system) is one :class:`AnalogError` naming the
+output, and the targets stay as they were. Every file gets
 the mode the user's umask gives an ordinary file, whatever mode the writing library chose. An
 output that is a folder, one of the inputs, or an existing file without ``force`` is refused
 before anything is written.
@@ -80,6 +82,9 @@ def atomic_outputs(*targets: PathLike, force: bool = False, inputs: Collection[P
         for source, target in zip(scratch, checked, strict=True):  # the last target (the model) last
             os.chmod(source, _usual_mode(source))
             os.replace(source, target)
+    except OSError as error:
+        written = ", ".join(str(t) for t in checked)
+        raise AnalogError(f"cannot write {written}: {error.strerror or first_line(error)}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -75,11 +75,10 @@ def make_session(model: ModelLike, *, threads: int | None = None, native: bool |
         model = str(model)
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # a native kernel refusing the model (float16 input, bad attribute)
+    except Exception as error:  # onnxruntime raises its own types: a kernel refusing the model, a bad graph
         refusal = _KERNEL_ERROR.search(str(error))
-        if refusal is None:
-            raise
-        raise ModelError(refusal.group(0).strip()) from None
+        raise ModelError(refusal.group(0).strip() if refusal else
+                         f"onnxruntime cannot load the model: {first_line(error)}") from None
 
 
 def _native_library(native: bool | None) -> Path | None:

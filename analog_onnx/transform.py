@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +20,15 @@ import onnx
 import onnx.version_converter
 import onnx_ir as ir
 
+from analog_onnx import arguments
 from analog_onnx.config import AnalogConfig
 from analog_onnx.effects import enabled_effects
-from analog_onnx.errors import ConfigError, ModelError
+from analog_onnx.errors import AnalogError, ConfigError, ModelError
 from analog_onnx.files import atomic_output, atomic_outputs, first_line
 from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.add_controls import AddControlInputsPass
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
-from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, SITES_KEY, VERSION_KEY
+from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, METADATA_KEYS, NODE_KEYS, SITES_KEY, VERSION_KEY
 from analog_onnx.passes.qonnx_to_standard import QonnxToStandardPass
 from analog_onnx.passes.sites import Site, find_sites
 from analog_onnx.passes.strip_analog import StripAnalogPass
@@ -70,6 +72,12 @@ def read_analog_metadata(model: onnx.ModelProto | ir.Model) -> AnalogMetadata | 
     inputs = {"noise_scale": "noise_scale", "seed": "seed", **inputs}
     if not all(isinstance(name, str) for name in [*inputs.values(), *sites]):
         raise ModelError(f"model metadata {INPUTS_KEY}/{SITES_KEY} must hold names (strings)")
+    graph_inputs = ({v.name for v in model.graph.inputs} if isinstance(model, ir.Model)
+                    else {v.name for v in model.graph.input})
+    missing = next((f"{control} -> {name!r}" for control, name in inputs.items() if name not in graph_inputs), None)
+    if missing:
+        raise ModelError(f"model metadata {INPUTS_KEY} maps {missing}, which is not an input of the graph: "
+                         "the file was edited; transform the original model again")
     return AnalogMetadata(config=config, version=str(props.get(VERSION_KEY, "")), inputs=inputs, sites=sites)
 
 
@@ -110,10 +118,42 @@ def _standardized(model: ir.Model) -> ir.Model:
 
 
 def _transformable(model: ir.Model) -> ir.Model:
-    """The working copy, refused when already transformed, else standardized."""
+    """The working copy, refused when already transformed, else standardized and without stale
+    marks of ours."""
     if read_analog_metadata(model) is not None or DOMAIN in model.opset_imports:
         raise ModelError("model is already transformed; run `analog-onnx strip` first")
+    _drop_stale_marks(model)
     return _standardized(model)
+
+
+FLOAT_TYPES = {ir.DataType.FLOAT16: "float16", ir.DataType.DOUBLE: "float64", ir.DataType.BFLOAT16: "bfloat16"}
+
+
+def _check_float32(sites: list[Site]) -> None:
+    """The analog ops compute in float32: refuse a site whose tensors (a layer's input and weight,
+    the value that gets noise) are another float type, before any pass runs. A model that is not
+    float32 where nothing is placed (the ``ideal`` preset) transforms as it is."""
+    for site in sites:
+        layer = site.node is not None and site.weight is not None
+        for value in (*(site.node.inputs[:2] if layer else ()), site.value):
+            if value is not None and value.dtype in FLOAT_TYPES:
+                raise ModelError(f"{value.name} is {FLOAT_TYPES[value.dtype]}; analog-onnx transforms float32 "
+                                 "models (convert the model to float32 first)")
+
+
+def _drop_stale_marks(model: ir.Model) -> None:
+    """Remove the metadata only the transform writes from a model that is not transformed (an
+    edited file): a node marked as inserted would be skipped as a site and deleted by strip."""
+    marked = [node for node in model.graph if any(key in node.metadata_props for key in NODE_KEYS)]
+    for node in marked:
+        for key in NODE_KEYS:
+            node.metadata_props.pop(key, None)
+    stale = [key for key in METADATA_KEYS if model.metadata_props.pop(key, None) is not None]
+    if marked or stale:
+        where = f"node {marked[0].name!r}" + (f" and {len(marked) - 1} more" if len(marked) > 1 else "") \
+            if marked else f"model metadata {', '.join(stale)}"
+        log.warning("%s carried analog-onnx marks in a model that is not transformed (an edited file): "
+                    "removed them", where)
 
 
 def _upgraded(model: ir.Model) -> ir.Model:
@@ -141,6 +181,7 @@ def analog_sites(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> lis
     """The places ``transform_model`` would touch under ``config``, in graph order (none when
     the config enables no effect), found as the transform finds them: on the standard model (a
     QONNX weight behind ``Quant`` is a constant weight there)."""
+    _check_arguments(model, config)
     return _sites(_standardized(_working_copy(model)), config)
 
 
@@ -154,25 +195,54 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
 
     Returns the same kind of object it was given (a new one; the input is not changed).
     """
+    _check_arguments(model, config)
+    sites = arguments.names(sites, "sites") if sites is not None else None
     work = _transformable(_working_copy(model))
-    chosen = [s.name for s in _sites(work, config)]
+    _check_includes(work, config)
+    found = _sites(work, config)
+    _check_float32(found)
+    chosen = [s.name for s in found]
     if sites is not None:
         unknown = set(sites) - set(chosen)
         if unknown:
             raise ModelError(f"unknown site(s): {', '.join(sorted(unknown))}")
         chosen = [name for name in chosen if name in set(sites)]
     only = None if sites is None else frozenset(sites)
-    ir.passes.PassManager([
+    passes = ir.passes.PassManager([
         AddControlInputsPass(config.t_inference),
         *(effect.make_pass(config, only) for effect in enabled_effects(config)),
         AddAnalogFunctionsPass(),
         WriteMetadataPass(config, chosen),
-    ])(work)
+    ])
+    try:
+        passes(work)
+    except ir.passes.PassError as error:  # the manager wraps what a pass raises: a user's error stays one line
+        if isinstance(error.__cause__, AnalogError):
+            raise error.__cause__ from None
+        raise
     return _like(work, model)
+
+
+def _check_includes(model: ir.Model, config: AnalogConfig) -> None:
+    """Every include pattern must select something: a typo must not give a silent 0-site model."""
+    if not config.placement.include:
+        return
+    candidates = [s.name for s in _sites(model, config.with_placement(include=[]))]
+    for pattern in config.placement.include:
+        if not any(re.search(pattern, name) for name in candidates):
+            listed = ", ".join(candidates[:8]) + (" ..." if len(candidates) > 8 else "")
+            raise ModelError(f"--include {pattern!r} matches none of the sites of this config"
+                             f"{': ' + listed if candidates else ' (there are none)'}")
+
+
+def _check_arguments(model: Any, config: Any) -> None:
+    arguments.expect(model, (onnx.ModelProto, ir.Model), "model (an onnx.ModelProto or onnx_ir.Model)")
+    arguments.expect(config, AnalogConfig, "config (an AnalogConfig: load_preset(NAME) or AnalogConfig.load(FILE))")
 
 
 def strip_model(model: onnx.ModelProto | ir.Model) -> onnx.ModelProto | ir.Model:
     """Undo ``transform_model``: the original nodes, initializers, inputs and outputs."""
+    arguments.expect(model, (onnx.ModelProto, ir.Model), "model")
     work = _working_copy(model)
     if read_analog_metadata(work) is None:
         raise ModelError("model is not an analog-onnx transformed model (no analog_onnx.config metadata)")
@@ -183,7 +253,7 @@ def strip_model(model: onnx.ModelProto | ir.Model) -> onnx.ModelProto | ir.Model
 # -- files ----------------------------------------------------------------------------------
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Read an ONNX file (with its external data); any problem is one clear ModelError."""
-    path = Path(path)
+    path = Path(arguments.expect(path, (str, Path), "path"))
     if not path.is_file():
         raise ModelError(f"no such model file: {path}")
     try:
@@ -197,20 +267,6 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     except onnx.checker.ValidationError as e:
         raise ModelError(f"{path} is not a valid ONNX model: {first_line(e)}") from None
     return model
-
-
-def check_float32(model: onnx.ModelProto, path: str | Path) -> None:
-    """The analog ops compute in float32: refuse a model whose inputs, outputs or weights are
-    another float type, before transforming it (the checker would fail only after the work)."""
-    floats = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.DOUBLE: "float64",
-              onnx.TensorProto.BFLOAT16: "bfloat16"}
-    graph = model.graph
-    typed = [(v.name, v.type.tensor_type.elem_type) for v in (*graph.input, *graph.output)]
-    typed += [(t.name, t.data_type) for t in graph.initializer]
-    other = next(((name, floats[kind]) for name, kind in typed if kind in floats), None)
-    if other:
-        raise ModelError(f"{path}: {other[0]} is {other[1]}; analog-onnx transforms float32 models "
-                         "(convert the model to float32 first)")
 
 
 def save_model(model: onnx.ModelProto, path: str | Path, *, force: bool = False,

@@ -144,3 +144,10 @@ def residual_block(rng: np.random.Generator, *, training_bn: bool = False) -> on
     graph = h.make_graph(nodes, "block", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 6, 6])],
                          [h.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])], initializers)
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 15 if training_bn else 13)])
+
+
+def one_line_error(result: tuple[int, str, str], fragment: str) -> None:
+    """A CLI result (``run_cli``) that failed as a user mistake must: exit 2, one line naming ``fragment``."""
+    code, _, err = result
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and fragment in err, err

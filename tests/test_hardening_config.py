@@ -7,6 +7,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from helpers import one_line_error
 
 from analog_onnx.config import AnalogConfig, load_preset
 from analog_onnx.errors import ConfigError
@@ -14,11 +15,6 @@ from analog_onnx.transform import read_analog_metadata
 
 MODEL = Path(__file__).parents[1] / "models" / "digits-mlp-baseline.onnx"
 
-
-def one_line_error(result: tuple[int, str, str], fragment: str) -> None:
-    code, _, err = result
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and fragment in err, err
 
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])

@@ -94,7 +94,7 @@ def _no_work(monkeypatch) -> None:
     (('name = "tiny"', 'name = "../up"'), "[study] name must be letters"),
     (("noise_scales = \"0,0.1,1,10\"", "noise_scales = \"0,-1\""), "noise scales must be >= 0"),
     (("[evaluate]", "[evaluat]"), "unknown key 'evaluat'"),
-    (("repeats = 2", "repeats = 0"), "[evaluate] repeats must be an integer >= 1"),
+    (("repeats = 2", "repeats = 0"), "[evaluate] repeats must be an integer from 1"),
     (("epochs = 2", "epochs = \"two\""), "method baseline, arch mlp:"),
     (("[[method]]", "[[methodz]]"), "unknown key 'methodz'"),
     (('data = "digits"', 'data = "digitz"'), "[study] data: unknown data 'digitz'"),
@@ -184,8 +184,8 @@ def test_an_interrupted_training_continues_from_its_last_epoch(monkeypatch, fini
 def test_a_record_from_other_settings_is_not_taken_as_done(finished, tmp_path) -> None:
     spec = _spec(tmp_path)
     cell = spec.eval_cells[0]
-    assert cells.read_record(finished / cell.folder, cell.key) is not None
-    assert cells.read_record(finished / cell.folder, "0" * 12) is None
+    assert cells.read_record(finished / cell.folder, cell.key, "evaluate") is not None
+    assert cells.read_record(finished / cell.folder, "0" * 12, "evaluate") is None
 
 
 # -- results -----------------------------------------------------------------------------------

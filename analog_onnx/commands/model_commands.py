@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from rich.table import Table
 
 from analog_onnx import config as cfg
 from analog_onnx import transform as tf
-from analog_onnx.errors import ModelError
 from analog_onnx.files import check_output
 from analog_onnx.ops import DOMAIN
 from analog_onnx.text import console, printable, shown
@@ -60,26 +58,12 @@ def transform(
     output = output or model.with_name(model.name.removesuffix(".onnx") + ".analog.onnx")
     source = tf.load_model(model)
     data_files = _check_outputs(output, model, force)
-    tf.check_float32(source, model)
-    _check_includes(source, config)
     result = tf.transform_model(source, config)
     _save_checked(result, output, model, data_files, force)
     sites = tf.read_analog_metadata(result).sites
     inserted = Counter(n.op_type for n in result.graph.node if n.domain == DOMAIN)
     summary = ", ".join(f"{count} {op}" for op, count in sorted(inserted.items())) or "no ops (nothing changes numbers)"
     typer.echo(printable(f"{output}: config {config.name}, {len(sites)} sites, inserted {summary}"))
-
-
-def _check_includes(model: onnx.ModelProto, config: cfg.AnalogConfig) -> None:
-    """Every include pattern must select something: a typo must not give a silent 0-site model."""
-    if not config.placement.include:
-        return
-    candidates = [s.name for s in tf.analog_sites(model, config.with_placement(include=[]))]
-    for pattern in config.placement.include:
-        if not any(re.search(pattern, name) for name in candidates):
-            listed = ", ".join(candidates[:8]) + (" ..." if len(candidates) > 8 else "")
-            raise ModelError(f"--include {pattern!r} matches none of the sites of this config"
-                             f"{': ' + listed if candidates else ' (there are none)'}")
 
 
 def inspect(

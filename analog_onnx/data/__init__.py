@@ -15,15 +15,16 @@ from collections.abc import Callable
 
 import numpy as np
 
+from analog_onnx.arguments import expect
 from analog_onnx.data.cifar import read_cifar10, read_cifar100
-from analog_onnx.data.dataset import Dataset
+from analog_onnx.data.dataset import Dataset, existing_path
 from analog_onnx.data.idx import read_mnist
 from analog_onnx.data.imagefolder import read_imagefolder
 from analog_onnx.data.mnist1d import read_mnist1d
 from analog_onnx.data.npz import read_npz
 from analog_onnx.errors import AnalogError
 
-__all__ = ["READERS", "SPLITS", "Dataset", "load_dataset"]
+__all__ = ["READERS", "SPLITS", "Dataset", "check_data_spec", "load_dataset"]
 
 SPLITS = ("train", "test")
 
@@ -51,11 +52,25 @@ READERS: dict[str, Callable[[str | None, str], Dataset]] = {
 }
 
 
-def load_dataset(spec: str, split: str = "test", limit: int | None = None) -> Dataset:
-    """Read ``KIND[:PATH]`` (e.g. ``digits``, ``cifar10:~/data/cifar-10-batches-py``)."""
+PATHS = {"npz": False, "cifar10": True, "cifar100": True, "mnist": True, "imagefolder": True}  # path: a folder?
+
+
+def check_data_spec(spec: str) -> None:
+    """Refuse, without reading any data, a ``KIND[:PATH]`` of an unknown kind or a missing path."""
+    expect(spec, str, "data spec")
     kind, _, path = spec.partition(":")
     if kind not in READERS:
         raise AnalogError(f"unknown data kind {kind!r}; known: {', '.join(sorted(READERS))}")
+    if kind in PATHS:
+        existing_path(path or None, kind, directory=PATHS[kind])
+
+
+def load_dataset(spec: str, split: str = "test", limit: int | None = None) -> Dataset:
+    """Read ``KIND[:PATH]`` (e.g. ``digits``, ``cifar10:~/data/cifar-10-batches-py``)."""
+    expect(split, str, "split")
+    expect(limit, int | None, "limit")
+    check_data_spec(spec)
+    kind, _, path = spec.partition(":")
     if split not in SPLITS:
         raise AnalogError(f"unknown split {split!r}; use train or test")
     return READERS[kind](path or None, split).limit(limit)

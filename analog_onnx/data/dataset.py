@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analog_onnx.arguments import FLOAT32_MAX
 from analog_onnx.errors import AnalogError
 
 MAX_BYTES_ENV = "ANALOG_ONNX_MAX_DATA_BYTES"
@@ -66,6 +67,11 @@ def checked_dataset(x: np.ndarray, y: np.ndarray, name: str, num_classes: int | 
         raise AnalogError(f"{name}: samples must be numeric, got dtype {x.dtype}")
     if x.ndim < 2:
         raise AnalogError(f"{name}: samples must have shape [N, ...], got shape {list(x.shape)}")
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4 and x.size:  # models read float32
+        largest = float(np.abs(x[np.isfinite(x)]).max(initial=0))
+        if largest > FLOAT32_MAX:
+            raise AnalogError(f"{name}: samples hold {largest:.4g}, beyond the float32 range the models read "
+                              f"(at most {FLOAT32_MAX:.4g})")
     if y.ndim != 1 or len(y) != len(x):
         raise AnalogError(f"{name}: need one label per sample, got labels of shape {list(y.shape)} "
                           f"for {len(x)} samples")

@@ -48,9 +48,11 @@ def _save(arrays: dict[str, np.ndarray], file: Path) -> None:
 def _load_cached(file: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(file, allow_pickle=False) as archive:
-            return {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            arrays = {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except (OSError, ValueError, KeyError):
         return None  # missing or damaged: regenerate
+    shapes_fit = all(arrays[f"x_{s}"].ndim == 2 and arrays[f"y_{s}"].ndim == 1 for s in ("train", "test"))
+    return arrays if shapes_fit else None  # not what the generator writes: regenerate
 
 
 def read_mnist1d(path: str | None, split: str) -> Dataset:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from analog_onnx.arguments import float32_problem
 from analog_onnx.errors import AnalogError
 
 PREPROCESS_KEY = "analog_onnx.preprocess"
@@ -29,10 +30,12 @@ class Normalization:
     def __post_init__(self) -> None:
         if not self.mean or not self.std:
             raise AnalogError("normalization needs at least one mean and one std value")
-        if any(not np.isfinite(s) or s <= 0 for s in self.std):
+        for name, values in (("mean", self.mean), ("std", self.std)):  # applied in float32
+            problem = next((p for p in map(float32_problem, values) if p), None)
+            if problem:
+                raise AnalogError(f"normalization {name} from {self.source}: a value {problem}, got {list(values)}")
+        if any(s <= 0 for s in self.std):
             raise AnalogError(f"normalization std must be positive, got {list(self.std)}")
-        if any(not np.isfinite(m) for m in self.mean):
-            raise AnalogError(f"normalization mean must be finite, got {list(self.mean)}")
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Normalize float32 ``x`` of shape [N, C, ...]; one value broadcasts to every channel."""

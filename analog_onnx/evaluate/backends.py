@@ -6,6 +6,7 @@ the payload once (the models and data), then units. Ray is an optional extra, im
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -28,9 +29,11 @@ Done = Callable[[int], None]  # called with the number of units just finished
 MAIN_GUARD = 'if __name__ == "__main__":'
 
 
-def run_units(payload: Payload, units: list[Unit], *, backend: str = "local", workers: int = 1,
-              ray_address: str | None = None, progress: Progress | None = None) -> dict[Unit, Counts]:
-    """Run every unit; ``workers`` > 1 runs them in that many processes (or Ray actors)."""
+def run_units(payload: Payload, units: Iterable[Unit], total: int, *, backend: str = "local", workers: int = 1,
+              ray_address: str | None = None, progress: Progress | None = None) -> Iterator[tuple[Unit, Counts]]:
+    """Run the ``total`` units ``units`` yields, in that many processes (or Ray actors) for ``workers``
+    > 1 (at most one per core on this machine), yielding each unit with its counts as it finishes.
+    Units are taken from ``units`` as workers need them: a long grid is never held in memory."""
     if backend not in BACKENDS:
         raise AnalogError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
     if workers < 1:
@@ -41,37 +44,41 @@ def run_units(payload: Payload, units: list[Unit], *, backend: str = "local", wo
         nonlocal finished
         finished += count
         if progress is not None:
-            progress(finished, len(units))
+            progress(finished, total)
 
     done(0)  # show the total before the first unit finishes
     if backend == "ray":
-        return _run_ray(payload, units, workers, ray_address, done)
-    if workers == 1 or len(units) == 1:
+        yield from _run_ray(payload, units, total, workers, ray_address, done)
+    elif min(workers, total, cores()) <= 1:
         evaluator = Evaluator(payload)
-        return dict(_each(units, evaluator.run, done))
-    return _run_processes(payload, units, workers, done)
+        yield from _each(units, evaluator.run, done)
+    else:
+        yield from _run_processes(payload, units, min(workers, total, cores()), done)
 
 
 def _each(units: Iterable[Unit], run: Callable[[Unit], Counts],
-          done: Done) -> Iterable[tuple[Unit, Counts]]:
+          done: Done) -> Iterator[tuple[Unit, Counts]]:
     for unit in units:
         counts = run(unit)
         done(1)
         yield unit, counts
 
 
+def cores() -> int:
+    """The cores this process may use: more worker processes or threads than these only compete."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _threads_per_worker(payload: Payload, workers: int) -> int:
     """Split the cores this process may use between workers unless the user fixed the thread count."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return payload.threads or max(1, cores // workers)
+    return payload.threads or max(1, cores() // workers)
 
 
-def _run_processes(payload: Payload, units: list[Unit], workers: int, done: Done) -> dict[Unit, Counts]:
+def _run_processes(payload: Payload, units: Iterable[Unit], workers: int, done: Done) -> Iterator[tuple[Unit, Counts]]:
     # spawn, not fork: onnxruntime's thread pools do not survive a fork
-    workers = min(workers, len(units))
     payload = replace(payload, threads=_threads_per_worker(payload, workers))
     with _sigterm_exits(), _WorkerPool(multiprocessing.get_context("spawn"), payload, workers) as pool:
-        return pool.run(units, done)
+        yield from pool.run(units, done)
 
 
 @contextmanager
@@ -137,15 +144,15 @@ class _WorkerPool:
                 process.kill()
                 process.join()
 
-    def run(self, units: list[Unit], done: Done) -> dict[Unit, Counts]:
-        todo = list(reversed(units))
+    def run(self, units: Iterable[Unit], done: Done) -> Iterator[tuple[Unit, Counts]]:
+        todo = iter(units)
         busy: dict[Connection, Any] = {}  # the pipes of workers running a unit -> their process
-        results: dict[Unit, Counts] = {}
 
         def hand_out(conn: Connection, process: Any) -> None:
-            if todo:
+            unit = next(todo, None)
+            if unit is not None:
                 try:
-                    conn.send(todo.pop())
+                    conn.send(unit)
                 except OSError:
                     _worker_died(process)
                 busy[conn] = process
@@ -162,13 +169,12 @@ class _WorkerPool:
                     _worker_died(process)
                 if status == "error":
                     raise value
-                results[unit] = value
                 done(1)
                 hand_out(conn, process)
+                yield unit, value
             for process in busy.values():
                 if process.exitcode is not None:
                     _worker_died(process)
-        return results
 
 
 def _worker_died(process: Any) -> NoReturn:
@@ -198,8 +204,8 @@ def _worker_main(conn: Connection) -> None:
             conn.send(("error", unit, error))
 
 
-def _run_ray(payload: Payload, units: list[Unit], workers: int, address: str | None,
-             done: Done) -> dict[Unit, Counts]:
+def _run_ray(payload: Payload, units: Iterable[Unit], total: int, workers: int, address: str | None,
+             done: Done) -> Iterator[tuple[Unit, Counts]]:
     try:
         import ray
         from ray.util import ActorPool
@@ -212,8 +218,8 @@ def _run_ray(payload: Payload, units: list[Unit], workers: int, address: str | N
         try:
             if address:
                 ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers if workers > 1 else None, include_dashboard=False,
+            else:  # a local cluster: at most one worker per core, as for local processes
+                ray.init(num_cpus=min(workers, cores()) if workers > 1 else None, include_dashboard=False,
                          logging_level="ERROR", log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise AnalogError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {e}") from None
@@ -222,12 +228,18 @@ def _run_ray(payload: Payload, units: list[Unit], workers: int, address: str | N
         count = workers if workers > 1 else max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
         payload_ref = ray.put(replace(payload, threads=threads))
         actor = ray.remote(num_cpus=threads)(_RayWorker)
-        pool = ActorPool([actor.remote(payload_ref) for _ in range(min(count, len(units)))])
-        results = {}
-        for unit, counts in pool.map_unordered(lambda a, u: a.run.remote(u), units):
-            results[unit] = counts
+        actors = min(count, total, int(ray.cluster_resources().get("CPU", 1)) // threads or 1)
+        pool = ActorPool([actor.remote(payload_ref) for _ in range(actors)])
+        todo = iter(units)
+        for unit in itertools.islice(todo, actors):  # one unit per actor, then one more as each finishes
+            pool.submit(lambda a, u: a.run.remote(u), unit)
+        while pool.has_next():
+            unit, counts = pool.get_next_unordered()
             done(1)
-        return results
+            following = next(todo, None)
+            if following is not None:
+                pool.submit(lambda a, u: a.run.remote(u), following)
+            yield unit, counts
     finally:
         if started:
             ray.shutdown()

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from analog_onnx.errors import ModelError
+from analog_onnx.files import first_line
 from analog_onnx.runtime import make_session
 
 SEED_MASK = np.uint64((1 << 63) - 1)  # the seed inputs are int64 and must be >= 0 to be reproducible
@@ -142,7 +144,11 @@ class Evaluator:
             feed[variant.input_name] = padded(batch, size) if variant.fixed_batch else batch
             if seeds is not None:
                 feed[variant.seed_input] = seeds[b:b + 1].reshape(())
-            logits = session.run([variant.output_name], feed)[0]
+            try:
+                logits = session.run([variant.output_name], feed)[0]
+            except Exception as error:  # onnxruntime's own types: a shape only some batches have, a kernel's refusal
+                raise ModelError(f"onnxruntime failed on samples {start} to {start + len(batch) - 1}: "
+                                 f"{first_line(error)}") from None
             logits = logits.reshape(len(feed[variant.input_name]), -1)[:len(batch)]
             if scores is None:
                 scores = np.empty((len(labels), logits.shape[1]), logits.dtype)

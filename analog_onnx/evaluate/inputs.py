@@ -22,7 +22,14 @@ def fit_inputs(data: Dataset, io: ModelIO, normalization: Normalization | None, 
     Samples whose shape differs but whose element count matches the model's fixed input shape are
     reshaped (digits' [N, 1, 8, 8] into an MLP's [N, 64]); anything else is one clear error.
     """
-    x = normalization.apply(data.x) if normalization else data.x
+    if normalization:
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below, as one error instead of a warning
+            x = normalization.apply(data.x)
+        if not np.isfinite(x).all():
+            raise AnalogError(f"normalizing {data.name} with mean {list(normalization.mean)} and std "
+                              f"{list(normalization.std)} ({normalization.source}) overflows float32")
+    else:
+        x = data.x
     want = io.input_shape[1:]
     have = x.shape[1:]
     if len(io.input_shape) == 0:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from analog_onnx.arguments import float32_problem, numbers
 from analog_onnx.errors import AnalogError
 
 MAX_LEVELS = 10_000
@@ -42,19 +43,22 @@ def _range(item: str, flag: str) -> list[float]:
     return [float(v) for v in np.linspace(start, stop, count)]
 
 
-def noise_levels(value: str | Sequence[float], flag: str = "--noise-scales") -> list[float]:
-    """Noise scales from CLI text (see :func:`parse_noise_scales`) or from a list of numbers."""
+def noise_levels(value: str | float | Sequence[float], flag: str = "--noise-scales") -> list[float]:
+    """Noise scales from CLI text (see :func:`parse_noise_scales`), a number or a list of numbers."""
     if isinstance(value, str):
         return parse_noise_scales(value, flag)
-    return _checked_levels([float(v) for v in value], flag)
+    return _checked_levels(numbers(value, flag), flag)
 
 
 def _checked_levels(levels: list[float], flag: str) -> list[float]:
-    """Sorted distinct levels; negative or non-finite levels are an error, 0 (no noise) is allowed."""
+    """Sorted distinct levels; negative levels, and levels float32 cannot hold (the ``noise_scale``
+    input is float32), are an error; 0 (no noise) is allowed."""
     if not levels:
         raise AnalogError(f"{flag}: no noise scales given")
-    if not all(math.isfinite(v) for v in levels):
-        raise AnalogError(f"{flag}: noise scales must be finite numbers")
+    for level in levels:
+        problem = float32_problem(level)
+        if problem:
+            raise AnalogError(f"{flag}: noise scale {level:g} {problem}")
     if min(levels) < 0:
         raise AnalogError(f"{flag}: noise scales must be >= 0, got {min(levels)}")
     return sorted(set(levels))
@@ -80,13 +84,20 @@ def parse_times(text: str, flag: str = "--t-inference") -> list[float]:
     return check_times([_number(part.strip(), flag) for part in text.split(",") if part.strip()], flag)
 
 
-def check_times(times: Sequence[float], flag: str = "--t-inference") -> list[float]:
-    """Inference times must be positive and strictly increasing, as a drift model needs them."""
-    times = [float(t) for t in times]
+def check_times(times: str | float | Sequence[float], flag: str = "--t-inference") -> list[float]:
+    """Inference times (CLI text, a number or a list) must be positive, strictly increasing, as a
+    drift model needs them, and fit the float32 ``t_inference`` input."""
+    if isinstance(times, str):
+        return parse_times(times, flag)
+    times = numbers(times, flag)
     if not times:
         raise AnalogError(f"{flag}: no times given")
     if not all(math.isfinite(t) and t > 0 for t in times):
         raise AnalogError(f"{flag}: times must be positive seconds, got {times}")
+    for t in times:
+        problem = float32_problem(t)
+        if problem:
+            raise AnalogError(f"{flag}: time {t:g} s {problem}")
     if any(b <= a for a, b in zip(times, times[1:], strict=False)):
         raise AnalogError(f"{flag}: times must be strictly increasing, got {times}")
     return times

@@ -7,13 +7,16 @@ stripped and transformed again with that config. The clean form gives the clean 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from analog_onnx.arguments import expect
 from analog_onnx.config import AnalogConfig
 from analog_onnx.data.preprocess import Normalization, from_model
 from analog_onnx.errors import ModelError
@@ -59,6 +62,15 @@ def prepare_model(model: ModelSource, config: AnalogConfig | None, name: str) ->
     final = read_analog_metadata(analog)
     return PreparedModel(name, source, clean, analog, config, config_source, final.noise_scale_input,
                          final.seed_input, from_model(proto), notes)
+
+
+def model_sources(models: Any) -> list[ModelSource]:
+    """One model or a sequence of them, each a file path or an ``onnx.ModelProto``."""
+    many = isinstance(models, Sequence) and not isinstance(models, str)
+    sources = list(models) if many else [models]
+    for source in sources:
+        expect(source, (str, Path, onnx.ModelProto), "a model")
+    return sources
 
 
 def model_names(models: list[ModelSource]) -> list[str]:

@@ -1,8 +1,9 @@
 """Report files and plots: the one module that turns report data into files.
 
 ``write_report`` writes an evaluation's ``report.json``, ``results.csv`` and
-``accuracy_vs_noise.png``, or a sensitivity run's ``sensitivity.json`` and ``sensitivity.png``.
-Every file goes through ``analog_onnx.files``, so a crash never leaves a half-written file.
+``accuracy_vs_noise.png`` (and ``accuracy_vs_time.png`` over several times), or a sensitivity
+run's ``sensitivity.json`` and ``sensitivity.png``. They go through ``analog_onnx.files``
+together, so a crash never leaves a half-written file or a report of two runs.
 Plots are drawn with matplotlib's Agg canvas directly
 (no pyplot, no global backend state).
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -19,29 +22,59 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from analog_onnx.arguments import expect
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
-from analog_onnx.files import write_text, write_with
+from analog_onnx.files import atomic_outputs
 from analog_onnx.text import printable
+
+EVALUATION_FILES = ("report.json", "results.csv", "accuracy_vs_noise.png", "accuracy_vs_time.png")
+SENSITIVITY_FILES = ("sensitivity.json", "sensitivity.png")
 
 
 def write_report(report: EvaluationReport | SensitivityReport, out: str | Path, *, force: bool = False) -> list[Path]:
-    """Write the report's files into the folder ``out``; returns their paths."""
+    """Write the report's files into the folder ``out`` together (all or none); returns their paths.
+
+    A file of the same kind of report that this one does not write (``accuracy_vs_time.png`` of an
+    earlier run with several times) is removed, so the folder never mixes two runs; files of the
+    other kind, and anything else, are left alone. A folder this call created is removed again when
+    writing fails."""
+    expect(report, (EvaluationReport, SensitivityReport), "report")
+    expect(out, (str, Path), "out")
+    folder = Path(out).expanduser()
+    created = not folder.exists()
     folder = prepare_output_dir(out, force=force)
+    files = _report_files(report)
+    kind = SENSITIVITY_FILES if isinstance(report, SensitivityReport) else EVALUATION_FILES
+    try:
+        with atomic_outputs(*(folder / name for name in files), force=True) as scratch:
+            for path, write in zip(scratch, files.values(), strict=True):
+                with open(path, "wb") as handle:
+                    write(handle)
+    except BaseException:
+        if created:
+            with suppress(OSError):
+                folder.rmdir()  # empty again: the scratch files went with their staging folder
+        raise
+    for name in kind:
+        if name not in files:
+            (folder / name).unlink(missing_ok=True)
+    return [folder / name for name in files]
+
+
+def _report_files(report: EvaluationReport | SensitivityReport) -> dict[str, Callable[[BinaryIO], Any]]:
+    """{file name: a function writing it to a binary file}."""
+    def text(content: str) -> Callable[[BinaryIO], Any]:
+        return lambda handle: handle.write(content.encode())
+
     if isinstance(report, SensitivityReport):
-        return [
-            write_text(folder / "sensitivity.json", dumps_json(report.to_dict()), force=True),
-            write_with(folder / "sensitivity.png", lambda f: sensitivity_png(report, f), force=True),
-        ]
-    written = [
-        write_text(folder / "report.json", dumps_json(report.to_dict()), force=True),
-        write_text(folder / "results.csv", results_csv(report), force=True),
-        write_with(folder / "accuracy_vs_noise.png", lambda f: accuracy_vs_noise_png(report, f), force=True),
-    ]
+        return {"sensitivity.json": text(dumps_json(report.to_dict())),
+                "sensitivity.png": lambda f: sensitivity_png(report, f)}
+    files = {"report.json": text(dumps_json(report.to_dict())), "results.csv": text(results_csv(report)),
+             "accuracy_vs_noise.png": lambda f: accuracy_vs_noise_png(report, f)}
     if len({m.t_inference for m in report.models if m.t_inference is not None}) > 1:
-        written.append(write_with(folder / "accuracy_vs_time.png", lambda f: accuracy_vs_time_png(report, f),
-                                  force=True))
-    return written
+        files["accuracy_vs_time.png"] = lambda f: accuracy_vs_time_png(report, f)
+    return files
 
 
 def results_csv(report: EvaluationReport) -> str:

@@ -6,6 +6,7 @@ measures the clean accuracy, before any Monte Carlo work starts.
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -15,11 +16,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+from analog_onnx.arguments import check_fields, expect, numbers
 from analog_onnx.config import AnalogConfig, load_preset
 from analog_onnx.data import Dataset, load_dataset
-from analog_onnx.data.preprocess import Normalization
+from analog_onnx.data.preprocess import Normalization, from_flags
 from analog_onnx.errors import AnalogError, ModelError
-from analog_onnx.evaluate.backends import BACKENDS, Progress, run_units
+from analog_onnx.evaluate.backends import BACKENDS, Progress, cores, run_units
 from analog_onnx.evaluate.engine import Counts, Evaluator, Payload, Unit, Variant, padded
 from analog_onnx.evaluate.inputs import check_labels, fit_inputs
 from analog_onnx.evaluate.models import ModelIO, ModelSource, PreparedModel, model_io, prepare_model
@@ -29,6 +31,8 @@ from analog_onnx.runtime import make_session
 from analog_onnx.transform import read_analog_metadata
 
 ConfigLike = AnalogConfig | str | Path | None
+MAX_REPEATS = 100_000  # Monte Carlo error is ~0.3% of one repeat's spread long before this
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -46,21 +50,28 @@ class RunSettings:
     ray_address: str | None = None
 
     def checked(self) -> RunSettings:
+        check_fields(self, "settings")
         for name, value, low in (("repeats", self.repeats, 1), ("batch_size", self.batch_size, 1),
                                  ("workers", self.workers, 1), ("reads", self.reads, 1)):
             if value < low:
                 raise AnalogError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+        if self.repeats > MAX_REPEATS:
+            raise AnalogError(f"--repeats (chips x reads) must be at most {MAX_REPEATS:,}, got {self.repeats:,}: "
+                              "the report keeps every repeat's accuracy")
         if self.backend not in BACKENDS:
             raise AnalogError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}")
         if self.top_k is not None and self.top_k < 1:
             raise AnalogError(f"--top-k must be >= 1, got {self.top_k}")
         if self.repeats % self.reads:
             raise AnalogError(f"--repeats {self.repeats} is not a whole number of chips of {self.reads} reads")
-        if self.threads is not None and self.threads < 1:
-            raise AnalogError(f"--threads must be >= 1, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise AnalogError(f"--threads must be between 1 and {MAX_THREADS}, got {self.threads}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise AnalogError(f"--seed must be between 0 and 2**63-1, got {self.seed}")
-        return self if self.seed is not None else replace(self, seed=secrets.randbits(63))
+        checked = self if self.seed is not None else replace(self, seed=secrets.randbits(63))
+        if self.backend == "local" and self.threads is not None and self.threads > cores():
+            checked = replace(checked, threads=cores())  # more only compete for the same cores
+        return checked
 
     def recorded(self) -> dict[str, Any]:
         """The settings that determine the numbers (the backend and worker count do not)."""
@@ -68,8 +79,20 @@ class RunSettings:
                 "batch_size": self.batch_size, "top_k": self.top_k}
 
 
+def checked_settings(settings: RunSettings | None) -> RunSettings:
+    """The caller's settings (the defaults for None), checked."""
+    return (RunSettings() if settings is None else expect(settings, RunSettings, "settings")).checked()
+
+
+def normalization_flags(mean: Sequence[float] | str | None, std: Sequence[float] | str | None,
+                        ) -> Normalization | None:
+    """``mean``/``std`` as the caller gave them (numbers, or CLI text like "0.49,0.48,0.45")."""
+    return from_flags(*(None if v is None else numbers(v, name) for v, name in ((mean, "mean"), (std, "std"))))
+
+
 def resolve_config(config: ConfigLike) -> AnalogConfig | None:
     """An AnalogConfig, a preset name, or a TOML/JSON file path."""
+    expect(config, ConfigLike, "config (an AnalogConfig, a preset name or a config file)")
     if config is None or isinstance(config, AnalogConfig):
         return config
     text = str(config)
@@ -80,6 +103,9 @@ def resolve_config(config: ConfigLike) -> AnalogConfig | None:
 
 def read_data(data: str | Dataset, split: str, limit: int | None) -> tuple[Dataset, str]:
     """The dataset and how to name it in the report."""
+    expect(data, (str, Dataset), "data (a --data spec such as 'digits', or a Dataset)")
+    expect(split, str, "split")
+    expect(limit, int | None, "limit")
     if isinstance(data, Dataset):
         return data.limit(limit), data.name
     return load_dataset(data, split, limit), data
@@ -156,24 +182,26 @@ def effective_top_k(settings: RunSettings, targets: list[Target]) -> int | None:
 
 def run_grid(variants: list[Variant], inputs: list[np.ndarray], labels: np.ndarray, noise_scales: Sequence[float],
              settings: RunSettings, top_k: int | None, progress: Progress | None) -> list[list[NoisePoint]]:
-    """Every variant x noise level x repeat; returns the points of each variant, in noise order."""
+    """Every variant x noise level x repeat; returns the points of each variant, in noise order.
+    Units are made as workers take them and their counts kept in arrays, never as one long list."""
     payload = Payload(tuple(variants), tuple(inputs), labels, settings.batch_size, top_k, settings.seed or 0,
                       settings.threads, settings.reads)
-    units = [Unit(v, n, r, float(scale)) for v in range(len(variants))
-             for n, scale in enumerate(noise_scales) for r in range(settings.repeats)]
-    counts = run_units(payload, units, backend=settings.backend, workers=settings.workers,
-                       ray_address=settings.ray_address, progress=progress)
+    shape = (len(variants), len(noise_scales), settings.repeats)
+    units = (Unit(v, n, r, float(scale)) for v in range(shape[0]) for n, scale in enumerate(noise_scales)
+             for r in range(shape[2]))
+    top1, topk, nonfinite = (np.zeros(shape, np.int64) for _ in range(3))
+    for unit, counts in run_units(payload, units, math.prod(shape), backend=settings.backend,
+                                  workers=settings.workers, ray_address=settings.ray_address, progress=progress):
+        at = (unit.variant, unit.noise_index, unit.repeat)
+        top1[at], topk[at], nonfinite[at] = counts.top1, counts.topk or 0, counts.nonfinite
     total = len(labels)
     points = []
-    for v in range(len(variants)):
-        row = []
-        for n, scale in enumerate(noise_scales):
-            hits = [counts[Unit(v, n, r, float(scale))] for r in range(settings.repeats)]
-            topk = tuple(h.topk / total for h in hits) if top_k is not None else None
-            t = variants[v].t_inference if variants[v].t_inference_input is not None else None
-            row.append(NoisePoint(float(scale), tuple(h.top1 / total for h in hits), topk,
-                                  sum(h.nonfinite for h in hits), t, settings.reads))
-        points.append(row)
+    for v, variant in enumerate(variants):
+        t = variant.t_inference if variant.t_inference_input is not None else None
+        points.append([NoisePoint(float(scale), tuple((top1[v, n] / total).tolist()),
+                                  tuple((topk[v, n] / total).tolist()) if top_k is not None else None,
+                                  int(nonfinite[v, n].sum()), t, settings.reads)
+                       for n, scale in enumerate(noise_scales)])
     return points
 
 

@@ -9,10 +9,13 @@ is swept over the noise levels and ranked by its midpoint noise level (lower is 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import onnx
+
+from analog_onnx.arguments import expect
 from analog_onnx.data import Dataset
-from analog_onnx.data.preprocess import from_flags
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.backends import Progress
 from analog_onnx.evaluate.levels import noise_levels
@@ -23,8 +26,10 @@ from analog_onnx.evaluate.runner import (
     ConfigLike,
     RunSettings,
     analog_variant,
+    checked_settings,
     data_summary,
     effective_top_k,
+    normalization_flags,
     prepare_targets,
     read_data,
     resolve_config,
@@ -49,18 +54,20 @@ def sensitivity(
     progress: Progress | None = None,
 ) -> SensitivityReport:
     """Per-site sensitivity of one model; see the module docstring."""
-    if midpoint:
+    expect(model, (str, Path, onnx.ModelProto), "model")
+    if expect(midpoint, bool, "midpoint"):
         levels = [s for s in noise_levels(noise_scales) if s > 0]
         if len(levels) < 2:
             raise AnalogError("--midpoint needs at least two positive noise scales")
     else:
-        if not 0 < noise_scale < math.inf:  # also false for NaN
+        if not 0 < expect(noise_scale, float, "noise_scale") < math.inf:  # also false for NaN
             raise AnalogError(f"--noise-scale must be a finite number > 0, got {noise_scale}")
-        levels = [float(noise_scale)]
-    settings = (settings or RunSettings()).checked()
+        levels = noise_levels([noise_scale], "--noise-scale")
+    settings = checked_settings(settings)
+    expect(progress, Callable | None, "progress")
     dataset, spec = read_data(data, split, limit)
     [name] = model_names([model])
-    [target], inputs = prepare_targets([model], [name], resolve_config(config), dataset, from_flags(mean, std),
+    [target], inputs = prepare_targets([model], [name], resolve_config(config), dataset, normalization_flags(mean, std),
                                        settings)
     prepared = target.model
     sites = analog_sites(prepared.clean, prepared.config)

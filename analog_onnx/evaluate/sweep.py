@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from analog_onnx import arguments
+from analog_onnx.arguments import expect
 from analog_onnx.config import AnalogConfig
 from analog_onnx.data import Dataset
-from analog_onnx.data.preprocess import from_flags
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.backends import Progress
 from analog_onnx.evaluate.engine import Variant
 from analog_onnx.evaluate.levels import DEFAULT_NOISE_SCALES, check_times, noise_levels
 from analog_onnx.evaluate.metrics import midpoint_noise
-from analog_onnx.evaluate.models import ModelSource, model_names
+from analog_onnx.evaluate.models import ModelSource, model_names, model_sources
 from analog_onnx.evaluate.report import EvaluationReport, ModelResult
 from analog_onnx.evaluate.runner import (
     ConfigLike,
     RunSettings,
     Target,
     analog_variant,
+    checked_settings,
     data_summary,
     effective_top_k,
+    normalization_flags,
     prepare_targets,
     read_data,
     resolve_config,
@@ -49,18 +52,20 @@ def evaluate(
     progress: Progress | None = None,
 ) -> EvaluationReport:
     """Monte Carlo accuracy of each model at each noise level; see the package docstring."""
-    sources = [models] if isinstance(models, (str, bytes)) or not isinstance(models, Sequence) else list(models)
+    sources = model_sources(models)
     if not sources:
         raise AnalogError("no models to evaluate")
-    names = list(names) if names is not None else model_names(sources)
+    names = arguments.names(names, "names") if names is not None else model_names(sources)
     if len(names) != len(sources) or len(set(names)) != len(names):
         raise AnalogError("give one distinct name per model")
     levels = noise_levels(noise_scales)
-    settings = (settings or RunSettings()).checked()
-    times = check_times(t_inference) if t_inference is not None else None
+    settings = checked_settings(settings)
+    times = check_times(t_inference, "t_inference") if t_inference is not None else None
     compensations = COMPENSATION[check_compensation(drift_compensation)] if drift_compensation else (None,)
+    expect(progress, Callable | None, "progress")
     dataset, spec = read_data(data, split, limit)
-    targets, inputs = prepare_targets(sources, names, resolve_config(config), dataset, from_flags(mean, std), settings)
+    normalization = normalization_flags(mean, std)
+    targets, inputs = prepare_targets(sources, names, resolve_config(config), dataset, normalization, settings)
     notes = [note for t in targets for note in t.model.notes]
     timeless = [t.model.name for t in targets if not t.model.config.device.enabled]
     if times is not None and timeless:
@@ -95,7 +100,7 @@ class DeviceRun:
 
 
 def check_compensation(value: str) -> str:
-    if value not in COMPENSATION:
+    if not isinstance(value, str) or value not in COMPENSATION:
         raise AnalogError(f"--drift-compensation must be one of {', '.join(COMPENSATION)}, got {value!r}")
     return value
 

@@ -26,6 +26,7 @@ from analog_onnx.devices.conductance import ZERO_WEIGHT
 from analog_onnx.devices.streams import DEVICE_STREAM_BASE, Draw
 from analog_onnx.ops import DOMAIN, OP_NAMES, OPSET_VERSION
 from analog_onnx.ops.device_functions import device_functions
+from analog_onnx.ops.reference import TINY
 from analog_onnx.ops.rng import GAMMA, KEY_HIGH, KEY_LOW
 
 analog = Opset(DOMAIN, OPSET_VERSION)
@@ -49,6 +50,8 @@ _ONE_K = onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "k")
 FRESH_BITS = 52
 _BIT_VALUES = onnx.numpy_helper.from_array(np.left_shift(1, np.arange(FRESH_BITS, dtype=np.int64)), "bit_values")
 _TRAINING = onnx.numpy_helper.from_array(np.array(True), "training")
+_BIG = np.iinfo(np.int64).max  # a Slice end past any axis
+
 
 
 @script(analog)
@@ -128,10 +131,24 @@ def StandardNormals(count: INT64, key):
 
 
 @script(analog)
+def AbsMaxLast(X):
+    """max |X| over the last axis, kept with size 1: a NaN wins (TopK, as numpy), an empty axis gives 0."""
+    last = op.Slice(op.Shape(X), op.Constant(value_ints=[-1]), op.Constant(value_ints=[_BIG]))
+    top, _ = op.TopK(op.Abs(X), op.Min(op.Constant(value=_ONE_K), last), axis=-1)
+    zero = op.Expand(op.Constant(value_float=0.0), op.Concat(op.Slice(op.Shape(X), op.Constant(value_ints=[0]), op.Constant(value_ints=[-1])), op.Constant(value_ints=[1]), axis=0))
+    return op.Slice(op.Concat(top, zero, axis=-1), op.Constant(value_ints=[0]), op.Constant(value_ints=[1]), op.Constant(value_ints=[-1]))
+
+
+@script(analog)
+def ScaleOf(m):
+    """The scale of rows with abs-max m: 1 below the smallest normal float32 (reference.scale_of)."""
+    return op.Where(op.GreaterOrEqual(m, op.Constant(value_float=TINY)), m, op.Constant(value_float=1.0))
+
+
+@script(analog)
 def RowAbsMax(X, axis: int):
-    """Abs-max of each row of Flatten(X, axis), shape [rows, 1]; zero rows give 1."""
-    m, _ = op.TopK(op.Flatten(op.Abs(X), axis=axis), op.Constant(value=_ONE_K), axis=1)
-    return op.Where(op.Greater(m, op.Constant(value_float=0.0)), m, op.Constant(value_float=1.0))
+    """Abs-max of each row of Flatten(X, axis), shape [rows, 1], as a scale (reference.row_absmax)."""
+    return ScaleOf(AbsMaxLast(op.Flatten(X, axis=axis)))
 
 
 @script(analog)
@@ -158,11 +175,15 @@ def Noise(X: FLOAT, noise_scale: FLOAT, seed: INT64, sigma_add: float = 0.0, sig
     both = op.And(op.Not(op.Equal(op.Constant(value_float=sigma_add), zero)), op.Not(op.Equal(op.Constant(value_float=sigma_mul), zero)))
     per_element = op.Add(op.Cast(both, to=TensorProto.INT64), op.Constant(value_int=1))
     z = op.Reshape(StandardNormals(op.Mul(op.Size(X), per_element), StreamKey(seed, stream=stream)), op.Concat(op.Constant(value_ints=[-1]), op.Reshape(per_element, op.Constant(value_ints=[1])), axis=0))
-    flat = op.Flatten(X, axis=1)
-    z1 = op.Reshape(op.Gather(z, op.Constant(value_int=0), axis=1), op.Shape(flat))
-    z2 = op.Reshape(op.Gather(z, op.Sub(per_element, op.Constant(value_int=1)), axis=1), op.Shape(flat))
+    samples = op.Unsqueeze(X, op.Constant(value_ints=[-1]))  # the rows of Flatten(X, 1), a scalar's included
+    flat = op.Flatten(samples, axis=1)
+    # Reshape copies a 0 of its shape from its input: [rows, -1], or the shape itself when there are no rows
+    rows_t = op.Slice(op.Shape(flat), op.Constant(value_ints=[0]), op.Constant(value_ints=[1]))
+    flat_shape = op.Where(op.Equal(rows_t, op.Constant(value_ints=[0])), op.Shape(flat), op.Concat(rows_t, op.Constant(value_ints=[-1]), axis=0))
+    z1 = op.Reshape(op.Gather(z, op.Constant(value_int=0), axis=1), flat_shape)
+    z2 = op.Reshape(op.Gather(z, op.Sub(per_element, op.Constant(value_int=1)), axis=1), flat_shape)
     mul = op.Mul(noise_scale, op.Constant(value_float=sigma_mul))
-    ref = op.Where(op.Cast(op.Constant(value_int=relative), to=TensorProto.BOOL), RowAbsMax(X, axis=1), op.Constant(value_float=1.0))
+    ref = op.Where(op.Cast(op.Constant(value_int=relative), to=TensorProto.BOOL), RowAbsMax(samples, axis=1), op.Constant(value_float=1.0))
     add = op.Mul(op.Mul(noise_scale, op.Constant(value_float=sigma_add)), ref)
     y = op.Add(op.Mul(flat, op.Add(op.Constant(value_float=1.0), op.Mul(mul, z1))), op.Mul(add, z2))
     return op.Reshape(y, op.Shape(X))
@@ -217,8 +238,8 @@ def SplitIndex(size: INT64, max_size: int):
     """Gather indices [tiles, largest tile] of reference.split_sizes(size, max_size); padding is `size`."""
     one = op.Constant(value_int=1)
     limit_in = op.Constant(value_int=max_size)
-    limit = op.Where(op.Greater(limit_in, op.Constant(value_int=0)), op.Min(limit_in, size), size)
-    count = op.Div(op.Sub(op.Add(size, limit), one), limit)
+    limit = op.Max(op.Where(op.Greater(limit_in, op.Constant(value_int=0)), op.Min(limit_in, size), size), one)
+    count = op.Max(op.Div(op.Sub(op.Add(size, limit), one), limit), one)  # size 0: one empty tile
     base = op.Div(size, count)
     extra = op.Sub(size, op.Mul(base, count))
     t = op.Range(op.Constant(value_int=0), count, one)
@@ -239,7 +260,7 @@ def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: in
     top1 = op.Constant(value_ints=[1])
     m_out = op.Gather(op.Shape(W), zero_i)
     k_in = op.Gather(op.Shape(W), one_i)
-    vectors = op.Reshape(X, op.Concat(op.Constant(value_ints=[-1]), op.Unsqueeze(k_in, first), axis=0))
+    vectors = op.Flatten(X, axis=-1)
     n_vec = op.Gather(op.Shape(vectors), zero_i)
     in_index = SplitIndex(k_in, max_size=max_input_size)
     out_index = SplitIndex(m_out, max_size=max_output_size)
@@ -250,8 +271,7 @@ def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: in
     w_pad = op.Concat(W, op.Expand(zero_f, op.Concat(op.Unsqueeze(m_out, first), top1, axis=0)), axis=1)
     wt = op.Gather(w_pad, in_index, axis=1)
     # mapping scales per (output, input tile): max|W| of the output's row, or of its output tile's block
-    col_max, _ = op.TopK(op.Abs(wt), top1, axis=2)
-    col_max = op.Squeeze(col_max, op.Constant(value_ints=[2]))
+    col_max = op.Squeeze(AbsMaxLast(wt), op.Constant(value_ints=[2]))
     outputs = op.Unsqueeze(op.Range(zero_i, m_out, one_i), op.Constant(value_ints=[1, 2]))
     member = op.ReduceSum(op.Cast(op.Equal(outputs, op.Unsqueeze(out_index, first)), to=TensorProto.FLOAT), op.Constant(value_ints=[2]), keepdims=0)
     block_max, _ = op.TopK(op.Mul(op.Unsqueeze(col_max, op.Constant(value_ints=[2])), op.Unsqueeze(member, top1)), top1, axis=0)
@@ -262,15 +282,16 @@ def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: in
     alpha = op.Where(op.And(op.Greater(omega, zero_f), op.Greater(alpha, zero_f)), alpha, one_f)
     mapped = op.Transpose(op.Div(wt, op.Unsqueeze(alpha, op.Constant(value_ints=[2]))), perm=[1, 2, 0])
     # per-vector noise management; round r scales by s = (1/c) / 2^r
-    abs_max, _ = op.TopK(op.Abs(xt), top1, axis=2)
-    managed = op.Where(op.Greater(abs_max, zero_f), abs_max, one_f)
-    c = op.Where(op.Cast(op.Constant(value_int=noise_management), to=TensorProto.BOOL), managed, op.Expand(one_f, op.Shape(abs_max)))
+    abs_max = AbsMaxLast(xt)
+    c = op.Where(op.Cast(op.Constant(value_int=noise_management), to=TensorProto.BOOL), ScaleOf(abs_max), op.Expand(one_f, op.Shape(abs_max)))
     inverse = op.Div(one_f, c)
     rounds = op.Constant(value_int=bm_rounds)
     per_round = op.Mul(op.Mul(tiles_in, n_vec), m_out)
     key = StreamKey(seed, stream=stream)
     sigma = op.Mul(noise_scale, op.Constant(value_float=out_noise))
     out_shape_t = op.Concat(op.Unsqueeze(tiles_in, first), op.Unsqueeze(n_vec, first), op.Unsqueeze(m_out, first), axis=0)
+    # [T, -1, M], not [T, N, M]: Reshape copies a 0 in the shape from its input, so N = 0 would fail
+    z_shape = op.Concat(op.Unsqueeze(tiles_in, first), op.Constant(value_ints=[-1]), op.Unsqueeze(m_out, first), axis=0)
     chosen = op.Expand(zero_f, out_shape_t)
     accepted = op.Cast(chosen, to=TensorProto.BOOL)
     reduction = one_f
@@ -279,7 +300,7 @@ def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: in
         scale = op.Div(inverse, reduction)
         xq, _ = Converter(op.Mul(xt, scale), bits=inp_bits, bound=inp_bound)
         y = op.MatMul(xq, mapped)
-        z = op.Reshape(NormalsFrom(op.Mul(r, per_round), per_round, key), op.Shape(y))
+        z = op.Reshape(NormalsFrom(op.Mul(r, per_round), per_round, key), z_shape)
         q, beyond = Converter(op.Add(y, op.Mul(sigma, z)), bits=out_bits, bound=out_bound)
         block_beyond = op.Greater(op.MatMul(op.Cast(beyond, to=TensorProto.FLOAT), member), zero_f)
         saturated = op.Greater(op.MatMul(op.Cast(block_beyond, to=TensorProto.FLOAT), op.Transpose(member, perm=[1, 0])), zero_f)
@@ -289,6 +310,8 @@ def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: in
         reduction = op.Mul(reduction, op.Constant(value_float=2.0))
     total = op.ReduceSum(op.Mul(chosen, op.Unsqueeze(op.Transpose(alpha, perm=[1, 0]), top1)), first, keepdims=0)
     out_shape = op.Concat(op.Slice(op.Shape(X), first, op.Constant(value_ints=[-1])), op.Unsqueeze(m_out, first), axis=0)
+    # Reshape copies a 0 of its shape from its input: a zero dimension (an empty batch) is inferred instead
+    out_shape = op.Where(op.Equal(out_shape, zero_i), op.Constant(value_ints=[-1]), out_shape)
     return op.Reshape(total, out_shape)
 
 
@@ -375,8 +398,8 @@ def DeviceWeights(W: FLOAT, noise_scale: FLOAT, seed: INT64, chip_seed: INT64, t
 
 
 PUBLIC = tuple(globals()[name] for name in OP_NAMES)  # the schema's ops, in its order
-HELPERS = (SwapHalves, SquaresPair, KeyOf, StreamKey, NormalsFrom, StandardNormals, RowAbsMax, ClipAndRound, Converter,
-           SplitIndex, DrawKey, StandardUniforms, Stick, Readout, MeanAbs)
+HELPERS = (SwapHalves, SquaresPair, KeyOf, StreamKey, NormalsFrom, StandardNormals, AbsMaxLast, ScaleOf, RowAbsMax,
+           ClipAndRound, Converter, SplitIndex, DrawKey, StandardUniforms, Stick, Readout, MeanAbs)
 DEVICE_HELPERS = device_functions(DOMAIN)  # traced from the device models
 
 

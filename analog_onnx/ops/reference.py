@@ -6,7 +6,9 @@ Conventions shared by all ops:
 - Arithmetic is float32, in the order written here, so deterministic parts agree exactly.
 - "Rows" of a tensor are the rows of ``Flatten(X, axis)``: ``axis=1`` gives one row per sample,
   ``axis=-1`` one row per vector (aihwkit's granularity for dense layers), ``axis=0`` one row.
-- Abs-max scales of an all-zero row are 1, so no division by zero.
+- Abs-max scales of a row without a value of at least the smallest normal float32 (all zero,
+  subnormal or empty) are 1, so no division by zero and no overflow of ``1 / scale``: a CPU
+  that flushes subnormals to zero computes the same.
 """
 
 from __future__ import annotations
@@ -18,19 +20,24 @@ from analog_onnx.ops.grid import levels
 from analog_onnx.ops.rng import noise_normals, normals, stream_key
 
 F32 = np.float32
+TINY = np.finfo(F32).tiny  # the smallest normal float32 (2**-126): 1 / TINY is finite
 
 
 def rows(x: np.ndarray, axis: int) -> np.ndarray:
     """``Flatten(x, axis)`` as ONNX defines it."""
     axis = axis + x.ndim if axis < 0 else axis
-    lead = int(np.prod(x.shape[:axis], dtype=np.int64))
-    return x.reshape(lead, -1)
+    lead, rest = (int(np.prod(part, dtype=np.int64)) for part in (x.shape[:axis], x.shape[axis:]))
+    return x.reshape(lead, rest)  # not -1: either may be 0
 
 
 def row_absmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """Abs-max of each row of ``Flatten(x, axis)``, shape [rows, 1]; zero rows give 1."""
-    m = np.abs(rows(x, axis)).max(axis=1, keepdims=True).astype(F32)
-    return np.where(m > 0, m, F32(1.0))
+    """Abs-max of each row of ``Flatten(x, axis)``, shape [rows, 1]; see :func:`scale_of`."""
+    return scale_of(np.abs(rows(x, axis)).max(axis=1, keepdims=True, initial=0).astype(F32))
+
+
+def scale_of(absmax: np.ndarray) -> np.ndarray:
+    """The scale of rows with this abs-max: 1 below ``TINY`` (zero, subnormal, empty; also NaN)."""
+    return np.where(absmax >= TINY, absmax, F32(1.0))
 
 
 def clip_and_round(x: np.ndarray, bits: int, bound: float, signed: int) -> np.ndarray:
@@ -188,7 +195,7 @@ def mapping_scales(w: np.ndarray, omega: float, columnwise: int) -> np.ndarray:
     tile's weights are divided by (and its outputs multiplied by), max|W|/omega (1 if 0 or omega = 0)."""
     if omega <= 0:
         return np.ones(w.shape[0], F32)
-    peak = np.abs(w).max(axis=1) if columnwise else np.full(w.shape[0], np.abs(w).max(), F32)
+    peak = np.abs(w).max(axis=1, initial=0) if columnwise else np.full(w.shape[0], np.abs(w).max(initial=0), F32)
     alpha = (peak / F32(omega)).astype(F32)
     return np.where(alpha == 0, F32(1.0), alpha)
 
@@ -216,7 +223,7 @@ def analog_tile(
 
     K is split over input tiles and M over output tiles (``split_sizes``). For each tile ``t``,
     vector ``n`` and round ``r = 0 .. bm_rounds-1``, with ``c`` the input abs-max of the vector's
-    slice (1 without noise management, or when zero) and ``s = (1/c) / 2^r``:
+    slice (1 without noise management, or below ``TINY``) and ``s = (1/c) / 2^r``:
     ``y = ADC(DAC(x s) (W_t/a)^T + noise_scale out_noise z) / s``, ``a`` the tile's mapping scales.
     The vector takes the first round in which no output of its tile saturates the ADC (or the last
     round); the tiles' ``y a`` are summed over the input tiles in order. ``z`` of round ``r``, input
@@ -224,7 +231,7 @@ def analog_tile(
     """
     x, w = x.astype(F32), w.astype(F32)
     m_out, k_in = w.shape
-    vectors = x.reshape(-1, k_in)
+    vectors = x.reshape(int(np.prod(x.shape[:-1])), k_in)  # not -1: K may be 0
     n_vec = vectors.shape[0]
     in_tiles, out_tiles = _bounds(split_sizes(k_in, max_input_size)), _bounds(split_sizes(m_out, max_output_size))
     sigma = F32(noise_scale) * F32(out_noise)
@@ -232,8 +239,8 @@ def analog_tile(
     total = np.zeros((n_vec, m_out), F32)
     for t, (k0, k1) in enumerate(in_tiles):
         xs = vectors[:, k0:k1]
-        absmax = np.abs(xs).max(axis=1, keepdims=True) if noise_management else np.ones((n_vec, 1), F32)
-        inverse = F32(1.0) / np.where(absmax > 0, absmax, F32(1.0))
+        absmax = np.abs(xs).max(axis=1, keepdims=True, initial=0) if noise_management else np.ones((n_vec, 1), F32)
+        inverse = F32(1.0) / scale_of(absmax)
         for m0, m1 in out_tiles:
             tile = w[m0:m1, k0:k1]
             alpha = mapping_scales(tile, weight_scaling_omega, weight_scaling_columnwise)

@@ -26,6 +26,7 @@ import torch
 
 from analog_onnx.ops import DOMAIN
 from analog_onnx.ops.grid import levels
+from analog_onnx.ops.reference import TINY
 
 F32 = np.float32
 Normals = tuple[torch.Tensor, torch.Tensor]
@@ -51,9 +52,13 @@ def rows(x: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 def row_absmax(x: torch.Tensor, axis: int) -> torch.Tensor:
-    """Abs-max of each row of ``Flatten(x, axis)``, shape [rows, 1]; zero rows give 1. No gradient."""
-    m = rows(x.detach(), axis).abs().amax(dim=1, keepdim=True)
-    return torch.where(m > 0, m, torch.ones_like(m))
+    """Abs-max of each row of ``Flatten(x, axis)``, shape [rows, 1], as a scale. No gradient."""
+    return scale_of(rows(x.detach(), axis).abs().amax(dim=1, keepdim=True))
+
+
+def scale_of(absmax: torch.Tensor) -> torch.Tensor:
+    """Twin of ``reference.scale_of``: 1 where the abs-max is below the smallest normal float32."""
+    return torch.where(absmax >= TINY, absmax, torch.ones_like(absmax))
 
 
 class _ClipAndRound(torch.autograd.Function):
@@ -288,7 +293,7 @@ def analog_tile(
     for t, k_size in enumerate(in_sizes):
         xs = vectors[:, k0:k0 + k_size]
         absmax = xs.detach().abs().amax(dim=1, keepdim=True) if noise_management else torch.ones_like(xs[:, :1])
-        inverse = 1.0 / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+        inverse = 1.0 / scale_of(absmax)
         columns, m0 = [], 0
         for m_size in out_sizes:
             tile = w[m0:m0 + m_size, k0:k0 + k_size]

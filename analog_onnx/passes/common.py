@@ -13,7 +13,10 @@ from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.names import Names
 
 ROLE_KEY = "analog_onnx.role"  # node metadata: what an inserted node is for (strip reads it)
-WEIGHT_ROLES = ("weight_quant", "transpose", "device_weights")  # roles of nodes that act on a layer's weight
+REPLACES_KEY = "analog_onnx.replaces"  # node metadata: the name of the layer a tile chain replaces
+LAYER_KEY = "analog_onnx.layer"  # node metadata of a tile: the site name of the layer it computes
+NODE_KEYS = (ROLE_KEY, REPLACES_KEY, LAYER_KEY)  # the node metadata only the transform writes
+WEIGHT_ROLES = ("weight_quant", "transpose", "device_weights", "weight_column")  # nodes acting on a layer's weight
 
 # model metadata the transform writes (see write_metadata.py and add_controls.py)
 CONFIG_KEY = "analog_onnx.config"
@@ -76,10 +79,16 @@ def splice_after(graph: ir.Graph, value: ir.Value, node: ir.Node, names: Names) 
     """Make every consumer of ``value`` (graph outputs included) read ``node``'s first output instead.
 
     A graph output keeps its name: the new value takes it, the original is renamed after ``node``.
+    A graph input keeps its name too: when it is also a graph output, that output stays the input.
     """
     new = node.outputs[0]
-    is_output = value in graph.outputs
-    value.replace_all_uses_with(new, replace_graph_outputs=True)
+    echoed = value in graph.inputs  # a network input that is also an output: it stays both, unchanged
+    is_output = value in graph.outputs and not echoed
+    if echoed:
+        for user, index in list(value.uses()):
+            user.replace_input_with(index, new)
+    else:
+        value.replace_all_uses_with(new, replace_graph_outputs=True)
     node.replace_input_with(0, value)
     if is_output:
         original_name = value.name

@@ -27,14 +27,12 @@ import numpy as np
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
-from analog_onnx.passes.common import EffectPass, analog_node, control_inputs, next_stream, tag
+from analog_onnx.passes.common import LAYER_KEY, REPLACES_KEY, EffectPass, analog_node, control_inputs, next_stream, tag
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.quantize_weights import channel_axis
 from analog_onnx.passes.sites import Site, find_sites, site_name
 
 CONTROLS = ("noise_scale", "seed")
-REPLACES_KEY = "analog_onnx.replaces"  # node metadata: the name of the layer a tile chain replaces
-LAYER_KEY = "analog_onnx.layer"  # node metadata of a tile: the site name of the layer it computes
 
 
 def _int(node: ir.Node, name: str, default: int) -> int:

@@ -13,6 +13,9 @@ Rule, for each analog layer ``Y = Layer(X, W, b)`` among ``find_sites`` under th
   array and its scale multiplied back after ``MvmOutput``.
 - ``MvmOutput`` reads the ``noise_scale`` and ``seed`` controls and draws its own stream (the
   next free one in the graph, in site order).
+- A MatMul with a vector weight ``w[K]`` (one output per input vector, its last axis dropped), or
+  a second operand known to be a vector, reads it as the column ``[K, 1]``, so ``Y`` has a row per
+  input vector like ``X``; a Squeeze after the periphery drops the axis again.
 """
 
 from __future__ import annotations
@@ -67,6 +70,10 @@ class InsertMvmPeripheryPass(EffectPass):
     def _wrap(self, graph: ir.Graph, site: Site, controls: list[ir.Value], names: Names, stream: int) -> None:
         node, f = site.node, self.config.forward
         axis = rows_axis(node.op_type)
+        y_shape = node.outputs[0].shape
+        operand = node.inputs[1].shape
+        vector = site.weight.ndim == 1 if site.weight is not None else operand is not None and len(operand) == 1
+        column = _as_column(graph, node, names, f"{site.name}/analog_column") if vector else None
         scale = self._mvm_input(graph, node, 0, axis, f"{site.name}/analog_in", names)
         operand_scale = None
         if site.weight is None:  # MatMul of two activations
@@ -87,6 +94,10 @@ class InsertMvmPeripheryPass(EffectPass):
         last = mvm_out
         if operand_scale is not None:
             last = self._append(graph, last, "Mul", operand_scale, f"{site.name}/analog_operand_scale", "scale", names)
+        if column is not None:  # the axis the column added goes (a MatMul has no bias)
+            mvm_out.outputs[0].shape = last.outputs[0].shape = None
+            last = self._append(graph, last, "Squeeze", column, f"{site.name}/analog_squeeze", "weight_column", names)
+            last.outputs[0].shape = y_shape
         if bias is not None:
             self._append(graph, last, "Add", bias, f"{site.name}/analog_bias", "bias", names)
             node.replace_input_with(BIAS_INPUT[node.op_type], None)
@@ -116,6 +127,27 @@ class InsertMvmPeripheryPass(EffectPass):
             return bias if beta == 1.0 else _constant_step(graph, node, "Mul", bias, np.float32(beta), "beta", names)
         shape = np.array([-1] + [1] * (site.weight.ndim - 2), dtype=np.int64)
         return _constant_step(graph, node, "Reshape", bias, shape, "bias_shape", names)
+
+
+def _constant(graph: ir.Graph, layer: ir.Node, array: np.ndarray, base: str, names: Names) -> ir.Value:
+    """A tagged Constant holding ``array``, inserted before ``layer``."""
+    name = names.value(base)
+    constant = tag(ir.node("Constant", [], {"value": ir.tensor(array, name=name)}, name=names.node(base)), "constant")
+    constant.outputs[0].name = name
+    graph.insert_before(layer, constant)
+    return constant.outputs[0]
+
+
+def _as_column(graph: ir.Graph, layer: ir.Node, names: Names, base: str) -> ir.Value:
+    """The MatMul ``layer`` reads its vector weight as a column ``[K, 1]`` (its output's shape is
+    then unknown: one more axis); returns the axes added, ``[-1]``."""
+    axes = _constant(graph, layer, np.array([-1], np.int64), f"{base}_axes", names)
+    unsqueeze = tag(ir.node("Unsqueeze", [layer.inputs[1], axes], name=names.node(base)), "weight_column")
+    unsqueeze.outputs[0].name = names.value(base)
+    graph.insert_before(layer, unsqueeze)
+    layer.replace_input_with(1, unsqueeze.outputs[0])
+    layer.outputs[0].shape = None
+    return axes
 
 
 def _constant_step(graph: ir.Graph, layer: ir.Node, op_type: str, value: ir.Value, operand: np.ndarray,

@@ -1,11 +1,12 @@
 """Which nodes of a graph the transform touches ("sites"), in graph order.
 
 An *analog layer* is a Conv, ConvTranspose, Gemm or MatMul whose weight is a constant (an
-initializer or a Constant, possibly behind a DequantizeLinear); with ``activation_matmul`` a
-MatMul of two activations counts too. Placement "mvm" wraps analog layers; placement
-"activations" perturbs the outputs of every node whose op type is listed (and the network
-inputs). Include/exclude regexes, excluded op types and keep-first/last-digital apply to both.
-Only the top-level graph is searched: subgraphs of If/Loop are left intact.
+initializer or a Constant, possibly behind a DequantizeLinear) with at least one element (an
+empty weight computes nothing); with ``activation_matmul`` a MatMul of two activations counts
+too. Placement "mvm" wraps analog layers; placement "activations" perturbs the outputs of every
+node whose op type is listed (and the network inputs). Include/exclude regexes, excluded op
+types and keep-first/last-digital apply to both. Only the top-level graph is searched:
+subgraphs of If/Loop are left intact.
 
 Every pass finds its own sites with ``find_sites``; a layer stays an analog layer after a pass
 changed its weight (a quantized weight is still a constant weight), so passes compose in any order.
@@ -58,17 +59,27 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
 
 
 def _dequantize(node: ir.Node) -> np.ndarray | None:
-    parts = [constant_array(v) for v in node.inputs]
-    if parts[0] is None or parts[1] is None:
+    """DequantizeLinear of constants: per tensor, per axis, or per block of ``block_size`` along
+    ``axis`` (opset 21: scale and zero point then have the weight's rank)."""
+    parts = [constant_array(v) if v is not None else None for v in node.inputs]
+    if len(parts) < 2 or parts[0] is None or parts[1] is None:
         return None
     x, scale = parts[0].astype(np.float32), parts[1].astype(np.float32)
     zero = parts[2].astype(np.float32) if len(parts) > 2 and parts[2] is not None else np.float32(0)
     axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 1
-    if scale.ndim == 1 and scale.size > 1:
+    block = node.attributes["block_size"].as_int() if "block_size" in node.attributes else 0
+    if block > 0 and x.ndim and scale.ndim == x.ndim:
+        def spread(a: np.ndarray) -> np.ndarray:
+            return np.repeat(a, block, axis=axis).take(range(x.shape[axis]), axis=axis) if np.ndim(a) else a
+        scale, zero = spread(scale), spread(zero)
+    elif scale.ndim == 1 and scale.size > 1 and x.ndim:
         shape = [1] * x.ndim
         shape[axis] = -1
         scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) else zero
-    return (x - zero) * scale
+    try:
+        return (x - zero) * scale
+    except ValueError:  # shapes the checker let through that do not broadcast: not a weight we can read
+        return None
 
 
 def layer_weight(node: ir.Node) -> np.ndarray | None:
@@ -85,8 +96,9 @@ def is_analog_layer(node: ir.Node, activation_matmul: bool) -> bool:
         return False  # ours, or a node the transform inserted (a tile's unfolding Conv)
     if node.op_type == "Gemm" and "transA" in node.attributes and node.attributes["transA"].as_int():
         return False  # rows of A are not input vectors
-    if layer_weight(node) is not None:
-        return True
+    weight = layer_weight(node)
+    if weight is not None:
+        return weight.size > 0
     return node.op_type == "MatMul" and activation_matmul
 
 
@@ -94,6 +106,7 @@ def find_sites(graph: ir.Graph, config: AnalogConfig, only: Collection[str] | No
     """The sites of ``graph`` under ``config`` (named in ``only``, when given), in graph order."""
     p = config.placement
     layers = [n for n in graph if is_analog_layer(n, p.activation_matmul)]
+    is_layer = {id(n) for n in layers}
     digital = set()
     if layers and p.keep_first_digital:
         digital.add(id(layers[0]))
@@ -111,7 +124,7 @@ def find_sites(graph: ir.Graph, config: AnalogConfig, only: Collection[str] | No
             continue
         if not _selected(name, p.include, p.exclude):
             continue
-        weight = layer_weight(node) if node in layers else None
+        weight = layer_weight(node) if id(node) in is_layer else None
         sites.append(Site(name, node.op_type, node.outputs[0], node, weight))
     sites = [s for s in sites if s.op_type != "Input" or _selected(s.name, p.include, p.exclude)]
     return sites if only is None else [s for s in sites if s.name in only]

@@ -10,6 +10,7 @@ take and return plain data.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from analog_onnx.files import write_text
 
 RECORD = "record.json"
+MODEL = "model.onnx"  # a training cell's exported model, which its evaluations read
 
 
 @dataclass(frozen=True)
@@ -34,14 +36,32 @@ class Task:
     threads: int = 1
 
 
-def read_record(folder: str | Path, key: str) -> dict[str, Any] | None:
-    """The cell's record when it is done with these settings, else None."""
-    path = Path(folder) / RECORD
+def read_record(folder: str | Path, key: str, kind: str) -> dict[str, Any] | None:
+    """The record of a ``kind`` cell ("train" or "evaluate") when it is done with these settings and
+    holds what its readers use, else None: a damaged, edited or foreign record means the cell is
+    run again, never a crash. A training is done only while its model file is there."""
+    folder = Path(folder)
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError, RecursionError):
         return None
-    return record if record.get("key") == key and record.get("status") == "done" else None
+    if not isinstance(record, dict) or record.get("key") != key or record.get("status") != "done":
+        return None
+    complete = (folder / MODEL).is_file() if kind == "train" else _evaluation_complete(record)
+    return record if complete else None
+
+
+def _evaluation_complete(record: dict[str, Any]) -> bool:
+    """What ``results`` reads: clean accuracy, midpoint and status, and each point's accuracies."""
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    points = record.get("points")
+    return (number(record.get("clean_accuracy")) and isinstance(record.get("midpoint_status"), str)
+            and (record.get("midpoint_noise") is None or number(record.get("midpoint_noise")))
+            and isinstance(points, list) and bool(points)
+            and all(isinstance(p, dict) and number(p.get("noise_scale")) and isinstance(p.get("accuracies"), list)
+                    and bool(p["accuracies"]) and all(number(a) for a in p["accuracies"]) for p in points))
 
 
 def write_json(path: Path, data: Any) -> None:

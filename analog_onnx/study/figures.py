@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -23,17 +24,29 @@ from analog_onnx.files import write_bytes
 from analog_onnx.study.results import Results
 from analog_onnx.study.spec import DEPTH
 
+FIGURES = ("accuracy_vs_noise-*.png", "midpoint_by_depth-*.png", "cross_hardware.png")  # what draw_figures writes
+
 
 def draw_figures(results: Results, folder: Path) -> list[Path]:
-    if not results.rows:
-        return []
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write the figures of ``results`` into ``folder``; figures of ours that an earlier version of
+    the study drew and this one does not (a hardware since removed) are deleted."""
     paths = []
-    for hardware in results.spec.hardware:
-        paths.append(_save(_accuracy_vs_noise(results, hardware), folder / f"accuracy_vs_noise-{hardware}.png"))
-        paths.append(_save(_midpoint_by_depth(results, hardware), folder / f"midpoint_by_depth-{hardware}.png"))
-    paths.append(_save(_cross_hardware(results), folder / "cross_hardware.png"))
+    if results.rows:
+        folder.mkdir(parents=True, exist_ok=True)
+        for hardware in results.spec.hardware:
+            paths.append(_save(_accuracy_vs_noise(results, hardware), folder / f"accuracy_vs_noise-{hardware}.png"))
+            paths.append(_save(_midpoint_by_depth(results, hardware), folder / f"midpoint_by_depth-{hardware}.png"))
+        paths.append(_save(_cross_hardware(results), folder / "cross_hardware.png"))
+    stale = [p for pattern in FIGURES for p in folder.glob(pattern) if p not in paths] if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
     return paths
+
+
+def _legend(ax: Any) -> None:
+    """A legend when the axes have labelled artists (matplotlib warns about an empty one)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -66,7 +79,7 @@ def _accuracy_vs_noise(results: Results, hardware: str) -> Figure:
         ax.set_xlabel("noise scale")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
-    axes[-1].legend(fontsize="small")
+    _legend(axes[-1])
     figure.suptitle(f"{results.spec.name}: evaluated on {hardware} (bands: 95% interval over seeds)")
     return figure
 
@@ -94,7 +107,7 @@ def _midpoint_by_depth(results: Results, hardware: str) -> Figure:
     ax.set_yscale("log")
     ax.set_ylabel("midpoint noise level")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize="small")
+    _legend(ax)
     ax.set_title(f"{results.spec.name}: midpoint on {hardware}\n(95% interval over seeds)", fontsize=10)
     return figure
 

@@ -146,10 +146,11 @@ def collect(spec: Spec, root: Path) -> Results:
     """Read every finished evaluation of ``spec`` in ``root`` and aggregate over seeds."""
     records = {}
     for cell in spec.eval_cells:
-        record = read_record(root / cell.folder, cell.key)
+        record = read_record(root / cell.folder, cell.key, "evaluate")
         if record is not None:
             records[(cell.train.arch, cell.train.method.name, cell.hardware, cell.train.seed)] = record
-    missing = sum(read_record(root / c.folder, c.key) is None for c in (*spec.train_cells, *spec.eval_cells))
+    missing = sum(read_record(root / c.folder, c.key, "train") is None for c in spec.train_cells) + \
+        sum(read_record(root / c.folder, c.key, "evaluate") is None for c in spec.eval_cells)
     rows = []
     for arch in spec.archs:
         for method in spec.methods:
@@ -208,7 +209,9 @@ def _mean(values: Sequence[float]) -> float:
 def write_report(spec: Spec, root: Path) -> Results:
     """``study.json``, ``study.csv``, ``summary.md`` and ``figures/*.png`` from what is done."""
     from analog_onnx.study.figures import draw_figures
+    from analog_onnx.study.runner import study_folder
 
+    root = study_folder(spec, root)
     results = collect(spec, root)
     write_json(root / "study.json", results.to_dict())
     write_text(root / "study.csv", csv_text(results), force=True)

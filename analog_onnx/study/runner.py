@@ -18,14 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from analog_onnx.arguments import expect
 from analog_onnx.errors import AnalogError
-from analog_onnx.files import write_text
-from analog_onnx.study.cells import Task, read_record, run_task
+from analog_onnx.files import read_small_text, write_text
+from analog_onnx.study.cells import MODEL, Task, read_record, run_task
 from analog_onnx.study.spec import EvalCell, Spec, TrainCell
 
 BACKENDS = ("local", "ray")
@@ -46,20 +48,26 @@ class StudyRun:
 def run_study(spec: Spec, out: str | Path, *, workers: int = 1, backend: str = "local",
               ray_address: str | None = None, console: Console | None = None) -> StudyRun:
     """Run every cell of ``spec`` that is not done in ``out``; see the module docstring."""
+    expect(spec, Spec, "spec (from load_spec)")
     if backend not in BACKENDS:
         raise AnalogError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
-    if workers < 1:
+    if expect(workers, int, "workers") < 1:
         raise AnalogError(f"--workers must be >= 1, got {workers}")
     started = time.perf_counter()
-    root = Path(out).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    root = study_folder(spec, out)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AnalogError(f"cannot create the study folder {out}: {e.strerror}") from None
     write_text(root / SPEC_COPY, spec.text, force=True)
     run = StudyRun()
-    pending_train = [c for c in spec.train_cells if read_record(root / c.folder, c.key) is None]
+    pending_train = [c for c in spec.train_cells if read_record(root / c.folder, c.key, "train") is None]
     waiting = {c.key for c in pending_train}
-    pending_eval = [c for c in spec.eval_cells if read_record(root / c.folder, c.key) is None]
+    pending_eval = [c for c in spec.eval_cells if read_record(root / c.folder, c.key, "evaluate") is None]
     run.skipped = len(spec.train_cells) + len(spec.eval_cells) - len(pending_train) - len(pending_eval)
     board = Board(spec, waiting | {c.key for c in pending_eval})
+    if backend == "local" or ray_address is None:  # on this machine: at most one cell per core
+        workers = max(1, min(workers, _cores(), len(pending_train) + len(pending_eval)))
     threads = max(1, _cores() // workers) if backend == "local" else 1
     if not pending_train and not pending_eval:
         run.seconds = time.perf_counter() - started
@@ -97,11 +105,32 @@ def run_study(spec: Spec, out: str | Path, *, workers: int = 1, backend: str = "
     return run
 
 
+def study_folder(spec: Spec, out: str | Path) -> Path:
+    """``out``, resolved, when it can be the folder of ``spec``: new, empty, or holding this study
+    (its ``study.toml`` names the same study; an edited study keeps its folder). A file, another
+    study or a folder of other files is refused, before any work: their files would be replaced."""
+    root = Path(expect(out, (str, Path), "out")).expanduser()
+    if root.exists() and not root.is_dir():
+        raise AnalogError(f"--out {out} is a file; a study needs a folder")
+    copy = root / SPEC_COPY
+    if copy.is_file():
+        try:
+            found = tomllib.loads(read_small_text(copy, "study file"))["study"]["name"]
+        except (AnalogError, tomllib.TOMLDecodeError, KeyError, TypeError):
+            found = None
+        if found != spec.name:
+            held = f"study {found!r}" if isinstance(found, str) else f"a {SPEC_COPY} that names no study"
+            raise AnalogError(f"{out} holds {held}; give study {spec.name!r} another --out")
+    elif root.is_dir() and any(root.iterdir()):
+        raise AnalogError(f"{out} is not empty and holds no {SPEC_COPY}: give the study a new or empty --out")
+    return root.resolve()
+
+
 def _task(cell: TrainCell | EvalCell, spec: Spec, root: Path, threads: int) -> Task:
     folder = str(root / cell.folder)
     if isinstance(cell, TrainCell):
         return Task("train", _label(cell), folder, cell.key, cell.config, threads=threads)
-    model = str(root / cell.train.folder / "model.onnx")
+    model = str(root / cell.train.folder / MODEL)
     return Task("evaluate", _label(cell), folder, cell.key, cell.settings, model=model, data=spec.data,
                 threads=threads)
 

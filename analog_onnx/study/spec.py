@@ -45,10 +45,13 @@ from typing import Any
 
 import tomllib
 
-from analog_onnx.config import AnalogConfig, resolve_config
-from analog_onnx.data import READERS
+from analog_onnx.arguments import expect
+from analog_onnx.config import MAX_INT, AnalogConfig, resolve_config
+from analog_onnx.data import READERS, check_data_spec
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.levels import noise_levels
+from analog_onnx.evaluate.runner import MAX_REPEATS
+from analog_onnx.files import read_small_text
 
 
 class SpecError(AnalogError):
@@ -63,6 +66,7 @@ _METHOD_FIELDS = {"preset", "config", "set", "noise_scale", "ramp_epochs", "nois
                   "weight_bits"}
 _EVALUATE_FIELDS = {"hardware", "noise_scales", "repeats", "seed", "limit", "batch_size", "report_levels"}
 _STUDY_FIELDS = {"name", "data", "archs", "seeds", "description"}
+SEED_LIMIT = 2**63  # seeds are int64 in the trainer and in evaluate
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # labels become folder names
 # nominal depth (weight layers) of the zoo models, for the midpoint-by-depth figure
 DEPTH = {"mlp": 3, "lenet5": 5, "vgg11": 11, "vgg11_bn": 11, "resnet18": 18, "resnet20": 20, "mobilenetv2": 53}
@@ -130,10 +134,13 @@ class Spec:
 
 
 def load_spec(path: str | Path) -> Spec:
-    path = Path(path)
-    if not path.is_file():
+    path = Path(expect(path, (str, Path), "study file"))
+    if not path.exists():
         raise SpecError(f"study file {path} does not exist")
-    text = path.read_text()
+    try:
+        text = read_small_text(path, "study file")
+    except AnalogError as e:
+        raise SpecError(str(e)) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -153,11 +160,15 @@ def parse_spec(raw: dict[str, Any], text: str = "") -> Spec:
     if not isinstance(data, str) or data.partition(":")[0] not in READERS:
         kinds = ", ".join(sorted(READERS))
         raise SpecError(f"[study] data: unknown data {data!r}; use KIND[:PATH] with KIND one of {kinds}")
+    try:  # a missing folder is found now, not by every cell
+        check_data_spec(data)
+    except AnalogError as e:
+        raise SpecError(f"[study] data: {e}") from None
     archs = tuple(_string_list(_required(study, "archs", "[study]"), "[study] archs"))
     if not archs:
         raise SpecError("[study] archs is empty")
     _distinct(list(archs), "[study] archs")
-    seeds = tuple(_int_list(_required(study, "seeds", "[study]"), "[study] seeds"))
+    seeds = tuple(_int_list(_required(study, "seeds", "[study]"), "[study] seeds", SEED_LIMIT))
     train = _table(raw, "train", required=False)
     per_arch = train.pop("per_arch", {})
     if not isinstance(per_arch, dict):
@@ -188,8 +199,8 @@ def parse_spec(raw: dict[str, Any], text: str = "") -> Spec:
     missing = [level for level in report_levels if level not in noise_scales]
     if missing:
         raise SpecError(f"[evaluate] report_levels {missing} are not in noise_scales")
-    run = {"repeats": _int(evaluate.get("repeats", 3), "[evaluate] repeats", 1),
-           "seed": _int(evaluate.get("seed", 0), "[evaluate] seed", 0),
+    run = {"repeats": _int(evaluate.get("repeats", 3), "[evaluate] repeats", 1, MAX_REPEATS),
+           "seed": _int(evaluate.get("seed", 0), "[evaluate] seed", 0, SEED_LIMIT),
            "limit": _int(evaluate["limit"], "[evaluate] limit", 1) if "limit" in evaluate else None,
            "batch_size": _int(evaluate.get("batch_size", 256), "[evaluate] batch_size", 1)}
 
@@ -308,17 +319,18 @@ def _string_list(value: Any, where: str) -> list[str]:
     return value
 
 
-def _int_list(value: Any, where: str) -> list[int]:
+def _int_list(value: Any, where: str, limit: int) -> list[int]:
     if not isinstance(value, list) or not value:
         raise SpecError(f"{where} must be a non-empty list of integers")
-    numbers = [_int(v, where, 0) for v in value]
+    numbers = [_int(v, where, 0, limit) for v in value]
     _distinct(numbers, where)
     return numbers
 
 
-def _int(value: Any, where: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise SpecError(f"{where} must be an integer >= {low}, got {value!r}")
+def _int(value: Any, where: str, low: int, limit: int = MAX_INT + 1) -> int:
+    """An integer in [low, limit)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < limit:
+        raise SpecError(f"{where} must be an integer from {low} to {limit - 1:,}, got {value!r}")
     return value
 
 

@@ -25,8 +25,8 @@ ENTRIES = {"arch": str, "in_shape": (list, tuple), "num_classes": int, "state_di
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write atomically (:mod:`analog_onnx.files`), replacing the run's previous checkpoint."""
-    with atomic_output(path, force=True) as scratch:
-        torch.save({"format": FORMAT, **state}, scratch)
+    with atomic_output(path, force=True) as scratch, open(scratch, "wb") as handle:
+        torch.save({"format": FORMAT, **state}, handle)  # to a file of ours: a write error stays an OSError
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:

@@ -33,7 +33,8 @@ from torch import nn
 from torch.nn import functional
 
 from analog_onnx import __version__
-from analog_onnx.config import AnalogConfig
+from analog_onnx.arguments import check_fields, expect, float32_problem
+from analog_onnx.config import MAX_INT, AnalogConfig
 from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.errors import AnalogError
 from analog_onnx.files import write_text
@@ -109,6 +110,12 @@ class TrainConfig:
         return QatSpec(self.bits, self.act_scale, self.weight_bits) if self.uses_qat else None
 
     def validate(self) -> None:
+        check_fields(self, "train config")
+        if not 0 <= self.seed < 2**63:
+            raise AnalogError(f"seed must be between 0 and 2**63-1, got {self.seed}")
+        for name in ("epochs", "batch_size", "eval_repeats", "bits", "weight_bits", "limit"):
+            if abs(getattr(self, name) or 0) > MAX_INT:
+                raise AnalogError(f"{name} must be at most {MAX_INT:,}, got {getattr(self, name)}")
         for name, value, allowed in (("method", self.method, METHODS), ("optimizer", self.optimizer, OPTIMIZERS),
                                      ("schedule", self.schedule, SCHEDULES)):
             if value not in allowed:
@@ -119,6 +126,10 @@ class TrainConfig:
                                                 self.weight_decay)):
             raise AnalogError("noise scale, ramp epochs, noise spread, learning rate and weight decay must be finite "
                               "and >= 0")
+        for name in ("lr", "momentum", "weight_decay", "noise_scale", "ramp_epochs", "noise_spread", "act_scale"):
+            problem = float32_problem(getattr(self, name))  # torch trains in float32
+            if problem:
+                raise AnalogError(f"{name.replace('_', ' ')} {problem}, got {getattr(self, name)}")
         hardware = self.hardware_config()
         if self.uses_noise and (hardware is None or not hardware.has_noise or self.noise_scale == 0):
             raise AnalogError(f"method {self.method} trains with noise: give a hardware config with noise "
@@ -145,7 +156,7 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, resume: bool =
     An ``out`` folder that already holds a run is continued with ``resume`` or restarted with
     ``force``, never silently overwritten.
     """
-    config.validate()
+    expect(config, TrainConfig, "config (a TrainConfig)").validate()
     out = Path(config.out).expanduser()
     if out.exists() and not out.is_dir():
         raise AnalogError(f"--out {out} is a file; the run needs a folder")

@@ -600,8 +600,9 @@ class AnalogTileKernel : public Kernel {
     const size_t k = static_cast<size_t>(w.shape.dims[1]);
     VectorSource source{x.data, k};
     const ChannelEpilogue epilogue = channel_epilogue(context, w.shape.dims[0]);
-    analog_tile(context, source, w.data, static_cast<size_t>(w.shape.dims[0]), k ? x.shape.size / k : 0, settings_,
-                scale, run_seed, epilogue_ ? &epilogue : nullptr, out);
+    const size_t vectors = x.shape.rows(static_cast<int64_t>(x.shape.dims.size()) - 1);  // not size / k: K may be 0
+    analog_tile(context, source, w.data, static_cast<size_t>(w.shape.dims[0]), vectors, settings_, scale, run_seed,
+                epilogue_ ? &epilogue : nullptr, out);
   }
 
  protected:

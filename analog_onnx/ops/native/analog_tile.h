@@ -147,6 +147,8 @@ constexpr size_t kDepth = 256;
 // blocks of vectors (bound-management rounds) take the one-vector-wide kernel for the rest.
 inline void gemm(size_t k, size_t rows, size_t vectors, const float* a, const float* p, size_t ldp, float* c,
                  size_t ldc) {
+  if (k == 0)  // an empty sum (a tile of no inputs) is 0; the loop below would write nothing
+    for (size_t i = 0; i < rows; ++i) std::fill(c + i * ldc, c + i * ldc + vectors * kLanes, 0.0f);
   for (size_t q = 0; q < k; q += kDepth) {
     const size_t depth = std::min(kDepth, k - q);
     for (size_t i = 0; i < rows; i += kBlockRows) {
@@ -468,7 +470,7 @@ inline void tile_block(const VectorSource& src, const std::vector<PackedTile>& t
     float* peak = b.peak.data();
     src.read_panel(first, count, tile.begin, tile.end, b.raw.data(), ld);
     block_abs_max(raw, s.noise_management ? width : 0, peak);
-    for (size_t i = 0; i < count; ++i) b.inverse[i] = 1.0f / (peak[i] > 0.0f ? peak[i] : 1.0f);
+    for (size_t i = 0; i < count; ++i) b.inverse[i] = 1.0f / scale_from_abs_max(peak[i]);
     std::fill(b.done.begin(), b.done.end(), 0);
     b.pending.resize(count);
     for (size_t i = 0; i < count; ++i) b.pending[i] = i;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "fast_math.h"
 
@@ -41,6 +42,8 @@ inline float abs_max(const float* __restrict x, size_t n) {
   return bits_float(m);
 }
 
-inline float scale_from_abs_max(float m) { return m > 0.0f ? m : 1.0f; }
+// The scale of a row from its abs-max: 1 below the smallest normal float (a zero, subnormal or
+// empty row; also NaN), so that 1 / scale is finite (reference.row_absmax).
+inline float scale_from_abs_max(float m) { return m >= std::numeric_limits<float>::min() ? m : 1.0f; }
 
 }  // namespace analog

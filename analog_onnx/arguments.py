@@ -1,0 +1,122 @@
+"""What Python callers pass, checked where it enters: one clear :class:`AnalogError` for a value of
+the wrong type (a ``dict`` where settings are due, a string where numbers are), and for a number
+that the ops, which compute in float32, cannot take as it is.
+
+A string given for a list of numbers is read as the CLI reads it (``"1,3600"``); a string given
+for a list of names is one name. Neither is taken apart into its characters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from analog_onnx.errors import AnalogError
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _parts(hint: Any) -> tuple[Any, ...]:
+    """The alternatives of a type hint: ``X | Y``, ``Optional[X]`` or a tuple of them, flattened."""
+    if isinstance(hint, tuple):
+        return tuple(part for h in hint for part in _parts(h))
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return _parts(typing.get_args(hint))
+    return (hint,)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has one of the types of ``hint``."""
+    return any(_is(value, kind) for kind in _parts(hint))
+
+
+def _is(value: Any, kind: Any) -> bool:
+    """Generic aliases count by their origin; a bool is no number and an int is a float."""
+    kind = typing.get_origin(kind) or kind
+    if kind is Any:
+        return True
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, int | float | np.integer | np.floating)
+    if kind is int:
+        return isinstance(value, int | np.integer)
+    return isinstance(kind, type) and isinstance(value, kind)
+
+
+def expect(value: Any, kinds: Any, what: str) -> Any:
+    """``value`` when it has one of the types ``kinds`` (a class, ``X | Y`` or a tuple), else one
+    error naming ``what`` and the types wanted."""
+    if not _matches(value, kinds):
+        wanted = " or ".join("None" if k is type(None) else getattr(typing.get_origin(k) or k, "__name__", str(k))
+                             for k in _parts(kinds))
+        raise AnalogError(f"{what} must be {wanted}, got {type(value).__name__} {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_fields(obj: Any, what: str) -> None:
+    """Every field of the dataclass ``obj`` has its declared type."""
+    hints = typing.get_type_hints(type(obj))
+    for field in dataclasses.fields(obj):
+        expect(getattr(obj, field.name), hints[field.name], f"{what} {field.name}")
+
+
+def numbers(value: Any, what: str, parse: Callable[[str, str], list[float]] | None = None) -> list[float]:
+    """A list of numbers from a sequence of them, a single number, or CLI text (``parse(text, what)``,
+    else comma-separated numbers)."""
+    if isinstance(value, str):
+        return parse(value, what) if parse is not None else _comma_separated(value, what)
+    if _matches(value, float):
+        return [float(value)]
+    if isinstance(value, Sequence | np.ndarray) and all(_matches(v, float) for v in value):
+        return [float(v) for v in value]
+    raise AnalogError(f"{what} must be numbers (a list, or text like '1,2.5'), got {type(value).__name__} "
+                      f"{_shown(value)}")
+
+
+def _comma_separated(text: str, what: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise AnalogError(f"{what} expects comma-separated numbers, got {text!r}") from None
+
+
+def names(value: Any, what: str) -> list[str]:
+    """A list of names; a single string is one name."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise AnalogError(f"{what} must be a name or a list of names, got {type(value).__name__} {_shown(value)}")
+
+
+def float32_problem(value: float) -> str | None:
+    """Why ``value`` cannot go into a float32 tensor or attribute as it is, or None when it can."""
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if abs(value) > FLOAT32_MAX:
+        return f"is beyond the float32 range (at most {FLOAT32_MAX:.4g}) the ops compute in"
+    if value != 0 and np.float32(value) == 0:
+        return "is too small for float32, the ops' precision (it would be 0)"
+    return None
+
+
+def check_float32(value: float, what: str) -> float:
+    """``value`` when it fits float32 (see :func:`float32_problem`), else one error naming ``what``."""
+    problem = float32_problem(value)
+    if problem is not None:
+        raise AnalogError(f"{what} {problem}, got {value!r}")
+    return value

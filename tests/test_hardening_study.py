@@ -1,0 +1,168 @@
+"""A study's folder and files are trusted no further than they can be checked: another study's
+folder, a file, damaged records, out-of-range seeds and missing data are one clear line or a cell
+run again, never lost results or a traceback; figures of a changed study are not left behind."""
+
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from helpers import one_line_error
+
+pytest.importorskip("torch")
+
+from analog_onnx.study import cells, collect, load_spec, run_study, write_report  # noqa: E402
+from analog_onnx.study import runner as study_runner  # noqa: E402
+from analog_onnx.study.spec import SpecError  # noqa: E402
+
+SPEC = """
+[study]
+name = "{name}"
+data = "{data}"
+archs = ["mlp"]
+seeds = [{seeds}]
+
+[train]
+epochs = 1
+
+[[method]]
+name = "baseline"
+kind = "baseline"
+
+[evaluate]
+hardware = [{hardware}]
+noise_scales = "0,0.1,1"
+repeats = 2
+"""
+
+
+def spec_file(folder: Path, name: str = "a", *, data: str = "digits", seeds: str = "0, 1",
+              hardware: str = '"hardening-additive"') -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(SPEC.format(name=name, data=data, seeds=seeds, hardware=hardware))
+    return path
+
+
+def fake_results(spec, out: Path) -> None:
+    """Records of every evaluation, without training (what ``collect`` reads)."""
+    (out / study_runner.SPEC_COPY).write_text(spec.text)
+    for cell in spec.eval_cells:
+        record = {"key": cell.key, "status": "done", "clean_accuracy": 0.9, "midpoint_noise": 0.5,
+                  "midpoint_status": "found",
+                  "points": [{"noise_scale": s, "accuracies": [0.9 - s / 2] * 2} for s in spec.noise_scales]}
+        (out / cell.folder).mkdir(parents=True)
+        cells.write_json(out / cell.folder / cells.RECORD, record)
+
+
+
+def test_a_second_study_into_the_same_folder_is_refused(run_cli, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    fake_results(load_spec(spec_file(tmp_path, "a")), out)
+    write_report(load_spec(spec_file(tmp_path, "a")), out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = spec_file(tmp_path, "b")
+    one_line_error(run_cli("study", other, "--out", out), f"{out} holds study 'a'; give study 'b' another --out")
+    one_line_error(run_cli("study", other, "--out", out, "--report"), "holds study 'a'")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_folder_of_other_files_or_a_file_is_no_study_folder(run_cli, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.md").write_text("my notes")
+    one_line_error(run_cli("study", spec_file(tmp_path), "--out", mine), "is not empty and holds no study.toml")
+    assert (mine / "summary.md").read_text() == "my notes"
+    (tmp_path / "file").write_text("x")
+    one_line_error(run_cli("study", spec_file(tmp_path), "--out", tmp_path / "file"), "is a file")
+
+
+@pytest.mark.parametrize("damage", [
+    lambda record: [record],
+    lambda record: {k: v for k, v in record.items() if k != "points"},
+    lambda record: {**record, "points": [{"noise_scale": "1", "accuracies": [0.5]}]},
+    lambda record: {**record, "clean_accuracy": None},
+    lambda record: {**record, "midpoint_noise": "high"},
+], ids=["list", "no points", "text level", "no clean accuracy", "text midpoint"])
+def test_a_damaged_record_means_the_cell_is_not_done(tmp_path, damage):
+    spec = load_spec(spec_file(tmp_path))
+    out = tmp_path / "run"
+    out.mkdir()
+    fake_results(spec, out)
+    cell = spec.eval_cells[0]
+    record = cells.read_record(out / cell.folder, cell.key, "evaluate")
+    cells.write_json(out / cell.folder / cells.RECORD, damage(record))
+    assert cells.read_record(out / cell.folder, cell.key, "evaluate") is None
+    results = write_report(spec, out)
+    assert results.missing == len(spec.train_cells) + 1
+    assert results.row("mlp", "baseline", "hardening-additive").seeds == (1,)
+
+
+def test_a_training_without_its_model_is_not_done(tmp_path):
+    spec = load_spec(spec_file(tmp_path))
+    cell = spec.train_cells[0]
+    folder = tmp_path / cell.folder
+    folder.mkdir(parents=True)
+    cells.write_json(folder / cells.RECORD, {"key": cell.key, "status": "done"})
+    assert cells.read_record(folder, cell.key, "train") is None
+    (folder / cells.MODEL).write_bytes(b"onnx")
+    assert cells.read_record(folder, cell.key, "train") is not None
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"seeds": str(2**64)}, "[study] seeds must be an integer from 0 to 9,223,372,036,854,775,807"),
+    ({"seeds": "-1"}, "[study] seeds must be an integer from 0"),
+    ({"data": "cifar10:no/such/folder"}, "[study] data: cifar10: no/such/folder is not a directory"),
+    ({"data": "npz:missing.npz"}, "[study] data: npz: missing.npz is not a file"),
+], ids=["seed 2**64", "negative seed", "missing folder", "missing file"])
+def test_seeds_and_data_paths_are_checked_when_the_study_is_read(tmp_path, change, message):
+    with pytest.raises(SpecError) as error:
+        load_spec(spec_file(tmp_path, **change))
+    assert message in str(error.value)
+
+
+def test_an_evaluation_seed_beyond_int64_is_refused(tmp_path):
+    path = spec_file(tmp_path)
+    path.write_text(path.read_text().replace("repeats = 2", f"repeats = 2\nseed = {2**63}"))
+    with pytest.raises(SpecError, match="\\[evaluate\\] seed must be an integer from 0"):
+        load_spec(path)
+
+
+def test_a_partial_report_warns_nothing_and_figures_of_removed_hardware_go(tmp_path):
+    both = load_spec(spec_file(tmp_path, hardware='"hardening-additive", "aihwkit-default"'))
+    out = tmp_path / "run"
+    out.mkdir()
+    fake_results(both, out)
+    write_report(both, out)
+    assert (out / "figures" / "accuracy_vs_noise-aihwkit-default.png").is_file()
+    one = load_spec(spec_file(tmp_path))  # the same study, edited: one hardware, and a record missing
+    (out / one.eval_cells[0].folder / cells.RECORD).unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_report(one, out)
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [
+        "accuracy_vs_noise-hardening-additive.png", "cross_hardware.png", "midpoint_by_depth-hardening-additive.png"]
+
+
+def test_study_workers_are_capped_at_the_cores(tmp_path, monkeypatch):
+    seen = []
+
+    @contextmanager
+    def executor(backend: str, workers: int, address: str | None):
+        seen.append(workers)
+
+        def submit(task: cells.Task) -> Future:
+            future: Future = Future()
+            future.set_result({})
+            return future
+
+        yield submit
+
+    monkeypatch.setattr(study_runner, "_executor", executor)
+    monkeypatch.setattr(study_runner, "_cores", lambda: 2)
+    run = run_study(load_spec(spec_file(tmp_path)), tmp_path / "run", workers=64)
+    assert seen == [2] and run.trained == 2
+    assert collect(load_spec(spec_file(tmp_path)), tmp_path / "run").missing == 4  # nothing was written
