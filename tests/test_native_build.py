@@ -64,6 +64,17 @@ def test_library_path_is_keyed_by_onnxruntime_version_and_sources(empty_cache):
     assert f"ort-{ort.__version__}-{build.build_key()}" == path.parent.name
 
 
+def test_extra_compiler_flags_select_their_own_library(empty_cache, monkeypatch):
+    """$ANALOG_ONNX_CXXFLAGS (say, -mno-avx512f for the AVX2 path) is passed to the compiler and
+    keys the cache, so such a build never replaces the default one."""
+    default = build.library_path()
+    monkeypatch.setenv(build.EXTRA_FLAGS_VARIABLE, "-mno-avx512f")
+    assert build.compiler_flags()[-1] == "-mno-avx512f"
+    assert build.library_path() != default
+    monkeypatch.delenv(build.EXTRA_FLAGS_VARIABLE)
+    assert build.library_path() == default
+
+
 def test_status_json_before_building(empty_cache):
     result = CliRunner().invoke(app, ["kernels", "status", "--json"])
     assert result.exit_code == 0, result.output

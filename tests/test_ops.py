@@ -516,6 +516,25 @@ def test_tile_converters_round_half_steps_like_numpy(implementation, converter):
 
 
 @pytest.mark.native
+@pytest.mark.parametrize("peak", [1.0, 0.75, 3e-5])
+def test_native_tile_dac_of_scaled_vectors_rounds_half_steps_like_numpy(peak):
+    """With noise management the DAC rounds x * (1 / abs-max) / step (the native kernel from the one
+    product x * (scale / step), unclipped at bound 1): vectors whose scaled values lie at and around
+    every half-step of the grid, inside the bound, give numpy's levels bit for bit."""
+    step = np.float32(1.0) / np.float32(63)
+    scale = np.float32(1.0) / np.float32(peak)
+    scaled = half_steps(step, 63)
+    scaled = scaled[np.abs(scaled) < 1]
+    x = (scaled / scale).astype(np.float32)
+    x = np.resize(x, (len(x) + 6) // 7 * 7).reshape(-1, 7)
+    x = np.concatenate([np.full((len(x), 1), peak, np.float32), x], axis=1)  # each vector's abs-max is `peak`
+    attributes = {"noise_management": 1, "inp_bits": 7, "inp_bound": 1.0, "out_bound": float("inf")}
+    feeds = {"X": x, "W": np.eye(8, dtype=np.float32), **controls(0.0, 1)}
+    want = run("reference", SCHEMAS["AnalogTile"], attributes, feeds)[0]
+    np.testing.assert_array_equal(run("native", SCHEMAS["AnalogTile"], attributes, feeds)[0], want)
+
+
+@pytest.mark.native
 @pytest.mark.parametrize("seed", [0, 5])
 def test_native_tile_convolution_reads_patches_like_the_function_body(seed, rng):
     """AnalogTileConv (native sessions) against the file's unfold-Conv + AnalogTile function bodies:

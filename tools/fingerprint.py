@@ -17,7 +17,9 @@ hardware config (each preset and a few variants), it records
   seed 0) and a per-site sensitivity, as their report dicts.
 
 ``--compare`` lists every entry that differs between two such files (a path per difference) and
-exits 1 when there is one. To fingerprint the code before a change, run this script with
+exits 1 when there is one. Run both with the same ``PYTHONHASHSEED`` (say 0): onnxscript orders a
+function body's loop-carried values by set iteration, so ``nodes`` otherwise differs between
+processes. To fingerprint the code before a change, run this script with
 ``PYTHONPATH`` pointing at an export of the old commit (``git archive``).
 """
 
@@ -86,7 +88,7 @@ def _outputs(model: onnx.ModelProto, native: bool) -> str:
             run["noise_scale"] = np.array(scale, np.float32)
         if "seed" in names:
             run["seed"] = np.array(seed, np.int64)
-        if "chip_seed" in names:
+        if "chip_seed" in names:  # its default (-1) is a fresh chip on every run
             run["chip_seed"] = np.array(seed + 1, np.int64)
         parts += [o.tobytes() for o in session.run(None, run)]
     return _sha(*parts)

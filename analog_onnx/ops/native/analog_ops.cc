@@ -182,7 +182,7 @@ class MvmInputKernel : public Kernel {
 // takes pair i when both sigmas are set, else normal i); a zero sigma skips its normals.
 void add_noise(const float* x, float* y, size_t begin, size_t end, uint64_t key, bool both, float mul,
                float add) {
-  alignas(64) float z1[kBlock + 2];
+  alignas(64) float z1[kNormalsBuffer];
   alignas(64) float z2[kBlock];
   for (size_t first = begin; first < end; first += kBlock) {
     const size_t n = std::min(kBlock, end - first);
@@ -265,7 +265,7 @@ struct Epilogue {
 void noisy_adc(const float* y, float* out, size_t begin, size_t end, uint64_t key, float noise,
                float w, float scale, const ClipRound& adc, const Epilogue* epilogue) {
   alignas(64) float yn[kBlock];
-  alignas(64) float buffer[kBlock + 2];
+  alignas(64) float buffer[kNormalsBuffer];
   for (size_t first = begin; first < end; first += kBlock) {
     const size_t n = std::min(kBlock, end - first);
     const float* yb = y + first;
@@ -485,8 +485,8 @@ class DeviceWeightsKernel : public Kernel {
     const float* sigma = programmed.read_sigma.data();
     constexpr size_t kChunk = 16 * kBlock;  // elements per task
     auto body = [&](size_t task) {
-      alignas(64) float plus_buffer[kBlock + 2];
-      alignas(64) float minus_buffer[kBlock + 2];
+      alignas(64) float plus_buffer[kNormalsBuffer];
+      alignas(64) float minus_buffer[kNormalsBuffer];
       const size_t end = std::min(size, (task + 1) * kChunk);
       for (size_t first = task * kChunk; first < end; first += kBlock) {
         const size_t n = std::min(kBlock, end - first);
@@ -575,16 +575,27 @@ TileSettings tile_settings(const NodeAttributes& a) {
   return s;
 }
 
-// add_noise in analog_tile.h gathers a block's noise with 32-bit offsets of up to kLanes outputs.
-constexpr int64_t kMaxTileOutputs = (int64_t{1} << 31) / static_cast<int64_t>(kLanes) - 1;
-
 // AnalogTile: Y[..., M] = X[..., K] W^T on tiles (analog_tile.h); AnalogTileEpilogue (native
 // sessions only) adds the per-channel epilogue of its inputs 4 and 5.
 class AnalogTileKernel : public Kernel {
  public:
   explicit AnalogTileKernel(const OrtKernelInfo* info, const char* op = "AnalogTile")
       : Kernel(info, op, {{0, "X"}, {1, "W"}}), settings_(tile_settings(attributes(info))),
-        relu_(std::string(op) != "AnalogTile" && attributes(info).flag("relu")), epilogue_(std::string(op) != "AnalogTile") {}
+        relu_(std::string(op) != "AnalogTile" && attributes(info).flag("relu")), epilogue_(std::string(op) != "AnalogTile") {
+    int is_constant = 0;
+    const OrtValue* w = nullptr;
+    check(g_api->KernelInfoGetConstantInput_tensor(info, 1, &is_constant, &w));
+    if (is_constant && w != nullptr) {  // a constant W is mapped and packed once, for every run
+      const Shape shape = shape_of(w);
+      const size_t outputs = shape.dims.empty() ? 0 : static_cast<size_t>(shape.dims[0]);
+      if (outputs > 0) {
+        void* data = nullptr;
+        check(g_api->GetTensorMutableData(const_cast<OrtValue*>(w), &data));
+        constant_tiles_ = pack_weights(static_cast<const float*>(data), outputs, shape.size / outputs, settings_);
+        constant_ = true;
+      }
+    }
+  }
 
   void compute(OrtKernelContext* context) const override {
     const InputTensor x = tensor(context, 0, "X"), w = tensor(context, 1, "W");
@@ -593,23 +604,26 @@ class AnalogTileKernel : public Kernel {
     if (w.shape.dims.size() != 2 || x.shape.dims.empty() || x.shape.dims.back() != w.shape.dims[1]) {
       fail("W must be [outputs, inputs] with inputs the last dimension of X");
     }
-    check_outputs(w.shape.dims[0]);
     std::vector<int64_t> dims = x.shape.dims;
     dims.back() = w.shape.dims[0];
     float* out = output_tensor(context, 0, dims);
     const size_t k = static_cast<size_t>(w.shape.dims[1]);
     VectorSource source{x.data, k};
     const ChannelEpilogue epilogue = channel_epilogue(context, w.shape.dims[0]);
+    const size_t outputs = static_cast<size_t>(w.shape.dims[0]);
     const size_t vectors = x.shape.rows(static_cast<int64_t>(x.shape.dims.size()) - 1);  // not size / k: K may be 0
-    analog_tile(context, source, w.data, static_cast<size_t>(w.shape.dims[0]), vectors, settings_, scale, run_seed,
+    std::vector<PackedTile> fresh;
+    analog_tile(context, source, packed(w, outputs, k, fresh), outputs, vectors, settings_, scale, run_seed,
                 epilogue_ ? &epilogue : nullptr, out);
   }
 
  protected:
-  void check_outputs(int64_t outputs) const {
-    if (outputs > kMaxTileOutputs) {
-      fail("W has " + std::to_string(outputs) + " outputs; the native tile takes at most " + std::to_string(kMaxTileOutputs));
-    }
+  // The packed weights of W: those packed at construction for a constant W, else packed into `fresh`.
+  const std::vector<PackedTile>& packed(const InputTensor& w, size_t outputs, size_t k,
+                                        std::vector<PackedTile>& fresh) const {
+    if (constant_) return constant_tiles_;
+    fresh = outputs > 0 ? pack_weights(w.data, outputs, k, settings_) : std::vector<PackedTile>{};
+    return fresh;
   }
 
   ChannelEpilogue channel_epilogue(const OrtKernelContext* context, int64_t channels) const {
@@ -623,6 +637,8 @@ class AnalogTileKernel : public Kernel {
 
   TileSettings settings_;
   bool relu_, epilogue_;
+  bool constant_ = false;
+  std::vector<PackedTile> constant_tiles_;
 };
 
 class AnalogTileEpilogueKernel : public AnalogTileKernel {
@@ -649,7 +665,6 @@ class AnalogTileConvKernel : public AnalogTileKernel {
       fail("X must be NCHW and W [M, C, kh, kw] with the same C");
     }
     const int64_t outputs = w.shape.dims[0];
-    check_outputs(outputs);
     const int64_t patch = checked_product(checked_product(w.shape.dims[1], w.shape.dims[2], "the patch size"),
                                           w.shape.dims[3], "the patch size");
     VectorSource src{x.data, static_cast<size_t>(patch), true, x.shape.size};
@@ -663,10 +678,10 @@ class AnalogTileConvKernel : public AnalogTileKernel {
                                             "the output size");
     float* out = output_tensor(context, 0, {x.shape.dims[0], outputs, src.out_h, src.out_w});
     if (vectors == 0 || outputs == 0) return;  // an empty output
-    src.prepare();
     const ChannelEpilogue epilogue = channel_epilogue(context, outputs);
-    analog_tile(context, src, w.data, static_cast<size_t>(outputs), static_cast<size_t>(vectors), settings_, scale,
-                run_seed, &epilogue, out);
+    std::vector<PackedTile> fresh;
+    analog_tile(context, src, packed(w, static_cast<size_t>(outputs), src.k, fresh), static_cast<size_t>(outputs),
+                static_cast<size_t>(vectors), settings_, scale, run_seed, &epilogue, out);
   }
 
  private:

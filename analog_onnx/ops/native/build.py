@@ -50,6 +50,14 @@ CXXFLAGS = (
     "-fvisibility=hidden", "-fPIC", "-shared", "-Wall", "-Wextra",
     f'-DANALOG_ONNX_DOMAIN="{DOMAIN}"', f"-DANALOG_ONNX_OPSET={OPSET_VERSION}",
 )
+# Extra compiler flags, appended after CXXFLAGS and part of the build key: for example
+# "-mno-avx512f" builds the AVX2 path on an AVX-512 machine (to check or time it).
+EXTRA_FLAGS_VARIABLE = "ANALOG_ONNX_CXXFLAGS"
+
+
+def compiler_flags() -> tuple[str, ...]:
+    """CXXFLAGS and the extra flags of ``$ANALOG_ONNX_CXXFLAGS``."""
+    return (*CXXFLAGS, *os.environ.get(EXTRA_FLAGS_VARIABLE, "").split())
 
 
 @dataclass
@@ -92,13 +100,17 @@ def translation_units() -> list[Path]:
     return sorted(SOURCE_DIR.glob("*.cc"))
 
 
-@lru_cache(maxsize=1)
 def build_key() -> str:
+    return _build_key(compiler_flags())
+
+
+@lru_cache(maxsize=4)
+def _build_key(flags: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
     for path in translation_units() + sorted(SOURCE_DIR.glob("*.h")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update(generated_header().encode() + b"\0")
-    digest.update("\0".join(CXXFLAGS).encode())
+    digest.update("\0".join(flags).encode())
     digest.update(f"{platform.machine()}\0{_cpu_identity()}".encode())
     return digest.hexdigest()[:16]
 
@@ -196,7 +208,7 @@ def compile_library(compiler: str, include: Path, output: Path, extra_flags: Seq
         from analog_onnx.ops.native.generate import HEADER_NAME
 
         (Path(generated) / HEADER_NAME).write_text(generated_header())
-        command = [compiler, *CXXFLAGS, *extra_flags, "-I", generated, "-I", str(include),
+        command = [compiler, *compiler_flags(), *extra_flags, "-I", generated, "-I", str(include),
                    *map(str, translation_units()), "-o", str(output)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:

@@ -10,11 +10,8 @@
 #include <cstdint>
 #include <random>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
 #include "fast_math.h"
+#include "simd.h"
 
 namespace analog {
 
@@ -70,86 +67,217 @@ inline uint64_t stream_key(int64_t seed, int64_t stream) {
   return ((uint64_t{squares32(counter, kKeyHigh)} << 32) | squares32(counter, kKeyLow)) | 1u;
 }
 
-#if defined(__AVX2__)
-// Four lanes of squares_pair_of_product. _mm256_mul_epu32 reads only the low 32 bits of each
-// lane, so the halves need no masking; the draws are left in the HIGH half of each lane.
+// -- kLanes Box-Muller pairs at once --------------------------------------------------------------
+// Lane i of a vector of pairs computes counter c_i from its product y_i = c_i * key (mod 2^64): the
+// Squares rounds in 64-bit lanes (8 per vector with AVX-512's 64-bit multiply; with AVX2 4, each
+// square from two 32x32 products), 24 bits of each draw, then the transform on kLanes floats.
+#if ANALOG_SIMD == 512
+struct Products {
+  __m512i low, high;  // y of lanes 0-7 and 8-15
+};
+
+// lanes i: y0 + i * dy
+inline Products products(uint64_t y0, uint64_t dy) {
+  const __m512i step = _mm512_set1_epi64(static_cast<int64_t>(dy));
+  const __m512i low = _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(y0)),
+                                       _mm512_mullo_epi64(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), step));
+  return {low, _mm512_add_epi64(low, _mm512_mullo_epi64(step, _mm512_set1_epi64(8)))};
+}
+inline Products products(const uint64_t* y) {
+  return {_mm512_loadu_si512(y), _mm512_loadu_si512(y + 8)};
+}
+// every lane's y plus d (the counters plus d / key)
+inline Products products_plus(const Products& y, uint64_t d) {
+  const __m512i step = _mm512_set1_epi64(static_cast<int64_t>(d));
+  return {_mm512_add_epi64(y.low, step), _mm512_add_epi64(y.high, step)};
+}
+
+// the halves of every lane swapped (the masked form: the plain one passes GCC 12 an undefined source)
+inline __m512i swap_halves8(__m512i x) { return _mm512_mask_ror_epi64(x, 0xff, x, 32); }
+
+// squares_pair_of_product on 8 lanes: t and the fifth round, the draws in their high halves
+inline void squares_pair8(__m512i y, __m512i key, __m512i& t, __m512i& fifth) {
+  const __m512i z = _mm512_add_epi64(y, key);
+  __m512i x = swap_halves8(_mm512_add_epi64(_mm512_mullo_epi64(y, y), y));
+  x = swap_halves8(_mm512_add_epi64(_mm512_mullo_epi64(x, x), z));
+  x = swap_halves8(_mm512_add_epi64(_mm512_mullo_epi64(x, x), y));
+  t = _mm512_add_epi64(_mm512_mullo_epi64(x, x), z);
+  x = swap_halves8(t);
+  fifth = _mm512_add_epi64(_mm512_mullo_epi64(x, x), y);
+}
+
+// The top 24 bits of both draws of every lane, in lane order.
+inline void draw_bits(const Products& y, uint64_t key, VecI& first, VecI& second) {
+  const __m512i k = _mm512_set1_epi64(static_cast<int64_t>(key));
+  __m512i t_low, t_high, f_low, f_high;
+  squares_pair8(y.low, k, t_low, f_low);
+  squares_pair8(y.high, k, t_high, f_high);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  first = veci_shift_right<8>(_mm512_permutex2var_epi32(t_low, odd, t_high));
+  second = veci_shift_right<8>(_mm512_permutex2var_epi32(f_low, odd, f_high));
+}
+#elif ANALOG_SIMD == 256
+struct Products {
+  __m256i even, odd;  // y of lanes 0, 2, 4, 6 and 1, 3, 5, 7
+};
+
+inline Products products(uint64_t y0, uint64_t dy) {
+  const __m256i even = _mm256_setr_epi64x(static_cast<int64_t>(y0), static_cast<int64_t>(y0 + 2 * dy),
+                                          static_cast<int64_t>(y0 + 4 * dy), static_cast<int64_t>(y0 + 6 * dy));
+  return {even, _mm256_add_epi64(even, _mm256_set1_epi64x(static_cast<int64_t>(dy)))};
+}
+inline Products products(const uint64_t* y) {
+  const auto at = [&](int i) { return static_cast<int64_t>(y[i]); };
+  return {_mm256_setr_epi64x(at(0), at(2), at(4), at(6)), _mm256_setr_epi64x(at(1), at(3), at(5), at(7))};
+}
+inline Products products_plus(const Products& y, uint64_t d) {
+  const __m256i step = _mm256_set1_epi64x(static_cast<int64_t>(d));
+  return {_mm256_add_epi64(y.even, step), _mm256_add_epi64(y.odd, step)};
+}
+
+// _mm256_mul_epu32 reads only the low 32 bits of each lane, so the halves need no masking.
 inline __m256i square_of_halves4(__m256i low, __m256i high) {
   return _mm256_add_epi64(_mm256_mul_epu32(low, low), _mm256_slli_epi64(_mm256_mul_epu32(low, high), 33));
 }
 
-inline void squares_pair_high4(__m256i y, __m256i key, __m256i& first, __m256i& second) {
+// squares_pair_of_product on 4 lanes: t and the fifth round, the draws in their high halves
+inline void squares_pair4(__m256i y, __m256i key, __m256i& t, __m256i& fifth) {
   const __m256i z = _mm256_add_epi64(y, key);
   const __m256i w1 = _mm256_add_epi64(square_of_halves4(y, _mm256_srli_epi64(y, 32)), y);
   const __m256i w2 = _mm256_add_epi64(square_of_halves4(_mm256_srli_epi64(w1, 32), w1), z);
   const __m256i w3 = _mm256_add_epi64(square_of_halves4(_mm256_srli_epi64(w2, 32), w2), y);
-  first = _mm256_add_epi64(square_of_halves4(_mm256_srli_epi64(w3, 32), w3), z);
-  second = _mm256_add_epi64(square_of_halves4(_mm256_srli_epi64(first, 32), first), y);
+  t = _mm256_add_epi64(square_of_halves4(_mm256_srli_epi64(w3, 32), w3), z);
+  fifth = _mm256_add_epi64(square_of_halves4(_mm256_srli_epi64(t, 32), t), y);
 }
 
-// 24 of the 32 bits of 8 consecutive counters' draws, in order: lanes of `even` hold counters
-// 0, 2, 4, 6 and lanes of `odd` counters 1, 3, 5, 7, so merging the 32-bit halves orders them.
+// the high halves of even's and odd's lanes, in lane order, shifted down by 8
 inline __m256i merge24(__m256i even, __m256i odd) {
   return _mm256_srli_epi32(_mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA), 8);
 }
+
+inline void draw_bits(const Products& y, uint64_t key, VecI& first, VecI& second) {
+  const __m256i k = _mm256_set1_epi64x(static_cast<int64_t>(key));
+  __m256i t_even, t_odd, f_even, f_odd;
+  squares_pair4(y.even, k, t_even, f_even);
+  squares_pair4(y.odd, k, t_odd, f_odd);
+  first = merge24(t_even, t_odd);
+  second = merge24(f_even, f_odd);
+}
 #endif
 
-// The uniforms of counters [first, first + n): 24 bits of each draw make u1 in (0, 1) and u2 in
-// [0, 1) (rng.normal_pairs).
-inline void uniform_block(uint64_t key, uint64_t first, size_t n, float* __restrict u1, float* __restrict u2) {
+#if defined(ANALOG_SIMD)
+// The uniforms of the lanes' counters: u1 in (0, 1) and u2 in [0, 1) from 24 bits of each draw.
+inline void uniform_lanes(const Products& y, uint64_t key, VecF& u1, VecF& u2) {
+  VecI first, second;
+  draw_bits(y, key, first, second);
+  const VecF scale = vec_broadcast(kInv2Pow24);
+  u1 = vec_mul(vec_add(vec_from_int(first), vec_broadcast(0.5f)), scale);
+  u2 = vec_mul(vec_from_int(second), scale);
+}
+
+inline VecF box_muller_radius(VecF u1) { return vec_sqrt(vec_mul(vec_broadcast(-2.0f), vec_log_positive(u1))); }
+
+inline void box_muller(VecF radius, VecF u2, VecF& even, VecF& odd) {
+  VecF c, s;
+  vec_sincos_turn(vec_mul(vec_broadcast(kTwoPi), u2), c, s);
+  even = vec_mul(radius, c);
+  odd = vec_mul(radius, s);
+}
+
+// The Box-Muller pairs of the lanes' counters (rng.normal_pairs): even is normal 2c of the stream,
+// odd normal 2c + 1, bit for bit as the scalar path computes them.
+inline void normal_pair_lanes(const Products& y, uint64_t key, VecF& even, VecF& odd) {
+  VecF u1, u2;
+  uniform_lanes(y, key, u1, u2);
+  box_muller(box_muller_radius(u1), u2, even, odd);
+}
+#endif
+
+// The Box-Muller pairs of counters [first, first + n), n <= kBlock (rng.normal_pairs): even[k]
+// is normal 2(first + k) of the stream and odd[k] normal 2(first + k) + 1. With 32 registers one
+// pass does it all; with AVX2's 16 the draws, the radii and the angles each take a pass over the
+// block (in one pass the constants would not fit the registers: 15% slower, measured).
+inline void normal_pairs(uint64_t key, uint64_t first, size_t n, float* __restrict even, float* __restrict odd) {
   size_t i = 0;
-#if defined(__AVX2__)
-  const __m256i vkey = _mm256_set1_epi64x(static_cast<int64_t>(key));
-  const __m256i step = _mm256_set1_epi64x(static_cast<int64_t>(8 * key));
-  const uint64_t base = first * key;
-  __m256i even = _mm256_setr_epi64x(static_cast<int64_t>(base), static_cast<int64_t>(base + 2 * key),
-                                    static_cast<int64_t>(base + 4 * key), static_cast<int64_t>(base + 6 * key));
-  const __m256 half = _mm256_set1_ps(0.5f), scale = _mm256_set1_ps(kInv2Pow24);
-  for (const size_t whole = n - n % 8; i < whole; i += 8, even = _mm256_add_epi64(even, step)) {
-    __m256i even1, even2, odd1, odd2;
-    squares_pair_high4(even, vkey, even1, even2);
-    squares_pair_high4(_mm256_add_epi64(even, vkey), vkey, odd1, odd2);
-    const __m256i bits1 = merge24(even1, odd1);
-    const __m256i bits2 = merge24(even2, odd2);
-    _mm256_storeu_ps(u1 + i, _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(bits1), half), scale));
-    _mm256_storeu_ps(u2 + i, _mm256_mul_ps(_mm256_cvtepi32_ps(bits2), scale));
+#if ANALOG_SIMD == 512
+  Products y = products(first * key, key);  // then a step of kLanes counters per vector
+  for (; i < n; i += kLanes, y = products_plus(y, kLanes * key)) {
+    VecF c, s;
+    normal_pair_lanes(y, key, c, s);
+    if (i + kLanes <= n) {
+      vec_store(even + i, c), vec_store(odd + i, s);
+    } else {
+      vec_store_first(even + i, c, n - i), vec_store_first(odd + i, s, n - i);
+    }
+  }
+#elif ANALOG_SIMD == 256
+  alignas(32) float radius[kBlock + kLanes];
+  alignas(32) float angle[kBlock + kLanes];
+  Products y = products(first * key, key);
+  for (size_t j = 0; j < n; j += kLanes, y = products_plus(y, kLanes * key)) {
+    VecF u1, u2;
+    uniform_lanes(y, key, u1, u2);
+    vec_store(radius + j, u1), vec_store(angle + j, u2);
+  }
+  for (size_t j = 0; j < n; j += kLanes) vec_store(radius + j, box_muller_radius(vec_load(radius + j)));
+  for (; i < n; i += kLanes) {
+    VecF c, s;
+    box_muller(vec_load(radius + i), vec_load(angle + i), c, s);
+    if (i + kLanes <= n) {
+      vec_store(even + i, c), vec_store(odd + i, s);
+    } else {
+      vec_store_first(even + i, c, n - i), vec_store_first(odd + i, s, n - i);
+    }
   }
 #endif
   for (; i < n; ++i) {
     const Draws bits = squares_pair_of_product((first + i) * key, key);
-    u1[i] = (static_cast<float>(static_cast<int32_t>(bits.first >> 8)) + 0.5f) * kInv2Pow24;
-    u2[i] = static_cast<float>(static_cast<int32_t>(bits.second >> 8)) * kInv2Pow24;
+    const float u1 = (static_cast<float>(static_cast<int32_t>(bits.first >> 8)) + 0.5f) * kInv2Pow24;
+    const float u2 = static_cast<float>(static_cast<int32_t>(bits.second >> 8)) * kInv2Pow24;
+    const float radius = __builtin_sqrtf(-2.0f * log_positive(u1));
+    float c, s;
+    sincos_turn(kTwoPi * u2, c, s);
+    even[i] = radius * c;
+    odd[i] = radius * s;
   }
 }
 
-// The Box-Muller pairs of counters [first, first + n), n <= kBlock (rng.normal_pairs):
-// even[k] is normal 2(first + k) of the stream and odd[k] normal 2(first + k) + 1.
-inline void normal_pairs(uint64_t key, uint64_t first, size_t n, float* __restrict even, float* __restrict odd) {
-  alignas(64) float radius[kBlock];
-  alignas(64) float angle[kBlock];
-  uniform_block(key, first, n, radius, angle);
-  for (size_t i = 0; i < n; ++i) {
-    radius[i] = __builtin_sqrtf(-2.0f * log_positive(radius[i]));
-  }
-  for (size_t i = 0; i < n; ++i) {
-    float c, s;
-    sincos_turn(kTwoPi * angle[i], c, s);
-    even[i] = radius[i] * c;
-    odd[i] = radius[i] * s;
-  }
-}
+// Room for the normals of one block: kBlock, one more where the block starts mid-pair, and whole
+// vectors of pairs past the end.
+constexpr size_t kNormalsBuffer = kBlock + 2 + 2 * 16;
 
 // Normals [first, first + n) of the stream, n <= kBlock (rng.normals), written into `buffer`
-// (kBlock + 2 floats); returns where normal `first` is in it (the pair may start one earlier).
+// (kNormalsBuffer floats); returns where normal `first` is in it (the pair may start one earlier).
 inline const float* normals(uint64_t key, uint64_t first, size_t n, float* __restrict buffer) {
-  alignas(64) float even[kBlock / 2 + 1];
-  alignas(64) float odd[kBlock / 2 + 1];
   const size_t skip = first & 1;
   const size_t pairs = (skip + n + 1) / 2;
+  size_t k = 0;
+#if ANALOG_SIMD == 512
+  Products y = products(first / 2 * key, key);
+  for (; k < pairs; k += kLanes, y = products_plus(y, kLanes * key)) {
+    VecF c, s, low, high;
+    normal_pair_lanes(y, key, c, s);
+    vec_interleave(c, s, low, high);
+    vec_store(buffer + 2 * k, low);
+    vec_store(buffer + 2 * k + kLanes, high);
+  }
+#else
+  alignas(64) float even[kBlock / 2 + 1 + 16];
+  alignas(64) float odd[kBlock / 2 + 1 + 16];
   normal_pairs(key, first / 2, pairs, even, odd);
-  for (size_t k = 0; k < pairs; ++k) {
+#if ANALOG_SIMD == 256
+  for (; k < pairs; k += kLanes) {
+    VecF low, high;
+    vec_interleave(vec_load(even + k), vec_load(odd + k), low, high);
+    vec_store(buffer + 2 * k, low);
+    vec_store(buffer + 2 * k + kLanes, high);
+  }
+#endif
+  for (; k < pairs; ++k) {
     buffer[2 * k] = even[k];
     buffer[2 * k + 1] = odd[k];
   }
+#endif
   return buffer + skip;
 }
 

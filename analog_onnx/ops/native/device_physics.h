@@ -31,7 +31,7 @@ inline uint64_t draw_key(int64_t seed, int64_t layer_stream, DeviceDraw draw) {
 // The first n normals of a stream.
 inline std::vector<float> stream_normals(uint64_t key, size_t n) {
   std::vector<float> out(n);
-  alignas(64) float buffer[kBlock + 2];
+  alignas(64) float buffer[kNormalsBuffer];
   for (size_t first = 0; first < n; first += kBlock) {
     const size_t count = std::min(kBlock, n - first);
     const float* z = normals(key, first, count, buffer);

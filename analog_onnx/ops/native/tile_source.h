@@ -1,0 +1,293 @@
+// Where the tile's input vectors come from: rows of a [N, K] matrix, or the im2col patches of an
+// NCHW image read straight from the image (no im2col tensor exists in memory). A block of vectors
+// is read into a k-major panel, one vector per SIMD lane, for the micro-kernel.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "simd.h"
+#include "tile_gemm.h"
+
+namespace analog {
+
+struct VectorSource {
+  const float* x;
+  size_t k;  // vector length
+  bool conv = false;
+  size_t size = 0;  // elements of X (conv only)
+  // convolution geometry (conv only)
+  int64_t channels = 0, height = 0, width = 0, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, pad_top = 0,
+          pad_left = 0, out_h = 1, out_w = 1;
+
+  // Asks for the input rows that vectors [first, first + count) of a convolution read to be brought
+  // into the L2 cache: they lie one channel plane (a page or more) apart, too far apart for the
+  // hardware prefetchers to follow.
+  void prefetch(size_t first, size_t count) const {
+    if (!conv || count == 0) return;
+    const size_t per_image = out_h * out_w, last = first + count - 1;
+    for (size_t image = first / per_image; image <= last / per_image; ++image) {
+      const size_t lo = std::max(first, image * per_image) % per_image;
+      const size_t hi = std::min(last, image * per_image + per_image - 1) % per_image;
+      const int64_t y0 = std::clamp<int64_t>(static_cast<int64_t>(lo / out_w) * sh - pad_top, 0, height);
+      const int64_t y1 = std::clamp<int64_t>(static_cast<int64_t>(hi / out_w) * sh - pad_top + (kh - 1) * dh + 1, 0,
+                                             height);
+      const size_t bytes = static_cast<size_t>(y1 - y0) * width * sizeof(float);
+      for (int64_t c = 0; c < channels; ++c) {
+        const char* rows = reinterpret_cast<const char*>(x + ((image * channels + c) * height + y0) * width);
+        for (size_t offset = 0; offset < bytes; offset += 64) _mm_prefetch(rows + offset, _MM_HINT_T1);
+      }
+    }
+  }
+
+  // Elements [begin, end) of the rows [first, first + count) of a dense X into a k-major panel:
+  // panel[(e - begin) * ld + i] is element e of vector first + i.
+  void read_rows(size_t first, size_t count, size_t begin, size_t end, float* panel, size_t ld) const {
+    for (size_t i = 0; i < count; ++i) {
+      const float* row = x + (first + i) * k;
+      for (size_t e = begin; e < end; ++e) panel[(e - begin) * ld + i] = row[e];
+    }
+  }
+};
+
+// peak[i] = max over rows e < rows of |panel[e * ld + i]| (0 for no rows), i < kBlockVectors, as
+// std::max(peak, |x|) in row order would (a NaN never wins); the row in registers.
+inline void block_abs_max(const float* panel, size_t rows, size_t ld, float* peak) {
+  constexpr size_t columns = kBlockVectors / kLanes;
+  VecF m[columns];
+  for (size_t j = 0; j < columns; ++j) m[j] = vec_zero();
+  for (size_t e = 0; e < rows; ++e)
+#pragma GCC unroll 12
+    for (size_t j = 0; j < columns; ++j) m[j] = vec_max(vec_abs(vec_load(panel + e * ld + j * kLanes)), m[j]);
+  for (size_t j = 0; j < columns; ++j) vec_store(peak + j * kLanes, m[j]);
+}
+
+// The input vectors of one block, read once per input tile and packed into panels as the tile's
+// steps ask: a dense X's rows as a raw k-major panel; a convolution's input rows as a slab that
+// holds the rows of every channel the block reads, zero-padded, so that each patch row of a run of
+// vectors is a plain copy from the slab (no masks, no bounds), and the padding is written once.
+class BlockInput {
+ public:
+  struct Run {
+    size_t column;
+    int64_t length, corner;  // corner: slab index of the first vector's patch corner
+  };
+  struct Buffers {
+    std::vector<float> slab, raw;
+    std::vector<int64_t> offsets, corners;  // per element of the tile, per column
+    std::vector<Run> runs;
+  };
+
+  BlockInput(const VectorSource& src, size_t first, size_t count, size_t ld, Buffers& b)
+      : src_(src), first_(first), count_(count), ld_(ld), b_(b) {}
+
+  // Reads elements [begin, end) of every vector. A tile of no elements (K = 0) reads as an empty
+  // dense panel: a convolution has no slab rows to read then.
+  void read(size_t begin, size_t end) {
+    begin_ = begin, end_ = end;
+    slab_ = src_.conv && end > begin;
+    if (!slab_) {
+      b_.raw.resize((end - begin) * ld_ + kLanes);
+      src_.read_rows(first_, count_, begin, end, b_.raw.data(), ld_);
+    } else {
+      read_slab();
+    }
+  }
+
+  // The raw panel of a dense source (k-major, ld apart), nullptr for a convolution.
+  const float* raw_panel() const { return slab_ ? nullptr : b_.raw.data(); }
+
+  // peak[p] = max over the elements of column p of |x| (0 for none), as std::max(peak, |x|) in
+  // element order would (a NaN never wins); columns up to the next whole vector may be written.
+  void abs_max(float* peak) const {
+    if (!slab_) return block_abs_max(b_.raw.data(), end_ - begin_, ld_, peak);
+    const size_t elements = end_ - begin_;
+    for_each_run([=](const Run& run, int64_t vectors, auto read) {
+      for (int64_t v = 0; v < vectors; ++v) {
+        VecF m = vec_zero();
+        for (size_t e = 0; e < elements; ++e) m = vec_max(vec_abs(read(e, v)), m);
+        store(peak + run.column, run.column, v, m);
+      }
+    });
+  }
+
+  // panel[e][p] = f(x[e][p..p + kLanes), p) for every element e of the tile and every column,
+  // a SIMD vector of columns at a time (p a column where a vector starts). (Everything the loops
+  // use is captured by value: the vector stores may alias any memory, so what they read through a
+  // reference would be loaded again for every vector.)
+  template <typename F>
+  void pack(float* panel, F f) const {
+    const size_t elements = end_ - begin_;
+    if (!slab_) {
+      for (size_t e = 0; e < elements; ++e)
+        for (size_t p = 0; p < count_; p += kLanes) vec_store(panel + e * ld_ + p, f(vec_load(b_.raw.data() + e * ld_ + p), p));
+      return;
+    }
+    for_each_run([=](const Run& run, int64_t vectors, auto read) {
+      for (size_t e = 0; e < elements; ++e) {
+        float* row = panel + e * ld_ + run.column;
+        for (int64_t v = 0; v < vectors; ++v) store(row, run.column, v, f(read(e, v), run.column + v * kLanes));
+      }
+    });
+  }
+
+  // Where a SIMD vector of columns starts in the slab for every vector of a block that the
+  // micro-kernel can read straight from the slab (SlabRows: stride 1, each vector within one run),
+  // with the tile's element offsets; false otherwise.
+  bool slab_rows(const float** bases, const int64_t** offsets) const {
+    if (!slab_ || src_.sw != 1) return false;
+    for (size_t r = 0; r < b_.runs.size(); ++r) {
+      const Run& run = b_.runs[r];
+      const bool last = r + 1 == b_.runs.size();
+      if (run.column % kLanes != 0 || (!last && run.length % static_cast<int64_t>(kLanes) != 0)) return false;
+      for (int64_t q = 0; q < run.length; q += static_cast<int64_t>(kLanes))
+        bases[(run.column + q) / kLanes] = b_.slab.data() + run.corner + q;
+    }
+    *offsets = b_.offsets.data();
+    return true;
+  }
+
+  // Element e (of the tile) of column p's vector.
+  float element(size_t e, size_t p) const {
+    return slab_ ? b_.slab[b_.corners[p] + b_.offsets[e]] : b_.raw[e * ld_ + p];
+  }
+
+ private:
+  // body(run, vectors, read) for every run of a convolution, read(e, v) giving lanes q of vector v
+  // of the run for element e, slab[corner + offsets[e] + (v kLanes + q) sw]; a loop per stride.
+  template <typename Body>
+  void for_each_run(Body body) const {
+    const float* slab = b_.slab.data();
+    const int64_t* offsets = b_.offsets.data();
+    constexpr int64_t lanes = static_cast<int64_t>(kLanes);
+    for (const Run& run : b_.runs) {
+      const int64_t vectors = (run.length + lanes - 1) / lanes;
+      const float* corner = slab + run.corner;
+      if (src_.sw == 1) {
+        body(run, vectors, [=](size_t e, int64_t v) { return vec_load(corner + offsets[e] + v * lanes); });
+      } else if (src_.sw == 2) {
+        body(run, vectors, [=](size_t e, int64_t v) { return vec_load_stride2(corner + offsets[e] + 2 * v * lanes); });
+      } else {
+        const int64_t stride = src_.sw;
+        body(run, vectors, [=](size_t e, int64_t v) { return strided(corner + offsets[e] + v * lanes * stride, stride); });
+      }
+    }
+  }
+
+  // p[l * stride] in lane l
+  [[gnu::noinline]] static VecF strided(const float* p, int64_t stride) {
+    alignas(64) float lanes[kLanes];
+    for (size_t l = 0; l < kLanes; ++l) lanes[l] = p[static_cast<int64_t>(l) * stride];
+    return vec_load(lanes);
+  }
+
+  // Vector v of a run whose first column `column` is at `row`: runs are written in column order,
+  // each overwriting the lanes past the previous one's end; nothing is written past column ld.
+  void store(float* row, size_t column, int64_t v, VecF value) const {
+    const size_t q = static_cast<size_t>(v) * kLanes;
+    if (column + q + kLanes > ld_) {
+      vec_store_first(row + q, value, ld_ - column - q);
+    } else {
+      vec_store(row + q, value);
+    }
+  }
+
+  // The slab: for each image the block touches (a segment), the input rows its patches read, of
+  // the tile's channels, with `pad_left` zeros before each row and zeros after it and in the
+  // padding rows. Layout [segment][channel][row][column], column c holding input column c - pad_left.
+  void read_slab() {
+    const VectorSource& s = src_;
+    const size_t patch = static_cast<size_t>(s.kh * s.kw);
+    const size_t c0 = begin_ / patch, c1 = (end_ - 1) / patch + 1;
+    const int64_t stride = std::max<int64_t>(s.sw, 1);
+    row_stride_ = ((s.out_w - 1) * s.sw + (s.kw - 1) * s.dw + 1 + static_cast<int64_t>(kLanes) * stride +
+                   static_cast<int64_t>(kLanes) - 1) / static_cast<int64_t>(kLanes) * static_cast<int64_t>(kLanes);
+    // runs of consecutive output columns of one output row of one image, and the images' row ranges
+    const size_t per_image = s.out_h * s.out_w;
+    struct Segment {
+      size_t image;
+      int64_t first_row, last_row;  // output rows
+    };
+    struct Place {
+      size_t column, image, oh, ow, length;
+    };
+    Segment segments[kBlockVectors];
+    Place places[kBlockVectors];  // the runs' output positions (one division per block, then steps)
+    size_t segment_count = 0, run_count = 0;
+    size_t image = first_ / per_image, oh = (first_ % per_image) / s.out_w, ow = first_ % s.out_w;
+    for (size_t i = 0; i < count_;) {
+      const size_t length = std::min(count_ - i, s.out_w - ow);
+      places[run_count++] = {i, image, oh, ow, length};
+      if (segment_count == 0 || segments[segment_count - 1].image != image) segments[segment_count++] = {image, static_cast<int64_t>(oh), 0};
+      segments[segment_count - 1].last_row = static_cast<int64_t>(oh);
+      i += length, ow = 0;
+      if (++oh == s.out_h) oh = 0, ++image;
+    }
+    int64_t rows = 0;
+    for (size_t g = 0; g < segment_count; ++g)
+      rows = std::max(rows, (segments[g].last_row - segments[g].first_row) * s.sh + (s.kh - 1) * s.dh + 1);
+    plane_ = rows * row_stride_;
+    const int64_t segment_size = static_cast<int64_t>(c1 - c0) * plane_;
+    b_.slab.resize(static_cast<size_t>(segment_count * segment_size));
+    constexpr int64_t lanes = static_cast<int64_t>(kLanes);
+    float* slab = b_.slab.data();
+    const float* end = s.x + s.size;
+    for (size_t g = 0; g < segment_count; ++g) {
+      const int64_t y_low = segments[g].first_row * s.sh - s.pad_top, pad = s.pad_left, width = s.width;
+      for (size_t c = c0; c < c1; ++c) {
+        const float* channel = s.x + (segments[g].image * s.channels + c) * s.height * width;
+        for (int64_t r = 0; r < rows; ++r) {
+          float* row = slab + g * segment_size + static_cast<int64_t>(c - c0) * plane_ + r * row_stride_;
+          const int64_t y = y_low + r;
+          const float* from = channel + y * width - pad;  // slab column q holds from[q] (input column q - pad)
+          for (int64_t q = 0; q < row_stride_; q += lanes) {
+            // input columns q - pad + l in [0, width) are read, the rest are zeros
+            const int64_t low = std::clamp<int64_t>(pad - q, 0, lanes), high = std::clamp<int64_t>(width + pad - q, 0, lanes);
+            VecF value = vec_zero();
+            if (y >= 0 && y < s.height && high > low) {
+              const float* p = from + q;
+              if (low == 0 && high == lanes) {
+                value = vec_load(p);
+              } else if (p >= s.x && p + lanes <= end) {  // a whole load, masked in registers (masked loads are slow)
+                value = vec_load(p);
+                asm("" : "+v"(value));  // or the compiler folds load and mask into a masked load again
+                value = vec_window(value, static_cast<int>(low), static_cast<int>(high));
+              } else {
+                value = vec_load_window(p, static_cast<int>(low), static_cast<int>(high));
+              }
+            }
+            vec_store(row + q, value);
+          }
+        }
+      }
+    }
+    b_.runs.clear();
+    b_.corners.resize(ld_ + kLanes);
+    size_t g = 0;
+    for (size_t r = 0; r < run_count; ++r) {
+      const Place& place = places[r];
+      while (segments[g].image != place.image) ++g;
+      const int64_t corner = static_cast<int64_t>(g) * segment_size +
+                             (static_cast<int64_t>(place.oh) - segments[g].first_row) * s.sh * row_stride_ +
+                             static_cast<int64_t>(place.ow) * s.sw;
+      b_.runs.push_back({place.column, static_cast<int64_t>(place.length), corner});
+      for (size_t q = 0; q < place.length; ++q) b_.corners[place.column + q] = corner + static_cast<int64_t>(q) * s.sw;
+    }
+    b_.offsets.resize(end_ - begin_);
+    for (size_t c = c0, e = c0 * patch; c < c1; ++c)
+      for (int64_t i = 0; i < s.kh; ++i)
+        for (int64_t j = 0; j < s.kw; ++j, ++e)
+          if (e >= begin_ && e < end_) b_.offsets[e - begin_] = static_cast<int64_t>(c - c0) * plane_ + i * s.dh * row_stride_ + j * s.dw;
+  }
+
+  const VectorSource& src_;
+  size_t first_, count_, ld_;
+  Buffers& b_;
+  size_t begin_ = 0, end_ = 0;
+  bool slab_ = false;  // the elements are in the slab (a convolution with elements), else in raw
+  int64_t row_stride_ = 0, plane_ = 0;
+};
+
+}  // namespace analog
