@@ -141,9 +141,9 @@ def test_models_evaluate_cannot_use_are_one_clear_error():
 
 
 @pytest.mark.parametrize("settings, message", [
-    (RunSettings(repeats=0), "--repeats must be >= 1"),
-    (RunSettings(batch_size=0), "--batch-size must be >= 1"),
-    (RunSettings(seed=-1), "--seed must be between"),
+    (RunSettings(repeats=0), "^repeats must be >= 1"),
+    (RunSettings(batch_size=0), "^batch_size must be >= 1"),
+    (RunSettings(seed=-1), "^seed must be between"),
     (RunSettings(backend="spark"), "unknown backend 'spark'"),
 ])
 def test_bad_settings_are_one_clear_error(settings, message):

@@ -216,7 +216,13 @@ def test_means_and_intervals_are_over_seeds_and_methods_compare_per_seed(tmp_pat
     half = scipy_stats.t.ppf(0.975, 2) * per_seed.std(ddof=1) / math.sqrt(3)
     at = row.accuracy_at(1.0)
     assert at.mean == pytest.approx(per_seed.mean())
-    assert (at.low, at.high) == pytest.approx((per_seed.mean() - half, per_seed.mean() + half), abs=1e-4)
+    assert per_seed.mean() + half > 1 and 0 <= at.low < at.mean < at.high <= 1  # accuracies: Wilson, not t
+    # Wilson at the effective samples p(1-p)/se^2 with the t quantile (evaluate.metrics.summarize_accuracy)
+    p, z = per_seed.mean(), scipy_stats.t.ppf(0.975, 2)
+    n = p * (1 - p) / (half / z) ** 2
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    spread = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert (at.low, at.high) == pytest.approx((center - spread, center + spread), abs=1e-4)
     assert row.clean.mean == pytest.approx(0.92) and row.midpoint.mean == pytest.approx(7 / 3)
 
     comparison = next(c for c in results.comparisons if (c.method, c.versus) == ("nit", "baseline"))

@@ -51,7 +51,12 @@ def _config(preset: str | None, config_file: Path | None, overrides: list[str] |
 def _settings(repeats: int, seed: int | None, batch_size: int, top_k: int | None, threads: int | None,
               backend: str, workers: int, ray_address: str | None, reads: int = 1) -> RunSettings:
     return RunSettings(repeats=repeats, reads=reads, seed=seed, batch_size=batch_size, top_k=top_k or None,
-                       threads=threads, backend=backend, workers=workers, ray_address=ray_address).checked()
+                       threads=threads, backend=backend, workers=workers, ray_address=ray_address).checked(_flag)
+
+
+def _flag(field: str) -> str:
+    """A RunSettings field as the CLI spells it."""
+    return "--" + field.replace("_", "-")
 
 
 def _write(report: EvaluationReport | SensitivityReport, out: Path | None, force: bool) -> None:
@@ -71,7 +76,8 @@ def evaluate(
     overrides: list[str] = SetOption,
     noise_scales: str = typer.Option(DEFAULT_NOISE_SCALES, "--noise-scales", "-n",
                                      help="Numbers and ranges, e.g. 0,0.5,1,2 or log:1e-2:1e2:17 or lin:0:1:11."),
-    repeats: int = typer.Option(None, "--repeats", "-r", help="Monte Carlo repeats per noise level [default: 5]."),
+    repeats: int = typer.Option(None, "--repeats", "-r",
+                                help="Monte Carlo runs per noise level: chips x reads [default: 5, or chips x reads]."),
     chips: int = typer.Option(None, "--chips", help="Programmed chips per point (devices): repeats = chips x reads."),
     reads: int = typer.Option(1, "--reads", help="Reads (passes over the data) of each chip."),
     seed: int = SeedOption,
@@ -100,10 +106,9 @@ def evaluate(
         check_compensation(drift_compensation)
     if chips is not None and repeats is not None:
         raise AnalogError("give --repeats or --chips (with --reads), not both")
-    for flag, value in (("--chips", chips), ("--reads", reads)):
-        if value is not None and value < 1:
-            raise AnalogError(f"{flag} must be >= 1, got {value}")
-    total = chips * reads if chips is not None else (5 if repeats is None else repeats) * reads
+    if chips is not None and chips < 1:
+        raise AnalogError(f"--chips must be >= 1, got {chips}")
+    total = chips * reads if chips is not None else (5 * reads if repeats is None else repeats)
     settings = _settings(total, seed, batch_size, top_k, threads, backend, workers, ray_address, reads)
     if out is not None:
         check_output_dir(out, force=force)

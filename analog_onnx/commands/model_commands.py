@@ -16,7 +16,8 @@ from analog_onnx.files import check_output
 from analog_onnx.ops import DOMAIN
 from analog_onnx.text import console, printable, shown
 
-ConfigOption = typer.Option(None, "--config", "-c", help="Hardware config file (TOML or JSON); with --preset, its keys over the preset's.")
+ConfigOption = typer.Option(None, "--config", "-c",
+                            help="Hardware config file (TOML or JSON); with --preset, its keys over the preset's.")
 PresetOption = typer.Option(None, "--preset", "-p", help="Named hardware preset (see `analog-onnx presets`).")
 SetOption = typer.Option(None, "--set", help="Override a config key: KEY=VALUE (repeatable), e.g. out_noise=0.04.")
 

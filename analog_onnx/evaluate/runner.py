@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,8 @@ MAX_THREADS = 1024
 class RunSettings:
     """How the Monte Carlo runs; checked once, recorded in the report."""
 
-    repeats: int = 5
-    reads: int = 1  # repeats per programmed chip (repeats = chips x reads)
+    repeats: int = 5  # Monte Carlo runs per point, in the CLI too: chips x reads
+    reads: int = 1  # consecutive runs that read one programmed chip (chips = repeats / reads)
     seed: int | None = None  # None: a fresh random seed, recorded so the run can be repeated
     batch_size: int = 256
     top_k: int | None = 5
@@ -49,25 +49,31 @@ class RunSettings:
     workers: int = 1
     ray_address: str | None = None
 
-    def checked(self) -> RunSettings:
+    @property
+    def chips(self) -> int:
+        return self.repeats // self.reads
+
+    def checked(self, name: Callable[[str], str] = str) -> RunSettings:
+        """These settings, checked; a problem names the field as ``name`` spells it (the CLI: its flag)."""
         check_fields(self, "settings")
-        for name, value, low in (("repeats", self.repeats, 1), ("batch_size", self.batch_size, 1),
-                                 ("workers", self.workers, 1), ("reads", self.reads, 1)):
+        for field, value, low in (("reads", self.reads, 1), ("repeats", self.repeats, 1),
+                                  ("batch_size", self.batch_size, 1), ("workers", self.workers, 1)):
             if value < low:
-                raise AnalogError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+                raise AnalogError(f"{name(field)} must be >= {low}, got {value}")
         if self.repeats > MAX_REPEATS:
-            raise AnalogError(f"--repeats (chips x reads) must be at most {MAX_REPEATS:,}, got {self.repeats:,}: "
-                              "the report keeps every repeat's accuracy")
+            raise AnalogError(f"{name('repeats')} (chips x reads) must be at most {MAX_REPEATS:,}, "
+                              f"got {self.repeats:,}: the report keeps every repeat's accuracy")
         if self.backend not in BACKENDS:
-            raise AnalogError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}")
+            raise AnalogError(f"unknown {name('backend')} {self.backend!r}; use {' or '.join(BACKENDS)}")
         if self.top_k is not None and self.top_k < 1:
-            raise AnalogError(f"--top-k must be >= 1, got {self.top_k}")
+            raise AnalogError(f"{name('top_k')} must be >= 1, got {self.top_k}")
         if self.repeats % self.reads:
-            raise AnalogError(f"--repeats {self.repeats} is not a whole number of chips of {self.reads} reads")
+            raise AnalogError(f"{name('repeats')} {self.repeats} is not a whole number of chips of "
+                              f"{self.reads} {name('reads')} (repeats = chips x reads)")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
-            raise AnalogError(f"--threads must be between 1 and {MAX_THREADS}, got {self.threads}")
+            raise AnalogError(f"{name('threads')} must be between 1 and {MAX_THREADS}, got {self.threads}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise AnalogError(f"--seed must be between 0 and 2**63-1, got {self.seed}")
+            raise AnalogError(f"{name('seed')} must be between 0 and 2**63-1, got {self.seed}")
         checked = self if self.seed is not None else replace(self, seed=secrets.randbits(63))
         if self.backend == "local" and self.threads is not None and self.threads > cores():
             checked = replace(checked, threads=cores())  # more only compete for the same cores
@@ -75,7 +81,7 @@ class RunSettings:
 
     def recorded(self) -> dict[str, Any]:
         """The settings that determine the numbers (the backend and worker count do not)."""
-        return {"repeats": self.repeats, "chips": self.repeats // self.reads, "reads": self.reads, "seed": self.seed,
+        return {"repeats": self.repeats, "chips": self.chips, "reads": self.reads, "seed": self.seed,
                 "batch_size": self.batch_size, "top_k": self.top_k}
 
 
@@ -200,7 +206,7 @@ def run_grid(variants: list[Variant], inputs: list[np.ndarray], labels: np.ndarr
         t = variant.t_inference if variant.t_inference_input is not None else None
         points.append([NoisePoint(float(scale), tuple((top1[v, n] / total).tolist()),
                                   tuple((topk[v, n] / total).tolist()) if top_k is not None else None,
-                                  int(nonfinite[v, n].sum()), t, settings.reads)
+                                  int(nonfinite[v, n].sum()), t, settings.reads, total)
                        for n, scale in enumerate(noise_scales)])
     return points
 
