@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from analog_onnx import config as cfg
 from analog_onnx import text
 from analog_onnx.commands.model_commands import ConfigOption, PresetOption, SetOption
-from analog_onnx.config import AnalogConfig
-from analog_onnx.data.preprocess import parse_floats
 from analog_onnx.errors import AnalogError
-from analog_onnx.evaluate.console import print_evaluation, print_sensitivity, progress_bar
 from analog_onnx.evaluate.levels import DEFAULT_NOISE_SCALES, parse_noise_scales, parse_times
-from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
-from analog_onnx.evaluate.report_files import check_output_dir, write_report
-from analog_onnx.evaluate.runner import RunSettings
-from analog_onnx.evaluate.sensitivity import sensitivity as run_sensitivity
-from analog_onnx.evaluate.sweep import check_compensation
-from analog_onnx.evaluate.sweep import evaluate as run_evaluation
 from analog_onnx.text import printable
+
+if TYPE_CHECKING:  # the commands import the evaluation itself when they run: `--help` starts fast
+    from analog_onnx.config import AnalogConfig
+    from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
+    from analog_onnx.evaluate.runner import RunSettings
 
 DataOption = typer.Option(..., "--data", "-d", help="KIND[:PATH]: digits, mnist1d, npz:FILE, cifar10:DIR, "
                           "cifar100:DIR, mnist:DIR (IDX, also Fashion-MNIST), imagefolder:DIR.")
@@ -50,6 +47,8 @@ def _config(preset: str | None, config_file: Path | None, overrides: list[str] |
 
 def _settings(repeats: int, seed: int | None, batch_size: int, top_k: int | None, threads: int | None,
               backend: str, workers: int, ray_address: str | None, reads: int = 1) -> RunSettings:
+    from analog_onnx.evaluate.runner import RunSettings
+
     return RunSettings(repeats=repeats, reads=reads, seed=seed, batch_size=batch_size, top_k=top_k or None,
                        threads=threads, backend=backend, workers=workers, ray_address=ray_address).checked(_flag)
 
@@ -62,6 +61,8 @@ def _flag(field: str) -> str:
 def _write(report: EvaluationReport | SensitivityReport, out: Path | None, force: bool) -> None:
     """Write the report's files into ``out`` (when given) and say which."""
     if out is not None:
+        from analog_onnx.evaluate.report_files import write_report
+
         written = write_report(report, out, force=force)
         typer.echo(printable(f"wrote {', '.join(str(p) for p in written)}"))
 
@@ -99,6 +100,11 @@ def evaluate(
     force: bool = ForceOption,
 ) -> None:
     """Monte Carlo accuracy of MODELS at each noise level: mean, std, 95% CI, midpoint noise."""
+    from analog_onnx.data.preprocess import parse_floats
+    from analog_onnx.evaluate.console import print_evaluation, progress_bar
+    from analog_onnx.evaluate.report_files import check_output_dir
+    from analog_onnx.evaluate.sweep import check_compensation
+    from analog_onnx.evaluate.sweep import evaluate as run_evaluation
 
     levels = parse_noise_scales(noise_scales)
     times = parse_times(t_inference) if t_inference is not None else None
@@ -145,6 +151,10 @@ def sensitivity(
     force: bool = ForceOption,
 ) -> None:
     """Noise in one analog site at a time: which layers to keep digital or protect."""
+    from analog_onnx.data.preprocess import parse_floats
+    from analog_onnx.evaluate.console import print_sensitivity, progress_bar
+    from analog_onnx.evaluate.report_files import check_output_dir
+    from analog_onnx.evaluate.sensitivity import sensitivity as run_sensitivity
 
     levels = parse_noise_scales(noise_scales) if midpoint else [noise_scale]
     settings = _settings(repeats, seed, batch_size, None, threads, backend, workers, ray_address)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
 import typer
 from rich.table import Table
 
 from analog_onnx import config as cfg
-from analog_onnx import transform as tf
 from analog_onnx.files import check_output
-from analog_onnx.ops import DOMAIN
 from analog_onnx.text import console, printable, shown
+
+if TYPE_CHECKING:  # onnx and the transform load when a command that needs them runs: `--help` starts fast
+    import onnx
 
 ConfigOption = typer.Option(None, "--config", "-c",
                             help="Hardware config file (TOML or JSON); with --preset, its keys over the preset's.")
@@ -48,6 +49,9 @@ def transform(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     """Insert into MODEL the analog noise and quantization ops that --preset or --config describes."""
+    from analog_onnx import transform as tf
+    from analog_onnx.ops import DOMAIN
+
     config = cfg.resolve_config(preset, config_file, list(overrides or []))
     p = config.placement
     config = config.with_placement(
@@ -71,28 +75,42 @@ def inspect(
     model: Path = typer.Argument(..., help="A plain or transformed ONNX model."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Show a model's analog-capable layers, or how a transformed model was made."""
-    proto = tf.load_model(model)
-    info = describe(proto)
+    """Show a model's analog-capable layers, or how a transformed model was made, layer by layer."""
+    from analog_onnx import transform as tf
+
+    info = describe(tf.load_model(model))
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
     out = console()
     out.print(f"[bold]{shown(model)}[/]: opset {info['opset']}, {info['nodes']} nodes")
-    if info["transformed"]:
-        out.print(f"transformed by analog-onnx {shown(info['version'])} "
-                  f"with config [bold]{shown(info['config']['name'])}[/]")
-        out.print("inserted ops: " + ", ".join(f"{shown(k)} x{v}" for k, v in info["inserted_ops"].items()))
-        out.print(f"noise inputs: {shown(info['inputs'])}; sites: {len(info['sites'])}")
+    if not info["transformed"]:
+        table = Table("layer", "op", "weight shape", title="analog-capable layers")
+        for layer in info["analog_layers"]:
+            table.add_row(shown(layer["name"]), shown(layer["op_type"]), "x".join(map(str, layer["weight_shape"])))
+        out.print(table)
         return
-    table = Table("layer", "op", "weight shape", title="analog-capable layers")
-    for layer in info["analog_layers"]:
-        table.add_row(shown(layer["name"]), shown(layer["op_type"]), "x".join(map(str, layer["weight_shape"])))
+    config = info["config"]
+    out.print(f"transformed by analog-onnx {shown(info['version'])} with config [bold]{shown(config['name'])}[/]: "
+              f"{shown(config['description'])}")
+    out.print(f"control inputs: {shown(', '.join(info['inputs'].values()))}")
+    table = Table("layer", "analog ops", "weights", "tiles", "DAC/ADC bits", "bounds", "noise", "device",
+                  title=f"{len(info['layers'])} analog sites")
+    for layer in info["layers"]:
+        table.add_row(*(shown(layer[key]) for key in ("name", "ops", "weights", "tiles", "bits", "bounds", "noise",
+                                                      "device")))
     out.print(table)
+    changed = [f"{section}.{key} = {value}" for section in ("placement", "noise", "forward", "mapping", "weights",
+                                                              "device")
+               for key, value in config[section].items() if value != _DEFAULTS[section][key]]
+    out.print("resolved config, keys away from the defaults (`--json`: all): " + shown(", ".join(changed) or "none"))
 
 
 def describe(model: onnx.ModelProto) -> dict:
     """The facts ``inspect`` prints, as a JSON-ready dict."""
+    from analog_onnx import transform as tf
+    from analog_onnx.ops import DOMAIN
+
     meta = tf.read_analog_metadata(model)
     info: dict = {
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
@@ -102,8 +120,7 @@ def describe(model: onnx.ModelProto) -> dict:
     if meta is not None:
         inserted = Counter(n.op_type for n in model.graph.node if n.domain == DOMAIN)
         info.update(version=meta.version, config=meta.config.to_dict(), sites=meta.sites,
-                    inserted_ops=dict(sorted(inserted.items())),
-                    inputs=meta.inputs)
+                    inserted_ops=dict(sorted(inserted.items())), inputs=meta.inputs, layers=analog_layers(model))
         return info
     probe = cfg.AnalogConfig.from_dict({"placement": {"where": "mvm"}, "forward": {"out_noise": 1.0}})
     info["analog_layers"] = [
@@ -113,12 +130,73 @@ def describe(model: onnx.ModelProto) -> dict:
     return info
 
 
+def analog_layers(model: onnx.ModelProto) -> list[dict[str, str]]:
+    """One row per analog layer of a transformed model, read from the ops inserted for it (named
+    ``LAYER/analog_...``): the ops, the weight shape, the tile split, the converters' bits and
+    bounds, the device."""
+    import onnx
+
+    from analog_onnx.ops import DOMAIN
+
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    produced_by = {output: node for node in model.graph.node for output in node.output}
+
+    def shape(name: str) -> list[int] | None:
+        """A weight's shape, through the Transpose and DeviceWeights the transform puts before a tile."""
+        node = produced_by.get(name)
+        if name in shapes or node is None:
+            return shapes.get(name)
+        inner = shape(node.input[0]) if node.op_type in ("Transpose", "DeviceWeights") else None
+        return inner[::-1] if inner and node.op_type == "Transpose" else inner
+
+    layers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if node.domain == DOMAIN:
+            layers.setdefault(node.name.rpartition("/analog")[0] or node.name, []).append(node)
+    rows = []
+    for name, nodes in layers.items():
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for node in nodes for a in node.attribute}
+        tile = next((n for n in nodes if n.op_type.startswith("AnalogTile")), None)
+        weights = shape(tile.input[1]) if tile is not None else None
+        sigmas = [f"{key} {attributes[key]:.3g}" for key in ("out_noise", "sigma_add", "sigma_mul")
+                  if attributes.get(key)]
+        rows.append({
+            "name": name, "ops": " + ".join(n.op_type for n in nodes),
+            "weights": "x".join(map(str, weights)) if weights else "-",
+            "tiles": _tiles(weights, attributes) if weights and len(weights) == 2 else "-",
+            "bits": f"{attributes.get('inp_bits', 0) or '-'}/{attributes.get('out_bits', 0) or '-'}",
+            "bounds": f"{_bound(attributes.get('inp_bound'))}/{_bound(attributes.get('out_bound'))}",
+            "noise": ", ".join(sigmas) or "-",
+            "device": attributes["device"].decode() if isinstance(attributes.get("device"), bytes) else "-",
+        })
+    return rows
+
+
+def _tiles(weights: list[int], attributes: dict) -> str:
+    """``inputs x outputs`` tiles of a [M, K] weight, with the split of K when it has one."""
+    outputs, inputs = weights
+    k_tiles = -(-inputs // attributes["max_input_size"]) if attributes.get("max_input_size") else 1
+    m_tiles = -(-outputs // attributes["max_output_size"]) if attributes.get("max_output_size") else 1
+    sizes = [inputs // k_tiles + (t < inputs % k_tiles) for t in range(k_tiles)]  # as aihwkit splits K
+    split = "" if k_tiles == 1 else f" K={'+'.join(map(str, sizes))}" if k_tiles <= 4 else f" K={sizes[0]}+..."
+    return f"{k_tiles}x{m_tiles}{split}"
+
+
+def _bound(value: float | None) -> str:
+    return "-" if value is None or value == 0 or value == float("inf") else f"{value:.3g}"
+
+
+_DEFAULTS = cfg.AnalogConfig().to_dict()
+
+
 def strip(
     model: Path = typer.Argument(..., help="A transformed model."),
     output: Path = typer.Option(None, "--output", "-o", help="Output file [default: MODEL.clean.onnx]."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     """Remove everything analog-onnx inserted: back to the original graph."""
+    from analog_onnx import transform as tf
+
     stem = model.name.removesuffix(".onnx").removesuffix(".analog")
     output = output or model.with_name(stem + ".clean.onnx")
     source = tf.load_model(model)
@@ -131,6 +209,8 @@ def strip(
 def _check_outputs(output: Path, model: Path, force: bool) -> list[Path]:
     """Fail before any work when an output (the model, or its .data file when the input keeps its
     tensors outside) would clobber an input or an existing file; returns the input's data files."""
+    from analog_onnx import transform as tf
+
     data_files = tf.external_data_files(model)
     inputs = [model, *data_files]
     check_output(output, force=force, inputs=inputs)
@@ -140,6 +220,10 @@ def _check_outputs(output: Path, model: Path, force: bool) -> list[Path]:
 
 
 def _save_checked(result: onnx.ModelProto, output: Path, model: Path, data_files: list[Path], force: bool) -> None:
+    import onnx
+
+    from analog_onnx import transform as tf
+
     if not data_files:
         onnx.checker.check_model(result, full_check=True)
     tf.save_model(result, output, force=force, inputs=[model, *data_files], external_data=bool(data_files))

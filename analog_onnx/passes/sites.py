@@ -37,6 +37,10 @@ class Site:
     node: ir.Node | None = None  # None for a network input
     weight: np.ndarray | None = None  # the constant weight of an analog layer, dequantized
 
+    def __repr__(self) -> str:  # one line: never the weight's values
+        weight = "None" if self.weight is None else f"{'x'.join(map(str, self.weight.shape))} {self.weight.dtype}"
+        return f"Site(name={self.name!r}, op_type={self.op_type!r}, value={self.value.name!r}, weight={weight})"
+
 
 def site_name(node: ir.Node) -> str:
     return node.name or node.outputs[0].name or ""
