@@ -39,3 +39,15 @@ def test_inspect_shows_activation_noise_sites(run_cli, tmp_path):
 def test_site_repr_is_one_line_without_weight_values():
     site = analog_sites(digits_mlp(), load_preset("aihwkit-default"))[0]
     assert repr(site) == "Site(name='fc1', op_type='Gemm', value='h', weight=64x32 float32)"
+
+
+def test_the_cli_starts_without_onnx_matplotlib_or_the_evaluation():
+    """`--help` and `presets` start fast because the heavy parts load only in the commands that
+    run them (tools/bench_startup.py measures the time; this pins the cause)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, analog_onnx.cli; heavy = [m for m in ('onnx', 'onnxscript', 'onnx_ir', 'matplotlib', "
+            "'onnxruntime', 'torch', 'analog_onnx.evaluate.runner') if m in sys.modules]; print(heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
