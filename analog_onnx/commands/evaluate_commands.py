@@ -68,7 +68,8 @@ def _write(report: EvaluationReport | SensitivityReport, out: Path | None, force
 
 
 def evaluate(
-    models: list[Path] = typer.Argument(..., help="ONNX models, clean (with --preset/--config) or transformed."),
+    models: list[Path] = typer.Argument(..., metavar="MODEL",
+                                        help="ONNX models, clean (with --preset/--config) or transformed."),
     data: str = DataOption,
     split: str = SplitOption,
     limit: int = LimitOption,

@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # onnx and the transform load when a command that needs them 
 ConfigOption = typer.Option(None, "--config", "-c",
                             help="Hardware config file (TOML or JSON); with --preset, its keys over the preset's.")
 PresetOption = typer.Option(None, "--preset", "-p", help="Named hardware preset (see `analog-onnx presets`).")
-SetOption = typer.Option(None, "--set", help="Override a config key: KEY=VALUE (repeatable), e.g. out_noise=0.04.")
+SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",
+                         help="Override a config key: KEY=VALUE (repeatable), e.g. out_noise=0.04.")
 
 
 def presets(name: str = typer.Argument(None, help="Show this preset as TOML.")) -> None:
@@ -40,9 +41,12 @@ def transform(
     preset: str = PresetOption,
     config_file: Path = ConfigOption,
     overrides: list[str] = SetOption,
-    include: list[str] = typer.Option(None, "--include", help="Only nodes whose name matches this regex."),
-    exclude: list[str] = typer.Option(None, "--exclude", help="Skip nodes whose name matches this regex."),
-    exclude_op_type: list[str] = typer.Option(None, "--exclude-op-type", help="Skip nodes of this op type."),
+    include: list[str] = typer.Option(None, "--include", metavar="REGEX",
+                                      help="Only nodes whose name matches this regex."),
+    exclude: list[str] = typer.Option(None, "--exclude", metavar="REGEX",
+                                      help="Skip nodes whose name matches this regex."),
+    exclude_op_type: list[str] = typer.Option(None, "--exclude-op-type", metavar="OP",
+                                      help="Skip nodes of this op type."),
     keep_first_digital: bool = typer.Option(False, help="Leave the first analog layer digital."),
     keep_last_digital: bool = typer.Option(False, help="Leave the last analog layer digital."),
     activation_matmul: bool = typer.Option(False, help="Also treat MatMuls of two activations as analog."),

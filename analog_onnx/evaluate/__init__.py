@@ -30,6 +30,8 @@ per-site midpoint noise level).
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _HOMES = {  # each name's module, imported on first use: the CLI starts without onnx and matplotlib
@@ -43,4 +45,18 @@ __all__ = sorted(_HOMES)
 def __getattr__(name: str) -> Any:
     if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    setattr(sys.modules[__name__], name, value)
+    return value
+
+
+class _Package(types.ModuleType):
+    """Importing submodule ``sensitivity`` would bind it over the function of that name; the API
+    name wins, as when this package imported its names eagerly."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not (name in _HOMES and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from analog_onnx.evaluate.backends import Progress as ProgressCallback
 from analog_onnx.evaluate.metrics import Midpoint, Summary
-from analog_onnx.evaluate.report import EvaluationReport, NoisePoint, SensitivityReport
+from analog_onnx.evaluate.report import EvaluationReport, ModelResult, NoisePoint, SensitivityReport
 from analog_onnx.text import shown
 
 
@@ -45,29 +45,59 @@ def _midpoint(m: Midpoint | None) -> str:
 
 
 def print_evaluation(report: EvaluationReport, console: Console) -> None:
+    """One table per model (its times and compensations are rows), within 80 columns; the
+    midpoint only where the sweep has levels to find it between (docs/evaluate.md defines it)."""
     k = report.settings.get("top_k")
+    sweep = len({p.noise_scale for m in report.models for p in m.points if p.noise_scale > 0}) > 1
+    groups: dict[str, list[ModelResult]] = {}
     for model in report.models:
-        clean = f"clean {model.clean_accuracy:.4f}"
-        title = (f"[bold]{shown(model.name)}[/] · config {shown(model.config['name'])} ({model.config_source}) · "
-                 f"{clean} · "
-                 f"midpoint noise {_midpoint(model.midpoint)}")
-        chips = any(p.chip_spread is not None for p in model.points)
-        columns = ["noise", "accuracy ± std", "95% CI", "n"] + ([f"top-{k} ± std"] if k else [])
-        columns += ["std between chips", "std within a chip"] if chips else []
-        table = Table(*columns, title=title)
-        for point in model.points:
-            acc = point.accuracy
-            row = [f"{point.noise_scale:.4g}", _summary(acc), _ci(acc), str(len(point.accuracies))]
-            row += [_summary(point.topk) if point.topk else "-"] if k else []
-            spread = point.chip_spread
-            row += [f"{spread[0]:.4f}", f"{spread[1]:.4f}"] if spread is not None else []
-            table.add_row(*row)
+        groups.setdefault(model.model or model.name, []).append(model)
+    for name, models in groups.items():
+        first = models[0]
+        timed = first.t_inference is not None and len(models) > 1
+        title = f"[bold]{shown(name)}[/] · {shown(first.config['name'])} ({first.config_source})"
+        title += f" · clean {first.clean_accuracy:.4f}"
+        if sweep and not timed:
+            title += f" · midpoint noise {_midpoint(first.midpoint)}"
+        chips = any(p.chip_spread is not None for m in models for p in m.points)
+        columns = (["time", "comp."] if timed else []) + ["noise", "accuracy ± std", "95% CI"]
+        columns += ([f"top-{k} ± std"] if k and not (timed and chips) else [])
+        columns += ["σ chips", "σ reads"] if chips else []
+        table = Table(*columns, title=title, caption=f"{len(first.points[0].accuracies)} runs per row"
+                      + (" · σ chips: std between chips' means, σ reads: within a chip" if chips else ""))
+        for model in models:
+            for point in model.points:
+                acc = point.accuracy
+                row = [time_text(model.t_inference or 0), _compensation(model.drift_compensation)] if timed else []
+                row += [f"{point.noise_scale:.4g}", _summary(acc), _ci(acc)]
+                row += [_summary(point.topk) if point.topk else "-"] if k and not (timed and chips) else []
+                spread = point.chip_spread
+                row += ([f"{spread[0]:.4f}", f"{spread[1]:.4f}"] if spread is not None else ["-", "-"]) if chips else []
+                table.add_row(*row)
         console.print(table)
+        if sweep and timed:
+            console.print("midpoint noise: " + ", ".join(
+                f"{time_text(m.t_inference or 0)}{_compensation(m.drift_compensation, ' comp. ')} "
+                f"{_midpoint(m.midpoint)}" for m in models))
     console.print(f"chance accuracy {report.chance_accuracy:.4f} · {report.data['samples']} samples of "
                   f"{shown(report.data['spec'])} ({report.data['split']}) · seed {report.settings['seed']}")
     _print_notes(report.notes, console)
     for model in report.models:
         _print_nonfinite(model.name, model.points, console)
+
+
+def _compensation(on: bool | None, prefix: str = "") -> str:
+    return "" if on is None else f"{prefix}{'on' if on else 'off'}"
+
+
+def time_text(seconds: float) -> str:
+    """Seconds as the largest unit that keeps a number >= 1: 1 s, 2 min, 1 h, 1 day, 1 year."""
+    for unit, size in (("year", 31_536_000), ("day", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            value = seconds / size
+            plural = "s" if unit in ("year", "day") and value != 1 else ""
+            return f"{value:.3g} {unit}{plural}"
+    return f"{seconds:.3g} s"
 
 
 def print_sensitivity(report: SensitivityReport, console: Console) -> None:

@@ -5,8 +5,8 @@ normal 1.96 would be too narrow). An accuracy is a proportion and its interval m
 [0, 1], which a t interval near 1 does not: ``summarize_accuracy`` takes the Wilson score
 interval at the effective number of samples that the repeats' spread implies (the design-effect
 method for clustered proportions, Korn and Graubard 1998), with the t quantile. Away from 0 and 1
-it is the t interval; near them it bends inside. It is never narrower than the Wilson interval of
-every repeat's samples pooled, which is what it is when the repeats agree (both at the t quantile). A bootstrap over
+it is the t interval; near them it bends inside. Like the t interval it is about the noise draws
+on the given samples (the test set's own sampling error is not in it). A bootstrap over
 repeats was not taken: with the two to five chips a run has, it has too few distinct resamples.
 The midpoint noise level follows Borras et al., "Walking
 Noise": the noise scale at which accuracy has fallen halfway from clean to chance, interpolated
@@ -48,18 +48,17 @@ class Summary:
     ci95: tuple[float, float] | None  # None with a single repeat: no spread to estimate
 
 
-def summarize_accuracy(values: Sequence[float], samples: int | None = None) -> Summary:
-    """Mean, std and 95% interval inside [0, 1] of accuracies, each over ``samples`` samples
-    (None: unknown, and the pooled-samples floor is left out)."""
+def summarize_accuracy(values: Sequence[float]) -> Summary:
+    """Mean, std and a 95% interval inside [0, 1] of repeated accuracies (Wilson at the effective
+    sample count ``p(1-p) / se^2``, with the t quantile)."""
     plain = summarize(values)
     if plain.ci95 is None:
         return plain
     p, repeats = min(max(plain.mean, 0.0), 1.0), len(values)
-    pooled = math.inf if samples is None else samples * repeats
     variance = plain.std**2 / repeats
-    effective = min(p * (1 - p) / variance, pooled) if variance > 0 else pooled
-    if math.isinf(effective):
-        return Summary(plain.mean, plain.std, (p, p))  # no spread and nothing to bound it: a point
+    if variance == 0 or p in (0.0, 1.0):
+        return Summary(plain.mean, plain.std, (p, p))  # every repeat agrees: as the t interval, a point
+    effective = p * (1 - p) / variance
     z = t_quantile_975(repeats - 1)
     shrink = 1 + z * z / effective
     center = (p + z * z / (2 * effective)) / shrink

@@ -25,7 +25,6 @@ class NoisePoint:
     nonfinite_outputs: int = 0  # samples, over all repeats, whose outputs held NaN or infinity (counted wrong)
     t_inference: float | None = None  # s since programming, when the hardware has devices
     reads: int = 1  # consecutive repeats that read the same programmed chip
-    samples: int | None = None  # samples each accuracy is over (bounds the interval); None: unknown
 
     @property
     def chip_spread(self) -> tuple[float, float] | None:
@@ -38,11 +37,11 @@ class NoisePoint:
 
     @property
     def accuracy(self) -> Summary:
-        return summarize_accuracy(self.accuracies, self.samples)
+        return summarize_accuracy(self.accuracies)
 
     @property
     def topk(self) -> Summary | None:
-        return summarize_accuracy(self.topk_accuracies, self.samples) if self.topk_accuracies is not None else None
+        return summarize_accuracy(self.topk_accuracies) if self.topk_accuracies is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         acc = self.accuracy

@@ -206,7 +206,7 @@ def run_grid(variants: list[Variant], inputs: list[np.ndarray], labels: np.ndarr
         t = variant.t_inference if variant.t_inference_input is not None else None
         points.append([NoisePoint(float(scale), tuple((top1[v, n] / total).tolist()),
                                   tuple((topk[v, n] / total).tolist()) if top_k is not None else None,
-                                  int(nonfinite[v, n].sum()), t, settings.reads, total)
+                                  int(nonfinite[v, n].sum()), t, settings.reads)
                        for n, scale in enumerate(noise_scales)])
     return points
 
