@@ -7,7 +7,7 @@ import onnx
 import pytest
 from helpers import digits_mlp
 
-from analog_onnx.evaluate.console import time_text
+from analog_onnx.evaluate.levels import time_text
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +40,20 @@ def test_a_sweep_prints_its_midpoint(run_cli, model_file):
                                                (2 * 86400, "2 days"), (31_536_000, "1 year"), (0, "0 s")])
 def test_times_read_in_their_unit(seconds, text):
     assert time_text(seconds) == text
+
+
+def test_a_single_level_run_writes_no_noise_plot(run_cli, model_file, tmp_path):
+    code, _, err = run_cli("evaluate", model_file, "--data", "digits", "--limit", "50", "-p", "aihwkit-pcm",
+                           "--noise-scales", "1", "--chips", "2", "--seed", "0", "--t-inference", "1,86400",
+                           "--out", tmp_path)
+    assert code == 0, err
+    assert {p.name for p in tmp_path.iterdir()} == {"report.json", "results.csv", "accuracy_vs_time.png"}
+
+
+def test_plot_titles_wrap_instead_of_being_cut():
+    from analog_onnx.evaluate.report_files import _title
+
+    title = _title("accuracy under noise: cifar10:/a/very/long/path/to/data (10000 test samples), hardware "
+                   "aihwkit-pcm+overrides, hardening-additive, reram-wan2022", "5 repeats")
+    assert all(len(line) <= 75 for line in title.splitlines()) and title.endswith("5 repeats")
+    assert "reram-wan2022" in title

@@ -16,7 +16,8 @@ from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate import report_files
 
 MODEL = Path(__file__).parents[1] / "models" / "digits-mlp-baseline.onnx"
-EVALUATE = ("evaluate", MODEL, "-d", "digits", "--limit", "20", "-r", "1", "--seed", "0", "-n", "1")
+# two noise levels below: an evaluation with a noise plot
+EVALUATE = ("evaluate", MODEL, "-d", "digits", "--limit", "20", "-r", "1", "--seed", "0", "-n", "0.5,1")
 
 
 def disk_full(*_args: object, **_kwargs: object) -> None:

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from analog_onnx.evaluate.backends import Progress as ProgressCallback
+from analog_onnx.evaluate.levels import time_text
 from analog_onnx.evaluate.metrics import Midpoint, Summary
 from analog_onnx.evaluate.report import EvaluationReport, ModelResult, NoisePoint, SensitivityReport
 from analog_onnx.text import shown
@@ -88,16 +89,6 @@ def print_evaluation(report: EvaluationReport, console: Console) -> None:
 
 def _compensation(on: bool | None, prefix: str = "") -> str:
     return "" if on is None else f"{prefix}{'on' if on else 'off'}"
-
-
-def time_text(seconds: float) -> str:
-    """Seconds as the largest unit that keeps a number >= 1: 1 s, 2 min, 1 h, 1 day, 1 year."""
-    for unit, size in (("year", 31_536_000), ("day", 86_400), ("h", 3_600), ("min", 60)):
-        if seconds >= size:
-            value = seconds / size
-            plural = "s" if unit in ("year", "day") and value != 1 else ""
-            return f"{value:.3g} {unit}{plural}"
-    return f"{seconds:.3g} s"
 
 
 def print_sensitivity(report: SensitivityReport, console: Console) -> None:
