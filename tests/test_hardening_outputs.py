@@ -16,7 +16,7 @@ from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate import report_files
 
 MODEL = Path(__file__).parents[1] / "models" / "digits-mlp-baseline.onnx"
-# two noise levels below: an evaluation with a noise plot
+# evaluations over two noise levels, so that they write a noise plot too
 EVALUATE = ("evaluate", MODEL, "-d", "digits", "--limit", "20", "-r", "1", "--seed", "0", "-n", "0.5,1")
 
 

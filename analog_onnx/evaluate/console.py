@@ -100,13 +100,14 @@ def print_sensitivity(report: SensitivityReport, console: Console) -> None:
         table.add_row("", report.all_sites.name, "", _midpoint(report.all_sites.midpoint))
     else:
         title = f"[bold]{shown(report.model)}[/] · noise in one site at scale {report.noise_scale:g}"
-        table = Table("rank", "site", "op", "accuracy ± std", "drop", title=title)
+        table = Table("rank", "site", "op", "accuracy ± std", "95% CI", "drop", title=title)
         for rank, site in enumerate(report.ranked, 1):
-            table.add_row(str(rank), shown(site.name), shown(site.op_type), _summary(site.points[0].accuracy),
+            accuracy = site.points[0].accuracy
+            table.add_row(str(rank), shown(site.name), shown(site.op_type), _summary(accuracy), _ci(accuracy),
                           f"{site.accuracy_drop:+.4f}")
         everything = report.all_sites
         table.add_row("", everything.name, "", _summary(everything.points[0].accuracy),
-                      f"{everything.accuracy_drop:+.4f}")
+                      _ci(everything.points[0].accuracy), f"{everything.accuracy_drop:+.4f}")
     console.print(table)
     console.print(f"clean accuracy {report.clean_accuracy:.4f} · chance {report.chance_accuracy:.4f} · "
                   f"seed {report.settings['seed']}")

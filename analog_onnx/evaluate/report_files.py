@@ -261,7 +261,7 @@ def _runs_text(report: EvaluationReport) -> str:
 
 def _title(*parts: str, width: int = 75) -> str:
     """Plot text from files, wrapped to lines that fit a 7.5-inch figure (no title is cut)."""
-    return "\n".join(line for part in parts for line in textwrap.wrap(_label(part), width))
+    return "\n".join(line for part in parts for line in textwrap.wrap(_label(part), width, break_on_hyphens=False))
 
 
 def sensitivity_png(report: SensitivityReport, file: BinaryIO) -> None:
@@ -283,14 +283,20 @@ def sensitivity_png(report: SensitivityReport, file: BinaryIO) -> None:
         ax.set_xlim(min(report.settings["noise_scales"]), max(report.settings["noise_scales"]))
         ax.set_xlabel("midpoint noise scale (lower = more fragile)")
     else:
-        ax.barh(rows, [s.accuracy_drop for s in sites], color="tab:red")
+        summaries = [s.points[0].accuracy for s in sites]  # the drop's interval is the accuracy's, mirrored
+        errors = None if any(a.ci95 is None for a in summaries) else [
+            [a.ci95[1] - a.mean for a in summaries], [a.mean - a.ci95[0] for a in summaries]]  # type: ignore[index]
+        ax.barh(rows, [s.accuracy_drop for s in sites], xerr=errors, capsize=2, color="tab:red",
+                error_kw={"elinewidth": 0.8})
         reference = report.all_sites.accuracy_drop
-        ax.set_xlabel(f"accuracy drop at noise scale {report.noise_scale:g} (higher = more fragile)")
+        ax.set_xlabel(f"accuracy drop at noise scale {report.noise_scale:g} (higher = more fragile)"
+                      + ("; bars: 95% interval" if errors else ""))
     if reference is not None:
         ax.axvline(reference, color="gray", linestyle="--", linewidth=1, label="all sites")
         ax.legend(fontsize="small")
     ax.set_yticks(rows, [_label(f"{s.name} ({s.op_type})") for s in sites], fontsize="small")
     ax.set_ylim(len(sites) - 0.5, -0.5)
     ax.grid(True, axis="x", alpha=0.3)
-    ax.set_title(f"per-site noise sensitivity of {_label(report.model)}")
+    ax.set_title(_title(f"per-site noise sensitivity of {report.model}, hardware {report.config.get('name', '?')}"),
+                 fontsize="medium")
     _save(figure, file)
