@@ -51,9 +51,9 @@ def test_a_single_level_run_writes_no_noise_plot(run_cli, model_file, tmp_path):
 
 
 def test_plot_titles_wrap_instead_of_being_cut():
-    from analog_onnx.evaluate.report_files import _title
+    from analog_onnx.evaluate.report_files import wrapped_title
 
-    title = _title("accuracy under noise: cifar10:/a/very/long/path/to/data (10000 test samples), hardware "
+    title = wrapped_title("accuracy under noise: cifar10:/a/very/long/path/to/data (10000 test samples), hardware "
                    "aihwkit-pcm+overrides, hardening-additive, reram-wan2022", "5 repeats")
     assert all(len(line) <= 75 for line in title.splitlines()) and title.endswith("5 repeats")
     assert "reram-wan2022" in title

@@ -138,7 +138,7 @@ def accuracy_vs_noise_png(report: EvaluationReport, file: BinaryIO) -> None:
     figure = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = figure.add_subplot()
     positive = sorted({p.noise_scale for m in report.models for p in m.points if p.noise_scale > 0})
-    zero_at = positive[0] / 4 if positive else 1.0  # where level 0 is drawn, left of the axis break
+    zero_at = zero_position(positive)
     for model in report.models:
         points = sorted(model.points, key=lambda p: p.noise_scale)
         curve = [p for p in points if p.noise_scale > 0]
@@ -159,13 +159,9 @@ def accuracy_vs_noise_png(report: EvaluationReport, file: BinaryIO) -> None:
     ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
     if any(p.noise_scale == 0 for m in report.models for p in m.points) and positive:
-        ax.set_xlim(zero_at / 1.6, positive[-1] * 1.3)
-        ax.axvline(zero_at * 1.6, color="black", linewidth=0.8, linestyle=(0, (2, 2)))  # the axis break
-        ticks = [t for t in ax.get_xticks() if positive[0] / 1.01 <= t <= positive[-1] * 1.3]
-        ax.set_xticks([zero_at, *ticks], ["0", *(f"{t:g}" for t in ticks)])
-        ax.minorticks_off()
+        zero_level_axis(ax, positive)
     ax.set_xlabel("noise scale (multiplies every sigma; 0 left of the dashed break)")
-    ax.set_title(_title(f"accuracy under noise: {_data_text(report)}, hardware {_configs(report)}",
+    ax.set_title(wrapped_title(f"accuracy under noise: {_data_text(report)}, hardware {_configs(report)}",
                         f"{_runs_text(report)}; band: 95% interval of the mean"), fontsize="medium")
     ax.legend(fontsize="small")
     _save(figure, file)
@@ -213,11 +209,26 @@ def accuracy_vs_time_png(report: EvaluationReport, file: BinaryIO) -> None:
     ax.grid(True, alpha=0.3)
     ax.set_xlabel("time since programming (t_inference)")
     ax.set_ylabel("top-1 accuracy")
-    ax.set_title(_title(f"accuracy over time: {_data_text(report)}, hardware {_configs(report)}",
+    ax.set_title(wrapped_title(f"accuracy over time: {_data_text(report)}, hardware {_configs(report)}",
                         f"noise scale {level:g}, {_runs_text(report)}; band: 95% interval of the mean"),
                  fontsize="medium")
     ax.legend(fontsize="small")
     _save(figure, file)
+
+
+def zero_position(positive: Sequence[float]) -> float:
+    """Where noise level 0 is drawn on a log axis: left of a break before the smallest positive level."""
+    return min(positive) / 4 if positive else 1.0
+
+
+def zero_level_axis(ax: Any, positive: Sequence[float]) -> None:
+    """A log noise axis that shows level 0: its tick "0" left of a dashed break."""
+    zero_at = zero_position(positive)
+    ax.set_xlim(zero_at / 1.6, max(positive) * 1.3)
+    ax.axvline(zero_at * 1.6, color="black", linewidth=0.8, linestyle=(0, (2, 2)))
+    ticks = [t for t in ax.get_xticks() if min(positive) / 1.01 <= t <= max(positive) * 1.3]
+    ax.set_xticks([zero_at, *ticks], ["0", *(f"{t:g}" for t in ticks)])
+    ax.minorticks_off()
 
 
 TIME_TICKS = {1: "1 s", 60: "1 min", 3_600: "1 h", 86_400: "1 day", 2_592_000: "1 month", 31_536_000: "1 year",
@@ -259,7 +270,7 @@ def _runs_text(report: EvaluationReport) -> str:
     return f"{settings.get('repeats')} repeats"
 
 
-def _title(*parts: str, width: int = 75) -> str:
+def wrapped_title(*parts: str, width: int = 75) -> str:
     """Plot text from files, wrapped to lines that fit a 7.5-inch figure (no title is cut)."""
     return "\n".join(line for part in parts for line in textwrap.wrap(_label(part), width, break_on_hyphens=False))
 
@@ -297,6 +308,6 @@ def sensitivity_png(report: SensitivityReport, file: BinaryIO) -> None:
     ax.set_yticks(rows, [_label(f"{s.name} ({s.op_type})") for s in sites], fontsize="small")
     ax.set_ylim(len(sites) - 0.5, -0.5)
     ax.grid(True, axis="x", alpha=0.3)
-    ax.set_title(_title(f"per-site noise sensitivity of {report.model}, hardware {report.config.get('name', '?')}"),
-                 fontsize="medium")
+    hardware = report.config.get("name", "?")
+    ax.set_title(wrapped_title(f"per-site noise sensitivity of {report.model}, hardware {hardware}"), fontsize="medium")
     _save(figure, file)
