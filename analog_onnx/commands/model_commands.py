@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import typer
 from rich.table import Table
 
@@ -56,12 +57,12 @@ def transform(
         keep_last_digital=p.keep_last_digital or keep_last_digital,
         activation_matmul=p.activation_matmul or activation_matmul)
     output = output or model.with_name(model.name.removesuffix(".onnx") + ".analog.onnx")
-    source = tf.load_model(model)
-    data_files = _check_outputs(output, model, force)
+    source = tf.read_model(model)
+    data_files, external = _check_outputs(output, model, source, force)
     result = tf.transform_model(source, config)
-    _save_checked(result, output, model, data_files, force)
+    _save(result, output, model, data_files, external, force)
     sites = tf.read_analog_metadata(result).sites
-    inserted = Counter(n.op_type for n in result.graph.node if n.domain == DOMAIN)
+    inserted = Counter(n.op_type for n in result.graph if n.domain == DOMAIN)
     summary = ", ".join(f"{count} {op}" for op, count in sorted(inserted.items())) or "no ops (nothing changes numbers)"
     typer.echo(printable(f"{output}: config {config.name}, {len(sites)} sites, inserted {summary}"))
 
@@ -71,8 +72,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Show a model's analog-capable layers, or how a transformed model was made."""
-    proto = tf.load_model(model)
-    info = describe(proto)
+    info = describe(tf.read_model(model))
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -90,16 +90,17 @@ def inspect(
     out.print(table)
 
 
-def describe(model: onnx.ModelProto) -> dict:
-    """The facts ``inspect`` prints, as a JSON-ready dict."""
+def describe(model: onnx.ModelProto | ir.Model) -> dict:
+    """The facts ``inspect`` prints, as a JSON-ready dict (names and shapes: no weight is read)."""
+    model = model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
     meta = tf.read_analog_metadata(model)
     info: dict = {
-        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
-        "nodes": len(model.graph.node),
+        "opset": model.opset_imports.get("", model.opset_imports.get("ai.onnx")),
+        "nodes": len(model.graph),
         "transformed": meta is not None,
     }
     if meta is not None:
-        inserted = Counter(n.op_type for n in model.graph.node if n.domain == DOMAIN)
+        inserted = Counter(n.op_type for n in model.graph if n.domain == DOMAIN)
         info.update(version=meta.version, config=meta.config.to_dict(), sites=meta.sites,
                     inserted_ops=dict(sorted(inserted.items())),
                     inputs=meta.inputs)
@@ -120,28 +121,29 @@ def strip(
     """Remove everything analog-onnx inserted: back to the original graph."""
     stem = model.name.removesuffix(".onnx").removesuffix(".analog")
     output = output or model.with_name(stem + ".clean.onnx")
-    source = tf.load_model(model)
-    data_files = _check_outputs(output, model, force)
+    source = tf.read_model(model)
+    data_files, external = _check_outputs(output, model, source, force)
     result = tf.strip_model(source)
-    _save_checked(result, output, model, data_files, force)
-    typer.echo(printable(f"{output}: {len(result.graph.node)} nodes, analog ops removed"))
+    _save(result, output, model, data_files, external, force)
+    typer.echo(printable(f"{output}: {len(result.graph)} nodes, analog ops removed"))
 
 
-def _check_outputs(output: Path, model: Path, force: bool) -> list[Path]:
-    """Fail before any work when an output (the model, or its .data file when the input keeps its
-    tensors outside) would clobber an input or an existing file; returns the input's data files."""
+def _check_outputs(output: Path, model: Path, source: ir.Model, force: bool) -> tuple[list[Path], bool]:
+    """Fail before any work when an output (the model, or its .data file when the output keeps its
+    tensors outside) would clobber an input or an existing file. Returns the input's data files
+    and whether the output keeps its large tensors in a data file: when the input does, or when
+    they would not fit in one protobuf file."""
     data_files = tf.external_data_files(model)
+    external = bool(data_files) or tf.initializer_bytes(source) > tf.INLINE_LIMIT
     inputs = [model, *data_files]
     check_output(output, force=force, inputs=inputs)
-    if data_files:
+    if external:
         check_output(output.with_name(f"{output.name}.data"), force=force, inputs=inputs)
-    return data_files
+    return data_files, external
 
 
-def _save_checked(result: onnx.ModelProto, output: Path, model: Path, data_files: list[Path], force: bool) -> None:
-    if not data_files:
-        onnx.checker.check_model(result, full_check=True)
-    tf.save_model(result, output, force=force, inputs=[model, *data_files], external_data=bool(data_files))
+def _save(result: ir.Model, output: Path, model: Path, data_files: list[Path], external: bool, force: bool) -> None:
+    tf.save_model(result, output, force=force, inputs=[model, *data_files], external_data=external, check=True)
 
 
 def register(app: typer.Typer) -> None:

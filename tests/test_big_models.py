@@ -1,0 +1,83 @@
+"""Models of any size and the files they make: external data that plain onnxruntime loads, data
+files named relative to the model (never the current folder), unknown dimensions in native
+sessions, files that do not grow, and memory bounded by the largest tensor, not the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, numpy_helper
+from onnx import helper as h
+
+WEIGHT = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+CONTROLS = {"noise_scale": np.array(0, np.float32)}  # DAC and ADC only: deterministic
+
+
+def reshape_matmul() -> onnx.ModelProto:
+    """x [n, 8, 8] -> Reshape by a constant shape (what dynamo exports do everywhere) -> MatMul."""
+    graph = h.make_graph(
+        [h.make_node("Reshape", ["x", "shape"], ["rows"], name="flat"),
+         h.make_node("MatMul", ["rows", "w"], ["y"], name="mm")],
+        "g", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 8])],
+        [h.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
+        [numpy_helper.from_array(WEIGHT, "w"), numpy_helper.from_array(np.array([-1, 64], np.int64), "shape")])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.fixture
+def external_model(tmp_path):
+    """``reshape_matmul`` saved as onnx saves it with every tensor outside, the shape too."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    onnx.save_model(reshape_matmul(), folder / "m.onnx", save_as_external_data=True, location="m.bin", size_threshold=0)
+    return folder / "m.onnx"
+
+
+def locations(path) -> dict[str, str | None]:
+    """{initializer: its data file, or None when it is inline}."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {t.name: next((e.value for e in t.external_data if e.key == "location"), None)
+            for t in model.graph.initializer}
+
+
+def plain_session(path) -> ort.InferenceSession:
+    """onnxruntime as anyone has it: no analog-onnx library, the function bodies run."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_external_data_output_loads_in_plain_onnxruntime_with_small_constants_inline(run_cli, external_model, tmp_path):
+    out = tmp_path / "analog.onnx"
+    code, _, err = run_cli("transform", external_model, "-o", out, "-p", "aihwkit-default")
+    assert code == 0, err
+    where = locations(out)
+    assert where["w"] == "analog.onnx.data" and where["shape"] is None  # only the large tensor went out
+    assert all(location is None for name, location in where.items() if name != "w")
+    x = np.random.default_rng(1).standard_normal((3, 8, 8)).astype(np.float32)
+    y = plain_session(out).run(None, {"x": x, **CONTROLS})[0]
+    clean = x.reshape(3, 64) @ WEIGHT
+    assert np.abs(y - clean).max() < 0.05 * np.abs(clean).max()
+    code, _, err = run_cli("strip", out, "-o", tmp_path / "back.onnx")
+    assert code == 0, err
+    assert locations(tmp_path / "back.onnx") == {"w": "back.onnx.data", "shape": None}
+    np.testing.assert_allclose(plain_session(tmp_path / "back.onnx").run(None, {"x": x})[0], clean, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_the_data_file_is_found_beside_the_model_from_any_current_folder(run_cli, external_model, tmp_path,
+                                                                        monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for _ in range(2):  # the second run replaces the first run's out.onnx and out.onnx.data
+        code, _, err = run_cli("transform", external_model, "-o", "out.onnx", "-p", "aihwkit-default", "--force")
+        assert code == 0, err
+    (work / "unrelated.onnx.data").write_bytes(b"not ours")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code, _, err = run_cli("transform", external_model, "-o", elsewhere / "unrelated.onnx", "-p", "aihwkit-default")
+    assert code == 0, err
+    assert (work / "unrelated.onnx.data").read_bytes() == b"not ours"
+    for path in (work / "out.onnx", elsewhere / "unrelated.onnx"):
+        plain_session(path).run(None, {"x": np.ones((1, 8, 8), np.float32), **CONTROLS})
