@@ -81,3 +81,38 @@ def test_the_data_file_is_found_beside_the_model_from_any_current_folder(run_cli
     assert (work / "unrelated.onnx.data").read_bytes() == b"not ours"
     for path in (work / "out.onnx", elsewhere / "unrelated.onnx"):
         plain_session(path).run(None, {"x": np.ones((1, 8, 8), np.float32), **CONTROLS})
+
+
+def unknown_dims_model(dims: list | None) -> onnx.ModelProto:
+    """x -> Relu -> MatMul(w) -> y, and Reshape(y, Shape(y)) the way exporters reshape by a
+    value's own shape; ``dims`` gives x's dims (None: an unnamed unknown size), or x has no shape."""
+    shape = None if dims is None else [*dims, 64]
+    x = h.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    if dims is not None:
+        for dim, size in zip(x.type.tensor_type.shape.dim, shape, strict=True):
+            if size is None:
+                dim.Clear()  # neither a size nor a name
+    nodes = [h.make_node("Relu", ["x"], ["r"], name="relu"), h.make_node("MatMul", ["r", "w"], ["m"], name="mm"),
+             h.make_node("Shape", ["m"], ["s"], name="shape"), h.make_node("Reshape", ["m", "s"], ["y"], name="same")]
+    graph = h.make_graph(nodes, "g", [x], [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                         [numpy_helper.from_array(WEIGHT, "w")])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("dims", [[None, None], ["batch", None], ["batch", "tokens"], None],
+                         ids=["unnamed", "mixed", "symbolic", "unknown-rank"])
+@pytest.mark.parametrize("preset", ["hardening-additive", "aihwkit-default"])
+def test_native_sessions_keep_unknown_dimensions_unknown(dims, preset):
+    """The elementwise ops' shape rule once copied an unnamed size as the literal size -1 (a Reshape
+    by Shape then had several -1s) and an unknown rank as rank 0 (MatMul: wrong rank)."""
+    from analog_onnx.config import load_preset
+    from analog_onnx.runtime import make_session
+    from analog_onnx.transform import transform_model
+
+    analog = transform_model(unknown_dims_model(dims), load_preset(preset))
+    x = np.random.default_rng(2).standard_normal((2, 3, 64)).astype(np.float32)
+    feeds = {"x": x, "noise_scale": np.array(0, np.float32)}
+    native = make_session(analog, native=True).run(None, feeds)[0]
+    np.testing.assert_allclose(native, make_session(analog, native=False).run(None, feeds)[0], rtol=1e-5, atol=1e-5)
+    assert native.shape == (2, 3, 32)
