@@ -116,3 +116,91 @@ def test_native_sessions_keep_unknown_dimensions_unknown(dims, preset):
     native = make_session(analog, native=True).run(None, feeds)[0]
     np.testing.assert_allclose(native, make_session(analog, native=False).run(None, feeds)[0], rtol=1e-5, atol=1e-5)
     assert native.shape == (2, 3, 32)
+
+
+def conv_stack() -> onnx.ModelProto:
+    """Three 3x3 convolutions of 128 channels (a one-hot unfolding constant would be 1152^2 floats each)."""
+    rng = np.random.default_rng(3)
+    nodes, initializers, value = [], [], "x"
+    for i in range(3):
+        initializers.append(numpy_helper.from_array(rng.standard_normal((128, 128, 3, 3)).astype(np.float32), f"w{i}"))
+        nodes.append(h.make_node("Conv", [value, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]))
+        nodes.append(h.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
+        value = f"r{i}"
+    graph = h.make_graph(nodes, "convs", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 128, 8, 8])],
+                         [h.make_tensor_value_info(value, TensorProto.FLOAT, ["n", 128, 8, 8])], initializers)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("preset", ["aihwkit-default", "aihwkit-pcm"])
+def test_a_transformed_conv_model_is_at_most_a_tenth_larger(run_cli, preset, tmp_path):
+    source, out = tmp_path / "convs.onnx", tmp_path / "analog.onnx"
+    onnx.save_model(conv_stack(), source)
+    code, _, err = run_cli("transform", source, "-o", out, "-p", preset)
+    assert code == 0, err
+    assert out.stat().st_size <= 1.1 * source.stat().st_size
+    x = np.random.default_rng(4).standard_normal((2, 128, 8, 8)).astype(np.float32)
+    feeds = {"x": x, "noise_scale": np.array(0, np.float32)}  # the unfolding computes the layer (DAC/ADC aside)
+    clean = plain_session(source).run(None, {"x": x})[0]
+    y = plain_session(out).run(None, feeds)[0]
+    assert np.abs(y - clean).max() < 0.1 * np.abs(clean).max()
+
+
+@pytest.mark.native
+def test_the_native_session_fuses_the_run_time_unfolding(tmp_path):
+    from analog_onnx.config import load_preset
+    from analog_onnx.native_graph import prepare
+    from analog_onnx.transform import transform_model
+
+    fused = prepare(transform_model(conv_stack(), load_preset("aihwkit-default")))
+    assert [n.op_type for n in fused.graph.node if n.domain == "ai.analog"] == ["AnalogTileConv"] * 3
+    assert not any(n.op_type in ("Conv", "EyeLike", "ConstantOfShape") for n in fused.graph.node)
+
+
+PEAK_GROWTH = """
+import re, sys
+from analog_onnx.cli import main
+
+
+def status(key):
+    return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+
+
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) starts again from the current RSS
+before = status("VmRSS")
+sys.argv = ["analog-onnx", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print(status("VmHWM") - before, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("command", ["transform", "inspect"])
+def test_memory_is_bounded_by_the_largest_tensor_not_the_model(command, tmp_path):
+    """Four 16 MiB weights in a data file: transform streams them (its peak grows by less than three
+    tensors; it grew by three times the model before) and inspect reads none of them (it grew by
+    twice the model)."""
+    import subprocess
+    import sys
+
+    layers, size = 4, 2048
+    rng = np.random.default_rng(5)
+    nodes = [h.make_node("MatMul", [f"h{i}", f"w{i}"], [f"h{i + 1}"], name=f"layer{i}") for i in range(layers)]
+    weights = [numpy_helper.from_array(rng.standard_normal((size, size)).astype(np.float32), f"w{i}")
+               for i in range(layers)]
+    graph = h.make_graph(nodes, "deep", [h.make_tensor_value_info("h0", TensorProto.FLOAT, ["n", size])],
+                         [h.make_tensor_value_info(f"h{layers}", TensorProto.FLOAT, ["n", size])], weights)
+    source = tmp_path / "deep.onnx"
+    onnx.save_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), source, save_as_external_data=True,
+                    location="deep.data")
+    del weights, graph
+    args = [source, "-o", tmp_path / "out.onnx", "-p", "aihwkit-pcm"] if command == "transform" else [source]
+    result = subprocess.run([sys.executable, "-c", PEAK_GROWTH, command, *map(str, args)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    grown = int(result.stderr.strip().splitlines()[-1])
+    tensor = size * size * 4
+    assert grown < (3 if command == "transform" else 1) * tensor, f"{grown / 2**20:.0f} MiB"
+    if command == "transform":
+        assert locations(tmp_path / "out.onnx")["w0"] == "out.onnx.data"
