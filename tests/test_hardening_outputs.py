@@ -85,7 +85,7 @@ def test_any_os_error_of_a_command_is_one_line(run_cli, monkeypatch):
     def lost(path: object) -> None:
         raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(tf, "load_model", lost)
+    monkeypatch.setattr(tf, "read_model", lost)
     one_line_error(run_cli("inspect", MODEL), f"Input/output error: {MODEL}")
 
 

@@ -16,6 +16,7 @@ from analog_onnx.text import console, printable, shown
 
 if TYPE_CHECKING:  # onnx and the transform load when a command that needs them runs: `--help` starts fast
     import onnx
+    import onnx_ir as ir
 
 ConfigOption = typer.Option(None, "--config", "-c",
                             help="Hardware config file (TOML or JSON); with --preset, its keys over the preset's.")
@@ -65,12 +66,12 @@ def transform(
         keep_last_digital=p.keep_last_digital or keep_last_digital,
         activation_matmul=p.activation_matmul or activation_matmul)
     output = output or model.with_name(model.name.removesuffix(".onnx") + ".analog.onnx")
-    source = tf.load_model(model)
-    data_files = _check_outputs(output, model, force)
+    source = tf.read_model(model)
+    data_files, external = _check_outputs(output, model, source, force)
     result = tf.transform_model(source, config)
-    _save_checked(result, output, model, data_files, force)
+    _save(result, output, model, data_files, external, force)
     sites = tf.read_analog_metadata(result).sites
-    inserted = Counter(n.op_type for n in result.graph.node if n.domain == DOMAIN)
+    inserted = Counter(n.op_type for n in result.graph if n.domain == DOMAIN)
     summary = ", ".join(f"{count} {op}" for op, count in sorted(inserted.items())) or "no ops (nothing changes numbers)"
     typer.echo(printable(f"{output}: config {config.name}, {len(sites)} sites, inserted {summary}"))
 
@@ -82,7 +83,7 @@ def inspect(
     """Show a model's analog-capable layers, or how a transformed model was made, layer by layer."""
     from analog_onnx import transform as tf
 
-    info = describe(tf.load_model(model))
+    info = describe(tf.read_model(model))
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -110,19 +111,22 @@ def inspect(
     out.print("resolved config, keys away from the defaults (`--json`: all): " + shown(", ".join(changed) or "none"))
 
 
-def describe(model: onnx.ModelProto) -> dict:
-    """The facts ``inspect`` prints, as a JSON-ready dict."""
+def describe(model: onnx.ModelProto | ir.Model) -> dict:
+    """The facts ``inspect`` prints, as a JSON-ready dict (names and shapes: no weight is read)."""
+    import onnx_ir as ir
+
     from analog_onnx import transform as tf
     from analog_onnx.ops import DOMAIN
 
+    model = model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
     meta = tf.read_analog_metadata(model)
     info: dict = {
-        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
-        "nodes": len(model.graph.node),
+        "opset": model.opset_imports.get("", model.opset_imports.get("ai.onnx")),
+        "nodes": len(model.graph),
         "transformed": meta is not None,
     }
     if meta is not None:
-        inserted = Counter(n.op_type for n in model.graph.node if n.domain == DOMAIN)
+        inserted = Counter(n.op_type for n in model.graph if n.domain == DOMAIN)
         info.update(version=meta.version, config=meta.config.to_dict(), sites=meta.sites,
                     inserted_ops=dict(sorted(inserted.items())), inputs=meta.inputs, layers=analog_layers(model))
         return info
@@ -134,36 +138,34 @@ def describe(model: onnx.ModelProto) -> dict:
     return info
 
 
-def analog_layers(model: onnx.ModelProto) -> list[dict[str, str]]:
+def analog_layers(model: ir.Model) -> list[dict[str, str]]:
     """One row per analog layer of a transformed model, read from the ops inserted for it (named
     ``LAYER/analog_...``): the ops, the weight shape, the tile split, the converters' bits and
     bounds, the device."""
-    import onnx
 
     from analog_onnx.ops import DOMAIN
 
-    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-    produced_by = {output: node for node in model.graph.node for output in node.output}
-
-    def shape(name: str) -> list[int] | None:
+    def shape(value: ir.Value | None) -> list[int] | None:
         """A weight's shape, through the Transpose and DeviceWeights the transform puts before a tile."""
-        node = produced_by.get(name)
-        if name in shapes or node is None:
-            return shapes.get(name)
-        inner = shape(node.input[0]) if node.op_type in ("Transpose", "DeviceWeights") else None
+        if value is None:
+            return None
+        node = value.producer()
+        if value.is_initializer() or node is None:
+            return [int(d) for d in value.shape] if value.shape is not None and value.shape.is_static() else None
+        inner = shape(node.inputs[0]) if node.op_type in ("Transpose", "DeviceWeights") else None
         return inner[::-1] if inner and node.op_type == "Transpose" else inner
 
-    layers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
+    layers: dict[str, list[ir.Node]] = {}
+    for node in model.graph:
         if node.domain == DOMAIN:
-            layers.setdefault(node.name.rpartition("/analog")[0] or node.name, []).append(node)
+            layers.setdefault((node.name or "").rpartition("/analog")[0] or node.name or "", []).append(node)
     rows = []
     for name, nodes in layers.items():
-        attributes = {a.name: onnx.helper.get_attribute_value(a) for node in nodes for a in node.attribute}
+        attributes = {key: attr.value for node in nodes for key, attr in node.attributes.items()}
         tile = next((n for n in nodes if n.op_type.startswith("AnalogTile")), None)
-        weights = shape(tile.input[1]) if tile is not None else None
+        weights = shape(tile.inputs[1]) if tile is not None and len(tile.inputs) > 1 else None
         sigmas = [f"{key} {attributes[key]:.3g}" for key in ("out_noise", "sigma_add", "sigma_mul")
-                  if attributes.get(key)]
+                  if isinstance(attributes.get(key), float) and attributes[key]]
         rows.append({
             "name": name, "ops": " + ".join(n.op_type for n in nodes),
             "weights": "x".join(map(str, weights)) if weights else "-",
@@ -171,7 +173,7 @@ def analog_layers(model: onnx.ModelProto) -> list[dict[str, str]]:
             "bits": f"{attributes.get('inp_bits', 0) or '-'}/{attributes.get('out_bits', 0) or '-'}",
             "bounds": f"{_bound(attributes.get('inp_bound'))}/{_bound(attributes.get('out_bound'))}",
             "noise": ", ".join(sigmas) or "-",
-            "device": attributes["device"].decode() if isinstance(attributes.get("device"), bytes) else "-",
+            "device": attributes["device"] if isinstance(attributes.get("device"), str) else "-",
         })
     return rows
 
@@ -203,34 +205,33 @@ def strip(
 
     stem = model.name.removesuffix(".onnx").removesuffix(".analog")
     output = output or model.with_name(stem + ".clean.onnx")
-    source = tf.load_model(model)
-    data_files = _check_outputs(output, model, force)
+    source = tf.read_model(model)
+    data_files, external = _check_outputs(output, model, source, force)
     result = tf.strip_model(source)
-    _save_checked(result, output, model, data_files, force)
-    typer.echo(printable(f"{output}: {len(result.graph.node)} nodes, analog ops removed"))
+    _save(result, output, model, data_files, external, force)
+    typer.echo(printable(f"{output}: {len(result.graph)} nodes, analog ops removed"))
 
 
-def _check_outputs(output: Path, model: Path, force: bool) -> list[Path]:
-    """Fail before any work when an output (the model, or its .data file when the input keeps its
-    tensors outside) would clobber an input or an existing file; returns the input's data files."""
+def _check_outputs(output: Path, model: Path, source: ir.Model, force: bool) -> tuple[list[Path], bool]:
+    """Fail before any work when an output (the model, or its .data file when the output keeps its
+    tensors outside) would clobber an input or an existing file. Returns the input's data files
+    and whether the output keeps its large tensors in a data file: when the input does, or when
+    they would not fit in one protobuf file."""
     from analog_onnx import transform as tf
 
     data_files = tf.external_data_files(model)
+    external = bool(data_files) or tf.initializer_bytes(source) > tf.INLINE_LIMIT
     inputs = [model, *data_files]
     check_output(output, force=force, inputs=inputs)
-    if data_files:
+    if external:
         check_output(output.with_name(f"{output.name}.data"), force=force, inputs=inputs)
-    return data_files
+    return data_files, external
 
 
-def _save_checked(result: onnx.ModelProto, output: Path, model: Path, data_files: list[Path], force: bool) -> None:
-    import onnx
-
+def _save(result: ir.Model, output: Path, model: Path, data_files: list[Path], external: bool, force: bool) -> None:
     from analog_onnx import transform as tf
 
-    if not data_files:
-        onnx.checker.check_model(result, full_check=True)
-    tf.save_model(result, output, force=force, inputs=[model, *data_files], external_data=bool(data_files))
+    tf.save_model(result, output, force=force, inputs=[model, *data_files], external_data=external, check=True)
 
 
 def register(app: typer.Typer) -> None:
