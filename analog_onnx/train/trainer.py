@@ -89,6 +89,7 @@ class TrainConfig:
     weight_bits: int = 0  # QAT weight bits; 0 = bits
     eval_repeats: int = 1  # noisy evaluation passes over the test split per epoch
     limit: int | None = None  # use only the first N training samples
+    eval_limit: int | None = None  # score each epoch on only the first N held-out samples
     export: bool = True  # write model.onnx at the end
 
     @property
@@ -113,7 +114,7 @@ class TrainConfig:
         check_fields(self, "train config")
         if not 0 <= self.seed < 2**63:
             raise AnalogError(f"seed must be between 0 and 2**63-1, got {self.seed}")
-        for name in ("epochs", "batch_size", "eval_repeats", "bits", "weight_bits", "limit"):
+        for name in ("epochs", "batch_size", "eval_repeats", "bits", "weight_bits", "limit", "eval_limit"):
             if abs(getattr(self, name) or 0) > MAX_INT:
                 raise AnalogError(f"{name} must be at most {MAX_INT:,}, got {getattr(self, name)}")
         for name, value, allowed in (("method", self.method, METHODS), ("optimizer", self.optimizer, OPTIMIZERS),
@@ -498,7 +499,7 @@ def _load(config: TrainConfig) -> tuple[Dataset, Dataset]:
     by): the validation split where the data has one, so the test split chooses nothing."""
     train_set = load_dataset(config.data, "train", config.limit)
     kind = config.data.partition(":")[0]
-    test_set = load_dataset(config.data, "validation" if kind in VALIDATION_KINDS else "test")
+    test_set = load_dataset(config.data, "validation" if kind in VALIDATION_KINDS else "test", config.eval_limit)
     if train_set.x.shape[1:] != test_set.x.shape[1:]:
         raise AnalogError(f"train and test samples differ in shape: {train_set.x.shape[1:]} vs {test_set.x.shape[1:]}")
     if len(train_set) < 2:
