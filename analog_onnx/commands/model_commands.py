@@ -83,15 +83,21 @@ def inspect(
                   f"with config [bold]{shown(info['config']['name'])}[/]")
         out.print("inserted ops: " + ", ".join(f"{shown(k)} x{v}" for k, v in info["inserted_ops"].items()))
         out.print(f"noise inputs: {shown(info['inputs'])}; sites: {len(info['sites'])}")
-        return
-    table = Table("layer", "op", "weight shape", title="analog-capable layers")
-    for layer in info["analog_layers"]:
-        table.add_row(shown(layer["name"]), shown(layer["op_type"]), "x".join(map(str, layer["weight_shape"])))
-    out.print(table)
+    else:
+        table = Table("layer", "op", "weight shape", title="analog-capable layers")
+        for layer in info["analog_layers"]:
+            table.add_row(shown(layer["name"]), shown(layer["op_type"]), "x".join(map(str, layer["weight_shape"])))
+        out.print(table)
+    if info["digital"]:
+        table = Table("node", "op", "why", title="weight-bearing nodes left digital")
+        for node in info["digital"]:
+            table.add_row(shown(node["name"]), shown(node["op_type"]), shown(node["reason"]))
+        out.print(table)
 
 
 def describe(model: onnx.ModelProto) -> dict:
-    """The facts ``inspect`` prints, as a JSON-ready dict."""
+    """The facts ``inspect`` prints, as a JSON-ready dict: with ``digital``, every node that reads a
+    constant matrix and stays digital (under the model's config when transformed), and why."""
     meta = tf.read_analog_metadata(model)
     info: dict = {
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
@@ -103,13 +109,21 @@ def describe(model: onnx.ModelProto) -> dict:
         info.update(version=meta.version, config=meta.config.to_dict(), sites=meta.sites,
                     inserted_ops=dict(sorted(inserted.items())),
                     inputs=meta.inputs)
+        info["digital"] = _digital(tf.strip_model(model), meta.config)
         return info
     probe = cfg.AnalogConfig.from_dict({"placement": {"where": "mvm"}, "forward": {"out_noise": 1.0}})
     info["analog_layers"] = [
         {"name": s.name, "op_type": s.op_type, "weight_shape": list(s.weight.shape) if s.weight is not None else []}
         for s in tf.analog_sites(model, probe)
     ]
+    info["digital"] = _digital(model, probe)
     return info
+
+
+def _digital(model: onnx.ModelProto, config: cfg.AnalogConfig) -> list[dict]:
+    if config.placement.where != "mvm":  # the activations placement perturbs outputs, it maps no weights
+        return []
+    return [{"name": d.name, "op_type": d.op_type, "reason": d.reason} for d in tf.digital_layers(model, config)]
 
 
 def strip(

@@ -1,9 +1,10 @@
 """``text:PATH[#window=N,tokenizer=DIR]``: a local corpus cut into next-token windows.
 
-PATH is one file, a folder (every file under it, hidden ones and ``__pycache__`` skipped) or a
-glob (``~/src/**/*.py``). Files are split into train, validation and test BY FILE, from a hash
-of each file's path relative to the corpus root, so no file's text is in two splits and the
+PATH is a folder (every file under it, hidden ones and ``__pycache__`` skipped), a glob
+(``~/src/**/*.py``) or one file. Files are split into train, validation and test BY FILE, from a
+hash of each file's path relative to the corpus root, so no file's text is in two splits and the
 split of a file never changes when files are added: about 10% test, 10% validation, 80% train.
+One file is a test split only (evaluate on it as it is; training needs files to split).
 
 Tokens are bytes (a vocabulary of 256 that needs no download) or, with ``tokenizer=DIR``, a
 Hugging Face ``tokenizer.json`` in DIR read with the ``tokenizers`` package. The files of a split
@@ -124,7 +125,11 @@ def read_text(path: str | None, split: str) -> Dataset:
     encode, vocabulary = (hf_tokenizer(options["tokenizer"]) if "tokenizer" in options
                           else (byte_tokens, BYTE_VOCABULARY))
     root, files = corpus_files(location)
-    chosen = [f for f in files if split_of(f.relative_to(root).as_posix()) == split]
+    single = Path(location).expanduser().is_file()
+    if single and split != "test":
+        raise AnalogError(f"text: {location} is one file, so it is a test split only; the {split} split needs "
+                          "a folder or a glob of files to split by file")
+    chosen = files if single else [f for f in files if split_of(f.relative_to(root).as_posix()) == split]
     if sum(f.stat().st_size for f in chosen) * 16 > max_data_bytes():  # int64 inputs and labels per byte
         raise AnalogError(f"text: the {split} split of {location} is too large to hold in memory "
                           f"(raise ANALOG_ONNX_MAX_DATA_BYTES or give fewer files)")
