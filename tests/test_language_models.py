@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import one_line_error
 from onnx import TensorProto, numpy_helper
 from onnx import helper as h
 
@@ -23,7 +24,6 @@ from analog_onnx.evaluate.runner import RunSettings
 from analog_onnx.passes.sites import NAME_SCOPES_KEY
 from analog_onnx.runtime import make_session
 from analog_onnx.transform import analog_sites, digital_layers, transform_model
-from helpers import one_line_error
 
 VOCAB, WIDTH = 11, 6
 EXACT = load_preset("aihwkit-lightning").with_overrides(["inp_bits=0"])  # exact tiles at noise scale 0
@@ -312,3 +312,18 @@ def test_nit_trains_a_small_gpt_on_text_and_exports_int64_inputs(tmp_path):
                       settings=RunSettings(repeats=2, seed=0, top_k=None), limit=8)
     points = report.models[0].to_dict()["points"]
     assert all(1 < p["perplexity_mean"] < 256 * 4 for p in points)
+
+
+def test_text_reader_uses_a_hugging_face_tokenizer_from_disk(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    words = ["<unk>", "the", "fox", "dog", "jumps", "over", "."]
+    vocabulary = {w: i for i, w in enumerate(words)}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocabulary, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    corpus = tmp_path / "story.txt"
+    corpus.write_text("the fox jumps over the dog . " * 5 + "the cat")
+    data = load_dataset(f"text:{corpus}#window=4,tokenizer={tmp_path}", "test")
+    assert data.num_classes == len(words)  # the tokenizer's vocabulary: chance and the label range
+    np.testing.assert_array_equal(data.x[0], [1, 2, 4, 5])  # the fox jumps over
+    assert data.y[0, -1] == 1 and data.x.max() < len(words)
