@@ -257,7 +257,7 @@ def test_text_data_refuses_hostile_corpora_in_one_line(run_cli, tmp_path, case, 
     ("bad_labels", "fit neither"),
     ("out_of_vocab", "out of range"),
     ("object", "without pickle"),
-    ("longer_than_context", "takes 4 (its context"),
+    ("longer_than_context", "takes at most 4 (its context"),
     ("longer_than_input", "takes 5 (its input's fixed length"),
 ])
 def test_tokens_data_refuses_hostile_files_in_one_line(run_cli, tmp_path, case, fragment):
@@ -287,7 +287,8 @@ def test_float_model_with_token_data_and_token_model_with_float_data_are_one_lin
 
 # -- found item 2: training twins for token models -------------------------------------------------------
 
-def test_nit_trains_a_small_gpt_on_text_and_exports_int64_inputs(tmp_path):
+@pytest.mark.parametrize("method", ["nit", "hwa"])
+def test_nit_and_hwa_train_a_small_gpt_on_text_and_export_int64_inputs(tmp_path, method):
     from analog_onnx.train.hardware import attach_hardware
     from analog_onnx.train.trainer import TrainConfig, train
     from analog_onnx.train.zoo import build_model
@@ -297,10 +298,12 @@ def test_nit_trains_a_small_gpt_on_text_and_exports_int64_inputs(tmp_path):
     for i in range(30):
         (corpus / f"f{i}.txt").write_text("the quick brown fox jumps over the lazy dog. " * (3 + i % 4))
     hardware = load_preset("aihwkit-lightning")
+    if method == "hwa":  # programming noise on the weights: the tile holding PCM devices
+        hardware.device = load_preset("aihwkit-pcm").device
     twin = attach_hardware(build_model("gpt-micro", (16,), 256), hardware, (16,), tokens=True)
     assert [s.module for s in twin.sites][-1] == "lm_head"  # the tied output layer is simulated too
     result = train(TrainConfig(arch="gpt-micro", data=f"text:{corpus}#window=16", out=str(tmp_path / "run"),
-                               method="nit", epochs=1, batch_size=8, limit=64, eval_limit=16, optimizer="adam",
+                               method=method, epochs=1, batch_size=8, limit=64, eval_limit=16, optimizer="adam",
                                hardware=hardware.to_dict()), progress=False, verbose=False)
     exported = onnx.load(result.model_path)
     assert exported.graph.input[0].type.tensor_type.elem_type == TensorProto.INT64
@@ -327,3 +330,11 @@ def test_text_reader_uses_a_hugging_face_tokenizer_from_disk(tmp_path):
     assert data.num_classes == len(words)  # the tokenizer's vocabulary: chance and the label range
     np.testing.assert_array_equal(data.x[0], [1, 2, 4, 5])  # the fox jumps over
     assert data.y[0, -1] == 1 and data.x.max() < len(words)
+
+
+def test_tokens_labels_of_minus_100_are_not_scored(tmp_path):
+    ids = np.arange(12).reshape(2, 6) % VOCAB
+    labels = np.full(ids.shape, -100)
+    labels[:, :3] = ids[:, 1:4]  # Hugging Face marks unscored positions with -100
+    data = load_dataset(f"tokens:{write_tokens(tmp_path / 'hf.npz', ids, labels=labels)}")
+    assert data.scored == 6 and data.y.min() == -1 and data.num_classes == VOCAB

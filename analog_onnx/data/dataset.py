@@ -132,6 +132,8 @@ def checked_token_dataset(ids: np.ndarray, labels: np.ndarray, name: str, vocabu
             raise AnalogError(f"{name}: the attention mask must be 0/1 integers of the ids' shape {list(ids.shape)}")
         if labels.ndim == 2:
             labels = np.where(mask.astype(bool), labels, -1)  # padding is not predicted
+    if labels.ndim == 2:
+        labels = np.where(labels < 0, -1, labels)  # not scored, whatever negative marks it (Hugging Face: -100)
     if not np.any(labels >= 0):
         raise AnalogError(f"{name}: no label to score (every target is negative or masked)")
     if vocabulary is not None and int(ids.max()) >= vocabulary:

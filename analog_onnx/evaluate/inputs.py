@@ -23,15 +23,16 @@ def fit_tokens(data: Dataset, io: ModelIO, normalization: Normalization | None, 
     if normalization is not None:
         raise AnalogError(f"{data.name} holds token ids: --mean/--std (normalization from {normalization.source}) "
                           "do not apply to them")
-    window = data.x.shape[1]
-    fixed = io.input_shape[1] if len(io.input_shape) == 2 else None
     if len(io.input_shape) != 2:
         raise AnalogError(f"{model_name}: input {io.input_name} has shape {_describe(io.input_shape)}; "
                           "token ids need [batch, sequence]")
-    for limit, what in ((fixed, "its input's fixed length"), (context, "its context, from its metadata")):
-        if limit is not None and (window > limit or (what.startswith("its input") and window != limit)):
-            raise AnalogError(f"data {data.name} has windows of {window} tokens but {model_name} takes {limit} "
-                              f"({what}); choose window={limit} or shorter")
+    window, fixed = data.x.shape[1], io.input_shape[1]
+    if fixed is not None and window != fixed:
+        raise AnalogError(f"data {data.name} has windows of {window} tokens but {model_name} takes {fixed} "
+                          f"(its input's fixed length); choose window={fixed}")
+    if context is not None and window > context:
+        raise AnalogError(f"data {data.name} has windows of {window} tokens but {model_name} takes at most {context} "
+                          f"(its context, from its metadata); choose window={context} or shorter")
     return np.ascontiguousarray(data.x, dtype=io.input_dtype)
 
 
