@@ -30,7 +30,7 @@ from analog_onnx.passes.add_controls import AddControlInputsPass
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
 from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, METADATA_KEYS, NODE_KEYS, SITES_KEY, VERSION_KEY
 from analog_onnx.passes.qonnx_to_standard import QonnxToStandardPass
-from analog_onnx.passes.sites import Site, find_sites
+from analog_onnx.passes.sites import DigitalNode, Site, digital_nodes, find_sites, node_labels
 from analog_onnx.passes.strip_analog import StripAnalogPass
 from analog_onnx.passes.write_metadata import WriteMetadataPass
 
@@ -186,6 +186,14 @@ def analog_sites(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> lis
     return _sites(_standardized(_working_copy(model)), config)
 
 
+def digital_layers(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> list[DigitalNode]:
+    """The nodes that read a constant matrix and that ``transform_model`` leaves digital under
+    ``config`` ("mvm" placement), with the reason, found on the standard model as the transform
+    finds its sites."""
+    _check_arguments(model, config)
+    return digital_nodes(_standardized(_working_copy(model)).graph, config)
+
+
 def _sites(model: ir.Model, config: AnalogConfig) -> list[Site]:
     return find_sites(model.graph, config) if enabled_effects(config) else []
 
@@ -228,9 +236,11 @@ def _check_includes(model: ir.Model, config: AnalogConfig) -> None:
     """Every include pattern must select something: a typo must not give a silent 0-site model."""
     if not config.placement.include:
         return
-    candidates = [s.name for s in _sites(model, config.with_placement(include=[]))]
+    sites = _sites(model, config.with_placement(include=[]))
+    candidates = [s.name for s in sites]
+    labels = [label for s in sites for label in (node_labels(s.node, s.name) if s.node is not None else [s.name])]
     for pattern in config.placement.include:
-        if not any(re.search(pattern, name) for name in candidates):
+        if not any(re.search(pattern, label) for label in labels):
             listed = ", ".join(candidates[:8]) + (" ..." if len(candidates) > 8 else "")
             raise ModelError(f"--include {pattern!r} matches none of the sites of this config"
                              f"{': ' + listed if candidates else ' (there are none)'}")

@@ -20,8 +20,9 @@ if TYPE_CHECKING:  # the commands import the evaluation itself when they run: `-
     from analog_onnx.evaluate.runner import RunSettings
 
 DataOption = typer.Option(..., "--data", "-d", help="KIND[:PATH]: digits, mnist1d, npz:FILE, cifar10:DIR, "
-                          "cifar100:DIR, mnist:DIR (IDX, also Fashion-MNIST), imagefolder:DIR.")
-SplitOption = typer.Option("test", "--split", help="train or test.")
+                          "cifar100:DIR, mnist:DIR (IDX, also Fashion-MNIST), imagefolder:DIR; token data: "
+                          "text:PATH[#window=N,tokenizer=DIR], tokens:FILE (.npy/.npz).")
+SplitOption = typer.Option("test", "--split", help="train or test (text: and tokens: also validation).")
 LimitOption = typer.Option(None, "--limit", help="Use only the first N samples.")
 RepeatsOption = typer.Option(5, "--repeats", "-r", help="Monte Carlo repeats per noise level.")
 SeedOption = typer.Option(None, "--seed", help="Seed of all noise draws [default: random, recorded in the report].")

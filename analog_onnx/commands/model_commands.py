@@ -94,25 +94,33 @@ def inspect(
         for layer in info["analog_layers"]:
             table.add_row(shown(layer["name"]), shown(layer["op_type"]), "x".join(map(str, layer["weight_shape"])))
         out.print(table)
-        return
-    config = info["config"]
-    out.print(f"transformed by analog-onnx {shown(info['version'])} with config [bold]{shown(config['name'])}[/]: "
-              f"{shown(config['description'])}")
-    out.print(f"control inputs: {shown(', '.join(info['inputs'].values()))}")
-    table = Table("layer", "analog ops", "weights", "tiles", "DAC/ADC bits", "bounds", "noise", "device",
-                  title=f"{len(info['layers'])} analog sites")
-    for layer in info["layers"]:
-        table.add_row(*(shown(layer[key]) for key in ("name", "ops", "weights", "tiles", "bits", "bounds", "noise",
-                                                      "device")))
-    out.print(table)
-    changed = [f"{section}.{key} = {value}" for section in ("placement", "noise", "forward", "mapping", "weights",
-                                                              "device")
-               for key, value in config[section].items() if value != _DEFAULTS[section][key]]
-    out.print("resolved config, keys away from the defaults (`--json`: all): " + shown(", ".join(changed) or "none"))
+    else:
+        config = info["config"]
+        out.print(f"transformed by analog-onnx {shown(info['version'])} with config [bold]{shown(config['name'])}[/]: "
+                  f"{shown(config['description'])}")
+        out.print(f"control inputs: {shown(', '.join(info['inputs'].values()))}")
+        table = Table("layer", "analog ops", "weights", "tiles", "DAC/ADC bits", "bounds", "noise", "device",
+                      title=f"{len(info['layers'])} analog sites")
+        for layer in info["layers"]:
+            table.add_row(*(shown(layer[key]) for key in ("name", "ops", "weights", "tiles", "bits", "bounds",
+                                                          "noise", "device")))
+        out.print(table)
+        changed = [f"{section}.{key} = {value}" for section in ("placement", "noise", "forward", "mapping",
+                                                                  "weights", "device")
+                   for key, value in config[section].items() if value != _DEFAULTS[section][key]]
+        out.print("resolved config, keys away from the defaults (`--json`: all): "
+                  + shown(", ".join(changed) or "none"))
+    if info["digital"]:
+        table = Table("node", "op", "why", title="weight-bearing nodes left digital")
+        for node in info["digital"]:
+            table.add_row(shown(node["name"]), shown(node["op_type"]), shown(node["reason"]))
+        out.print(table)
 
 
 def describe(model: onnx.ModelProto | ir.Model) -> dict:
-    """The facts ``inspect`` prints, as a JSON-ready dict (names and shapes: no weight is read)."""
+    """The facts ``inspect`` prints, as a JSON-ready dict (names and shapes: no weight is read): with
+    ``digital``, every node that reads a constant matrix and stays digital (under the model's config
+    when transformed), and why."""
     import onnx_ir as ir
 
     from analog_onnx import transform as tf
@@ -129,12 +137,14 @@ def describe(model: onnx.ModelProto | ir.Model) -> dict:
         inserted = Counter(n.op_type for n in model.graph if n.domain == DOMAIN)
         info.update(version=meta.version, config=meta.config.to_dict(), sites=meta.sites,
                     inserted_ops=dict(sorted(inserted.items())), inputs=meta.inputs, layers=analog_layers(model))
+        info["digital"] = _digital(tf.strip_model(model), meta.config)
         return info
     probe = cfg.AnalogConfig.from_dict({"placement": {"where": "mvm"}, "forward": {"out_noise": 1.0}})
     info["analog_layers"] = [
         {"name": s.name, "op_type": s.op_type, "weight_shape": list(s.weight.shape) if s.weight is not None else []}
         for s in tf.analog_sites(model, probe)
     ]
+    info["digital"] = _digital(model, probe)
     return info
 
 
@@ -193,6 +203,14 @@ def _bound(value: float | None) -> str:
 
 
 _DEFAULTS = cfg.AnalogConfig().to_dict()
+
+
+def _digital(model: onnx.ModelProto | ir.Model, config: cfg.AnalogConfig) -> list[dict]:
+    from analog_onnx import transform as tf
+
+    if config.placement.where != "mvm":  # the activations placement perturbs outputs, it maps no weights
+        return []
+    return [{"name": d.name, "op_type": d.op_type, "reason": d.reason} for d in tf.digital_layers(model, config)]
 
 
 def strip(

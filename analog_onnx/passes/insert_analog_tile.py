@@ -111,7 +111,7 @@ class _Chain:
         elif kind == "MatMul" or not _int(layer, "transB", 0):
             w = self.add("Transpose", [w], {"perm": [1, 0]}, "weight_rows")
         outputs = self.weight.shape[channel_axis(layer, self.weight.ndim)]
-        w.type = w.type or layer.inputs[1].type
+        w.type = w.type or layer.inputs[1].type or ir.TensorType(ir.DataType.FLOAT)  # a Transpose may have none
         w.shape = ir.Shape([outputs, self.weight.size // outputs])  # [outputs, inputs], read by the rewrites
         tile = analog_node("AnalogTile", [x, w, *controls], attributes,
                            name=self.names.node(f"{self.base}/analog_tile"), role="tile")
