@@ -206,6 +206,8 @@ BUILDERS: dict[str, Callable[[Shape, int], nn.Module]] = {
     "vgg11": lambda s, n: VGG(s, n, VGG11_LAYOUT, False, "vgg11"),
     "vgg11_bn": lambda s, n: VGG(s, n, VGG11_LAYOUT, True, "vgg11_bn"),
     "mobilenetv2": MobileNetV2,
+    # MLPs of 1 to 6 hidden layers of width 256: depth as the only variable on one data set
+    **{f"mlp{k}": (lambda s, n, k=k: MLP(s, n, (256,) * k)) for k in range(1, 7)},
 }
 ARCHS = tuple(BUILDERS)
 
