@@ -1,6 +1,7 @@
 """The paper's studies: run them, keep their results, and write docs/study.md's numbers from them.
 
     python tools/paper_studies.py run [NAME ...] [--workers N]   # run, store, regenerate the docs
+    python tools/paper_studies.py store NAME ...                 # store what a (partial) run has done
     python tools/paper_studies.py docs                           # regenerate the docs only
 
 ``run`` runs each ``studies/NAME.toml`` (default: those with a ``[verdicts]`` table) into
@@ -36,26 +37,34 @@ def declared_studies() -> list[str]:
 
 
 def run(names: list[str], workers: int) -> None:
-    from analog_onnx.study import load_spec, run_study, write_report
+    from analog_onnx.study import load_spec, run_study
 
     for name in names:
         spec = load_spec(STUDIES / f"{name}.toml")
-        out = ROOT / "runs" / name
         started, cpu = time.perf_counter(), _cpu_seconds()
-        done = run_study(spec, out, workers=workers)
-        write_report(spec, out)
+        done = run_study(spec, ROOT / "runs" / name, workers=workers)
         seconds = {"wall_seconds": time.perf_counter() - started, "cpu_seconds": _cpu_seconds() - cpu,
                    "trained": done.trained, "evaluated": done.evaluated, "skipped": done.skipped,
                    "failures": done.failures, "workers": workers}
-        target = RESULTS / name
-        target.mkdir(parents=True, exist_ok=True)
-        for file in ("study.json", "study.csv", "summary.md"):
-            shutil.copyfile(out / file, target / file)
-        shutil.copyfile(STUDIES / f"{name}.toml", target / "study.toml")
-        (target / "run.json").write_text(json.dumps(seconds, indent=2) + "\n")
         print(f"{name}: {done.trained} trained, {done.evaluated} evaluated, {done.skipped} done before, "
               f"{len(done.failures)} failed; {seconds['wall_seconds']:.0f} s wall, {seconds['cpu_seconds']:.0f} s CPU")
+        store(name, seconds)
     write_docs()
+
+
+def store(name: str, seconds: dict | None = None) -> None:
+    """The report of ``runs/NAME`` (whatever is done) copied to ``docs/results/NAME``."""
+    from analog_onnx.study import load_spec, write_report
+
+    out = ROOT / "runs" / name
+    write_report(load_spec(STUDIES / f"{name}.toml"), out)
+    target = RESULTS / name
+    target.mkdir(parents=True, exist_ok=True)
+    for file in ("study.json", "study.csv", "summary.md"):
+        shutil.copyfile(out / file, target / file)
+    shutil.copyfile(STUDIES / f"{name}.toml", target / "study.toml")
+    if seconds is not None:
+        (target / "run.json").write_text(json.dumps(seconds, indent=2) + "\n")
 
 
 def _cpu_seconds() -> float:
@@ -152,15 +161,21 @@ def main() -> None:
     runner = sub.add_parser("run", help="run studies, store their results, regenerate the docs")
     runner.add_argument("names", nargs="*", help="study files in studies/ (default: those with [verdicts])")
     runner.add_argument("--workers", type=int, default=1)
+    storer = sub.add_parser("store", help="store the report of runs/NAME as it is (a partial run too)")
+    storer.add_argument("names", nargs="+")
     sub.add_parser("docs", help="regenerate docs/study.md's generated blocks from docs/results/")
     args = parser.parse_args()
+    names = getattr(args, "names", None) or (declared_studies() if args.command == "run" else [])
+    unknown = [n for n in names if not (STUDIES / f"{n}.toml").is_file()]
+    if unknown:
+        print(f"error: no study file studies/{unknown[0]}.toml", file=sys.stderr)
+        sys.exit(2)
     if args.command == "run":
-        names = args.names or declared_studies()
-        unknown = [n for n in names if not (STUDIES / f"{n}.toml").is_file()]
-        if unknown:
-            print(f"error: no study file studies/{unknown[0]}.toml", file=sys.stderr)
-            sys.exit(2)
         run(names, args.workers)
+    elif args.command == "store":
+        for name in names:
+            store(name)
+        write_docs()
     else:
         write_docs()
 
