@@ -299,3 +299,44 @@ def test_training_never_reads_the_test_split(monkeypatch, tmp_path, select) -> N
     assert result.best["epoch"] == (2 if select == "last" else max(result.history, key=lambda h: h["clean_acc"])[
         "epoch"])
     assert all("test_loss" not in h and h["val_loss"] is not None for h in result.history)
+
+
+def test_the_docs_blocks_are_written_from_the_stored_results(tmp_path, monkeypatch) -> None:
+    """tools/paper_studies.py fills each generated block from its study.json and leaves the rest."""
+    import importlib.util
+    import json
+
+    spec = _spec(tmp_path)
+    _fake(spec, tmp_path / "out")
+    stored = tmp_path / "docs" / "results" / "paper"
+    stored.mkdir(parents=True)
+    (stored / "study.json").write_text(json.dumps(collect(spec, tmp_path / "out").to_dict()))
+    doc = tmp_path / "docs" / "study.md"
+    doc.write_text("intro\n<!-- generated: paper -->\nold\n<!-- end generated: paper -->\n"
+                   "<!-- generated: other -->\nkept\n<!-- end generated: other -->\n")
+    loader = importlib.util.spec_from_file_location("paper_studies", Path(__file__).parents[1] / "tools" /
+                                                    "paper_studies.py")
+    tool = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(tool)
+    monkeypatch.setattr(tool, "DOC", doc)
+    monkeypatch.setattr(tool, "RESULTS", tmp_path / "docs" / "results")
+    tool.write_docs()
+    text = doc.read_text()
+    assert text.startswith("intro\n") and "old" not in text and "kept" in text
+    assert f"x{3.0 ** 0.4:.2f}" in text  # the envelope's midpoint ratio, from the stored file
+    assert "| nit |  | **reproduced** |" in text and "| qat |  | **not reproduced** |" in text
+
+
+def test_each_test_keeps_its_own_adjusted_p_whatever_the_order_of_the_claims() -> None:
+    data = {"mlp1": [0.0, 0.01, -0.01], "mlp3": [0.3, 0.31, 0.29]}
+    depth = _claim("deeper", ("nit",), archs=("mlp1", "mlp3"), kind="depth")
+    ratio = _claim("nit", ("nit",), archs=("mlp1", "mlp3"))
+
+    def ratios(arch, hw, method, versus):
+        return data[arch]
+
+    first, last = decide(_rules(depth, ratio), ratios), decide(_rules(ratio, depth), ratios)
+    assert [(t.p_different, t.p_equivalent, t.label) for t in first.tests] == \
+        [(t.p_different, t.p_equivalent, t.label) for t in last.tests]
+    assert [t.label for t in first.tests] == ["equivalent within the margin", "more robust"]
+    assert first.depth_tests[0].p == last.depth_tests[0].p

@@ -196,7 +196,8 @@ def slope_test(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     if len(set(x)) < 2 or len(x) < 3:
         return 0.0, 1.0
     fit = stats.linregress(x, y)
-    return float(fit.slope), float(fit.pvalue)
+    p = float(fit.pvalue)
+    return float(fit.slope), p if math.isfinite(p) else (0.0 if fit.slope != 0 else 1.0)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -231,6 +232,7 @@ class Test:
     p_different: float = 1.0
     p_equivalent: float = 1.0
     label: str = "no midpoint"
+    index: int = -1  # of its difference test among all p values of the file (equivalence: the next)
 
     def ratio(self) -> float | None:
         return 10 ** (sum(self.log_ratios) / len(self.log_ratios)) if self.log_ratios else None
@@ -244,6 +246,7 @@ class DepthTest:
     points: tuple[tuple[int, float], ...]  # (depth, per-seed log ratio)
     slope: float = 0.0
     p: float = 1.0
+    index: int = -1  # of its test among all p values of the file
     label: str = "undecided"
 
 
@@ -297,26 +300,26 @@ def decide(rules: Rules, log_ratios: Any) -> Decision:
                         values = log_ratios(arch, hardware, method, claim.versus)
                         points += [(DEPTH[arch], v) for v in values or ()]
                     slope, p = slope_test([d for d, _ in points], [v for _, v in points])
-                    depth_tests.append(DepthTest(claim.name, hardware, method, tuple(points), slope, p))
+                    depth_tests.append(DepthTest(claim.name, hardware, method, tuple(points), slope, p, len(raw)))
                     raw.append(p)
                     continue
                 for arch in claim.archs:
                     values = log_ratios(arch, hardware, method, claim.versus)
                     test = Test(claim.name, arch, hardware, method, tuple(values) if values else None)
                     if test.log_ratios:
-                        test.p_different, test.p_equivalent = t_test(values), tost(values, bound)
-                        raw += [test.p_different, test.p_equivalent]
+                        test.index = len(raw)
+                        raw += [t_test(values), tost(values, bound)]
                     tests.append(test)
-    adjusted = iter(holm(raw) if rules.correction == "holm" else raw)
-    for depth_test in depth_tests:
-        depth_test.p = next(adjusted)
+    adjusted = holm(raw) if rules.correction == "holm" else raw
+    for depth_test in depth_tests:  # each took its place in ``raw`` when tested: read it from there
+        depth_test.p = adjusted[depth_test.index]
         decided = depth_test.p < rules.alpha
         depth_test.label = ("grows with depth" if depth_test.slope > 0 else "shrinks with depth") if decided \
             else "undecided"
     for test in tests:
         if not test.log_ratios:
             continue
-        test.p_different, test.p_equivalent = next(adjusted), next(adjusted)
+        test.p_different, test.p_equivalent = adjusted[test.index], adjusted[test.index + 1]
         mean = sum(test.log_ratios) / len(test.log_ratios)
         if test.p_equivalent < rules.alpha:
             test.label = "equivalent within the margin"
