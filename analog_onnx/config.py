@@ -55,6 +55,7 @@ class Placement:
     keep_first_digital: bool = False  # leave the first analog layer digital
     keep_last_digital: bool = False  # leave the last analog layer digital
     activation_matmul: bool = False  # also treat MatMuls of two activations as analog
+    noise_after_quantizer: bool = True  # "activations": noise after a node's own quantizer, where the next layer reads
 
 
 @dataclass

@@ -121,7 +121,7 @@ def _standardized(model: ir.Model) -> ir.Model:
 def _transformable(model: ir.Model) -> ir.Model:
     """The working copy, refused when already transformed, else standardized and without stale
     marks of ours."""
-    if read_analog_metadata(model) is not None or DOMAIN in model.opset_imports:
+    if read_analog_metadata(model) is not None or any(_inserted(node) for node in model.graph):
         raise ModelError("model is already transformed; run `analog-onnx strip` first")
     _drop_stale_marks(model)
     return _standardized(model)
@@ -140,6 +140,12 @@ def _check_float32(sites: list[Site]) -> None:
             if value is not None and value.dtype in FLOAT_TYPES:
                 raise ModelError(f"{value.name} is {FLOAT_TYPES[value.dtype]}; analog-onnx transforms float32 "
                                  "models (convert the model to float32 first)")
+
+
+def _inserted(node: ir.Node) -> bool:
+    """Whether a node of our domain is one only the transform makes: every op but ``Quantize``,
+    which an exporter uses for a model's own quantizer (QAT activations beyond 8 bits)."""
+    return node.domain == DOMAIN and node.op_type != "Quantize"
 
 
 def _drop_stale_marks(model: ir.Model) -> None:

@@ -70,9 +70,9 @@ def test_sites_fire_in_the_transforms_order(arch: str, config_name: str, qat: Qa
     config = CONFIGS[config_name]
     model = _model(arch)
     expected = [(s.op_type, s.name) for s in analog_sites(to_onnx(model, SHAPE, qat=qat).model, config)]
-    hardware = attach_hardware(model, config, SHAPE, qat=qat)
     if qat is not None:
         attach_qat(model, qat)
+    hardware = attach_hardware(model, config, SHAPE, qat=qat)
     assert expected
     assert _fired(model, hardware, monkeypatch) == expected
 
@@ -114,9 +114,9 @@ def _torch_and_ort(model: nn.Module, config, noise_scale: float, qat: QatSpec | 
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Logits of many noisy copies of one input: through the twins, and through the transformed export."""
     exported = to_onnx(model, SHAPE, qat=qat)
-    hardware = attach_hardware(model, config, SHAPE, qat=qat, noise_scale=noise_scale)
-    if qat is not None:
+    if qat is not None:  # first, as the trainer does: noise may read the quantized output
         attach_qat(model, qat)
+    hardware = attach_hardware(model, config, SHAPE, qat=qat, noise_scale=noise_scale)
     torch.manual_seed(1)
     with torch.no_grad():
         twin = model(torch.from_numpy(x)).numpy()
@@ -131,12 +131,17 @@ def _torch_and_ort(model: nn.Module, config, noise_scale: float, qat: QatSpec | 
     ("resnet20", "hardening-additive", 0.2, QatSpec(8, 0.05)),
     ("resnet20", "aihwkit-default", 1.0, None),
     ("mlp", "aihwkit-default", 2.0, QatSpec(6, 0.1)),
+    # a coarse step that filters noise placed before the quantizer: the order decides the spread
+    ("lenet5", "hardening-additive", 0.2, QatSpec(4, 1.0)),
+    ("lenet5", "hardening-additive;noise_after_quantizer=false", 0.2, QatSpec(4, 1.0)),
+    ("mlp", "hardening-additive", 0.3, QatSpec(16, 0.01)),
 ])
 def test_noise_statistics_match_onnxruntime(arch: str, preset: str, noise_scale: float, qat: QatSpec | None) -> None:
     """One input repeated 2000 times gives 2000 independent draws on each side (noise is per element)."""
     model = _model(arch)
     x = np.repeat(np.random.default_rng(3).standard_normal((1, *SHAPE)).astype(np.float32), 2000, axis=0)
-    twin, ort = _torch_and_ort(model, load_preset(preset), noise_scale, qat, x)
+    name, *overrides = preset.split(";")
+    twin, ort = _torch_and_ort(model, load_preset(name).with_overrides(overrides), noise_scale, qat, x)
     spread = ort.std(axis=0)
     assert spread.min() > 0
     np.testing.assert_allclose(twin.std(axis=0), spread, rtol=0.12)
@@ -156,3 +161,32 @@ def test_zero_noise_twins_equal_the_transformed_model() -> None:
     assert np.isclose(twin, ort, rtol=0, atol=1e-5 * scale).mean() >= 0.75  # a wrong weight grid: 0
     np.testing.assert_allclose(twin, ort, atol=0.05 * scale)
     assert (twin.argmax(1) == ort.argmax(1)).mean() >= 0.9
+
+
+def test_quantizer_filters_noise_only_in_the_old_order() -> None:
+    """The placement is not a no-op: with noise after a coarse quantizer the logits spread more
+    than with the quantizer rounding most of the noise away."""
+    spreads = []
+    for after in ("true", "false"):
+        config = load_preset("hardening-additive").with_overrides([f"noise_after_quantizer={after}"])
+        x = np.repeat(np.random.default_rng(3).standard_normal((1, *SHAPE)).astype(np.float32), 500, axis=0)
+        _, ort = _torch_and_ort(_model("lenet5"), config, 0.2, QatSpec(4, 1.0), x)
+        spreads.append(float(ort.std(axis=0).mean()))
+    assert spreads[0] > 1.5 * spreads[1]
+
+
+@pytest.mark.parametrize("bits", [4, 8, 16])
+def test_activation_noise_reads_the_dequantized_activation(bits: int) -> None:
+    """In a transformed QAT export every ReLU's noise sits after the ReLU's quantizer (its
+    DequantizeLinear, or the Quantize op beyond 8 bits), never between ReLU and quantizer."""
+    import onnx
+
+    model = transform_model(to_onnx(_model("lenet5"), SHAPE, qat=QatSpec(bits, 0.5)).model,
+                            load_preset("hardening-additive"))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    noises = [n for n in model.graph.node if n.op_type == "Noise"]
+    after_relu = [producers[n.input[0]] for n in noises if n.input[0] in producers]
+    quantizers = [p for p in after_relu if p.op_type in ("DequantizeLinear", "Quantize")]
+    assert len(quantizers) == sum(n.op_type == "Relu" for n in model.graph.node) > 0
+    assert not [p for p in after_relu if p.op_type == "Relu"]
+    assert onnx.checker.check_model(model) is None

@@ -16,6 +16,7 @@ ROLE_KEY = "analog_onnx.role"  # node metadata: what an inserted node is for (st
 REPLACES_KEY = "analog_onnx.replaces"  # node metadata: the name of the layer a tile chain replaces
 LAYER_KEY = "analog_onnx.layer"  # node metadata of a tile: the site name of the layer it computes
 NODE_KEYS = (ROLE_KEY, REPLACES_KEY, LAYER_KEY)  # the node metadata only the transform writes
+QUANTIZER_KEY = "analog_onnx.quantizer"  # node metadata: the QONNX quantizer a converted node computes part of
 WEIGHT_ROLES = ("weight_quant", "transpose", "device_weights", "weight_column")  # nodes acting on a layer's weight
 
 # model metadata the transform writes (see write_metadata.py and add_controls.py)

@@ -10,6 +10,8 @@ Rule, for ``Quant`` (also named ``IntQuant``), ``BipolarQuant`` and ``Trunc`` no
    rounds half to even and saturates at the same integer bounds.
 3. Any other ``Quant``: QONNX's definition op by op, Div, Add zero point, Clip to the integer
    range, Round/Ceil/Floor, Sub zero point, Mul; 1-bit signed is the sign (as QONNX runs it).
+   Every node made of one quantizer carries ``analog_onnx.quantizer`` (its name), so the
+   activation-noise placement (passes/sites.py) knows where that quantizer ends.
 4. ``BipolarQuant``: +1 where X >= 0, else -1, times the scale.
 5. ``Trunc``: round(X/scale + zero point), divided by the truncation scale (version 1:
    2**(in_bits - out_bits); version 2, six inputs: the power of two nearest out_scale/scale,
@@ -29,6 +31,7 @@ import numpy as np
 import onnx_ir as ir
 
 from analog_onnx.errors import ModelError
+from analog_onnx.passes.common import QUANTIZER_KEY
 
 DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general")
 QUANTIZERS = ("Quant", "IntQuant", "BipolarQuant", "Trunc")
@@ -183,6 +186,8 @@ class QonnxToStandardPass(ir.passes.InPlacePass):
             for initializer in emitter.tape.initializers:
                 graph.register_initializer(initializer)
             new_nodes = list(emitter.tape.nodes)
+            for made in new_nodes:  # one quantizer still: the activation-noise placement looks past all of it
+                made.metadata_props[QUANTIZER_KEY] = emitter.prefix
             new.type, new.shape = output.type, output.shape
         orphans = [v for v in node.inputs if v is not None and v.is_initializer() and len(v.uses()) == 1
                    and not v.is_graph_input()]

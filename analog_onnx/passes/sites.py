@@ -18,6 +18,12 @@ If/Loop are left intact.
 
 ``digital_nodes`` says, for every node that reads a constant matrix and is not a site, why.
 
+With ``noise_after_quantizer`` (on by default) an "activations" site's noisy tensor is what the
+next layer reads: when a node's only consumer is its own activation quantizer (``[Clip ->]
+QuantizeLinear -> DequantizeLinear``, ``ai.analog.Quantize``, or the nodes a QONNX ``Quant``
+became), the noise goes after that quantizer, as the Hardening-DNNs paper orders QuantReLU and
+noise; a quantizer must not filter the noise away that an unquantized model receives in full.
+
 Every pass finds its own sites with ``find_sites``; a layer stays an analog layer after a pass
 changed its weight (a quantized weight is still a constant weight), so passes compose in any order.
 """
@@ -33,7 +39,8 @@ import numpy as np
 import onnx_ir as ir
 
 from analog_onnx.config import ANALOG_OP_TYPES, AnalogConfig
-from analog_onnx.passes.common import ROLE_KEY, WEIGHT_ROLES
+from analog_onnx.ops import DOMAIN
+from analog_onnx.passes.common import QUANTIZER_KEY, ROLE_KEY, WEIGHT_ROLES
 
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # torch's dynamo exporter: the module scopes of a node
@@ -180,7 +187,10 @@ def find_sites(graph: ir.Graph, config: AnalogConfig, only: Collection[str] | No
         name = site_name(node)
         if _placement_reason(node, name, config, kept) is None:
             weight = layer_weight(node) if id(node) in is_layer else None
-            sites.append(Site(name, node.op_type, node.outputs[0], node, weight))
+            value = node.outputs[0]
+            if p.where == "activations" and p.noise_after_quantizer:
+                value = quantized_value(value)
+            sites.append(Site(name, node.op_type, value, node, weight))
     return sites if only is None else [s for s in sites if s.name in only]
 
 
@@ -261,6 +271,38 @@ def _unselected(labels: list[str], include: list[str], exclude: list[str]) -> st
         return "matches no include pattern"
     hit = next((pattern for pattern in exclude for label in labels if re.search(pattern, label)), None)
     return None if hit is None else f"matches exclude pattern {hit!r}"
+
+
+def quantized_value(value: ir.Value) -> ir.Value:
+    """What the next layer reads of ``value``: the output of the activation quantizer that is its
+    only consumer (see the module docstring), else ``value`` itself."""
+    node = _only_user(value)
+    if node is None:
+        return value
+    if node.domain == DOMAIN and node.op_type == "Quantize":
+        return node.outputs[0]
+    tag = node.metadata_props.get(QUANTIZER_KEY)
+    if tag is not None:  # a converted QONNX quantizer: follow its nodes to the last one
+        while (following := _only_user(node.outputs[0])) is not None \
+                and following.metadata_props.get(QUANTIZER_KEY) == tag:
+            node = following
+        return node.outputs[0]
+    if node.domain == "" and node.op_type == "Clip":
+        node = _only_user(node.outputs[0])
+    if node is None or node.domain != "" or node.op_type != "QuantizeLinear":
+        return value
+    dequantize = _only_user(node.outputs[0])
+    if dequantize is None or dequantize.domain != "" or dequantize.op_type != "DequantizeLinear":
+        return value
+    return dequantize.outputs[0]
+
+
+def _only_user(value: ir.Value) -> ir.Node | None:
+    """The one node that reads ``value``, when only one does and it is not a graph output."""
+    users = {id(use.node): use.node for use in value.uses()}
+    if len(users) != 1 or value.is_graph_output():
+        return None
+    return next(iter(users.values()))
 
 
 def _is_float_activation(value: ir.Value) -> bool:

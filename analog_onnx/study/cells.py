@@ -34,6 +34,7 @@ class Task:
     model: str | None = None  # evaluate: the trained model.onnx
     data: str | None = None  # evaluate: the data spec
     threads: int = 1
+    code: str = ""  # the hash of the code that computes the cell (study/code.py), kept in its record
 
 
 def read_record(folder: str | Path, key: str, kind: str) -> dict[str, Any] | None:
@@ -75,7 +76,7 @@ def run_task(task: Task) -> dict[str, Any]:
     folder = Path(task.folder)
     folder.mkdir(parents=True, exist_ok=True)
     result = _train(task, folder) if task.kind == "train" else _evaluate(task, folder)
-    record = {"key": task.key, "status": "done", "kind": task.kind, "settings": task.settings,
+    record = {"key": task.key, "status": "done", "kind": task.kind, "settings": task.settings, "code": task.code,
               "seconds": time.perf_counter() - started, **result}
     write_json(folder / RECORD, record)
     return record

@@ -7,6 +7,12 @@ Wilson form of ``evaluate.metrics.summarize_accuracy``, inside [0, 1]). Methods 
 compared per seed (the same seed initializes every method and draws the same evaluation noise),
 on the log of the midpoint noise level: the ratio of midpoints with its 95% interval, and the
 verdict "within interval" when that interval includes 1.
+
+A NIT family swept over ``noise_scale`` also gets its *envelope* (``NAME-envelope``), as the
+paper trains one model per test sigma: per seed, at each evaluation level the member trained at
+the nearest level (in log; the smallest for level 0, which gives the clean accuracy), and the
+midpoint of that curve. When the study file declares ``[verdicts]``, the claims are decided by
+``verdicts.py`` from these rows and written with the tables.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analog_onnx.evaluate.metrics import summarize, summarize_accuracy
+from analog_onnx.evaluate.metrics import midpoint_noise, summarize, summarize_accuracy
 from analog_onnx.files import write_text
 from analog_onnx.study.cells import read_record, write_json
 from analog_onnx.study.spec import DEPTH, Method, Spec
+from analog_onnx.study.verdicts import ENVELOPE, Decision, decide, is_envelope_family
 
 NOISE_KINDS = ("nit", "qat+nit")
 
@@ -128,6 +135,8 @@ class Results:
     rows: tuple[Row, ...]
     comparisons: tuple[Comparison, ...]
     missing: int  # cells of the spec that are not done
+    methods: tuple[Method, ...] = ()  # the spec's methods and the envelopes
+    decision: Decision | None = None  # the [verdicts], when the study declares them
 
     def row(self, arch: str, method: str, hardware: str) -> Row | None:
         return next((r for r in self.rows if (r.arch, r.method.name, r.hardware) == (arch, method, hardware)), None)
@@ -141,7 +150,8 @@ class Results:
                              "settings": {k: v for k, v in m.settings.items() if k != "hardware"}}
                             for m in s.methods],
                 "cells_missing": self.missing, "rows": [r.to_dict() for r in self.rows],
-                "comparisons": [c.to_dict() for c in self.comparisons]}
+                "comparisons": [c.to_dict() for c in self.comparisons],
+                "verdicts": self.decision.to_dict() if self.decision else None}
 
 
 def collect(spec: Spec, root: Path) -> Results:
@@ -153,15 +163,53 @@ def collect(spec: Spec, root: Path) -> Results:
             records[(cell.train.arch, cell.train.method.name, cell.hardware, cell.train.seed)] = record
     missing = sum(read_record(root / c.folder, c.key, "train") is None for c in spec.train_cells) + \
         sum(read_record(root / c.folder, c.key, "evaluate") is None for c in spec.eval_cells)
+    methods = list(spec.methods)
+    for family in dict.fromkeys(m.group for m in spec.methods):
+        members = [m for m in spec.methods if m.group == family]
+        if is_envelope_family(members):
+            methods.append(Method(family + ENVELOPE, members[0].kind, members[0].train_hardware, {}, family))
+            _add_envelope(records, members, methods[-1].name, spec)
     rows = []
     for arch in spec.archs:
-        for method in spec.methods:
+        for method in methods:
             for hardware in spec.hardware:
                 found = {seed: records[(arch, method.name, hardware, seed)] for seed in spec.seeds
                          if (arch, method.name, hardware, seed) in records}
                 if found:
                     rows.append(_row(arch, method, hardware, found, spec.noise_scales))
-    return Results(spec, tuple(rows), tuple(_comparisons(spec, rows)), missing)
+    index = {(r.arch, r.method.name, r.hardware): r for r in rows}
+
+    def log_ratios(arch: str, hardware: str, method: str, versus: str) -> list[float] | None:
+        a, b = index.get((arch, method, hardware)), index.get((arch, versus, hardware))
+        return _paired_log_ratios(a, b) if a is not None and b is not None else None
+
+    decision = decide(spec.verdicts, log_ratios) if spec.verdicts is not None else None
+    return Results(spec, tuple(rows), tuple(_comparisons(spec, methods, rows)), missing, tuple(methods), decision)
+
+
+def _add_envelope(records: dict[tuple[str, str, str, int], dict[str, Any]], members: list[Method], name: str,
+                  spec: Spec) -> None:
+    """The envelope's record per (arch, hardware, seed) where every member has one (see the module)."""
+    trained = sorted((dict(m.swept)["noise_scale"], m.name) for m in members)
+    for arch in spec.archs:
+        for hardware in spec.hardware:
+            for seed in spec.seeds:
+                found = {m: records.get((arch, m, hardware, seed)) for _, m in trained}
+                if any(r is None for r in found.values()):
+                    continue
+                points = []
+                for level in spec.noise_scales:
+                    nearest = trained[0][1] if level <= 0 else \
+                        min(trained, key=lambda t, lv=level: abs(math.log(t[0] / lv)))[1]
+                    point = next(p for p in found[nearest]["points"] if p["noise_scale"] == level)
+                    points.append({"noise_scale": level, "accuracies": point["accuracies"]})
+                first = found[trained[0][1]]
+                clean = first["clean_accuracy"]
+                midpoint = midpoint_noise([p["noise_scale"] for p in points], [_mean(p["accuracies"]) for p in points],
+                                          clean, first["chance_accuracy"])
+                records[(arch, name, hardware, seed)] = {"clean_accuracy": clean, "points": points,
+                                                         "midpoint_noise": midpoint.noise,
+                                                         "midpoint_status": midpoint.status}
 
 
 def _row(arch: str, method: Method, hardware: str, records: dict[int, dict[str, Any]],
@@ -178,12 +226,13 @@ def _row(arch: str, method: Method, hardware: str, records: dict[int, dict[str, 
                tuple(r["midpoint_status"] for r in records.values()))
 
 
-def _comparisons(spec: Spec, rows: list[Row]) -> list[Comparison]:
-    """Every method against the baseline, and every noise-trained method against every QAT method."""
-    baselines = [m.name for m in spec.methods if m.kind == "baseline"]
-    qat = [m.name for m in spec.methods if m.kind == "qat"]
-    pairs = [(m.name, b) for b in baselines[:1] for m in spec.methods if m.name != b]
-    pairs += [(m.name, q) for m in spec.methods if m.kind in NOISE_KINDS for q in qat]
+def _comparisons(spec: Spec, methods: list[Method], rows: list[Row]) -> list[Comparison]:
+    """Every method against the baseline, and every noise-trained method (a family by its envelope)
+    against every QAT method."""
+    baselines = [m.name for m in methods if m.kind == "baseline"]
+    qat = [m.name for m in methods if m.kind == "qat"]
+    pairs = [(m.name, b) for b in baselines[:1] for m in methods if m.name != b]
+    pairs += [(m.name, q) for m in methods if m.kind in NOISE_KINDS and not m.swept for q in qat]
     index = {(r.arch, r.method.name, r.hardware): r for r in rows}
     out = []
     for arch in spec.archs:
@@ -196,12 +245,18 @@ def _comparisons(spec: Spec, rows: list[Row]) -> list[Comparison]:
 
 
 def _paired_log_ratio(a: Row, b: Row) -> Stat | None:
+    values = _paired_log_ratios(a, b)
+    return Stat.of(values) if values else None
+
+
+def _paired_log_ratios(a: Row, b: Row) -> list[float] | None:
+    """log10 of a's midpoint over b's, per seed both have; None when a seed lacks a midpoint."""
     mine = dict(zip(a.seeds, a.midpoints, strict=True))
     theirs = dict(zip(b.seeds, b.midpoints, strict=True))
     seeds = [s for s in a.seeds if s in theirs]
     if not seeds or any(mine[s] is None or theirs[s] is None for s in seeds):
         return None
-    return Stat.of([math.log10(mine[s]) - math.log10(theirs[s]) for s in seeds])  # type: ignore[arg-type]
+    return [math.log10(mine[s]) - math.log10(theirs[s]) for s in seeds]  # type: ignore[arg-type]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -268,8 +323,41 @@ def summary_markdown(results: Results, figures: Sequence[Path]) -> str:
         lines += [f"| {c.arch} | {c.method} | {c.versus} | {c.text()} | {c.verdict} |"
                   for c in results.comparisons if c.hardware == hardware]
         lines.append("")
+    if results.decision is not None:
+        lines += verdict_markdown(results.decision)
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.as_posix()})" for f in figures] + [""]
     return "\n".join(lines)
+
+
+def verdict_markdown(decision: Decision) -> list[str]:
+    """The claims, their verdicts and the tests they rest on, as the rules of the study file decide them."""
+    rules = decision.rules
+    corrected = f"Holm over all {_test_count(decision)} tests" if rules.correction == "holm" else "no correction"
+    lines = ["## Verdicts", "",
+             f"Rules declared in the study file before the run: per-seed log10 midpoint ratios; t test "
+             f"(different) and TOST (equivalent within x{rules.margin:g}); alpha {rules.alpha:g} after {corrected}.",
+             "", "| claim | statement | verdict | per architecture |", "|---|---|---|---|"]
+    for v in decision.verdicts:
+        per_arch = ", ".join(f"{a}: {o}" for a, o in v.per_arch.items())
+        lines.append(f"| {v.claim.name} | {v.claim.statement} | **{v.verdict}** | {per_arch} |")
+    lines += ["", "| claim | hardware | arch | method | versus | ratio | p different | p equivalent | label |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for t in decision.tests:
+        ratio = t.ratio()
+        versus = next(c.versus for c in rules.claims if c.name == t.claim)
+        lines.append(f"| {t.claim} | {t.hardware} | {t.arch} | {t.method} | {versus} | "
+                     f"{f'x{ratio:.2f}' if ratio is not None else '-'} | {t.p_different:.2g} | "
+                     f"{t.p_equivalent:.2g} | {t.label} |")
+    if decision.depth_tests:
+        lines += ["", "| claim | hardware | method | slope of log10 ratio per layer | p | label |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {t.claim} | {t.hardware} | {t.method} | {t.slope:+.3f} | {t.p:.2g} | {t.label} |"
+                  for t in decision.depth_tests]
+    return [*lines, ""]
+
+
+def _test_count(decision: Decision) -> int:
+    return 2 * sum(bool(t.log_ratios) for t in decision.tests) + len(decision.depth_tests)
 
 
 def _text(stat: Stat | None) -> str:
@@ -283,7 +371,7 @@ def _statuses(row: Row) -> str:
 def _table(results: Results, hardware: str, cell: Any) -> list[str]:
     archs = results.spec.archs
     lines = ["| method | " + " | ".join(archs) + " |", "|---|" + "---|" * len(archs)]
-    for method in results.spec.methods:
+    for method in results.methods:
         values = [results.row(arch, method.name, hardware) for arch in archs]
         lines.append(f"| {method.name} | " + " | ".join(cell(r) if r else "-" for r in values) + " |")
     return lines

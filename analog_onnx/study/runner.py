@@ -129,10 +129,10 @@ def study_folder(spec: Spec, out: str | Path) -> Path:
 def _task(cell: TrainCell | EvalCell, spec: Spec, root: Path, threads: int) -> Task:
     folder = str(root / cell.folder)
     if isinstance(cell, TrainCell):
-        return Task("train", _label(cell), folder, cell.key, cell.config, threads=threads)
+        return Task("train", _label(cell), folder, cell.key, cell.config, threads=threads, code=cell.code)
     model = str(root / cell.train.folder / MODEL)
     return Task("evaluate", _label(cell), folder, cell.key, cell.settings, model=model, data=spec.data,
-                threads=threads)
+                threads=threads, code=cell.code)
 
 
 def _label(cell: TrainCell | EvalCell) -> str:

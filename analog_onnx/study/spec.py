@@ -3,8 +3,16 @@ model is evaluated. Parsing checks everything a user can get wrong before any wo
 with one line naming the bad key.
 
 Each cell of the grid has a *key*: a short hash of every setting that decides its result (not
-where it runs). A cell's folder is named after its key, so a changed setting gives a new folder
-and the old result is never silently reused.
+where it runs) and of the source code that computes it (``study/code.py``). A cell's folder is
+named after its key, so a changed setting or a change to that code gives a new folder and the
+old result is never silently reused.
+
+A method may list values to sweep: ``bits`` and ``range_scale`` for QAT (the paper's activation
+range ``M[bits] * range_scale``, so the step is that over ``2**bits - 1``), ``noise_scale`` for
+NIT; the method then expands into one method per combination, named ``NAME-b8-r2``,
+``NAME-s0.3`` and so on, all of one *family* (the NIT envelope of ``results`` takes, at each
+evaluation level, the family member trained nearest to it, as the paper trains one model per
+test sigma).
 
 ```toml
 [study]
@@ -37,7 +45,9 @@ repeats = 3
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -63,13 +73,19 @@ _CELL_FIELDS = {"arch", "data", "out", "method", "seed", "hardware", "noise_scal
                 "bits", "act_scale", "weight_bits", "export"}
 # what a [[method]] may say besides name and kind
 _METHOD_FIELDS = {"preset", "config", "set", "noise_scale", "ramp_epochs", "noise_spread", "bits", "act_scale",
-                  "weight_bits"}
+                  "weight_bits", "range_scale"}
+# keys a method may give as a list, each value a method of the family, and its name's suffix
+_SWEPT = {"bits": "b", "range_scale": "r", "noise_scale": "s"}
+# the Hardening-DNNs paper's activation range per bit width: max_val = M[bits] * range_scale
+# (UniHD-CEG/VANT, models_noisy/*_qat.py, min_max_dict, the unsigned column)
+PAPER_RANGE = {4: 15, 8: 256, 16: 65536}
 _EVALUATE_FIELDS = {"hardware", "noise_scales", "repeats", "seed", "limit", "batch_size", "report_levels"}
 _STUDY_FIELDS = {"name", "data", "archs", "seeds", "description"}
 SEED_LIMIT = 2**63  # seeds are int64 in the trainer and in evaluate
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # labels become folder names
 # nominal depth (weight layers) of the zoo models, for the midpoint-by-depth figure
-DEPTH = {"mlp": 3, "lenet5": 5, "vgg11": 11, "vgg11_bn": 11, "resnet18": 18, "resnet20": 20, "mobilenetv2": 53}
+DEPTH = {"mlp": 3, "lenet5": 5, "vgg11": 11, "vgg11_bn": 11, "resnet18": 18, "resnet20": 20, "mobilenetv2": 53,
+         **{f"mlp{k}": k + 1 for k in range(1, 7)}}
 
 
 def cell_key(settings: dict[str, Any]) -> str:
@@ -84,6 +100,12 @@ class Method:
     kind: str
     train_hardware: str  # the config's name, or "none" when the method trains without one
     settings: dict[str, Any]  # TrainConfig fields this method sets (hardware resolved to a dict)
+    family: str = ""  # the [[method]] name this one was expanded from ("" = its own name)
+    swept: tuple[tuple[str, Any], ...] = ()  # the listed keys and this member's values
+
+    @property
+    def group(self) -> str:
+        return self.family or self.name
 
 
 @dataclass(frozen=True)
@@ -94,7 +116,8 @@ class TrainCell:
     method: Method
     seed: int
     config: dict[str, Any]  # TrainConfig fields without out
-    key: str  # of the config without device: where it trains does not change what it is
+    key: str  # of the config without device (where it trains does not change what it is) and the code
+    code: str  # the hash of the training code (study/code.py)
 
     @property
     def folder(self) -> str:
@@ -108,7 +131,8 @@ class EvalCell:
     train: TrainCell
     hardware: str
     settings: dict[str, Any]  # hardware config dict, noise scales, repeats, seed, limit, batch size
-    key: str
+    key: str  # of the settings, the training's key and the evaluation code
+    code: str  # the hash of the evaluation code
 
     @property
     def folder(self) -> str:
@@ -128,6 +152,7 @@ class Spec:
     noise_scales: tuple[float, ...]
     report_levels: tuple[float, ...]
     evaluate: dict[str, Any]  # repeats, seed, limit, batch_size
+    verdicts: Any  # the [verdicts] rules (study/verdicts.py Rules), or None
     train_cells: tuple[TrainCell, ...]
     eval_cells: tuple[EvalCell, ...]
     text: str  # the TOML as given, copied into the study folder
@@ -152,7 +177,7 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def parse_spec(raw: dict[str, Any], text: str = "") -> Spec:
-    _known(raw, {"study", "train", "method", "evaluate"}, "top level")
+    _known(raw, {"study", "train", "method", "evaluate", "verdicts"}, "top level")
     study = _table(raw, "study")
     _known(study, _STUDY_FIELDS, "[study]")
     name = _label(_required(study, "name", "[study]"), "[study] name")
@@ -180,7 +205,7 @@ def parse_spec(raw: dict[str, Any], text: str = "") -> Spec:
         if not isinstance(overrides, dict):
             raise SpecError(f"[train.per_arch.{arch}] must be a table")
         _check_train_keys(overrides, f"[train.per_arch.{arch}]")
-    methods = tuple(_method(entry, i) for i, entry in enumerate(_method_tables(raw)))
+    methods = tuple(m for i, entry in enumerate(_method_tables(raw)) for m in _methods(entry, i))
     _distinct([m.name for m in methods], "method names")
     evaluate = _table(raw, "evaluate")
     _known(evaluate, _EVALUATE_FIELDS, "[evaluate]")
@@ -204,16 +229,21 @@ def parse_spec(raw: dict[str, Any], text: str = "") -> Spec:
            "limit": _int(evaluate["limit"], "[evaluate] limit", 1) if "limit" in evaluate else None,
            "batch_size": _int(evaluate.get("batch_size", 256), "[evaluate] batch_size", 1)}
 
-    train_cells = tuple(_train_cell(data, arch, method, seed, {**train, **per_arch.get(arch, {})})
+    from analog_onnx.study.code import EVALUATE_ENTRY, TRAIN_ENTRY, code_hash
+    from analog_onnx.study.verdicts import parse_rules
+
+    verdicts = parse_rules(raw["verdicts"], methods, archs, tuple(hardware)) if "verdicts" in raw else None
+    train_code, evaluate_code = code_hash(TRAIN_ENTRY), code_hash(EVALUATE_ENTRY)
+    train_cells = tuple(_train_cell(data, arch, method, seed, {**train, **per_arch.get(arch, {})}, train_code)
                         for arch in archs for method in methods for seed in seeds)
-    eval_cells = tuple(_eval_cell(cell, label, config, noise_scales, run)
+    eval_cells = tuple(_eval_cell(cell, label, config, noise_scales, run, evaluate_code)
                        for cell in train_cells for label, config in hardware.items())
     return Spec(name=name, description=str(study.get("description", "")), data=data, archs=archs, seeds=seeds,
                 methods=methods, hardware=hardware, noise_scales=noise_scales, report_levels=report_levels,
-                evaluate=run, train_cells=train_cells, eval_cells=eval_cells, text=text)
+                evaluate=run, verdicts=verdicts, train_cells=train_cells, eval_cells=eval_cells, text=text)
 
 
-def _train_cell(data: str, arch: str, method: Method, seed: int, train: dict[str, Any]) -> TrainCell:
+def _train_cell(data: str, arch: str, method: Method, seed: int, train: dict[str, Any], code: str) -> TrainCell:
     from analog_onnx.train.trainer import TrainConfig
     from analog_onnx.train.zoo import BUILDERS
 
@@ -225,28 +255,50 @@ def _train_cell(data: str, arch: str, method: Method, seed: int, train: dict[str
     except (AnalogError, TypeError, ValueError) as e:
         raise SpecError(f"method {method.name}, arch {arch}: {e}") from None
     settings = {k: v for k, v in asdict(config).items() if k != "out"}
-    return TrainCell(arch, method, seed, settings, cell_key({k: v for k, v in settings.items() if k != "device"}))
+    key = cell_key({**{k: v for k, v in settings.items() if k != "device"}, "code": code})
+    return TrainCell(arch, method, seed, settings, key, code)
 
 
 def _eval_cell(train: TrainCell, hardware: str, config: dict[str, Any], levels: tuple[float, ...],
-               run: dict[str, Any]) -> EvalCell:
+               run: dict[str, Any], code: str) -> EvalCell:
     settings = {"train": train.key, "hardware": config, "noise_scales": list(levels), **run}
-    return EvalCell(train, hardware, settings, cell_key(settings))
+    return EvalCell(train, hardware, settings, cell_key({**settings, "code": code}), code)
 
 
-def _method(entry: Any, index: int) -> Method:
+def _methods(entry: Any, index: int) -> list[Method]:
+    """One [[method]] table: one method, or one per combination of its listed values."""
+    if not isinstance(entry, dict):
+        raise SpecError(f"[[method]] #{index + 1} must be a table")
+    listed = [k for k in _SWEPT if isinstance(entry.get(k), list)]
+    if not listed:
+        return [_method(entry, index)]
+    family = _label(_required(entry, "name", f"[[method]] #{index + 1}"), f"[[method]] #{index + 1} name")
+    for key in listed:
+        if not entry[key] or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in entry[key]):
+            raise SpecError(f"method {family}: {key} must be a non-empty list of numbers")
+        _distinct(list(entry[key]), f"method {family}: {key}")
+    members = []
+    for values in itertools.product(*(entry[k] for k in listed)):
+        swept = tuple(zip(listed, values, strict=True))
+        name = "-".join([family, *(f"{_SWEPT[k]}{v:g}" for k, v in swept)])
+        member = _method({**entry, **dict(swept), "name": name}, index)
+        members.append(Method(member.name, member.kind, member.train_hardware, member.settings, family, swept))
+    return members
+
+
+def _method(entry: dict[str, Any], index: int) -> Method:
     from analog_onnx.train.trainer import METHODS
 
     where = f"[[method]] #{index + 1}"
-    if not isinstance(entry, dict):
-        raise SpecError(f"{where} must be a table")
     name = _label(_required(entry, "name", where), f"{where} name")
     where = f"method {name}"
     kind = _required(entry, "kind", where)
     if kind not in METHODS:
         raise SpecError(f"{where}: kind {kind!r} is not a training method; use one of {', '.join(METHODS)}")
     _known(entry, {"name", "kind"} | _METHOD_FIELDS, where)
-    settings = {k: v for k, v in entry.items() if k in _METHOD_FIELDS - {"preset", "config", "set"}}
+    settings = {k: v for k, v in entry.items() if k in _METHOD_FIELDS - {"preset", "config", "set", "range_scale"}}
+    if "range_scale" in entry:
+        settings["act_scale"] = _paper_step(entry, where)
     train_hardware = "none"
     if "preset" in entry and "config" in entry:
         raise SpecError(f"{where}: give preset or config, not both")
@@ -257,6 +309,19 @@ def _method(entry: Any, index: int) -> Method:
     elif "set" in entry:
         raise SpecError(f"{where}: set needs a preset or config")
     return Method(name, kind, train_hardware, settings)
+
+
+def _paper_step(entry: dict[str, Any], where: str) -> float:
+    """The QAT step of the paper's range ``M[bits] * range_scale`` over ``2**bits - 1`` levels."""
+    bits, scale = entry.get("bits", 8), entry["range_scale"]
+    if "act_scale" in entry:
+        raise SpecError(f"{where}: give act_scale or range_scale, not both")
+    if bits not in PAPER_RANGE:
+        known = ", ".join(map(str, PAPER_RANGE))
+        raise SpecError(f"{where}: range_scale needs bits of the paper ({known}), got {bits!r}")
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
+        raise SpecError(f"{where}: range_scale must be a number > 0, got {scale!r}")
+    return PAPER_RANGE[bits] * float(scale) / ((1 << bits) - 1)
 
 
 def _hardware(entry: Any, where: str, overrides: Any = ()) -> AnalogConfig:

@@ -8,9 +8,11 @@ excluded op types, keep-first/last-digital and the op-type list mean the same in
 
 Each enabled effect (``analog_onnx/effects.py``) attaches its twin with one function here:
 
-- activation noise: a forward hook puts ``Noise`` on the module's output (run before any QAT
-  quantizer of the same module, as the transform splices noise right after the node), and a
-  pre-hook on the root module puts it on a network input;
+- activation noise: a forward hook puts ``Noise`` on the module's output, and a pre-hook on the
+  root module puts it on a network input. Where the transform's site reads past the node's own
+  quantizer (``placement.noise_after_quantizer``) the hook runs after the QAT quantizer of the
+  same module, so QAT must be attached first (``attach_qat`` before ``attach_hardware``);
+  otherwise it runs before it;
 - weight quantization, the analog tile and the MVM periphery: each analog layer computes through
   its twin: the hardware's weight quantization, then for a Linear or group-1 Conv2d the
   ``AnalogTile`` twin and the bias, for other layers ``MvmInput``, the layer without bias,
@@ -59,6 +61,7 @@ class TwinSite:
     name: str
     op_type: str
     module: str
+    after_quantizer: bool = False  # the noise reads the module's quantized output
 
 
 class NoiseHook(TwinHook):
@@ -140,7 +143,8 @@ def attach_activation_noise(hardware: Hardware, sites: list[TwinSite]) -> None:
             hardware.hook(hardware.model.register_forward_pre_hook(hook, prepend=True))
         else:
             module = hardware.model.get_submodule(site.module)
-            hardware.hook(module.register_forward_hook(NoiseHook(site, hardware.level, noise), prepend=True))
+            hook = NoiseHook(site, hardware.level, noise)
+            hardware.hook(module.register_forward_hook(hook, prepend=not site.after_quantizer))
 
 
 def attach_weight_quantization(hardware: Hardware, sites: list[TwinSite]) -> None:
@@ -198,7 +202,7 @@ def find_twin_sites(model: nn.Module, config: AnalogConfig, in_shape: tuple[int,
             raise AnalogError(f"site {site.name} ({site.op_type}) is not the output of a leaf module of {where}: "
                               "the trainer hooks module outputs; make it an nn.Module called once, or exclude "
                               "it with placement.exclude")
-        sites.append(TwinSite(site.name, site.op_type, path))
+        sites.append(TwinSite(site.name, site.op_type, path, site.value is not site.node.outputs[0]))
     return sites
 
 

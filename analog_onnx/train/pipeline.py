@@ -1,5 +1,6 @@
-"""Training data on the device: normalization from the train split, crop/flip augmentation, and
-deterministic sharded batches (every process of a DDP run sees its own slice of one permutation)."""
+"""Training data on the device: a validation split carved out of the training data, normalization
+from what is trained on, crop/flip augmentation, and deterministic sharded batches (every process
+of a DDP run sees its own slice of one permutation)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,21 @@ from analog_onnx.errors import AnalogError
 
 AUGMENTATIONS = ("auto", "none", "crop", "crop+flip")
 MIN_AUGMENT_SIZE = 16  # smaller images (8x8 digits) lose too much to a shifted crop
+
+
+def validation_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation) of a seeded, stratified split of the training data: each class
+    gives ``round(fraction * n)`` of its ``n`` samples (at least one where it has two or more, none
+    for fraction 0), so selection never needs the test split. Both sorted: the data keeps its order."""
+    rng = np.random.default_rng([seed, 0x7A11D])
+    held = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        count = min(len(members) - 1, max(1, round(fraction * len(members)))) \
+            if fraction > 0 and len(members) > 1 else 0
+        held.append(rng.permutation(members)[:count])
+    validation = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    return np.setdiff1d(np.arange(len(y)), validation), validation
 
 
 @dataclass(frozen=True)

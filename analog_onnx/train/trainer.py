@@ -4,11 +4,14 @@ One process or many: under ``torchrun`` (``WORLD_SIZE`` > 1) it runs data-parall
 on CPU, nccl on GPU); each process takes its slice of every global batch. Randomness is seeded
 per (seed, epoch, rank), so a resumed run continues exactly as an uninterrupted one would.
 
-Each epoch appends to ``metrics.jsonl``: training loss/accuracy, test loss, clean accuracy
-(the model as exported, hardware off) and, when the hardware config has noise, the accuracy at
-the training noise level through the torch twins. ``best.pt`` keeps the epoch with the best
-accuracy at the training noise level for NIT methods (clean accuracy otherwise); the run ends
-by exporting ``best.pt`` to ``model.onnx``.
+The test split is never read: a seeded, stratified validation split (``val_fraction`` of the
+training data, per class) is held out, and each epoch appends to ``metrics.jsonl`` the training
+loss/accuracy and, on the validation split, the loss, the clean accuracy (the model as exported,
+hardware off) and, when the hardware config has noise, the accuracy at the training noise level
+through the torch twins. ``best.pt`` is the selected epoch: with ``select = "val"`` the best
+validation accuracy at the training noise level for NIT methods (clean otherwise), with
+``select = "last"`` the last epoch (as the Hardening-DNNs paper keeps it). The run ends by
+exporting ``best.pt`` to ``model.onnx``; only evaluation reads the test split.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from analog_onnx.train.pipeline import (
     shard,
     steps_per_epoch,
     train_batches,
+    validation_split,
 )
 from analog_onnx.train.qat import QatSpec, attach_qat
 from analog_onnx.train.zoo import build_model
@@ -57,6 +61,7 @@ from analog_onnx.train.zoo import build_model
 METHODS = ("baseline", "qat", "nit", "qat+nit", "hwa")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
+SELECTIONS = ("val", "last")
 EVAL_BATCH = 1024
 RUN_FILES = ("last.pt", "best.pt", "model.onnx", "metrics.jsonl")
 
@@ -87,9 +92,11 @@ class TrainConfig:
     bits: int = 8  # QAT activation bits
     act_scale: float = 1 / 16  # QAT activation step
     weight_bits: int = 0  # QAT weight bits; 0 = bits
-    eval_repeats: int = 1  # noisy evaluation passes over the test split per epoch
+    eval_repeats: int = 1  # noisy evaluation passes over the validation split per epoch
     limit: int | None = None  # use only the first N training samples
     eval_limit: int | None = None  # score each epoch on only the first N held-out samples
+    select: str = "val"  # the exported epoch: "val" (best on the validation split) or "last"
+    val_fraction: float = 0.1  # of the training data held out per class for validation (0: none, select last)
     export: bool = True  # write model.onnx at the end
 
     @property
@@ -118,7 +125,7 @@ class TrainConfig:
             if abs(getattr(self, name) or 0) > MAX_INT:
                 raise AnalogError(f"{name} must be at most {MAX_INT:,}, got {getattr(self, name)}")
         for name, value, allowed in (("method", self.method, METHODS), ("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("schedule", self.schedule, SCHEDULES)):
+                                     ("schedule", self.schedule, SCHEDULES), ("select", self.select, SELECTIONS)):
             if value not in allowed:
                 raise AnalogError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_repeats < 1:
@@ -138,6 +145,8 @@ class TrainConfig:
         if self.method == "hwa" and not hardware.device.enabled:
             raise AnalogError("method hwa trains with the devices' programming noise: give a hardware config "
                               "with a [device] model (e.g. --preset aihwkit-pcm)")
+        if not 0 <= self.val_fraction < 1 or (self.select == "val" and self.val_fraction == 0):
+            raise AnalogError(f"val fraction must be in [0, 1), and > 0 to select on it, got {self.val_fraction}")
         self.qat_spec()  # validates the QAT numbers
 
 
@@ -244,14 +253,16 @@ class _Run:
         self.config, self.world, self.progress = config, world, progress
         self.console = Console(quiet=not verbose, soft_wrap=True, emoji=False)
         self.out = Path(config.out).expanduser()
-        train_set, test_set = _load(config)
+        train_set, val_set = _load(config)
+        self.validation = {"fraction": config.val_fraction, "samples": len(val_set), "seed": config.seed,
+                           "stratified": True}
         self.in_shape = tuple(int(d) for d in train_set.x.shape[1:])
-        self.num_classes = max(train_set.num_classes, test_set.num_classes)
+        self.num_classes = max(train_set.num_classes, val_set.num_classes)
         self.tokens = train_set.is_tokens  # token ids: no normalization, one target per position
         self.normalization = None if self.tokens else Normalization.of(train_set.x)
         self.augmentation = resolve_augmentation(config.augment, self.in_shape)
         self.train_data = DeviceData.of(train_set, world.device)
-        self.test_data = DeviceData.of(test_set, world.device)
+        self.val_data = DeviceData.of(val_set, world.device)
         self.batch_size = min(config.batch_size, len(train_set) - len(train_set) % world.world)
         if self.batch_size % world.world:
             raise AnalogError(f"batch size {self.batch_size} is not divisible by the {world.world} processes")
@@ -260,13 +271,13 @@ class _Run:
         self.arch = config.arch if model is None else CUSTOM_ARCH
         self.model = model if model is not None else build_model(config.arch, self.in_shape, self.num_classes)
         self.qat = config.qat_spec()
+        if self.qat is not None:  # first: activation noise may read the quantized output
+            attach_qat(self.model, self.qat)
         hardware_config = config.hardware_config()
         self.hardware: Hardware | None = None
         if hardware_config is not None and (hardware_config.has_noise or hardware_config.has_quantization):
             self.hardware = attach_hardware(self.model, hardware_config, self.in_shape, qat=self.qat,
                                             noise_scale=config.noise_scale, tokens=self.tokens)
-        if self.qat is not None:
-            attach_qat(self.model, self.qat)
         self.model.to(world.device)
         self.net: nn.Module = self.model
         if world.world > 1:
@@ -320,7 +331,7 @@ class _Run:
         return {"arch": self.arch, "data": c.data, "method": c.method, "epochs": c.epochs, "seed": c.seed,
                 "optimizer": c.optimizer, "lr": c.learning_rate, "batch_size": c.batch_size,
                 "noise_scale": c.noise_scale if c.uses_noise else 0.0, "ramp_epochs": c.ramp_epochs,
-                "noise_spread": c.noise_spread,
+                "noise_spread": c.noise_spread, "select": c.select, "validation": self.validation,
                 "qat": self.qat.to_dict() if self.qat else None, "hardware": c.hardware,
                 "best": self.best, "analog_onnx_version": __version__}
 
@@ -411,10 +422,13 @@ class _Run:
 
     @torch.no_grad()
     def _evaluate(self) -> dict[str, float | None]:
-        """Clean accuracy and loss (hardware off) and accuracy at the training noise level."""
+        """On the validation split: clean accuracy and loss (hardware off) and accuracy at the
+        training noise level; all None without a validation split."""
+        if not len(self.val_data):
+            return {"val_loss": None, "clean_acc": None, "noisy_acc": None}
         self.model.eval()
-        part = shard(len(self.test_data), self.world.rank, self.world.world)
-        x_all, y_all = self.test_data.x[part], self.test_data.y[part]
+        part = shard(len(self.val_data), self.world.rank, self.world.world)
+        x_all, y_all = self.val_data.x[part], self.val_data.y[part]
         hardware = self.hardware
 
         def accuracy(with_loss: bool) -> list[float]:
@@ -432,7 +446,7 @@ class _Run:
         off = hardware.setting(active=False) if hardware is not None else nullcontext()
         with off:
             loss, correct, count = self.world.total(accuracy(True))
-        result: dict[str, float | None] = {"test_loss": loss / count, "clean_acc": correct / count,
+        result: dict[str, float | None] = {"val_loss": loss / count, "clean_acc": correct / count,
                                            "noisy_acc": None}
         if hardware is not None and hardware.config.has_noise and self.config.noise_scale > 0:
             torch.manual_seed(_seed_for(self.config.seed, 10**6 + len(self.history), self.world.rank))
@@ -444,13 +458,14 @@ class _Run:
     def _after_epoch(self, metrics: dict[str, Any]) -> None:
         c = self.config
         key = "noisy_acc" if c.uses_noise else "clean_acc"
-        improved = not self.best or metrics[key] > self.best["value"]
+        improved = c.select == "last" or not self.best or metrics[key] > self.best["value"]
         if improved:
             self.best = {"epoch": metrics["epoch"], "metric": key, "value": metrics[key],
                          "clean_acc": metrics["clean_acc"], "noisy_acc": metrics["noisy_acc"]}
         noisy = f"  noisy {metrics['noisy_acc']:.4f}" if metrics["noisy_acc"] is not None else ""
+        clean = f"  clean {metrics['clean_acc']:.4f}" if metrics["clean_acc"] is not None else ""
         self.console.print(f"epoch {metrics['epoch']:>3}/{c.epochs}  loss {metrics['train_loss']:.4f}  "
-                           f"train {metrics['train_acc']:.4f}  clean {metrics['clean_acc']:.4f}{noisy}  "
+                           f"train {metrics['train_acc']:.4f}{clean}{noisy}  "
                            f"noise {metrics['noise_scale']:.3g}  {metrics['seconds']:.1f}s")
         if self.world.rank != 0:
             return
@@ -462,14 +477,14 @@ class _Run:
         write_text(self.out / "metrics.jsonl", lines, force=True)
 
     def _export(self) -> Path:
-        """Export ``best.pt`` to ``model.onnx``, checked against torch on test samples."""
+        """Export ``best.pt`` to ``model.onnx``, checked against torch on training samples."""
         from analog_onnx.transform import save_model
 
         best = load_checkpoint(self.out / "best.pt")
         plain = copy.deepcopy(self.model).cpu()
         plain.load_state_dict(best["state_dict"])
         exported = to_onnx(plain, self.in_shape, qat=self.qat, tokens=self.tokens)
-        samples = self._prepared(self.test_data.x[:256].cpu()).numpy()
+        samples = self._prepared(self.train_data.x[:256].cpu()).numpy()
         difference = check_export(exported, samples if self.tokens else samples.astype(np.float32))
         normalization = self.normalization
         add_metadata(exported.model, mean=normalization.mean if normalization else None,
@@ -496,15 +511,21 @@ def hits(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 def _load(config: TrainConfig) -> tuple[Dataset, Dataset]:
     """The training split and the held-out split each epoch is scored on (and ``best.pt`` chosen
-    by): the validation split where the data has one, so the test split chooses nothing."""
-    train_set = load_dataset(config.data, "train", config.limit)
-    kind = config.data.partition(":")[0]
-    test_set = load_dataset(config.data, "validation" if kind in VALIDATION_KINDS else "test", config.eval_limit)
-    if train_set.x.shape[1:] != test_set.x.shape[1:]:
-        raise AnalogError(f"train and test samples differ in shape: {train_set.x.shape[1:]} vs {test_set.x.shape[1:]}")
-    if len(train_set) < 2:
-        raise AnalogError(f"{config.data} has {len(train_set)} training samples; need at least 2")
-    return train_set, test_set
+    by); the test split is never loaded. Token data has its own validation split (held out by
+    file); other data holds a seeded, stratified fraction of its training split out."""
+    data = load_dataset(config.data, "train", config.limit)
+    if len(data) < 2:
+        raise AnalogError(f"{config.data} has {len(data)} training samples; need at least 2")
+    if config.data.partition(":")[0] in VALIDATION_KINDS:
+        held = load_dataset(config.data, "validation", config.eval_limit)
+        if data.x.shape[1:] != held.x.shape[1:]:
+            raise AnalogError(f"train and validation samples differ in shape: {data.x.shape[1:]} vs "
+                              f"{held.x.shape[1:]}")
+        return data, held
+    train_index, val_index = validation_split(data.y, config.val_fraction, config.seed)
+    val_index = val_index[:config.eval_limit] if config.eval_limit is not None else val_index
+    return tuple(Dataset(data.x[i], data.y[i], data.num_classes, data.name)  # type: ignore[return-value]
+                 for i in (train_index, val_index))
 
 
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

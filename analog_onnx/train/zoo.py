@@ -276,6 +276,8 @@ BUILDERS: dict[str, Callable[[Shape, int], nn.Module]] = {
     "mobilenetv2": MobileNetV2,
     "gpt-micro": lambda s, n: GPT(s, n, 32, 1, 2, "gpt-micro"),
     "gpt-mini": lambda s, n: GPT(s, n, 128, 4, 4, "gpt-mini"),
+    # MLPs of 1 to 6 hidden layers of width 256: depth as the only variable on one data set
+    **{f"mlp{k}": (lambda s, n, k=k: MLP(s, n, (256,) * k)) for k in range(1, 7)},
 }
 ARCHS = tuple(BUILDERS)
 
