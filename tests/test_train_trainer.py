@@ -19,7 +19,13 @@ from analog_onnx.data import load_dataset  # noqa: E402
 from analog_onnx.errors import AnalogError  # noqa: E402
 from analog_onnx.train import trainer as trainer_module  # noqa: E402
 from analog_onnx.train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from analog_onnx.train.pipeline import Normalization, augment, resolve_augmentation, train_batches  # noqa: E402
+from analog_onnx.train.pipeline import (  # noqa: E402
+    Normalization,
+    augment,
+    resolve_augmentation,
+    train_batches,
+    validation_split,
+)
 from analog_onnx.train.trainer import TrainConfig, train  # noqa: E402
 
 HARDENING = load_preset("hardening-additive").to_dict()
@@ -43,7 +49,8 @@ def test_a_run_writes_metrics_checkpoints_and_a_model(tmp_path) -> None:
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["arch"] == "mlp" and best["qat"]["bits"] == 8 and best["hardware"]["name"] == "hardening-additive"
     assert best["history"][-1]["epoch"] == best["best"]["epoch"] == best["epoch"]
-    expected = Normalization.of(load_dataset("digits", "train", 512).x)
+    data = load_dataset("digits", "train", 512)
+    expected = Normalization.of(data.x[validation_split(data.y, 0.1, 0)[0]])  # the samples trained on
     assert best["normalization"] == {"mean": expected.mean, "std": expected.std}
     model_from_checkpoint(best)  # loads into the plain zoo model
 

@@ -96,9 +96,10 @@ def render(study: dict, folder: Path) -> str:
     run_file = folder / "run.json"
     if run_file.is_file():
         r = json.loads(run_file.read_text())
-        lines += [f"Run: {r['trained']} trainings and {r['evaluated']} evaluations ({r['skipped']} cells done "
-                  f"before), {r['wall_seconds'] / 60:.1f} min wall clock and {r['cpu_seconds'] / 60:.1f} min of CPU "
-                  f"with {r['workers']} workers; {len(r['failures'])} failures. Stored: `{where}/study.json`.", ""]
+        lines += [f"Last invocation of the run: {r['trained']} trainings and {r['evaluated']} evaluations "
+                  f"({r['skipped']} cells done before), {r['wall_seconds'] / 60:.1f} min wall clock and "
+                  f"{r['cpu_seconds'] / 60:.1f} min of CPU with {r['workers']} workers; {len(r['failures'])} "
+                  f"failures. Stored: `{where}/study.json`.", ""]
     if study.get("cells_missing"):
         lines += [f"**{study['cells_missing']} cells of this study are not done: the tables are partial.**", ""]
     decision = study.get("verdicts")
