@@ -91,17 +91,25 @@ TERMS: tuple[Term, ...] = (
     Term("mapping.digital_bias", (), "biases are always digital here (aihwkit's default)"),
     Term("mapping.learn_out_scaling", (), "trained output scales: not modelled (default off)"),
     Term("mapping.out_scaling_columnwise", (), "trained output scales: not modelled (default off)"),
-    Term("clip", (), "weight clipping while training: not modelled; the trainer clips nothing"),
+    Term("clip", (), "weight clipping while training (ClipParameter): not modelled"),
     Term("modifier", (), "training's weight noise: the trainer's noise injection (docs/training.md)"),
     Term("pre_post", (), "learned input ranges: not modelled (noise management abs_max instead)"),
     Term("noise_model.t_read", (), "fixed at aihwkit's 250 ns"),
     Term("noise_model.t_0", (), "fixed at aihwkit's 20 s"),
 )
-SAME_NAMES = ("forward.inp_bound", "forward.out_noise", "forward.out_bound", "forward.noise_management",
-              "forward.bound_management", "forward.max_bm_factor", "forward.max_bm_res",
-              "mapping.weight_scaling_omega", "mapping.weight_scaling_columnwise", "mapping.max_input_size",
-              "mapping.max_output_size", "noise_model.g_max", "noise_model.prog_noise_scale",
-              "noise_model.drift_scale", "noise_model.read_noise_scale", "drift_compensation", "t_inference")
+SAME = "the same meaning and units"
+SAME_NAMES = {  # aihwkit's place -> (our key, how), where the meaning is the same
+    **{f"forward.{k}": (f"forward.{k}", SAME) for k in ("inp_bound", "out_noise", "out_bound", "max_bm_factor",
+                                                       "max_bm_res")},
+    "forward.noise_management": ("forward.noise_management", 'ABS_MAX and NONE, written "abs_max" and "none"'),
+    "forward.bound_management": ("forward.bound_management", 'ITERATIVE and NONE, written "iterative" and "none"'),
+    **{f"mapping.{k}": (f"mapping.{k}", SAME) for k in ("weight_scaling_omega", "weight_scaling_columnwise",
+                                                       "max_input_size", "max_output_size")},
+    **{f"noise_model.{k}": (f"device.{k}", SAME) for k in ("g_max", "prog_noise_scale", "drift_scale",
+                                                          "read_noise_scale")},
+    "drift_compensation": ("device.drift_compensation", "GlobalDriftCompensation() is true, None false"),
+    "t_inference": ("t_inference", "drift_analog_weights(t_inference): seconds since programming"),
+}
 BY_NAME = {term.name: term for term in TERMS}
 
 
@@ -151,7 +159,7 @@ def section_of(name: str) -> str | None:
 def markdown_table() -> str:
     """The table docs/semantics.md shows: every aihwkit name we translate, or refuse with why."""
     rows = ["| aihwkit | here | how |", "|---|---|---|"]
-    rows += [f"| `{name}` | same | the same meaning and units |" for name in SAME_NAMES]
+    rows += [f"| `{name}` | `{ours}` | {how} |" for name, (ours, how) in SAME_NAMES.items()]
     rows += [f"| `{t.aihwkit}` | {', '.join(f'`{k}`' for k in t.ours) or 'not modelled'} | {t.how} |" for t in TERMS]
     return "\n".join(rows)
 

@@ -96,3 +96,13 @@ def run_cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def mlp_file(tmp_path_factory) -> object:
+    """helpers.digits_mlp() saved as a file, for commands that read a model from disk."""
+    from helpers import digits_mlp
+
+    path = tmp_path_factory.mktemp("models") / "mlp.onnx"
+    onnx.save(digits_mlp(), path)
+    return path

@@ -151,3 +151,10 @@ def _flat(data: dict, prefix: str = ""):
             yield from _flat(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+def test_every_key_the_table_names_is_ours():
+    for ours, _ in vocabulary.SAME_NAMES.values():
+        section, _, name = ours.rpartition(".")
+        table = AnalogConfig().to_dict()
+        assert name in (table[section] if section else table)

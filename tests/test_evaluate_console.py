@@ -3,23 +3,14 @@ the midpoint only where a sweep can have one."""
 
 from __future__ import annotations
 
-import onnx
 import pytest
-from helpers import digits_mlp
 
 from analog_onnx.evaluate.levels import time_text
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "mlp.onnx"
-    onnx.save(digits_mlp(), path)
-    return path
-
-
-def test_a_drift_run_prints_one_table_within_80_columns(run_cli, model_file, monkeypatch):
+def test_a_drift_run_prints_one_table_within_80_columns(run_cli, mlp_file, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
-    code, out, err = run_cli("evaluate", model_file, "--data", "digits", "--limit", "50", "-p", "aihwkit-pcm",
+    code, out, err = run_cli("evaluate", mlp_file, "--data", "digits", "--limit", "50", "-p", "aihwkit-pcm",
                              "--noise-scales", "1", "--chips", "2", "--reads", "2", "--seed", "0",
                              "--t-inference", "1,3600,86400,31536000", "--drift-compensation", "both")
     assert code == 0, err
@@ -30,8 +21,8 @@ def test_a_drift_run_prints_one_table_within_80_columns(run_cli, model_file, mon
     assert "midpoint" not in out  # one noise level: no sweep to find a midpoint in
 
 
-def test_a_sweep_prints_its_midpoint(run_cli, model_file):
-    code, out, _ = run_cli("evaluate", model_file, "--data", "digits", "--limit", "50", "-p", "hardening-additive",
+def test_a_sweep_prints_its_midpoint(run_cli, mlp_file):
+    code, out, _ = run_cli("evaluate", mlp_file, "--data", "digits", "--limit", "50", "-p", "hardening-additive",
                            "--noise-scales", "0.1,1,10", "--repeats", "2", "--seed", "0")
     assert code == 0 and "midpoint noise" in out
 
@@ -42,8 +33,8 @@ def test_times_read_in_their_unit(seconds, text):
     assert time_text(seconds) == text
 
 
-def test_a_single_level_run_writes_no_noise_plot(run_cli, model_file, tmp_path):
-    code, _, err = run_cli("evaluate", model_file, "--data", "digits", "--limit", "50", "-p", "aihwkit-pcm",
+def test_a_single_level_run_writes_no_noise_plot(run_cli, mlp_file, tmp_path):
+    code, _, err = run_cli("evaluate", mlp_file, "--data", "digits", "--limit", "50", "-p", "aihwkit-pcm",
                            "--noise-scales", "1", "--chips", "2", "--seed", "0", "--t-inference", "1,86400",
                            "--out", tmp_path)
     assert code == 0, err

@@ -7,9 +7,7 @@ import json
 import math
 
 import numpy as np
-import onnx
 import pytest
-from helpers import digits_mlp
 
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate import RunSettings
@@ -40,15 +38,8 @@ def test_accuracy_interval_is_wilson_at_the_effective_samples():
     assert summarize_accuracy([0.9]).ci95 is None  # one repeat: no spread to estimate
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "mlp.onnx"
-    onnx.save(digits_mlp(), path)
-    return path
-
-
-def test_a_two_chip_run_writes_intervals_inside_0_1(run_cli, model_file, tmp_path):
-    code, out, err = run_cli("evaluate", model_file, "--data", "digits", "-p", "aihwkit-pcm",
+def test_a_two_chip_run_writes_intervals_inside_0_1(run_cli, mlp_file, tmp_path):
+    code, out, err = run_cli("evaluate", mlp_file, "--data", "digits", "-p", "aihwkit-pcm",
                              "--noise-scales", "0.5,1,2", "--chips", "2", "--seed", "3", "--out", tmp_path)
     assert code == 0, err
     points = json.loads((tmp_path / "report.json").read_text())["points"]
@@ -65,8 +56,8 @@ def test_a_two_chip_run_writes_intervals_inside_0_1(run_cli, model_file, tmp_pat
     (["--chips", "2", "--reads", "2"], 2, 2),
     (["--repeats", "3"], 3, 1),
 ])
-def test_the_cli_and_run_settings_count_the_same_runs(run_cli, model_file, tmp_path, flags, chips, reads):
-    code, _, err = run_cli("evaluate", model_file, "--data", "digits", "--limit", "20", "-p", "aihwkit-pcm",
+def test_the_cli_and_run_settings_count_the_same_runs(run_cli, mlp_file, tmp_path, flags, chips, reads):
+    code, _, err = run_cli("evaluate", mlp_file, "--data", "digits", "--limit", "20", "-p", "aihwkit-pcm",
                            "--noise-scales", "1", "--seed", "0", *flags, "--out", tmp_path)
     assert code == 0, err
     settings = json.loads((tmp_path / "report.json").read_text())["settings"]
@@ -75,11 +66,11 @@ def test_the_cli_and_run_settings_count_the_same_runs(run_cli, model_file, tmp_p
     assert (settings["chips"], settings["reads"]) == (chips, reads)
 
 
-def test_settings_problems_name_the_api_argument_in_the_api_and_the_flag_in_the_cli(run_cli, model_file):
+def test_settings_problems_name_the_api_argument_in_the_api_and_the_flag_in_the_cli(run_cli, mlp_file):
     with pytest.raises(AnalogError) as error:
         RunSettings(repeats=5, reads=2).checked()
     assert "--" not in str(error.value) and "repeats 5 is not a whole number of chips of 2 reads" in str(error.value)
     with pytest.raises(AnalogError, match="^batch_size must be >= 1"):
         RunSettings(batch_size=0).checked()
-    code, _, err = run_cli("evaluate", model_file, "--data", "digits", "-p", "ideal", "--repeats", "5", "--reads", "2")
+    code, _, err = run_cli("evaluate", mlp_file, "--data", "digits", "-p", "ideal", "--repeats", "5", "--reads", "2")
     assert code == 2 and "--repeats 5 is not a whole number of chips of 2 --reads" in err
