@@ -207,6 +207,11 @@ def tables(results: dict) -> str:
              f"Perplexity, mean and 95% interval over {results['noise'][0]['repeats']} repeats, and per-token "
              f"top-1 under `{results['preset']}`, by noise scale:", ""]
     lines += _table(results, "noise", "noise_scale", "noise scale", lambda scale: f"{scale:g}")
+    top = max(r["noise_scale"] for r in results["noise"])
+    by = {(r["model"], r["noise_scale"]): r["perplexity_mean"] for r in results["noise"]}
+    lines += ["", f"Perplexity rise from noise scale 0 to {top:g}: "
+              + ", ".join(f"{_label(n, methods)} {100 * (by[(f'{n}/model', top)] / by[(f'{n}/model', 0.0)] - 1):+.1f}%"
+                          for n in methods) + "."]
     lines += ["", f"`{results['preset']}` holding PCM weights (`aihwkit-pcm`'s device), noise scale 1, "
               f"{results['chips'][0]['repeats']} programmed chips per time since programming:", ""]
     lines += _table(results, "chips", "t_inference", "time", lambda t: f"{t:g} s")
