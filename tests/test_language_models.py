@@ -338,3 +338,16 @@ def test_tokens_labels_of_minus_100_are_not_scored(tmp_path):
     labels[:, :3] = ids[:, 1:4]  # Hugging Face marks unscored positions with -100
     data = load_dataset(f"tokens:{write_tokens(tmp_path / 'hf.npz', ids, labels=labels)}")
     assert data.scored == 6 and data.y.min() == -1 and data.num_classes == VOCAB
+
+
+@pytest.mark.parametrize("arch, method, fragment", [("mlp", "baseline", "token data need gpt-micro"),
+                                                    ("gpt-micro", "qat", "not available for token models")])
+def test_train_refuses_token_data_with_a_sample_arch_or_qat_in_one_line(run_cli, tmp_path, arch, method, fragment):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(20):
+        (corpus / f"f{i}.txt").write_text("some text to read " * 10)
+    out = tmp_path / "run"
+    one_line_error(run_cli("train", "--arch", arch, "--method", method, "--data", f"text:{corpus}#window=8",
+                           "--out", out, "--no-progress"), fragment)
+    assert not out.exists()  # refused before the run folder was made
