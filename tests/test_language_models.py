@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import one_line_error
+from helpers import digits_mlp, one_line_error
 from onnx import TensorProto, numpy_helper
 from onnx import helper as h
 
@@ -283,6 +283,11 @@ def test_float_model_with_token_data_and_token_model_with_float_data_are_one_lin
     onnx.save_model(tied_lm(), token_model)
     one_line_error(run_cli("evaluate", token_model, "--data", "digits", "-p", "aihwkit-lightning"),
                    "float samples need a model that reads float images or signals")
+    float_model = tmp_path / "mlp.onnx"
+    onnx.save_model(digits_mlp(), float_model)
+    data = write_tokens(tmp_path / "ids.npz", np.zeros((2, 64), np.int64))
+    one_line_error(run_cli("evaluate", float_model, "--data", f"tokens:{data}", "-p", "aihwkit-lightning"),
+                   "token data need a model that reads token ids")
 
 
 # -- found item 2: training twins for token models -------------------------------------------------------
