@@ -22,7 +22,7 @@ from analog_onnx.transform import analog_sites, read_analog_metadata, strip_mode
 
 NATIVE = pytest.param(True, marks=pytest.mark.native, id="native")
 ENGINES = [pytest.param(False, id="function"), NATIVE]
-PRESETS = ["aihwkit-default", "aihwkit-pcm", "hardening-additive"]
+PRESETS = ["aihwkit-default", "aihwkit-pcm", "aihwkit-lightning", "hardening-additive"]
 
 
 def model(nodes: list, inputs: list, outputs: list, initializers: list = (), opset: int = 17) -> onnx.ModelProto:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import one_line_error
+from helpers import digits_mlp, one_line_error
 from onnx import TensorProto, numpy_helper
 from onnx import helper as h
 
@@ -283,6 +283,11 @@ def test_float_model_with_token_data_and_token_model_with_float_data_are_one_lin
     onnx.save_model(tied_lm(), token_model)
     one_line_error(run_cli("evaluate", token_model, "--data", "digits", "-p", "aihwkit-lightning"),
                    "float samples need a model that reads float images or signals")
+    float_model = tmp_path / "mlp.onnx"
+    onnx.save_model(digits_mlp(), float_model)
+    data = write_tokens(tmp_path / "ids.npz", np.zeros((2, 64), np.int64))
+    one_line_error(run_cli("evaluate", float_model, "--data", f"tokens:{data}", "-p", "aihwkit-lightning"),
+                   "token data need a model that reads token ids")
 
 
 # -- found item 2: training twins for token models -------------------------------------------------------
@@ -338,3 +343,16 @@ def test_tokens_labels_of_minus_100_are_not_scored(tmp_path):
     labels[:, :3] = ids[:, 1:4]  # Hugging Face marks unscored positions with -100
     data = load_dataset(f"tokens:{write_tokens(tmp_path / 'hf.npz', ids, labels=labels)}")
     assert data.scored == 6 and data.y.min() == -1 and data.num_classes == VOCAB
+
+
+@pytest.mark.parametrize("arch, method, fragment", [("mlp", "baseline", "token data need gpt-micro"),
+                                                    ("gpt-micro", "qat", "not available for token models")])
+def test_train_refuses_token_data_with_a_sample_arch_or_qat_in_one_line(run_cli, tmp_path, arch, method, fragment):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(20):
+        (corpus / f"f{i}.txt").write_text("some text to read " * 10)
+    out = tmp_path / "run"
+    one_line_error(run_cli("train", "--arch", arch, "--method", method, "--data", f"text:{corpus}#window=8",
+                           "--out", out, "--no-progress"), fragment)
+    assert not out.exists()  # refused before the run folder was made

@@ -56,7 +56,7 @@ from analog_onnx.train.pipeline import (
     validation_split,
 )
 from analog_onnx.train.qat import QatSpec, attach_qat
-from analog_onnx.train.zoo import build_model
+from analog_onnx.train.zoo import TOKEN_ARCHS, build_model
 
 METHODS = ("baseline", "qat", "nit", "qat+nit", "hwa")
 OPTIMIZERS = ("sgd", "adam")
@@ -269,6 +269,7 @@ class _Run:
 
         torch.manual_seed(config.seed)
         self.arch = config.arch if model is None else CUSTOM_ARCH
+        _check_token_fit(config, self.tokens, model is None)
         self.model = model if model is not None else build_model(config.arch, self.in_shape, self.num_classes)
         self.qat = config.qat_spec()
         if self.qat is not None:  # first: activation noise may read the quantized output
@@ -495,6 +496,17 @@ class _Run:
         self.console.print(f"exported {shown(path)} (best epoch {self.best['epoch']}, "
                            f"max |ORT - torch| {difference:.2g})")
         return path
+
+
+def _check_token_fit(config: TrainConfig, tokens: bool, zoo: bool) -> None:
+    """Token data needs a model that reads token ids, and samples one that reads floats; QAT's
+    activation quantizers sit after ReLUs, which the token models do not have."""
+    if zoo and tokens != (config.arch in TOKEN_ARCHS):
+        wanted = ", ".join(TOKEN_ARCHS) if tokens else "an arch for samples (mlp, lenet5, resnet20, ...)"
+        kind = "token data" if tokens else "float samples"
+        raise AnalogError(f"arch {config.arch} does not fit {config.data}: {kind} need {wanted}")
+    if tokens and config.uses_qat:
+        raise AnalogError(f"method {config.method} is not available for token models; use baseline, nit or hwa")
 
 
 def scored_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
