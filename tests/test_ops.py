@@ -266,6 +266,7 @@ def test_mvm_output_noise_is_normal_in_normalized_units(implementation):
     ("MvmOutput", {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0, "weight_scale": 0.3}, (40, 16, 32, 32)),
     ("MvmOutput", {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0}, (33, 3, 5, 7)),
     ("DeviceWeights", {"per_channel": 1, "stuck_at_zero": 0.01}, (64, 3, 5, 5)),
+    ("AnalogTile", {"out_noise": 0.02, "w_noise": 0.05, "max_input_size": 30, "inp_bits": 7}, (700, 70)),
 ])
 def test_thread_count_does_not_change_results(op, attributes, shape, rng):
     feeds = feeds_for(SCHEMAS[op], attributes, shape, rng)
