@@ -75,6 +75,7 @@ class Forward:
     inp_bits: int = 0  # DAC bits, signed symmetric (7 = aihwkit inp_res 1/126); 0 = no DAC
     inp_bound: float = 1.0  # DAC clip bound, in normalized units
     out_noise: float = 0.0  # additive output noise sigma, in normalized output units
+    w_noise: float = 0.0  # weight read noise sigma per MVM, in mapped weight units (aihwkit's ADDITIVE_CONSTANT)
     out_bits: int = 0  # ADC bits, signed symmetric (9 = aihwkit out_res 1/510); 0 = no ADC grid
     out_bound: float = 0.0  # ADC clip bound in normalized units; 0 = no clipping
     bound_management: str = "none"  # "iterative": re-run an input vector that saturates the ADC at half the input scale
@@ -210,7 +211,7 @@ class AnalogConfig:
     def has_noise(self) -> bool:
         if self.placement.where == "activations":
             return self.noise.additive > 0 or self.noise.multiplicative > 0
-        return self.forward.out_noise > 0 or self.device.enabled
+        return self.forward.out_noise > 0 or self.forward.w_noise > 0 or self.device.enabled
 
     @property
     def has_quantization(self) -> bool:
@@ -231,7 +232,8 @@ class AnalogConfig:
         _check(f.noise_management in NOISE_MANAGEMENT, "forward.noise_management",
                f"must be one of {', '.join(NOISE_MANAGEMENT)}")
         for key, value in (("noise.additive", n.additive), ("noise.multiplicative", n.multiplicative),
-                           ("forward.out_noise", f.out_noise), ("forward.out_bound", f.out_bound)):
+                           ("forward.out_noise", f.out_noise), ("forward.w_noise", f.w_noise),
+                           ("forward.out_bound", f.out_bound)):
             _check(value >= 0, key, "must be >= 0")
         _check(f.inp_bound > 0, "forward.inp_bound", "must be > 0")
         _check(math.isfinite(self.t_inference) and self.t_inference >= 0, "t_inference",

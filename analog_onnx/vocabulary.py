@@ -21,6 +21,7 @@ from analog_onnx.errors import ConfigError
 log = logging.getLogger("analog_onnx.config")
 
 MAX_BITS = 24  # the widest DAC/ADC/weight grid a config takes
+KEEP = object()  # a translation that sets nothing: aihwkit's value is what our keys already mean
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Term:
     aihwkit: str  # aihwkit's place for it, e.g. "forward.inp_res" (forward = IOParameters)
     ours: tuple[str, ...]  # our keys ("section.name") it sets; empty when we do not model it
     how: str  # the translation, or why we do not model it
-    translate: Callable[[str, Any], Any] | None = None  # aihwkit's value -> ours (None: the same value)
+    translate: Callable[[str, Any], Any] | None = None  # aihwkit's value -> ours (None: the same; KEEP: none)
 
     @property
     def name(self) -> str:
@@ -65,14 +66,29 @@ def _noise_model(key: str, value: Any) -> str:
                       f"{', '.join(f'{k} (device.model = {v!r})' for k, v in classes.items())}")
 
 
+def _weight_noise_type(key: str, value: Any) -> Any:
+    """aihwkit's ``WeightNoiseType`` (any spelling: ``ADDITIVE_CONSTANT``, ``AdditiveConstant``,
+    ``WeightNoiseType.ADDITIVE_CONSTANT``): ``forward.w_noise`` is ADDITIVE_CONSTANT, NONE is no
+    weight noise (``w_noise = 0``), PCM_READ is refused."""
+    name = str(value).rpartition(".")[2].replace("_", "").lower()
+    if name == "additiveconstant":
+        return KEEP
+    if name == "none":
+        return 0.0
+    if name == "pcmread":
+        raise ConfigError(f"config key {key} = {value!r} is not modelled: PCM_READ's std per output, "
+                          "w_noise sqrt(sum_j |w_ij| x_j^2), depends on every weight; ADDITIVE_CONSTANT is "
+                          "(forward.w_noise), and a PCM chip's read noise per device is device.read_noise")
+    raise ConfigError(f"config key {key} must be one of aihwkit's NONE, ADDITIVE_CONSTANT, PCM_READ, got {value!r}")
+
+
 TERMS: tuple[Term, ...] = (
     Term("forward.inp_res", ("forward.inp_bits",), "bits with 1/(2^bits - 2) = inp_res (1/126 = 7 bits); <= 0: no DAC",
          res_to_bits),
     Term("forward.out_res", ("forward.out_bits",), "bits with 1/(2^bits - 2) = out_res (1/510 = 9 bits); <= 0: no ADC",
          res_to_bits),
-    Term("forward.w_noise", (), "the weights' read noise per MVM: not modelled yet (aihwkit's default 0); "
-         "device read noise is device.read_noise"),
-    Term("forward.w_noise_type", (), "goes with w_noise: not modelled yet"),
+    Term("forward.w_noise_type", ("forward.w_noise",), "ADDITIVE_CONSTANT is what forward.w_noise is (nothing to "
+         "set); NONE sets w_noise = 0; PCM_READ (a std from every weight) is refused", _weight_noise_type),
     Term("tile_size", ("mapping.max_input_size", "mapping.max_output_size"),
          "not aihwkit's name: a square tile, both mapping sizes"),
     Term("noise_model", ("device.model",), "PCMLikeNoiseModel = pcm, HermesNoiseModel = pcm-hermes, "
@@ -99,8 +115,8 @@ TERMS: tuple[Term, ...] = (
 )
 SAME = "the same meaning and units"
 SAME_NAMES = {  # aihwkit's place -> (our key, how), where the meaning is the same
-    **{f"forward.{k}": (f"forward.{k}", SAME) for k in ("inp_bound", "out_noise", "out_bound", "max_bm_factor",
-                                                       "max_bm_res")},
+    **{f"forward.{k}": (f"forward.{k}", SAME) for k in ("inp_bound", "out_noise", "w_noise", "out_bound",
+                                                       "max_bm_factor", "max_bm_res")},
     "forward.noise_management": ("forward.noise_management", 'ABS_MAX and NONE, written "abs_max" and "none"'),
     "forward.bound_management": ("forward.bound_management", 'ITERATIVE and NONE, written "iterative" and "none"'),
     **{f"mapping.{k}": (f"mapping.{k}", SAME) for k in ("weight_scaling_omega", "weight_scaling_columnwise",
@@ -115,13 +131,16 @@ BY_NAME = {term.name: term for term in TERMS}
 
 def translate(key: str, value: Any) -> list[tuple[str, Any]]:
     """Our ``(section.name, value)`` settings for aihwkit's ``key`` (bare or ``section.name``), with
-    one line saying so; [] when ``key`` is no aihwkit name. Refuses what we do not model."""
+    one line saying so; [] when ``key`` is no aihwkit name or sets nothing. Refuses what we do not model."""
     term = BY_NAME.get(key.rpartition(".")[2])
     if term is None:
         return []
     if not term.ours:
         raise ConfigError(f"config key {key} is aihwkit's {term.aihwkit}, which we do not model: {term.how}")
     ours = term.translate(key, value) if term.translate else value
+    if ours is KEEP:
+        log.warning("config: aihwkit's %s = %s is what %s means: nothing to set", key, _shown(value), term.ours[0])
+        return []
     settings = [(name, ours) for name in term.ours]
     if key != term.ours[0].rpartition(".")[2]:
         log.warning("config: aihwkit's %s = %s read as %s", key, _shown(value),

@@ -14,12 +14,12 @@ from analog_onnx.transform import analog_sites, transform_model
 
 def test_inspect_shows_each_layers_tiles_bits_and_device(run_cli, tmp_path):
     path = tmp_path / "pcm.onnx"
-    config = load_preset("aihwkit-pcm").with_overrides(["max_input_size=40"])
+    config = load_preset("aihwkit-pcm").with_overrides(["max_input_size=40", "w_noise=0.02"])
     onnx.save(transform_model(digits_mlp(), config), path)
     layers = {row["name"]: row for row in json.loads(run_cli("inspect", path, "--json")[1])["layers"]}
     assert layers["fc1"] == {"name": "fc1", "ops": "DeviceWeights + AnalogTile", "weights": "32x64",
-                             "tiles": "2x1 K=32+32", "bits": "7/9", "bounds": "1/12", "noise": "out_noise 0.06",
-                             "device": "pcm"}
+                             "tiles": "2x1 K=32+32", "bits": "7/9", "bounds": "1/12",
+                             "noise": "out_noise 0.06, w_noise 0.02", "device": "pcm"}
     assert layers["fc2"]["tiles"] == "1x1" and layers["fc2"]["weights"] == "10x32"
     code, out, _ = run_cli("inspect", path)
     text = " ".join(out.split())

@@ -36,10 +36,21 @@ def test_bound_management_rounds_are_aihwkits(settings, rounds):
     ("bound_management=shift", "must be one of iterative, none"),
     ("max_bm_factor=0", "max_bm_factor must be >= 1"),
     ("max_bm_res=0", "max_bm_res must be > 0"),
+    ("w_noise=-0.01", "forward.w_noise must be >= 0"),
 ])
 def test_validation_refuses_nonsense_tile_settings(override, message):
     with pytest.raises(ConfigError, match=message):
         load_preset("aihwkit-default").with_overrides([override])
+
+
+def test_weight_noise_is_a_tile_attribute_only_when_set():
+    """forward.w_noise reaches every tile; at 0 the tile has no such attribute (the model of before)."""
+    from analog_onnx.passes.insert_analog_tile import tile_attributes
+
+    config = load_preset("aihwkit-default")
+    assert "w_noise" not in tile_attributes(config, 0)
+    assert tile_attributes(config.with_overrides(["w_noise=0.02"]), 0)["w_noise"] == 0.02
+    assert config.with_overrides(["out_noise=0", "w_noise=0.02"]).has_noise
 
 
 def test_tile_settings_belong_to_the_mvm_placement():
@@ -47,3 +58,5 @@ def test_tile_settings_belong_to_the_mvm_placement():
         load_preset("hardening-additive").with_overrides(["max_input_size=256"])
     with pytest.raises(ConfigError, match="mvm"):
         load_preset("hardening-additive").with_overrides(["bound_management=iterative"])
+    with pytest.raises(ConfigError, match="mvm"):
+        load_preset("hardening-additive").with_overrides(["w_noise=0.02"])

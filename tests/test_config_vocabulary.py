@@ -50,7 +50,8 @@ def test_toml_translates_inside_its_section(tmp_path, caplog):
 
 
 @pytest.mark.parametrize(("assignment", "fragment"), [
-    ("w_noise=0.1", "aihwkit's forward.w_noise, which we do not model"),
+    ("w_noise_type=PCM_READ", "depends on every weight"),
+    ("w_noise_type=Gaussian", "must be one of aihwkit's NONE, ADDITIVE_CONSTANT, PCM_READ"),
     ("inp_noise=0.1", "input noise before the DAC"),
     ("is_perfect=true", "use the preset ideal"),
     ("inp_res=0.01", "the nearest is 1/126 (7 bits)"),
@@ -72,7 +73,9 @@ def test_set_refuses_with_the_reason_or_the_nearest_name(assignment, fragment):
     ("[mapping]\ninp_res = 0.0079\n", "belongs under [forward]"),
     ("[forward]\ninp_bits = 7\ninp_res = 0.0079\n", "given twice"),
     ("[forward]\nout_noize = 0.1\n", "did you mean out_noise?"),
-    ("[forward]\nw_noise_type = 'ADDITIVE_CONSTANT'\n", "not modelled"),
+    ("[forward]\nw_noise_type = 'PCMRead'\n", "not modelled"),
+    ("[forward]\nw_noise = 0.1\nw_noise_type = 'NONE'\n", "given twice"),
+    ("[mapping]\nw_noise = 0.1\n", "unknown config key mapping.w_noise"),
     ('base = "aihwkit-pmc"\n', "did you mean aihwkit-pcm?"),
     ("base = 3\n", "must be a preset name"),
     ('[forward]\nbase = "ideal"\n', "belongs at the top"),
@@ -83,6 +86,25 @@ def test_toml_refuses_with_the_section_or_the_nearest_name(tmp_path, text, fragm
     with pytest.raises(ConfigError) as error:
         AnalogConfig.load(path)
     assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize(("assignments", "w_noise", "lines"), [
+    (["w_noise=0.02"], 0.02, 0),  # the same name: our key
+    (["forward.w_noise=0.02", "w_noise_type=ADDITIVE_CONSTANT"], 0.02, 1),  # what w_noise is: nothing to set
+    (["w_noise=0.02", "w_noise_type=WeightNoiseType.ADDITIVE_CONSTANT"], 0.02, 1),
+    (["w_noise=0.02", "forward.w_noise_type=NONE"], 0.0, 1),  # aihwkit: no weight noise at all
+])
+def test_set_takes_aihwkits_weight_noise(caplog, assignments, w_noise, lines):
+    with caplog.at_level(logging.WARNING, logger="analog_onnx.config"):
+        config = load_preset("aihwkit-default").with_overrides(assignments)
+    assert config.forward.w_noise == w_noise
+    assert len(messages(caplog)) == lines
+
+
+def test_toml_takes_aihwkits_weight_noise(tmp_path):
+    path = tmp_path / "chip.toml"
+    path.write_text('base = "aihwkit-default"\n[forward]\nw_noise = 0.02\nw_noise_type = "AdditiveConstant"\n')
+    assert AnalogConfig.load(path).forward.w_noise == 0.02
 
 
 def test_a_partial_file_with_base_keeps_the_presets_other_keys(tmp_path):

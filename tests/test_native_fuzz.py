@@ -91,8 +91,8 @@ BASES: dict[str, dict[str, object]] = {
                    "sigma_add": [0.5], "sigma_mul": [0.1], "streams": [3]},
     "AnalogTile": dict(SCHEMAS["AnalogTile"].cases["tiles, omega, bound management"], out_noise=0.1),
     "AnalogTileEpilogue": dict(SCHEMAS["AnalogTile"].cases["aihwkit-default"], relu=1),
-    "AnalogTileConv": dict(SCHEMAS["AnalogTile"].cases["tiles, omega, bound management"], pads=[1, 0, 1, 2],
-                           strides=[1, 2], dilations=[1, 1]),
+    "AnalogTileConv": dict(SCHEMAS["AnalogTile"].cases["tiles, omega, bound management"], w_noise=0.05,
+                           pads=[1, 0, 1, 2], strides=[1, 2], dilations=[1, 1]),
 }
 
 

@@ -266,6 +266,7 @@ def test_mvm_output_noise_is_normal_in_normalized_units(implementation):
     ("MvmOutput", {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0, "weight_scale": 0.3}, (40, 16, 32, 32)),
     ("MvmOutput", {"out_noise": 0.06, "out_bits": 9, "out_bound": 12.0}, (33, 3, 5, 7)),
     ("DeviceWeights", {"per_channel": 1, "stuck_at_zero": 0.01}, (64, 3, 5, 5)),
+    ("AnalogTile", {"out_noise": 0.02, "w_noise": 0.05, "max_input_size": 30, "inp_bits": 7}, (700, 70)),
 ])
 def test_thread_count_does_not_change_results(op, attributes, shape, rng):
     feeds = feeds_for(SCHEMAS[op], attributes, shape, rng)
@@ -535,17 +536,19 @@ def test_native_tile_dac_of_scaled_vectors_rounds_half_steps_like_numpy(peak):
 
 
 @pytest.mark.native
-@pytest.mark.parametrize("seed", [0, 5])
-def test_native_tile_convolution_reads_patches_like_the_function_body(seed, rng):
+@pytest.mark.parametrize(("seed", "w_noise"), [(0, 0.0), (5, 0.0), (3, 0.05)])
+def test_native_tile_convolution_reads_patches_like_the_function_body(seed, w_noise, rng):
     """AnalogTileConv (native sessions) against the file's unfold-Conv + AnalogTile function bodies:
-    padding, stride, dilation, tiles and bound management, with output noise of the same stream."""
+    padding, stride, dilation, tiles and bound management, with output (and weight) noise of the
+    same stream."""
     weight = (rng.standard_normal((5, 6, 3, 2)) * 2).astype(np.float32)
     graph = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 0, 2, 1], strides=[2, 1],
                                       dilations=[1, 2])], "conv",
                          [h.make_tensor_value_info("x", TensorProto.FLOAT, [3, 6, 9, 7])],
                          [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                          [onnx.numpy_helper.from_array(weight, "w")])
-    config = load_preset("aihwkit-default").with_overrides(["max_input_size=10", "max_output_size=3"])
+    config = load_preset("aihwkit-default").with_overrides(["max_input_size=10", "max_output_size=3",
+                                                            f"w_noise={w_noise}"])
     model = transform_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]), config)
     assert [n.op_type for n in native_graph.prepare(model).graph.node if n.domain == DOMAIN] == ["AnalogTileConv"]
     feeds = {"x": rng.standard_normal((3, 6, 9, 7)).astype(np.float32), "seed": np.array(seed, np.int64)}
@@ -573,3 +576,51 @@ def test_tile_splits_like_aihwkit():
     assert ref.split_sizes(576, 512) == [288, 288]
     assert ref.split_sizes(1030, 512) == [344, 343, 343]
     assert ref.split_sizes(100, 0) == [100]
+
+
+# -- the tile's weight read noise (forward.w_noise) ------------------------------------------------
+@pytest.mark.parametrize("implementation", ["reference", "function", NATIVE, "twin"])
+@pytest.mark.parametrize("attributes", [{}, SCHEMAS["AnalogTile"].cases["aihwkit-default"]], ids=["plain", "aihwkit"])
+def test_tile_without_weight_noise_is_bit_identical_to_before(implementation, attributes, rng):
+    """w_noise = 0 given explicitly computes exactly what a node without the attribute computed."""
+    feeds = feeds_for(SCHEMAS["AnalogTile"], attributes, (9, 70), rng)
+    before = run(implementation, SCHEMAS["AnalogTile"], attributes, feeds)[0]
+    after = run(implementation, SCHEMAS["AnalogTile"], {**attributes, "w_noise": 0.0}, feeds)[0]
+    np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize("implementation", ["reference", "function", NATIVE, "twin"])
+def test_tile_weight_noise_has_the_variance_of_noise_on_every_weight(implementation, rng):
+    """Zero weights read with noise: every output is normal with variance T o^2 + v^2 |u|^2 (o, v the
+    output and weight noise sigmas times noise_scale, T input tiles of 20 inputs, u the vector as the
+    DAC leaves it: here the input itself), for vectors whose weight-noise share runs from 0 to 99 %.
+    The mean of z^2 over each group of 100 000 normalized outputs is 1 within 6 of its standard
+    deviations sqrt(2 / 100 000); the twin draws its own normals (torch, seeded)."""
+    noise_scale, out_noise, w_noise, outputs = 1.5, 0.02, 0.1, 500
+    norms = np.repeat(np.array([0.0, 0.05, 0.5, 2.0], np.float32), 200)  # 4 groups of 200 vectors
+    direction = rng.standard_normal((norms.size, 40)).astype(np.float32)
+    x = (direction / np.linalg.norm(direction, axis=1, keepdims=True) * norms[:, None]).astype(np.float32)
+    attributes = {"noise_management": 0, "inp_bound": 4.0, "out_noise": out_noise, "w_noise": w_noise,
+                  "max_input_size": 20, "stream": 6}
+    feeds = {"X": x, "W": np.zeros((outputs, 40), np.float32), **controls(noise_scale, 11)}
+    if implementation == "twin":
+        y = tw.analog_tile(torch.from_numpy(x), torch.from_numpy(feeds["W"]), noise_scale,
+                           generator=torch.Generator().manual_seed(11),
+                           **{k: v for k, v in attributes.items() if k != "stream"}).numpy()
+    else:
+        y = run(implementation, SCHEMAS["AnalogTile"], attributes, feeds)[0]
+    squares = np.sum(x.astype(np.float64) ** 2, axis=1, keepdims=True)
+    variance = 2 * (noise_scale * out_noise) ** 2 + (noise_scale * w_noise) ** 2 * squares
+    normalized = (y / np.sqrt(variance)).reshape(4, -1)
+    assert np.all(np.abs((normalized**2).mean(axis=1) - 1) < 6 * np.sqrt(2 / normalized.shape[1]))
+    assert np.all(np.abs(normalized.mean(axis=1)) < 6 / np.sqrt(normalized.shape[1]))
+
+
+def test_tile_weight_noise_reads_the_vector_after_noise_management_and_the_dac():
+    """The norm is of what the tile reads: a vector scaled by its abs-max and gridded by the DAC."""
+    x = np.array([[4.0, -2.0, 1.3]], np.float32)
+    u = np.rint(x / 4.0 / np.float32(1 / 3)) * np.float32(1 / 3)  # 3-bit DAC: step 1/3 of bound 1
+    feeds = {"X": x, "W": np.zeros((2, 3), np.float32), **controls(1.0, 0)}
+    y = run("reference", SCHEMAS["AnalogTile"], {"inp_bits": 3, "w_noise": 0.5}, feeds)[0]
+    z = normals(stream_key(0, 0), 2)
+    np.testing.assert_allclose(y[0], np.float32(0.5) * np.linalg.norm(u) * z * 4.0, rtol=1e-6)

@@ -16,6 +16,7 @@ from onnx import helper as h
 
 from analog_onnx.config import load_preset
 from analog_onnx.effects import EFFECTS, enabled_effects
+from analog_onnx.errors import ConfigError
 from analog_onnx.ops import DOMAIN
 from analog_onnx.ops import reference as ref
 from analog_onnx.passes.add_controls import CONTROLS, AddControlInputsPass
@@ -117,6 +118,26 @@ def test_analog_tile_pass_replaces_the_layer_and_adds_the_bias_after():
     assert not work.graph.node(0).outputs[0].uses()  # the layer stays for strip, unused
     StripAnalogPass()(work)
     assert ops(work) == ["Gemm", "Relu"] and work.graph.node(1).inputs[0] is work.graph.node(0).outputs[0]
+
+
+def test_weight_noise_reaches_the_tile_and_refuses_layers_outside_tiles(rng):
+    """forward.w_noise is an AnalogTile attribute; a layer left to the periphery (here a grouped
+    Conv) cannot model it and is refused by name, before the graph changes."""
+    config = load_preset("aihwkit-default").with_overrides(["w_noise=0.03"])
+    work = with_controls(gemm_relu())
+    InsertAnalogTilePass(config)(work)
+    assert work.graph.node(1).attributes["w_noise"].as_float() == pytest.approx(0.03)
+    weight = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    graph = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], name="depthwise", group=4)], "conv",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 7, 6])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                         [numpy_helper.from_array(weight, "w")])
+    work = with_controls(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    with pytest.raises(ConfigError, match=r"w_noise is modelled on analog tiles only, and layer depthwise \(Conv\)"):
+        InsertMvmPeripheryPass(config)(work)
+    assert ops(work) == ["Conv"]
+    InsertMvmPeripheryPass(load_preset("aihwkit-default"))(work)
+    assert ops(work) == ["MvmInput", "Conv", "MvmOutput"]
 
 
 def test_analog_tile_pass_unfolds_a_convolution_into_patches(rng):

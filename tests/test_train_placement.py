@@ -149,6 +149,30 @@ def test_noise_statistics_match_onnxruntime(arch: str, preset: str, noise_scale:
     assert np.all(np.abs(twin.mean(axis=0) - ort.mean(axis=0)) < 5 * np.sqrt(2) * standard_error + 1e-6)
 
 
+def test_weight_noise_statistics_match_onnxruntime() -> None:
+    """forward.w_noise alone (no output noise): the tile twins' spread is the exported tiles'."""
+    model = _model("mlp")
+    x = np.repeat(np.random.default_rng(5).standard_normal((1, *SHAPE)).astype(np.float32), 2000, axis=0)
+    config = load_preset("aihwkit-default").with_overrides(["out_noise=0", "w_noise=0.05"])
+    twin, ort = _torch_and_ort(model, config, 1.0, None, x)
+    spread = ort.std(axis=0)
+    assert spread.min() > 0
+    np.testing.assert_allclose(twin.std(axis=0), spread, rtol=0.12)
+
+
+def test_weight_noise_refuses_layers_that_are_no_tiles() -> None:
+    """MobileNetV2's depthwise convolutions keep the periphery, which cannot model w_noise."""
+    config = load_preset("aihwkit-default").with_overrides(["w_noise=0.05"])
+    model = _model("mobilenetv2")
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        before = model(x)
+    with pytest.raises(AnalogError, match="w_noise is modelled on analog tiles only"):
+        attach_hardware(model, config, SHAPE)
+    with torch.no_grad():  # nothing stays attached
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
 def test_zero_noise_twins_equal_the_transformed_model() -> None:
     """At noise_scale 0 only the deterministic parts remain (DAC, ADC, weight quantization): they agree,
     up to a value that lands on the other side of a rounding tie because the two runtimes sum a

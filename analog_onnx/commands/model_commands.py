@@ -174,7 +174,7 @@ def analog_layers(model: ir.Model) -> list[dict[str, str]]:
         attributes = {key: attr.value for node in nodes for key, attr in node.attributes.items()}
         tile = next((n for n in nodes if n.op_type.startswith("AnalogTile")), None)
         weights = shape(tile.inputs[1]) if tile is not None and len(tile.inputs) > 1 else None
-        sigmas = [f"{key} {attributes[key]:.3g}" for key in ("out_noise", "sigma_add", "sigma_mul")
+        sigmas = [f"{key} {attributes[key]:.3g}" for key in ("out_noise", "w_noise", "sigma_add", "sigma_mul")
                   if isinstance(attributes.get(key), float) and attributes[key]]
         rows.append({
             "name": name, "ops": " + ".join(n.op_type for n in nodes),

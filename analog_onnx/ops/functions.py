@@ -234,6 +234,13 @@ def Converter(X, bits: int, bound: float):
 
 
 @script(analog)
+def TileSigma(sigma, sigma_w, U):
+    """The output noise std of each vector of U [..., inputs], sqrt(sigma^2 + sigma_w^2 sum(U^2)) (reference.tile_sigma)."""
+    squares = op.ReduceSum(op.Mul(U, U), op.Constant(value_ints=[-1]), keepdims=1)
+    return op.Sqrt(op.Add(op.Mul(sigma, sigma), op.Mul(op.Mul(sigma_w, sigma_w), squares)))
+
+
+@script(analog)
 def SplitIndex(size: INT64, max_size: int):
     """Gather indices [tiles, largest tile] of reference.split_sizes(size, max_size); padding is `size`."""
     one = op.Constant(value_int=1)
@@ -250,7 +257,7 @@ def SplitIndex(size: INT64, max_size: int):
 
 
 @script(analog)
-def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: int = 0, inp_bound: float = 1.0, noise_management: int = 1, out_noise: float = 0.0, out_bits: int = 0, out_bound: float = float("inf"), bm_rounds: int = 1, max_input_size: int = 0, max_output_size: int = 0, weight_scaling_omega: float = 0.0, weight_scaling_columnwise: int = 0, stream: int = 0) -> FLOAT:
+def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: int = 0, inp_bound: float = 1.0, noise_management: int = 1, out_noise: float = 0.0, out_bits: int = 0, out_bound: float = float("inf"), bm_rounds: int = 1, max_input_size: int = 0, max_output_size: int = 0, weight_scaling_omega: float = 0.0, weight_scaling_columnwise: int = 0, w_noise: float = 0.0, stream: int = 0) -> FLOAT:
     """Y[..., M] = X[..., K] W^T on tiles, per input vector, all bound-management rounds at once (see reference.analog_tile)."""
     zero_i = op.Constant(value_int=0)
     one_i = op.Constant(value_int=1)
@@ -289,6 +296,8 @@ def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: in
     per_round = op.Mul(op.Mul(tiles_in, n_vec), m_out)
     key = StreamKey(seed, stream=stream)
     sigma = op.Mul(noise_scale, op.Constant(value_float=out_noise))
+    sigma_w = op.Mul(noise_scale, op.Constant(value_float=w_noise))
+    weight_noise = op.Not(op.Equal(sigma_w, zero_f))
     out_shape_t = op.Concat(op.Unsqueeze(tiles_in, first), op.Unsqueeze(n_vec, first), op.Unsqueeze(m_out, first), axis=0)
     # [T, -1, M], not [T, N, M]: Reshape copies a 0 in the shape from its input, so N = 0 would fail
     z_shape = op.Concat(op.Unsqueeze(tiles_in, first), op.Constant(value_ints=[-1]), op.Unsqueeze(m_out, first), axis=0)
@@ -301,7 +310,8 @@ def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: in
         xq, _ = Converter(op.Mul(xt, scale), bits=inp_bits, bound=inp_bound)
         y = op.MatMul(xq, mapped)
         z = op.Reshape(NormalsFrom(op.Mul(r, per_round), per_round, key), z_shape)
-        q, beyond = Converter(op.Add(y, op.Mul(sigma, z)), bits=out_bits, bound=out_bound)
+        spread = op.Where(weight_noise, TileSigma(sigma, sigma_w, xq), sigma)
+        q, beyond = Converter(op.Add(y, op.Mul(spread, z)), bits=out_bits, bound=out_bound)
         block_beyond = op.Greater(op.MatMul(op.Cast(beyond, to=TensorProto.FLOAT), member), zero_f)
         saturated = op.Greater(op.MatMul(op.Cast(block_beyond, to=TensorProto.FLOAT), op.Transpose(member, perm=[1, 0])), zero_f)
         take = op.And(op.Not(accepted), op.Or(op.Not(saturated), op.Equal(r, op.Sub(rounds, one_i))))
@@ -399,7 +409,7 @@ def DeviceWeights(W: FLOAT, noise_scale: FLOAT, seed: INT64, chip_seed: INT64, t
 
 PUBLIC = tuple(globals()[name] for name in OP_NAMES)  # the schema's ops, in its order
 HELPERS = (SwapHalves, SquaresPair, KeyOf, StreamKey, NormalsFrom, StandardNormals, AbsMaxLast, ScaleOf, RowAbsMax,
-           ClipAndRound, Converter, SplitIndex, DrawKey, StandardUniforms, Stick, Readout, MeanAbs)
+           ClipAndRound, Converter, TileSigma, SplitIndex, DrawKey, StandardUniforms, Stick, Readout, MeanAbs)
 DEVICE_HELPERS = device_functions(DOMAIN)  # traced from the device models
 
 

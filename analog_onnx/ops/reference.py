@@ -200,6 +200,13 @@ def mapping_scales(w: np.ndarray, omega: float, columnwise: int) -> np.ndarray:
     return np.where(alpha == 0, F32(1.0), alpha)
 
 
+def tile_sigma(sigma: np.float32, sigma_w: np.float32, u: np.ndarray) -> np.ndarray:
+    """The output noise std of each vector ``u`` [vectors, inputs] a tile reads, shape [vectors, 1]:
+    ``sqrt(sigma^2 + sigma_w^2 sum(u^2))``, output noise ``sigma`` and weight noise ``sigma_w``."""
+    squares = np.sum(u * u, axis=1, keepdims=True, dtype=F32)
+    return np.sqrt(sigma * sigma + (sigma_w * sigma_w) * squares).astype(F32)
+
+
 def analog_tile(
     x: np.ndarray,
     w: np.ndarray,
@@ -217,6 +224,7 @@ def analog_tile(
     max_output_size: int = 0,
     weight_scaling_omega: float = 0.0,
     weight_scaling_columnwise: int = 0,
+    w_noise: float = 0.0,
     stream: int = 0,
 ) -> np.ndarray:
     """An analog layer ``Y[..., M] = X[..., K] W^T`` on tiles as aihwkit computes it, per input vector.
@@ -224,7 +232,11 @@ def analog_tile(
     K is split over input tiles and M over output tiles (``split_sizes``). For each tile ``t``,
     vector ``n`` and round ``r = 0 .. bm_rounds-1``, with ``c`` the input abs-max of the vector's
     slice (1 without noise management, or below ``TINY``) and ``s = (1/c) / 2^r``:
-    ``y = ADC(DAC(x s) (W_t/a)^T + noise_scale out_noise z) / s``, ``a`` the tile's mapping scales.
+    ``y = ADC(DAC(x s) (W_t/a)^T + sigma z) / s``, ``a`` the tile's mapping scales. The noise is
+    the output noise and aihwkit's weight read noise (``w_noise``: independent normal noise on
+    every mapped weight, drawn afresh per product), which for one vector ``u = DAC(x s)`` is
+    output noise of std ``w_noise ||u||``: ``sigma = sqrt(o^2 + v^2 sum(u^2))`` with
+    ``o = noise_scale out_noise`` and ``v = noise_scale w_noise`` (``sigma = o`` when ``v = 0``).
     The vector takes the first round in which no output of its tile saturates the ADC (or the last
     round); the tiles' ``y a`` are summed over the input tiles in order. ``z`` of round ``r``, input
     tile ``t``, vector ``n``, output ``m`` is normal ``((r T + t) N + n) M + m`` of the stream.
@@ -235,7 +247,8 @@ def analog_tile(
     n_vec = vectors.shape[0]
     in_tiles, out_tiles = _bounds(split_sizes(k_in, max_input_size)), _bounds(split_sizes(m_out, max_output_size))
     sigma = F32(noise_scale) * F32(out_noise)
-    z = normals(stream_key(seed, stream), bm_rounds * len(in_tiles) * n_vec * m_out) if sigma else None
+    sigma_w = F32(noise_scale) * F32(w_noise)
+    z = normals(stream_key(seed, stream), bm_rounds * len(in_tiles) * n_vec * m_out) if sigma or sigma_w else None
     total = np.zeros((n_vec, m_out), F32)
     for t, (k0, k1) in enumerate(in_tiles):
         xs = vectors[:, k0:k1]
@@ -253,7 +266,8 @@ def analog_tile(
                 y = (xq @ mapped.T).astype(F32)
                 if z is not None:
                     offset = (r * len(in_tiles) + t) * n_vec * m_out
-                    y = y + sigma * z[offset:offset + n_vec * m_out].reshape(n_vec, m_out)[:, m0:m1]
+                    spread = tile_sigma(sigma, sigma_w, xq) if sigma_w else sigma
+                    y = y + spread * z[offset:offset + n_vec * m_out].reshape(n_vec, m_out)[:, m0:m1]
                 q, saturated = converter(y, out_bits, out_bound)
                 done = pending & ~(saturated.any(axis=1) & (r < bm_rounds - 1))
                 result[done] = (q * (F32(1.0) / scale))[done]

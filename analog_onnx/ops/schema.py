@@ -120,11 +120,12 @@ class OpSchema:
 
 _TILE_ATTRIBUTES = {"inp_bits": 0, "inp_bound": 1.0, "noise_management": 1, "out_noise": 0.0, "out_bits": 0,
                     "out_bound": math.inf, "bm_rounds": 1, "max_input_size": 0, "max_output_size": 0,
-                    "weight_scaling_omega": 0.0, "weight_scaling_columnwise": 0, "stream": 0}
+                    "weight_scaling_omega": 0.0, "weight_scaling_columnwise": 0, "w_noise": 0.0, "stream": 0}
 _TILE_INTERVALS = {"inp_bits": BITS, "inp_bound": POSITIVE, "noise_management": FLAG, "out_noise": FINITE_NON_NEGATIVE,
                    "out_bits": BITS, "out_bound": POSITIVE, "bm_rounds": BM_ROUNDS, "max_input_size": COUNT,
                    "max_output_size": COUNT, "weight_scaling_omega": FINITE_NON_NEGATIVE,
-                   "weight_scaling_columnwise": FLAG, "stream": STREAM}
+                   "weight_scaling_columnwise": FLAG, "w_noise": FINITE_NON_NEGATIVE, "stream": STREAM}
+_TILE_SIGMAS = ("out_noise", "w_noise")
 _MVM_OUTPUT_ATTRIBUTES = {"weight_scale": 1.0, "out_noise": 0.0, "out_bits": 0, "out_bound": math.inf, "axis": 1,
                           "stream": 0}
 _MVM_OUTPUT_INTERVALS = {"weight_scale": FINITE_POSITIVE, "out_noise": FINITE_NON_NEGATIVE, "out_bits": BITS,
@@ -198,7 +199,7 @@ OPS: tuple[OpSchema, ...] = (
               "sigma_mul": FINITE_NON_NEGATIVE, "streams": STREAM},
              sigmas=("sigma_add", "sigma_mul"), native_only=True),
     OpSchema("AnalogTile", ("X", "W", "noise_scale", "seed"), ("Y",),
-             _TILE_ATTRIBUTES, _TILE_INTERVALS, sigmas=("out_noise",), product=True,
+             _TILE_ATTRIBUTES, _TILE_INTERVALS, sigmas=_TILE_SIGMAS, product=True,
              cases={"aihwkit-default": {"inp_bits": 7, "out_noise": 0.06, "out_bits": 9, "out_bound": 12.0,
                                         "bm_rounds": 5, "max_input_size": 512, "max_output_size": 512},
                     "tiles, omega, bound management": {"inp_bits": 7, "out_bits": 9, "out_bound": 3.0, "bm_rounds": 4,
@@ -207,14 +208,19 @@ OPS: tuple[OpSchema, ...] = (
                     "columnwise, noise, no DAC": {"out_noise": 0.1, "out_bound": 2.0, "bm_rounds": 3,
                                                   "max_input_size": 40, "weight_scaling_omega": 0.6,
                                                   "weight_scaling_columnwise": 1, "stream": 5},
-                    "unmanaged": {"noise_management": 0, "inp_bits": 5, "inp_bound": 4.0}},
+                    "unmanaged": {"noise_management": 0, "inp_bits": 5, "inp_bound": 4.0},
+                    "weight noise, tiles, bound management": {"inp_bits": 7, "out_noise": 0.02, "w_noise": 0.05,
+                                                              "out_bits": 9, "out_bound": 3.0, "bm_rounds": 3,
+                                                              "max_input_size": 13, "max_output_size": 3,
+                                                              "weight_scaling_omega": 0.8, "stream": 4},
+                    "weight noise only, unmanaged": {"noise_management": 0, "w_noise": 0.1, "inp_bound": 4.0}},
              benchmarked=("aihwkit-default",)),
     OpSchema("AnalogTileEpilogue", ("X", "W", "noise_scale", "seed", "scale", "shift"), ("Y",),
-             {**_TILE_ATTRIBUTES, "relu": 0}, {**_TILE_INTERVALS, **_EPILOGUE}, sigmas=("out_noise",),
+             {**_TILE_ATTRIBUTES, "relu": 0}, {**_TILE_INTERVALS, **_EPILOGUE}, sigmas=_TILE_SIGMAS,
              native_only=True, product=True),
     OpSchema("AnalogTileConv", ("X", "W", "noise_scale", "seed", "scale", "shift"), ("Y",),
              {**_TILE_ATTRIBUTES, "pads": (0, 0, 0, 0), "strides": (1, 1), "dilations": (1, 1), "relu": 0},
              {**_TILE_INTERVALS, "pads": PADDING, "strides": GEOMETRY, "dilations": GEOMETRY, **_EPILOGUE},
-             sigmas=("out_noise",), native_only=True, product=True),
+             sigmas=_TILE_SIGMAS, native_only=True, product=True),
 )
 SCHEMAS = {op.name: op for op in OPS}

@@ -257,6 +257,12 @@ def _mapping_scales(w: torch.Tensor, omega: float, columnwise: int) -> torch.Ten
     return torch.where(alpha == 0, torch.ones_like(alpha), alpha)
 
 
+def _tile_sigma(sigma: float, sigma_w: float, u: torch.Tensor) -> torch.Tensor:
+    """Twin of ``reference.tile_sigma``: the output noise std of each vector ``u``, shape [vectors, 1]."""
+    variance, weight_variance = f32(F32(sigma) * F32(sigma)), f32(F32(sigma_w) * F32(sigma_w))
+    return torch.sqrt(variance + weight_variance * (u * u).sum(dim=1, keepdim=True))
+
+
 def analog_tile(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -273,13 +279,14 @@ def analog_tile(
     max_output_size: int = 0,
     weight_scaling_omega: float = 0.0,
     weight_scaling_columnwise: int = 0,
+    w_noise: float = 0.0,
     normals: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Twin of ``reference.analog_tile``: the layer on tiles, per input vector. ``normals`` (flat, at
     least as many as the reference draws) replaces ``torch.randn``; a round is computed only while
     some vector still saturates. Gradients flow straight through the converters; input and
-    mapping scales and the choice of round are constants."""
+    mapping scales, the noise's std and the choice of round are constants."""
     from analog_onnx.ops.reference import split_sizes
 
     x, w = as_float32(x), as_float32(w)
@@ -288,6 +295,7 @@ def analog_tile(
     n_vec = vectors.shape[0]
     in_sizes, out_sizes = split_sizes(k_in, max_input_size), split_sizes(m_out, max_output_size)
     sigma = f32(F32(noise_scale) * F32(out_noise))
+    sigma_w = f32(F32(noise_scale) * F32(w_noise))
     partials = []
     k0 = 0
     for t, k_size in enumerate(in_sizes):
@@ -305,13 +313,13 @@ def analog_tile(
                 scale = inverse / f32(2.0**r)
                 xq, _ = _Converter.apply(xs * scale, int(inp_bits), f32(inp_bound))
                 y = xq @ mapped.T
-                if sigma:
+                if sigma or sigma_w:
                     if normals is not None:
                         offset = (r * len(in_sizes) + t) * n_vec * m_out
                         z = normals[offset:offset + n_vec * m_out].reshape(n_vec, m_out)[:, m0:m0 + m_size]
                     else:
                         z = _normals(y, generator)
-                    y = y + sigma * z
+                    y = y + (_tile_sigma(sigma, sigma_w, xq.detach()) if sigma_w else sigma) * z
                 q, beyond = _Converter.apply(y, int(out_bits), f32(out_bound))
                 done = pending & ~(beyond.any(dim=1, keepdim=True) & (r < bm_rounds - 1))
                 result = torch.where(done, q * (1.0 / scale), result)

@@ -66,7 +66,8 @@ def tile_attributes(config: AnalogConfig, stream: int) -> dict[str, int | float]
             "out_noise": f.out_noise, "out_bits": f.out_bits, "out_bound": f.out_bound if f.out_bound > 0 else math.inf,
             "bm_rounds": f.bm_rounds(), "max_input_size": m.max_input_size, "max_output_size": m.max_output_size,
             "weight_scaling_omega": m.weight_scaling_omega,
-            "weight_scaling_columnwise": int(m.weight_scaling_columnwise), "stream": stream}
+            "weight_scaling_columnwise": int(m.weight_scaling_columnwise), "stream": stream,
+            **({"w_noise": f.w_noise} if f.w_noise else {})}  # absent at 0: the models of before, byte for byte
 
 
 class InsertAnalogTilePass(EffectPass):

@@ -13,6 +13,8 @@ Rule, for each analog layer ``Y = Layer(X, W, b)`` among ``find_sites`` under th
   array and its scale multiplied back after ``MvmOutput``.
 - ``MvmOutput`` reads the ``noise_scale`` and ``seed`` controls and draws its own stream (the
   next free one in the graph, in site order).
+- ``forward.w_noise`` (the weights' read noise) is modelled by tiles only: a layer here under a
+  config that sets it is refused (``MvmOutput`` never sees the input vector that scales it).
 - A MatMul with a vector weight ``w[K]`` (one output per input vector, its last axis dropped), or
   a second operand known to be a vector, reads it as the column ``[K, 1]``, so ``Y`` has a row per
   input vector like ``X``; a Squeeze after the periphery drops the axis again.
@@ -25,6 +27,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from analog_onnx.config import AnalogConfig
+from analog_onnx.errors import ConfigError
 from analog_onnx.passes.common import EffectPass, analog_node, control_inputs, next_stream, splice_after, tag
 from analog_onnx.passes.insert_analog_tile import is_tile_layer
 from analog_onnx.passes.names import Names
@@ -33,6 +37,14 @@ from analog_onnx.passes.sites import Site, constant_array, find_sites, site_name
 CONTROLS = ("noise_scale", "seed")
 
 BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+
+
+def refuse_weight_noise(config: AnalogConfig, layer: str, op_type: str) -> None:
+    """Refuse a layer that is no tile under a config with weight read noise, naming it."""
+    if config.forward.w_noise:
+        raise ConfigError(f"forward.w_noise is modelled on analog tiles only, and layer {layer} ({op_type}) is none "
+                          "(tiles: Gemm, MatMul of a 2-D weight, 2-D Conv with group 1); set forward.w_noise = 0 "
+                          "or exclude the layer (placement.exclude)")
 
 
 def rows_axis(op_type: str) -> int:
@@ -50,6 +62,8 @@ class InsertMvmPeripheryPass(EffectPass):
         graph = model.graph
         sites = [s for s in find_sites(graph, self.config, self.only) if not is_tile_layer(s)]
         controls, names, first = control_inputs(model, CONTROLS), Names(model), next_stream(graph)
+        for site in sites:
+            refuse_weight_noise(self.config, site.name, site.op_type)
         for index, site in enumerate(sites):
             self._wrap(graph, site, controls, names, first + index)
         return ir.passes.PassResult(model, modified=bool(sites))

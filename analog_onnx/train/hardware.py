@@ -39,6 +39,7 @@ from analog_onnx.devices import make_device
 from analog_onnx.effects import enabled_effects
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import torch_twins as tw
+from analog_onnx.passes.insert_mvm_periphery import refuse_weight_noise
 from analog_onnx.train.attach import (
     LAYER_TYPES,
     NoiseLevel,
@@ -98,8 +99,12 @@ class Hardware:
         self.level = NoiseLevel(scale=noise_scale)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._layers: list[nn.Module] = []
-        for effect in enabled_effects(config):
-            effect.attach_twin(self, sites)
+        try:
+            for effect in enabled_effects(config):
+                effect.attach_twin(self, sites)
+        except AnalogError:  # a refused layer: the model is left as it was
+            self.remove()
+            raise
 
     def hook(self, handle: torch.utils.hooks.RemovableHandle) -> None:
         """Keep a twin's hook so ``remove`` detaches it."""
@@ -166,6 +171,7 @@ def attach_mvm_periphery(hardware: Hardware, sites: list[TwinSite]) -> None:
     """Twin of the MVM-periphery effect: DAC, output noise and ADC around the other analog layers."""
     for site in sites:
         if not is_tile_module(hardware.model.get_submodule(site.module)):
+            refuse_weight_noise(hardware.config, site.name, site.op_type)
             hardware.periphery(site).forward = hardware.config.forward
 
 

@@ -570,6 +570,7 @@ TileSettings tile_settings(const NodeAttributes& a) {
   s.out_noise = a.real("out_noise");
   s.out_bound = a.real("out_bound");
   s.omega = a.real("weight_scaling_omega");
+  s.w_noise = a.real("w_noise");
   check_grid(a, "inp_bits", "inp_bound");
   check_grid(a, "out_bits", "out_bound");
   return s;

@@ -35,7 +35,7 @@ namespace analog {
 // -- the op's settings and geometry --------------------------------------------------------------
 struct TileSettings {
   int64_t inp_bits, noise_management, out_bits, bm_rounds, max_input_size, max_output_size, columnwise, stream;
-  float inp_bound, out_noise, out_bound, omega;
+  float inp_bound, out_noise, out_bound, omega, w_noise;
 };
 
 // aihwkit's split of `size` over tiles of at most `max_size` (reference.split_sizes): [begin, end).
@@ -177,7 +177,8 @@ struct TileLayer {
   const std::vector<PackedTile>& tiles;
   size_t outputs, vectors;
   const TileSettings& s;
-  float sigma;  // noise_scale * out_noise
+  float sigma;    // noise_scale * out_noise
+  float sigma_w;  // noise_scale * w_noise: the weight read noise, output noise of std sigma_w |x| per vector
   uint64_t key;
   const ChannelEpilogue* epilogue;
   Converter dac, adc;
@@ -185,8 +186,9 @@ struct TileLayer {
   size_t widest;  // the longest input tile
 
   TileLayer(const VectorSource& src_, const std::vector<PackedTile>& tiles_, size_t outputs_, size_t vectors_,
-            const TileSettings& s_, float sigma_, uint64_t key_, const ChannelEpilogue* epilogue_)
-      : src(src_), tiles(tiles_), outputs(outputs_), vectors(vectors_), s(s_), sigma(sigma_), key(key_),
+            const TileSettings& s_, float noise_scale, uint64_t key_, const ChannelEpilogue* epilogue_)
+      : src(src_), tiles(tiles_), outputs(outputs_), vectors(vectors_), s(s_), sigma(noise_scale * s_.out_noise),
+        sigma_w(noise_scale * s_.w_noise), key(key_),
         epilogue(epilogue_), dac(s_.inp_bits, s_.inp_bound), adc(s_.out_bits, s_.out_bound),
         out_ranges(split_ranges(outputs_, s_.max_output_size)), widest(0) {
     for (const auto& t : tiles) widest = std::max(widest, t.end - t.begin);
@@ -199,7 +201,7 @@ struct TileLayer {
 // output-major or k-major with kBlockVectors vectors a row, one vector a column.
 struct Scratch {
   BlockInput::Buffers input;
-  std::vector<float> panel, rerun_panel, product, total, inverse, quotient, scale, back, noise;
+  std::vector<float> panel, rerun_panel, product, total, inverse, quotient, scale, back, noise, spread;
   std::vector<int32_t> saturated;
   std::vector<size_t> pending, again;
 };
@@ -225,7 +227,7 @@ class TileBlock {
     b_.panel.resize(widest), b_.rerun_panel.resize(widest);
     b_.product.resize(rows * ld), b_.total.resize(l_.outputs * ld + kLanes);
     b_.inverse.resize(ld + kLanes), b_.quotient.resize(ld + kLanes), b_.scale.resize(ld), b_.back.resize(ld);
-    b_.saturated.resize(ld);
+    b_.saturated.resize(ld), b_.spread.resize(ld + kLanes);
     b_.noise.resize(kNormalsBuffer);
   }
 
@@ -260,7 +262,8 @@ class TileBlock {
     }
     if (!l_.raw_panel()) return pack_round0();
     if (input_.raw_panel() != nullptr) return input_.raw_panel();
-    if (input_.slab_rows(slab_bases_, &slab_offsets_)) return nullptr;
+    // the weight noise reads the panel (column_sigma), so there must be one
+    if (l_.sigma_w == 0.0f && input_.slab_rows(slab_bases_, &slab_offsets_)) return nullptr;
     input_.pack(b_.panel.data(), [](VecF x, size_t) { return x; });
     return b_.panel.data();
   }
@@ -323,7 +326,7 @@ class TileBlock {
       for (size_t p = 0; p < columns.used; ++p) b_.back[p] = 1.0f / b_.scale[p];
       const size_t row0 = m0 / kBlockRows * kBlockRows;
       multiply(tile, panel, row0, m1, columns);
-      if (l_.sigma != 0.0f) add_noise(r, t, m0, m1, row0, columns);
+      if (l_.sigma != 0.0f || l_.sigma_w != 0.0f) add_noise(r, t, m0, m1, row0, columns, column_sigma(panel, tile, columns));
       const bool last_round = r == l_.s.bm_rounds - 1;
       const bool any_saturated = convert(m0, m1, row0, columns) && !last_round;
       accumulate(tile, m0, m1, row0, columns, any_saturated);
@@ -348,15 +351,31 @@ class TileBlock {
     }
   }
 
-  // Step 4: product[m - row0][p] += sigma * normal(((r T + t) N + n) M + m), n the column's vector.
+  // Step 4a: the noise's std per column (reference.tile_sigma): sqrt(sigma^2 + sigma_w^2 sum(u^2)), u the
+  // column of the panel the round multiplied, its squares summed in element order; nullptr when
+  // there is no weight noise (std sigma for every column).
+  const float* column_sigma(const float* panel, const PackedTile& tile, Columns columns) {
+    if (l_.sigma_w == 0.0f) return nullptr;
+    float* sigma = b_.spread.data();
+    std::fill(sigma, sigma + columns.lanes(), 0.0f);
+    for (size_t e = 0; e < tile.end - tile.begin; ++e) {
+      const float* row = panel + e * ld;
+      for (size_t p = 0; p < columns.used; ++p) sigma[p] += row[p] * row[p];
+    }
+    const float variance = l_.sigma * l_.sigma, weight_variance = l_.sigma_w * l_.sigma_w;
+    for (size_t p = 0; p < columns.lanes(); ++p) sigma[p] = std::sqrt(variance + weight_variance * sigma[p]);
+    return sigma;
+  }
+
+  // Step 4: product[m - row0][p] += sigma_p * normal(((r T + t) N + n) M + m), n the column's
+  // vector, sigma_p its std (spread, nullptr: sigma).
   // With M even, normals 2j and 2j + 1 of a vector are outputs 2j and 2j + 1, one Box-Muller pair:
   // a SIMD vector of columns computes its pairs for two rows at once, the columns' counters
   // (M / 2 apart for consecutive vectors) in the lanes. With M odd a pair may span two vectors, and
   // each column takes its stretch of the stream.
-  void add_noise(int64_t r, size_t t, size_t m0, size_t m1, size_t row0, Columns columns) {
+  void add_noise(int64_t r, size_t t, size_t m0, size_t m1, size_t row0, Columns columns, const float* spread) {
     const uint64_t outputs = l_.outputs, key = l_.key;
     const uint64_t start = (static_cast<uint64_t>(r) * l_.tiles.size() + t) * l_.vectors * outputs;
-    const VecF sigma = vec_broadcast(l_.sigma);
     float* product = b_.product.data() - row0 * ld;  // indexed by output
     if (outputs % 2 != 0) {
       for (size_t p = 0; p < columns.used; ++p) {
@@ -364,7 +383,8 @@ class TileBlock {
         for (size_t m = m0; m < m1; m += kBlock) {
           const size_t n = std::min(kBlock, m1 - m);
           const float* z = normals(key, from + m, n, b_.noise.data());
-          for (size_t i = 0; i < n; ++i) product[(m + i) * ld + p] += l_.sigma * z[i];
+          const float sigma = spread != nullptr ? spread[p] : l_.sigma;
+          for (size_t i = 0; i < n; ++i) product[(m + i) * ld + p] += sigma * z[i];
         }
       }
       return;
@@ -381,6 +401,7 @@ class TileBlock {
         }
         base = products(y);
       }
+      const VecF sigma = spread != nullptr ? vec_load(spread + p0) : vec_broadcast(l_.sigma);
       for (size_t pair = m0 / 2; 2 * pair < m1; ++pair) {
         VecF even, odd;
         normal_pair_lanes(products_plus(base, pair * key), key, even, odd);
@@ -472,8 +493,7 @@ inline void analog_tile(OrtKernelContext* context, const VectorSource& src, cons
                         size_t outputs, size_t vectors, const TileSettings& s, float noise_scale, int64_t seed,
                         const ChannelEpilogue* epilogue, float* out) {
   if (vectors == 0 || outputs == 0) return;
-  const TileLayer layer(src, tiles, outputs, vectors, s, noise_scale * s.out_noise, stream_key(seed, s.stream),
-                        epilogue);
+  const TileLayer layer(src, tiles, outputs, vectors, s, noise_scale, stream_key(seed, s.stream), epilogue);
   const size_t tasks = (vectors + kBlockVectors - 1) / kBlockVectors;
   auto body = [&](size_t task) {
     thread_local Scratch scratch;
