@@ -21,6 +21,7 @@ from typing import Any
 import tomli_w
 import tomllib
 
+from analog_onnx import effects
 from analog_onnx.arguments import float32_problem
 from analog_onnx.devices.config import DeviceConfig
 from analog_onnx.errors import AnalogError, ConfigError
@@ -247,19 +248,16 @@ class AnalogConfig:
                     raise ConfigError(f"placement.{key}: bad regex {pattern!r}: {e}") from None
         ignored = self._ignored_keys()
         if ignored:
-            other = "mvm" if p.where == "activations" else "activations"
-            raise ConfigError(f"config key {ignored[0]} has no effect under placement.where = {p.where!r} "
+            key, other = ignored[0]
+            raise ConfigError(f"config key {key} has no effect under placement.where = {p.where!r} "
                               f"(only under {other!r}): remove it, or change placement.where")
 
-    def _ignored_keys(self) -> list[str]:
-        """Keys set away from their defaults that the chosen placement never reads."""
-        if self.placement.where == "activations":
-            sections, placement_keys = ("forward", "weights"), ()
-        else:
-            sections, placement_keys = ("noise",), ("op_types", "network_inputs")
-        mine, default = self.to_dict(), AnalogConfig().to_dict()
-        keys = [(s, k) for s in sections for k in mine[s]] + [("placement", k) for k in placement_keys]
-        return [f"{s}.{k}" for s, k in keys if mine[s][k] != default[s][k]]
+    def _ignored_keys(self) -> list[tuple[str, str]]:
+        """(key, the placement that reads it) for each key set away from its default that only the
+        effects of another placement read (``analog_onnx/effects.py``), in the config's order."""
+        mine, default = dict(_flat_items(self.to_dict())), dict(_flat_items(AnalogConfig().to_dict()))
+        return [(key, other) for key in mine if mine[key] != default[key]
+                and (other := effects.only_read_elsewhere(key, self.placement.where))]
 
 
 def _flat_items(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -444,8 +444,8 @@ def _layer_output_shape(layer: ir.Node | None) -> tuple[int, int] | None:
     weight = _constant(layer.inputs[1])
     source = layer.inputs[1].producer() if layer.inputs[1] is not None else None
     if weight is None and source is not None and (source.op_type == "DequantizeLinear"  # a QDQ model
-                                                  or _is_ours(source, "DeviceWeights")):  # same shape as its W
-        weight = _constant(source.inputs[0])
+                                                  or source.domain == DOMAIN and source.op_type in _SHAPE_KEEPING):
+        weight = _constant(source.inputs[0])  # the same shape (a weight an effect computes at run time)
     if weight is None:
         return None
     if layer.op_type == "Conv":

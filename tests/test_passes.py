@@ -14,7 +14,7 @@ from helpers import as_ir, gemm_relu
 from onnx import TensorProto, numpy_helper
 from onnx import helper as h
 
-from analog_onnx.config import load_preset
+from analog_onnx.config import PLACEMENTS, load_preset
 from analog_onnx.effects import EFFECTS, enabled_effects
 from analog_onnx.ops import DOMAIN
 from analog_onnx.ops import reference as ref
@@ -231,7 +231,7 @@ def test_effects_are_a_registry_the_config_switches():
         ["analog_tile", "mvm_periphery", "device_weights"]  # weight bits become conductance levels
     assert names == {"activation_noise", "weight_quantization", "analog_tile", "mvm_periphery", "device_weights"}
     for effect in EFFECTS:
-        assert set(effect.acts_on) <= {"weights", "input", "output"} and effect.ops
+        assert effect.placement in PLACEMENTS and effect.reads
 
 
 def test_names_are_free_in_subgraphs_too():

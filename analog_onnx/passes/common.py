@@ -16,7 +16,6 @@ ROLE_KEY = "analog_onnx.role"  # node metadata: what an inserted node is for (st
 REPLACES_KEY = "analog_onnx.replaces"  # node metadata: the name of the layer a tile chain replaces
 LAYER_KEY = "analog_onnx.layer"  # node metadata of a tile: the site name of the layer it computes
 NODE_KEYS = (ROLE_KEY, REPLACES_KEY, LAYER_KEY)  # the node metadata only the transform writes
-WEIGHT_ROLES = ("weight_quant", "transpose", "device_weights", "weight_column")  # nodes acting on a layer's weight
 
 # model metadata the transform writes (see write_metadata.py and add_controls.py)
 CONFIG_KEY = "analog_onnx.config"
@@ -62,6 +61,18 @@ def next_stream(graph: ir.Graph) -> int:
     used = [node.attributes["stream"].as_int() for node in graph
             if node.domain == DOMAIN and "stream" in node.attributes]
     return max(used, default=0) + 1
+
+
+def is_inserted(node: ir.Node) -> bool:
+    """Whether the transform put ``node`` in the graph: ours, or tagged with a role."""
+    return node.domain == DOMAIN or ROLE_KEY in node.metadata_props
+
+
+def upstream(value: ir.Value) -> ir.Value:
+    """Walk back through inserted nodes (their first inputs) to the original value."""
+    while value.producer() is not None and is_inserted(value.producer()) and value.producer().inputs:
+        value = value.producer().inputs[0]
+    return value
 
 
 def tag(node: ir.Node, role: str) -> ir.Node:

@@ -27,7 +27,17 @@ import numpy as np
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
-from analog_onnx.passes.common import LAYER_KEY, REPLACES_KEY, EffectPass, analog_node, control_inputs, next_stream, tag
+from analog_onnx.errors import ModelError
+from analog_onnx.passes.common import (
+    LAYER_KEY,
+    REPLACES_KEY,
+    EffectPass,
+    analog_node,
+    control_inputs,
+    is_inserted,
+    next_stream,
+    tag,
+)
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.quantize_weights import channel_axis
 from analog_onnx.passes.sites import Site, find_sites, site_name
@@ -154,3 +164,24 @@ class _Chain:
             y.name = name
         y.type, y.shape = old.type, old.shape
         self.last.metadata_props[REPLACES_KEY] = old.name or ""
+
+
+def restore_layers(graph: ir.Graph, inserted: list[ir.Node]) -> None:
+    """Strip: consumers of each tile chain read the layer it replaced again (one index of the values
+    original nodes produce, so strip stays linear in the size of the graph)."""
+    chains = [node for node in inserted if REPLACES_KEY in node.metadata_props]
+    if not chains:
+        return
+    original = {v.name: v for n in graph if not is_inserted(n) for v in n.outputs if v.name}
+    for last in chains:
+        name = last.metadata_props[REPLACES_KEY]
+        layer_output = original.get(name)
+        if layer_output is None:
+            raise ModelError(f"node {last.name!r} says it replaces {name!r} ({REPLACES_KEY}), which no original "
+                             "node of the graph computes: the file was edited; transform the original model again")
+        output = last.outputs[0]
+        was_output = output in graph.outputs
+        output.replace_all_uses_with(layer_output, replace_graph_outputs=True)
+        if was_output:
+            output_name, output.name = output.name, None
+            layer_output.name = output_name
