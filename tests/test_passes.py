@@ -288,7 +288,7 @@ def test_duplicate_node_names_in_the_model_get_distinct_inserted_names():
 def test_metadata_pass_records_config_version_and_sites():
     config = load_preset("aihwkit-default")
     work = as_ir(gemm_relu())
-    WriteMetadataPass(config, ["gemm"])(work)
+    WriteMetadataPass(config, {"gemm"})(work)
     assert json.loads(work.metadata_props[CONFIG_KEY]) == config.to_dict()
     assert json.loads(work.metadata_props[SITES_KEY]) == ["gemm"] and work.metadata_props[VERSION_KEY]
 
@@ -304,7 +304,7 @@ def test_strip_pass_removes_what_the_other_passes_added(preset, passes):
     for make_pass in passes:
         assert make_pass(config)(work).modified
     AddAnalogFunctionsPass()(work)
-    WriteMetadataPass(config, ["gemm"])(work)
+    WriteMetadataPass(config, {"gemm"})(work)
     StripAnalogPass()(work)
     assert ops(work) == ["Gemm", "Relu"] and len(work.graph.node(0).inputs) == 3
     assert [v.name for v in work.graph.inputs] == ["x"] and set(work.graph.initializers) == {"W", "b"}
