@@ -86,6 +86,18 @@ def analog_node(op_type: str, inputs: list[ir.Value | None], attributes: dict, *
     return tag(node, role)
 
 
+def take_over(old: ir.Value, new: ir.Value, *, take_name: bool = False) -> bool:
+    """Every consumer of ``old``, graph outputs included, reads ``new``; a graph output keeps its
+    name (``new`` takes it and ``old`` is left unnamed), as does every value with ``take_name``.
+    Returns whether ``old`` was a graph output."""
+    was_output = old.is_graph_output()
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    if was_output or take_name:
+        name, old.name = old.name, None
+        new.name = name
+    return was_output
+
+
 def splice_after(graph: ir.Graph, value: ir.Value, node: ir.Node, names: Names) -> None:
     """Make every consumer of ``value`` (graph outputs included) read ``node``'s first output instead.
 
@@ -93,20 +105,15 @@ def splice_after(graph: ir.Graph, value: ir.Value, node: ir.Node, names: Names) 
     A graph input keeps its name too: when it is also a graph output, that output stays the input.
     """
     new = node.outputs[0]
-    echoed = value in graph.inputs  # a network input that is also an output: it stays both, unchanged
-    is_output = value in graph.outputs and not echoed
-    if echoed:
+    if value in graph.inputs:  # a network input that is also an output: it stays both, unchanged
         for user, index in list(value.uses()):
             user.replace_input_with(index, new)
-    else:
-        value.replace_all_uses_with(new, replace_graph_outputs=True)
-    node.replace_input_with(0, value)
-    if is_output:
-        original_name = value.name
+        new.name = names.value(f"{value.name}_analog")
+    elif take_over(value, new):
         value.name = names.value(f"{node.name}/input")
-        new.name = original_name
     else:
         new.name = names.value(f"{value.name}_analog")
+    node.replace_input_with(0, value)
     new.type, new.shape = value.type, value.shape
     producer = value.producer()
     if producer is not None and producer.graph is graph:

@@ -37,6 +37,7 @@ from analog_onnx.passes.common import (
     is_inserted,
     next_stream,
     tag,
+    take_over,
 )
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.quantize_weights import channel_axis
@@ -156,12 +157,8 @@ class _Chain:
     def _take_over(self, y: ir.Value) -> None:
         """Consumers of the layer's output read ``y``; a graph output keeps its name."""
         old = self.layer.outputs[0]
-        is_output = old in self.graph.outputs
-        old.replace_all_uses_with(y, replace_graph_outputs=True)
-        if is_output:
-            name = old.name
+        if take_over(old, y):
             old.name = self.names.value(f"{site_name(self.layer)}/digital")
-            y.name = name
         y.type, y.shape = old.type, old.shape
         self.last.metadata_props[REPLACES_KEY] = old.name or ""
 
@@ -179,9 +176,4 @@ def restore_layers(graph: ir.Graph, inserted: list[ir.Node]) -> None:
         if layer_output is None:
             raise ModelError(f"node {last.name!r} says it replaces {name!r} ({REPLACES_KEY}), which no original "
                              "node of the graph computes: the file was edited; transform the original model again")
-        output = last.outputs[0]
-        was_output = output in graph.outputs
-        output.replace_all_uses_with(layer_output, replace_graph_outputs=True)
-        if was_output:
-            output_name, output.name = output.name, None
-            layer_output.name = output_name
+        take_over(last.outputs[0], layer_output)

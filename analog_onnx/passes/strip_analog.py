@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from analog_onnx import effects
 from analog_onnx.ops import DOMAIN
-from analog_onnx.passes.common import METADATA_KEYS, control_names, is_inserted
+from analog_onnx.passes.common import METADATA_KEYS, control_names, is_inserted, take_over
 
 
 class StripAnalogPass(ir.passes.InPlacePass):
@@ -22,8 +22,9 @@ class StripAnalogPass(ir.passes.InPlacePass):
         inserted = [n for n in graph if is_inserted(n)]
         for effect in effects.EFFECTS:
             effect.undo(graph, inserted)
-        for node in inserted:
-            self._bypass(graph, node)
+        for node in inserted:  # its consumers read its first input again (a Constant has none)
+            if node.inputs:
+                take_over(node.outputs[0], node.inputs[0])
         graph.remove(inserted, safe=True)
         self._remove_controls(model)
         for key in [k for k in model.functions if k[0] == DOMAIN]:
@@ -32,18 +33,6 @@ class StripAnalogPass(ir.passes.InPlacePass):
         for key in METADATA_KEYS:
             model.metadata_props.pop(key, None)
         return ir.passes.PassResult(model, modified=bool(inserted))
-
-    @staticmethod
-    def _bypass(graph: ir.Graph, node: ir.Node) -> None:
-        """Consumers of the node's first output read its first input again (a Constant has none)."""
-        if not node.inputs:
-            return
-        output, source = node.outputs[0], node.inputs[0]
-        was_output = output in graph.outputs
-        output.replace_all_uses_with(source, replace_graph_outputs=True)
-        if was_output:
-            name, output.name = output.name, None
-            source.name = name
 
     @staticmethod
     def _remove_controls(model: ir.Model) -> None:
