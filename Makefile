@@ -1,5 +1,6 @@
 # Set-up from nothing: a .venv with the pinned CPU torch first (a bare `torch` requirement would
-# pull a multi-GB CUDA build), the package with its dev extras, then the native kernels.
+# pull a multi-GB CUDA build), the package with its training extra, the native kernels; `setup`
+# (tests) adds the dev tools, `demo` needs none of them. Each step says what it does.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,12 +11,19 @@ DEMO := demo-out
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.base: pyproject.toml | $(BIN)/python
+	@echo "== set-up: torch 2.13 for the CPU, then analog-onnx and its dependencies"
+	$(BIN)/pip install --progress-bar on torch==2.13.0
+	$(BIN)/pip install --progress-bar on -e '.[train]'
 	touch $@
 
-kernels: $(VENV)/.installed
+$(VENV)/.installed: $(VENV)/.base
+	@echo "== set-up: the development tools (pytest, ruff, ray, scipy, mnist1d)"
+	$(BIN)/pip install --progress-bar on -e '.[dev]'
+	touch $@
+
+kernels: $(VENV)/.base
+	@echo "== set-up: the native kernels (C++, a minute or two the first time)"
 	$(BIN)/analog-onnx kernels build
 
 setup: $(VENV)/.installed kernels
@@ -29,7 +37,7 @@ test: setup lint
 test-fast: setup
 	$(BIN)/pytest -n 2 -q -m "not slow"
 
-demo: setup
+demo: $(VENV)/.base kernels
 	bash tools/demo.sh $(DEMO)
 
 bench: setup

@@ -23,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: "[default: ...]" in a help text is text, not markup to drop
     help="Make deep networks ready for analog AI hardware: transform, evaluate, train.",
 )
 

@@ -1,8 +1,10 @@
 """The hardware description: one typed configuration, loaded from and saved to TOML or JSON.
 
-Where the meaning is the same we use aihwkit's vocabulary (``inp_bits`` for its ``inp_res``,
-``out_noise``, ``out_bound`` ...), so its users feel at home. The same object drives the graph
-transform and the trainer's torch twins.
+Where the meaning is the same we use aihwkit's vocabulary (``out_noise``, ``out_bound``,
+``max_input_size`` ...), and its other names are translated or refused by ``vocabulary.py``
+(``inp_res = 1/126`` is ``inp_bits = 7``), so its users feel at home. A config may extend a
+preset (``base = "aihwkit-pcm"``). The same object drives the graph transform and the trainer's
+torch twins.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from typing import Any
 import tomli_w
 import tomllib
 
-from analog_onnx import effects
+from analog_onnx import effects, vocabulary
 from analog_onnx.arguments import float32_problem
 from analog_onnx.devices.config import DeviceConfig
 from analog_onnx.errors import AnalogError, ConfigError
 from analog_onnx.files import read_small_text, write_text
+from analog_onnx.text import printable
 
 PLACEMENTS = ("activations", "mvm")
 NOISE_MANAGEMENT = ("abs_max", "none")
@@ -136,14 +139,21 @@ class AnalogConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnalogConfig:
+        """A config from a table: with ``base = "PRESET"`` the table overrides that preset's keys,
+        without it the defaults'; aihwkit's names are translated (``vocabulary.py``)."""
+        if isinstance(data, dict):
+            data = vocabulary.translate_sections(data)
+            if "base" in data:
+                data = extend_preset(data.pop("base"), data)
         config = _build(cls, data, prefix="")
         config.validate()
         return config
 
     @classmethod
-    def load(cls, path: str | Path) -> AnalogConfig:
+    def load(cls, path: str | Path, base: str | None = None) -> AnalogConfig:
         """Read a TOML (``.toml``) or JSON file. Without a ``name`` it is named after the file; a
-        file that names a preset but changes it is called ``PRESET+overrides``."""
+        file that names a preset but changes it is called ``PRESET+overrides``. ``base`` (``-p``
+        beside ``-c``) is the preset the file extends, as its own ``base = ...`` would be."""
         path = Path(path)
         try:
             text = read_small_text(path, "config")
@@ -157,6 +167,10 @@ class AnalogConfig:
             raise ConfigError(f"config {path} is nested too deeply to be a config") from None
         if isinstance(data, dict) and "name" not in data:
             data["name"] = path.stem
+        if isinstance(data, dict) and base is not None and data.setdefault("base", base) != base:
+            raise ConfigError(f"config {path} extends preset {data['base']!r}, not {base!r}: give one of them")
+        if isinstance(data, dict) and "base" not in data:
+            _note_defaults(path, data)
         config = cls.from_dict(data)
         if config.name in preset_names() and config != load_preset(config.name):
             config.name += CHANGED
@@ -174,9 +188,9 @@ class AnalogConfig:
             key, sep, raw = assignment.partition("=")
             if not sep:
                 raise ConfigError(f"--set expects key=value, got {assignment!r}")
-            section, name = _resolve_key(key.strip(), data)
-            target = data[section] if section else data
-            target[name] = _parse_value(raw.strip(), target[name], key)
+            for section, name, value in _settings(key.strip(), raw.strip(), data):
+                target = data[section] if section else data
+                target[name] = _coerce(value, target[name], f"{section}.{name}" if section else name)
         return self._changed_to(data)
 
     def with_placement(self, **changes: Any) -> AnalogConfig:
@@ -281,8 +295,13 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
+        if key == "base":
+            raise ConfigError(f"config key {prefix}base belongs at the top of the config, not in [{where}]")
         if key not in fields:
-            hint = difflib.get_close_matches(key, fields, n=1)
+            home = _home_section(key) if not prefix else None
+            if home:
+                raise ConfigError(f"config key {key} belongs under [{home}] (as {home}.{key})")
+            hint = difflib.get_close_matches(key, [*fields, *vocabulary.BY_NAME], n=1)
             suggestion = f" (did you mean {hint[0]}?)" if hint else ""
             raise ConfigError(f"unknown config key {prefix}{key}{suggestion}")
         default = getattr(cls(), key)
@@ -306,6 +325,22 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     return value
 
 
+def _settings(key: str, raw: str, data: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """The ``(section, name, value)`` settings of one ``--set key=value``: ``key`` is ours
+    (``section.name``, or a ``name`` unique to one section) or aihwkit's (translated)."""
+    try:
+        section, name = _resolve_key(key, data)
+    except ConfigError:
+        section_given, _, bare = key.rpartition(".")
+        home = vocabulary.section_of(bare)
+        if bare not in vocabulary.BY_NAME:
+            raise
+        if section_given and home and section_given != home:
+            raise ConfigError(f"config key {key} belongs under [{home}] (as {home}.{bare})") from None
+        return [(*k.split("."), v) for k, v in vocabulary.translate(key, _parse_value(raw, None))]
+    return [(section, name, _parse_value(raw, (data[section] if section else data)[name]))]
+
+
 def _resolve_key(key: str, data: dict[str, Any]) -> tuple[str, str]:
     if "." in key:
         section, _, name = key.partition(".")
@@ -319,17 +354,58 @@ def _resolve_key(key: str, data: dict[str, Any]) -> tuple[str, str]:
             return owners[0], key
         if len(owners) > 1:
             raise ConfigError(f"config key {key} is ambiguous: say {' or '.join(f'{o}.{key}' for o in owners)}")
-    raise ConfigError(f"unknown config key {key}")
+    known = [*_flat_keys(data), *(k for k, v in data.items() if not isinstance(v, dict)), *vocabulary.BY_NAME]
+    known += [k.partition(".")[2] for k in _flat_keys(data)]
+    hint = difflib.get_close_matches(key, known, n=1)
+    raise ConfigError(f"unknown config key {key}" + (f" (did you mean {hint[0]}?)" if hint else ""))
 
 
-def _parse_value(raw: str, current: Any, key: str) -> Any:
+def _flat_keys(data: dict[str, Any]) -> list[str]:
+    return [f"{s}.{k}" for s, v in data.items() if isinstance(v, dict) for k in v]
+
+
+def _home_section(name: str) -> str | None:
+    """The section a bare top-level ``name`` belongs in: ours, or ours for aihwkit's name."""
+    owners = [s for s, v in AnalogConfig().to_dict().items() if isinstance(v, dict) and name in v]
+    return owners[0] if len(owners) == 1 else vocabulary.section_of(name)
+
+
+def _parse_value(raw: str, current: Any) -> Any:
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word: a string
     if isinstance(current, list) and isinstance(value, str):
         value = [v for v in value.split(",") if v]
-    return _coerce(value, current, key)
+    return value
+
+
+def extend_preset(base: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """Preset ``base`` as a table with ``data``'s keys put over it, section by section; without a
+    description of its own, the result says what it changed."""
+    if not isinstance(base, str):
+        raise ConfigError(f"config key base must be a preset name (string), got {base!r}")
+    merged = load_preset(base).to_dict()
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    if "description" not in data:
+        changed = [f"{k}" for k, v in _flat_items(data) if k not in ("name", "source")]
+        merged["description"] = f"preset {base} with {', '.join(changed) or 'nothing'} changed"
+    return merged
+
+
+def _note_defaults(path: Path, data: dict[str, Any]) -> None:
+    """One line when a file without ``base`` leaves keys to the defaults: a partial file that
+    meant to change a preset would otherwise silently lose the preset's other keys."""
+    given = {k for k, _ in _flat_items(data)}
+    unset = [k for k, _ in _flat_items(AnalogConfig().to_dict()) if k not in given and "." in k]
+    if unset and any("." in k for k in given):
+        vocabulary.log.warning("config %s: the %d keys it does not set keep AnalogConfig's defaults, not a "
+                               'preset\'s; write base = "PRESET" at its top to start from a preset',
+                               printable(path), len(unset))
 
 
 # -- presets ----------------------------------------------------------------------------------
@@ -348,11 +424,13 @@ def load_preset(name: str) -> AnalogConfig:
 
 
 def resolve_config(preset: str | None, config_file: str | Path | None, overrides: list[str]) -> AnalogConfig:
-    """The config a command asked for: a preset or a file (exactly one), then ``--set`` overrides."""
-    if preset and config_file:
-        raise ConfigError("give either --preset or --config, not both")
+    """The config a command asked for: a preset, a file, or a file over a preset (as its ``base``),
+    then ``--set`` overrides."""
     if not (preset or config_file):
         raise ConfigError(f"choose the hardware: --preset NAME ({', '.join(preset_names())}; "
                           "see `analog-onnx presets`) or --config FILE")
-    config = AnalogConfig.load(config_file) if config_file else load_preset(preset)
+    if preset and config_file:
+        config = AnalogConfig.load(config_file, base=preset)
+    else:
+        config = AnalogConfig.load(config_file) if config_file else load_preset(preset)
     return config.with_overrides(overrides) if overrides else config

@@ -42,8 +42,11 @@ ModelLike = str | Path | bytes | onnx.ModelProto
 
 
 def prepare(model: ModelLike) -> ModelLike:
-    """``model`` with the rewrites applied, or ``model`` itself when none applies."""
-    work = ir.serde.deserialize_model(_load(model))
+    """``model`` with the rewrites applied, or ``model`` itself when none applies. A file's tensors
+    in external data stay there: the result refers to them relative to the file's folder (give
+    onnxruntime that folder, as ``runtime.make_session`` does), so a model of any size is never
+    copied into one protobuf message."""
+    work = _read(model)
     changed = _fold_constant_quantizers(work)
     changed = _fuse_tile_convolutions(work) or changed
     changed = _fuse_epilogues(work) or changed
@@ -130,12 +133,33 @@ def _tile_convolution(graph: ir.Graph, node: ir.Node) -> tuple | None:
     if unfold is None or unfold.op_type != "Conv" or unfold.domain != "" or _only_consumer(graph, unfold.outputs[0]) \
             is not patches or _attributes(unfold).get("auto_pad", "NOTSET") != "NOTSET":
         return None
-    kernel = _constant(unfold.inputs[1])
-    if kernel is None or kernel.ndim != 4 or len(unfold.inputs) > 2 or _attributes(unfold).get("group", 1) != 1:
+    kernel_shape = _one_hot_kernel_shape(unfold.inputs[1])
+    if kernel_shape is None or len(unfold.inputs) > 2 or _attributes(unfold).get("group", 1) != 1:
         return None
-    if not np.array_equal(kernel.reshape(kernel.shape[0], -1), np.eye(kernel.shape[0], dtype=kernel.dtype)):
+    return unfold, patches, back, factor, kernel_shape
+
+
+def _one_hot_kernel_shape(kernel: ir.Value) -> tuple[int, int, int] | None:
+    """(C, kh, kw) when ``kernel`` is an unfolding Conv's one-hot kernel [C*kh*kw, C, kh, kw]: built
+    at run time as the transform builds it (Reshape of EyeLike of ConstantOfShape zeros), or a
+    constant (files of earlier versions)."""
+    reshape = kernel.producer()
+    if reshape is not None and reshape.domain == "" and reshape.op_type == "Reshape":
+        eye, shape = reshape.inputs[0].producer(), _constant(reshape.inputs[1])
+        zeros = eye.inputs[0].producer() if eye is not None and eye.op_type == "EyeLike" and eye.domain == "" else None
+        size = _constant(zeros.inputs[0]) if zeros is not None and zeros.op_type == "ConstantOfShape" else None
+        value = _attributes(zeros).get("value") if zeros is not None else None
+        plain_eye = eye is not None and not _attributes(eye).get("k", 0)
+        zero_fill = value is not None and not np.any(value.numpy())
+        if (shape is not None and size is not None and plain_eye and zero_fill and shape.shape == (4,)
+                and size.tolist() == [shape[0], shape[0]] and shape[0] == np.prod(shape[1:])):
+            return tuple(int(d) for d in shape[1:])
         return None
-    return unfold, patches, back, factor, tuple(kernel.shape[1:])
+    constant = _constant(kernel)
+    if constant is None or constant.ndim != 4:
+        return None
+    eye = np.eye(constant.shape[0], dtype=constant.dtype)
+    return tuple(constant.shape[1:]) if np.array_equal(constant.reshape(constant.shape[0], -1), eye) else None
 
 
 def _kernel_of(graph: ir.Graph, names: Names, tile: ir.Node, shape: tuple[int, ...]) -> ir.Value:
@@ -517,3 +541,8 @@ def _load(model: ModelLike) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
     return onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+
+
+def _read(model: ModelLike) -> ir.Model:
+    """An IR model to rewrite: a file's external tensors are mapped lazily, not loaded."""
+    return ir.load(str(model)) if isinstance(model, str | Path) else ir.serde.deserialize_model(_load(model))

@@ -27,6 +27,8 @@ ModelLike = str | Path | bytes | onnx.ModelProto
 
 REQUIRE_NATIVE_ENV = "ANALOG_ONNX_REQUIRE_NATIVE"
 BUILD_HINT = "analog-onnx kernels build"
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"  # where a model given as
+# bytes finds its external data
 _KERNEL_ERROR = re.compile(re.escape(DOMAIN) + r"\.\w+ node '.*")
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,10 @@ def make_session(model: ModelLike, *, threads: int | None = None, native: bool |
     """An onnxruntime CPU session for a (possibly transformed) model; see ``session_options``."""
     options = session_options(threads, native=native)
     if _native_library(native) is not None:
-        model = native_graph.prepare(model)
+        prepared = native_graph.prepare(model)
+        if prepared is not model and isinstance(model, str | Path):  # it refers to the file's external data
+            options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(Path(model).resolve().parent))
+        model = prepared
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif isinstance(model, Path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from analog_onnx.passes.add_controls import AddControlInputsPass
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
 from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, METADATA_KEYS, NODE_KEYS, SITES_KEY, VERSION_KEY
 from analog_onnx.passes.qonnx_to_standard import QonnxToStandardPass
-from analog_onnx.passes.sites import Site, find_sites
+from analog_onnx.passes.sites import DigitalNode, Site, digital_nodes, find_sites, node_labels
 from analog_onnx.passes.strip_analog import StripAnalogPass
 from analog_onnx.passes.write_metadata import WriteMetadataPass
 
@@ -94,10 +94,11 @@ def _metadata_json(props: Mapping[str, str], key: str, default: str, kind: type)
 
 
 def _working_copy(model: onnx.ModelProto | ir.Model) -> ir.Model:
-    """An IR model the passes may change. Deserializing a proto already builds new objects (tensor
-    data is shared, never written), so only an IR model needs a copy; no 2 GB protobuf round trip."""
+    """An IR model the passes may change. Deserializing a proto already builds new objects, and an
+    IR model is cloned; tensor data is shared, never written (a pass that changes a weight makes a
+    new tensor), so a model of any size is never copied, and no 2 GB protobuf round trip."""
     if isinstance(model, ir.Model):
-        return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        return model.clone()
     return ir.serde.deserialize_model(model)
 
 
@@ -185,6 +186,14 @@ def analog_sites(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> lis
     return _sites(_standardized(_working_copy(model)), config)
 
 
+def digital_layers(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> list[DigitalNode]:
+    """The nodes that read a constant matrix and that ``transform_model`` leaves digital under
+    ``config`` ("mvm" placement), with the reason, found on the standard model as the transform
+    finds its sites."""
+    _check_arguments(model, config)
+    return digital_nodes(_standardized(_working_copy(model)).graph, config)
+
+
 def _sites(model: ir.Model, config: AnalogConfig) -> list[Site]:
     return find_sites(model.graph, config) if enabled_effects(config) else []
 
@@ -224,9 +233,11 @@ def _check_includes(model: ir.Model, config: AnalogConfig) -> None:
     """Every include pattern must select something: a typo must not give a silent 0-site model."""
     if not config.placement.include:
         return
-    candidates = [s.name for s in _sites(model, config.with_placement(include=[]))]
+    sites = _sites(model, config.with_placement(include=[]))
+    candidates = [s.name for s in sites]
+    labels = [label for s in sites for label in (node_labels(s.node, s.name) if s.node is not None else [s.name])]
     for pattern in config.placement.include:
-        if not any(re.search(pattern, name) for name in candidates):
+        if not any(re.search(pattern, label) for label in labels):
             listed = ", ".join(candidates[:8]) + (" ..." if len(candidates) > 8 else "")
             raise ModelError(f"--include {pattern!r} matches none of the sites of this config"
                              f"{': ' + listed if candidates else ' (there are none)'}")
@@ -248,39 +259,89 @@ def strip_model(model: onnx.ModelProto | ir.Model) -> onnx.ModelProto | ir.Model
 
 
 # -- files ----------------------------------------------------------------------------------
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Read an ONNX file (with its external data); any problem is one clear ModelError."""
+INLINE_LIMIT = 1 << 30  # bytes of initializers above which a model we write keeps them in a data file
+# (protobuf refuses a file over 2 GB; the margin is for what the transform adds)
+EXTERNAL_THRESHOLD = 1024  # bytes: larger initializers go to PATH.data; shape constants stay inline,
+# where onnxruntime's shape inference must read them (it cannot read external data)
+
+
+def _checked_file(path: str | Path) -> Path:
+    """``path`` as an ONNX file that onnx's checker accepts, or one clear ModelError. The checker
+    reads the file by path before Python does, so the two copies are never in memory together."""
     path = Path(arguments.expect(path, (str, Path), "path"))
     if not path.is_file():
         raise ModelError(f"no such model file: {path}")
-    try:
-        model = onnx.load(str(path))
-    except Exception as e:  # protobuf raises several types for truncated or foreign files
-        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
-    if not model.graph.node and not model.graph.output:
-        raise ModelError(f"{path} is not an ONNX model (no graph)")
-    try:  # by path: works past protobuf's 2 GB limit; catches cycles, dangling inputs, tensors without data
-        onnx.checker.check_model(str(path))
+    try:  # by path: works past protobuf's 2 GB limit; catches truncated files, cycles, dangling inputs,
+        onnx.checker.check_model(str(path))  # tensors without data
     except onnx.checker.ValidationError as e:
         raise ModelError(f"{path} is not a valid ONNX model: {first_line(e)}") from None
+    return path
+
+
+def _parsed(path: Path, read: Callable[[str], onnx.ModelProto | ir.Model]) -> Any:
+    try:
+        model = read(str(path))
+    except Exception as e:  # protobuf raises several types for truncated or foreign files
+        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
+    graph = model.graph
+    nodes, outputs = (len(graph), graph.outputs) if isinstance(graph, ir.Graph) else (graph.node, graph.output)
+    if not nodes and not outputs:
+        raise ModelError(f"{path} is not an ONNX model (no graph)")
     return model
 
 
-def save_model(model: onnx.ModelProto, path: str | Path, *, force: bool = False,
-               inputs: Collection[str | Path] = (), external_data: bool = False) -> None:
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Read an ONNX file with its external data into memory; any problem is one clear ModelError."""
+    path = _checked_file(path)
+    return _parsed(path, onnx.load)
+
+
+def read_model(path: str | Path) -> ir.Model:
+    """Read an ONNX file as an onnx_ir model whose tensors in external data files stay on disk,
+    mapped only when a pass reads them (a model of any size costs its graph, not its weights);
+    any problem is one clear ModelError."""
+    path = _checked_file(path)
+    return _parsed(path, ir.load)
+
+
+def save_model(model: onnx.ModelProto | ir.Model, path: str | Path, *, force: bool = False,
+               inputs: Collection[str | Path] = (), external_data: bool = False, check: bool = False) -> None:
     """Write atomically (:mod:`analog_onnx.files`): never over one of ``inputs``, over an existing
-    file only with ``force``. With ``external_data`` every tensor, subgraphs' included, goes into
-    ``PATH.data`` beside the model, which is checked and replaced together with it."""
+    file only with ``force``; with ``check``, onnx's full check of the written file must pass
+    before it replaces anything. With ``external_data`` the initializers above
+    ``EXTERNAL_THRESHOLD`` bytes go into ``PATH.data`` beside the model, written one tensor at a
+    time (a tensor already in a data file is copied from its mapping), and the two files are
+    replaced together; the file loads in plain onnxruntime."""
     path = Path(path)
     if not external_data:
         with atomic_output(path, force=force, inputs=inputs) as scratch:
-            onnx.save_model(model, scratch)
+            onnx.save_model(model if isinstance(model, onnx.ModelProto) else ir.serde.serialize_model(model), scratch)
+            if check:
+                _check_written(scratch)
         return
     data = path.with_name(f"{path.name}.data")
+    work = model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
     with atomic_outputs(data, path, force=force, inputs=inputs) as (data_scratch, model_scratch):
-        onnx.save_model(model, model_scratch, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=0)
-        data_scratch.touch()  # a model without initializers writes no data file
+        # the data file is named relative to the model file, never looked up from the current folder
+        ir.save(work, model_scratch, external_data=data.name, size_threshold_bytes=EXTERNAL_THRESHOLD)
+        data_scratch.touch()  # a model without large initializers writes no data file
+        if check:
+            _check_written(model_scratch)
+
+
+def _check_written(path: Path) -> None:
+    """onnx's full check (shape inference included) of a file just written, by path (any size)."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ModelError(f"the written model fails onnx's checker ({first_line(e)}); this is a bug "
+                         "of analog-onnx, please report it") from None
+
+
+def initializer_bytes(model: ir.Model) -> int:
+    """The bytes of ``model``'s initializers, subgraphs' included (from their shapes: none is read)."""
+    return sum(value.const_value.nbytes for graph in model.graphs() for value in graph.initializers.values()
+               if value.const_value is not None)
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:

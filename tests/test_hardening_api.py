@@ -100,9 +100,9 @@ def test_integer_config_keys_are_bounded(run_cli, tmp_path, key):
 
 
 def test_repeats_and_threads_are_bounded():
-    with pytest.raises(AnalogError, match="--repeats \\(chips x reads\\) must be at most 100,000"):
+    with pytest.raises(AnalogError, match="^repeats \\(chips x reads\\) must be at most 100,000"):
         RunSettings(repeats=10**9, seed=0).checked()
-    with pytest.raises(AnalogError, match="--threads must be between 1 and 1024"):
+    with pytest.raises(AnalogError, match="^threads must be between 1 and 1024"):
         RunSettings(threads=2**40, seed=0).checked()
 
 

@@ -16,7 +16,8 @@ from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate import report_files
 
 MODEL = Path(__file__).parents[1] / "models" / "digits-mlp-baseline.onnx"
-EVALUATE = ("evaluate", MODEL, "-d", "digits", "--limit", "20", "-r", "1", "--seed", "0", "-n", "1")
+# evaluations over two noise levels, so that they write a noise plot too
+EVALUATE = ("evaluate", MODEL, "-d", "digits", "--limit", "20", "-r", "1", "--seed", "0", "-n", "0.5,1")
 
 
 def disk_full(*_args: object, **_kwargs: object) -> None:
@@ -84,7 +85,7 @@ def test_any_os_error_of_a_command_is_one_line(run_cli, monkeypatch):
     def lost(path: object) -> None:
         raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(tf, "load_model", lost)
+    monkeypatch.setattr(tf, "read_model", lost)
     one_line_error(run_cli("inspect", MODEL), f"Input/output error: {MODEL}")
 
 

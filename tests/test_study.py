@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -216,7 +217,13 @@ def test_means_and_intervals_are_over_seeds_and_methods_compare_per_seed(tmp_pat
     half = scipy_stats.t.ppf(0.975, 2) * per_seed.std(ddof=1) / math.sqrt(3)
     at = row.accuracy_at(1.0)
     assert at.mean == pytest.approx(per_seed.mean())
-    assert (at.low, at.high) == pytest.approx((per_seed.mean() - half, per_seed.mean() + half), abs=1e-4)
+    assert per_seed.mean() + half > 1 and 0 <= at.low < at.mean < at.high <= 1  # accuracies: Wilson, not t
+    # Wilson at the effective samples p(1-p)/se^2 with the t quantile (evaluate.metrics.summarize_accuracy)
+    p, z = per_seed.mean(), scipy_stats.t.ppf(0.975, 2)
+    n = p * (1 - p) / (half / z) ** 2
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    spread = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert (at.low, at.high) == pytest.approx((center - spread, center + spread), abs=1e-4)
     assert row.clean.mean == pytest.approx(0.92) and row.midpoint.mean == pytest.approx(7 / 3)
 
     comparison = next(c for c in results.comparisons if (c.method, c.versus) == ("nit", "baseline"))
@@ -285,3 +292,22 @@ def test_local_workers_and_ray_give_the_same_results(finished, tmp_path) -> None
         run = run_study(spec, out, workers=2, backend=backend)
         assert (run.trained, run.evaluated, run.failures) == (4, 4, [])
         assert collect(spec, out).to_dict() == expected, backend
+
+
+def test_figures_a_reader_trusts(finished) -> None:
+    """Noise 0 on its own tick, bands named only with seeds, one architecture centred, a colour bar."""
+    from analog_onnx.study import figures
+
+    spec = load_spec(finished / "study.toml")
+    results = collect(spec, finished)
+    def title(figure) -> str:
+        return " ".join(figure._suptitle.get_text().split())
+
+    noise = figures._accuracy_vs_noise(results, "hardening-additive")
+    assert noise.axes[0].get_xticklabels()[0].get_text() == "0" and "95% interval over seeds" in title(noise)
+    depth = figures._midpoint_by_depth(results, "hardening-additive")
+    assert depth.axes[0].get_xlim() == (-0.5, 0.5)  # one architecture: methods side by side in the middle
+    cross = figures._cross_hardware(results)
+    assert len(cross.axes) == len(spec.archs) + 1  # the panels and their colour bar
+    one_seed = collect(dataclasses.replace(spec, seeds=spec.seeds[:1]), finished)
+    assert "one seed: no interval" in title(figures._accuracy_vs_noise(one_seed, "hardening-additive"))

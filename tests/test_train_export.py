@@ -19,7 +19,7 @@ from analog_onnx.train.attach import has_twins  # noqa: E402
 from analog_onnx.train.export import INPUT_NAME, check_export, to_onnx  # noqa: E402
 from analog_onnx.train.hardware import attach_hardware  # noqa: E402
 from analog_onnx.train.qat import QatSpec, attach_qat  # noqa: E402
-from analog_onnx.train.zoo import ARCHS, build_model  # noqa: E402
+from analog_onnx.train.zoo import ARCHS, TOKEN_ARCHS, build_model  # noqa: E402
 from analog_onnx.transform import analog_sites  # noqa: E402
 
 SHAPE = (3, 16, 16)
@@ -42,7 +42,7 @@ def _op_types(model: onnx.ModelProto) -> set[str]:
     return {node.op_type for node in model.graph.node}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [arch for arch in ARCHS if arch not in TOKEN_ARCHS])
 def test_round_trip_matches_torch_for_every_arch(arch: str) -> None:
     model = _trained_like(arch)
     exported = to_onnx(model, SHAPE)
@@ -53,6 +53,21 @@ def test_round_trip_matches_torch_for_every_arch(arch: str) -> None:
     assert check_export(exported, x) < 1e-3
     assert "BatchNormalization" in _op_types(exported.model) or not any(
         isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # BN kept, not folded into the conv
+
+
+@pytest.mark.parametrize("arch", TOKEN_ARCHS)
+def test_token_models_export_int64_ids_with_dynamic_batch_and_sequence(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, (16,), 30).eval()
+    exported = to_onnx(model, (16,), tokens=True)
+    assert exported.model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    session = make_session(exported.model)
+    for shape in ((1, 16), (3, 5)):
+        ids = np.random.default_rng(1).integers(0, 30, shape)
+        expected = model(torch.from_numpy(ids)).detach().numpy()
+        got = session.run(None, {INPUT_NAME: ids})[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * (1 + np.abs(expected).max()))
+    assert check_export(exported, np.random.default_rng(2).integers(0, 30, (4, 16))) < 1e-3
 
 
 def test_batch_axis_is_dynamic() -> None:

@@ -7,10 +7,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from analog_onnx.errors import AnalogError  # noqa: E402
-from analog_onnx.train.zoo import ARCHS, build_model  # noqa: E402
+from analog_onnx.train.zoo import ARCHS, TOKEN_ARCHS, build_model  # noqa: E402
+
+SAMPLE_ARCHS = [arch for arch in ARCHS if arch not in TOKEN_ARCHS]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", SAMPLE_ARCHS)
 @pytest.mark.parametrize("in_shape", [(1, 8, 8), (3, 16, 16)])
 def test_every_arch_trains_a_few_steps(arch: str, in_shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
@@ -29,6 +31,30 @@ def test_every_arch_trains_a_few_steps(arch: str, in_shape: tuple[int, ...]) -> 
     assert losses[-1] < losses[0]
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True) if p.grad is not None)
     assert model.eval()(x).shape == (8, 7)
+
+
+@pytest.mark.parametrize("arch", TOKEN_ARCHS)
+def test_gpts_learn_next_tokens_and_tie_their_output_layer(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, (12,), 20)
+    assert model.lm_head.weight is model.wte.weight
+    ids = torch.randint(0, 20, (4, 12))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).reshape(-1, 20), ids[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    logits = model.eval()(ids[:, :5])  # shorter windows than the context are fine
+    assert logits.shape == (4, 5, 20)
+    changed = ids[:, :5].clone()
+    changed[:, 4] = (changed[:, 4] + 1) % 20
+    torch.testing.assert_close(model(changed)[:, :4], logits[:, :4])  # causal: no position sees a later one
+    with pytest.raises(AnalogError, match="needs token windows"):
+        build_model(arch, (1, 8, 8), 10)
 
 
 def test_mlp_takes_vectors_and_conv_archs_refuse_them() -> None:

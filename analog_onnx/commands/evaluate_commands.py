@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from analog_onnx import config as cfg
 from analog_onnx import text
 from analog_onnx.commands.model_commands import ConfigOption, PresetOption, SetOption
-from analog_onnx.config import AnalogConfig
-from analog_onnx.data.preprocess import parse_floats
 from analog_onnx.errors import AnalogError
-from analog_onnx.evaluate.console import print_evaluation, print_sensitivity, progress_bar
 from analog_onnx.evaluate.levels import DEFAULT_NOISE_SCALES, parse_noise_scales, parse_times
-from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
-from analog_onnx.evaluate.report_files import check_output_dir, write_report
-from analog_onnx.evaluate.runner import RunSettings
-from analog_onnx.evaluate.sensitivity import sensitivity as run_sensitivity
-from analog_onnx.evaluate.sweep import check_compensation
-from analog_onnx.evaluate.sweep import evaluate as run_evaluation
 from analog_onnx.text import printable
 
+if TYPE_CHECKING:  # the commands import the evaluation itself when they run: `--help` starts fast
+    from analog_onnx.config import AnalogConfig
+    from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
+    from analog_onnx.evaluate.runner import RunSettings
+
 DataOption = typer.Option(..., "--data", "-d", help="KIND[:PATH]: digits, mnist1d, npz:FILE, cifar10:DIR, "
-                          "cifar100:DIR, mnist:DIR (IDX, also Fashion-MNIST), imagefolder:DIR.")
-SplitOption = typer.Option("test", "--split", help="train or test.")
+                          "cifar100:DIR, mnist:DIR (IDX, also Fashion-MNIST), imagefolder:DIR; token data: "
+                          "text:PATH[#window=N,tokenizer=DIR], tokens:FILE (.npy/.npz).")
+SplitOption = typer.Option("test", "--split", help="train or test (text: and tokens: also validation).")
 LimitOption = typer.Option(None, "--limit", help="Use only the first N samples.")
 RepeatsOption = typer.Option(5, "--repeats", "-r", help="Monte Carlo repeats per noise level.")
 SeedOption = typer.Option(None, "--seed", help="Seed of all noise draws [default: random, recorded in the report].")
@@ -50,19 +48,29 @@ def _config(preset: str | None, config_file: Path | None, overrides: list[str] |
 
 def _settings(repeats: int, seed: int | None, batch_size: int, top_k: int | None, threads: int | None,
               backend: str, workers: int, ray_address: str | None, reads: int = 1) -> RunSettings:
+    from analog_onnx.evaluate.runner import RunSettings
+
     return RunSettings(repeats=repeats, reads=reads, seed=seed, batch_size=batch_size, top_k=top_k or None,
-                       threads=threads, backend=backend, workers=workers, ray_address=ray_address).checked()
+                       threads=threads, backend=backend, workers=workers, ray_address=ray_address).checked(_flag)
+
+
+def _flag(field: str) -> str:
+    """A RunSettings field as the CLI spells it."""
+    return "--" + field.replace("_", "-")
 
 
 def _write(report: EvaluationReport | SensitivityReport, out: Path | None, force: bool) -> None:
     """Write the report's files into ``out`` (when given) and say which."""
     if out is not None:
+        from analog_onnx.evaluate.report_files import write_report
+
         written = write_report(report, out, force=force)
         typer.echo(printable(f"wrote {', '.join(str(p) for p in written)}"))
 
 
 def evaluate(
-    models: list[Path] = typer.Argument(..., help="ONNX models, clean (with --preset/--config) or transformed."),
+    models: list[Path] = typer.Argument(..., metavar="MODEL",
+                                        help="ONNX models, clean (with --preset/--config) or transformed."),
     data: str = DataOption,
     split: str = SplitOption,
     limit: int = LimitOption,
@@ -71,7 +79,8 @@ def evaluate(
     overrides: list[str] = SetOption,
     noise_scales: str = typer.Option(DEFAULT_NOISE_SCALES, "--noise-scales", "-n",
                                      help="Numbers and ranges, e.g. 0,0.5,1,2 or log:1e-2:1e2:17 or lin:0:1:11."),
-    repeats: int = typer.Option(None, "--repeats", "-r", help="Monte Carlo repeats per noise level [default: 5]."),
+    repeats: int = typer.Option(None, "--repeats", "-r",
+                                help="Monte Carlo runs per noise level: chips x reads [default: 5, or chips x reads]."),
     chips: int = typer.Option(None, "--chips", help="Programmed chips per point (devices): repeats = chips x reads."),
     reads: int = typer.Option(1, "--reads", help="Reads (passes over the data) of each chip."),
     seed: int = SeedOption,
@@ -93,6 +102,11 @@ def evaluate(
     force: bool = ForceOption,
 ) -> None:
     """Monte Carlo accuracy of MODELS at each noise level: mean, std, 95% CI, midpoint noise."""
+    from analog_onnx.data.preprocess import parse_floats
+    from analog_onnx.evaluate.console import print_evaluation, progress_bar
+    from analog_onnx.evaluate.report_files import check_output_dir
+    from analog_onnx.evaluate.sweep import check_compensation
+    from analog_onnx.evaluate.sweep import evaluate as run_evaluation
 
     levels = parse_noise_scales(noise_scales)
     times = parse_times(t_inference) if t_inference is not None else None
@@ -100,10 +114,9 @@ def evaluate(
         check_compensation(drift_compensation)
     if chips is not None and repeats is not None:
         raise AnalogError("give --repeats or --chips (with --reads), not both")
-    for flag, value in (("--chips", chips), ("--reads", reads)):
-        if value is not None and value < 1:
-            raise AnalogError(f"{flag} must be >= 1, got {value}")
-    total = chips * reads if chips is not None else (5 if repeats is None else repeats) * reads
+    if chips is not None and chips < 1:
+        raise AnalogError(f"--chips must be >= 1, got {chips}")
+    total = chips * reads if chips is not None else (5 * reads if repeats is None else repeats)
     settings = _settings(total, seed, batch_size, top_k, threads, backend, workers, ray_address, reads)
     if out is not None:
         check_output_dir(out, force=force)
@@ -140,6 +153,10 @@ def sensitivity(
     force: bool = ForceOption,
 ) -> None:
     """Noise in one analog site at a time: which layers to keep digital or protect."""
+    from analog_onnx.data.preprocess import parse_floats
+    from analog_onnx.evaluate.console import print_sensitivity, progress_bar
+    from analog_onnx.evaluate.report_files import check_output_dir
+    from analog_onnx.evaluate.sensitivity import sensitivity as run_sensitivity
 
     levels = parse_noise_scales(noise_scales) if midpoint else [noise_scale]
     settings = _settings(repeats, seed, batch_size, None, threads, backend, workers, ray_address)

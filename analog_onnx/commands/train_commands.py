@@ -48,6 +48,7 @@ def train(
     amp: bool = typer.Option(False, "--amp", help="Mixed precision on GPU (bfloat16, or float16 with scaling)."),
     eval_repeats: int = typer.Option(1, "--eval-repeats", help="Noisy test passes per epoch (less Monte Carlo error)."),
     limit: int = typer.Option(None, "--limit", help="Train on the first N samples only."),
+    eval_limit: int = typer.Option(None, "--eval-limit", help="Score each epoch on the first N held-out samples only."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
     force: bool = typer.Option(False, "--force", help="Start over in an --out folder that holds a run."),
     export: bool = typer.Option(True, "--export/--no-export", help="Write model.onnx from best.pt at the end."),
@@ -70,6 +71,7 @@ def train(
                          seed=seed, device=device, amp=amp, augment=augment, hardware=hardware,
                          noise_scale=noise_scale, ramp_epochs=ramp_epochs, noise_spread=noise_spread, bits=bits,
                          act_scale=act_scale, weight_bits=weight_bits, eval_repeats=eval_repeats, limit=limit,
+                         eval_limit=eval_limit,
                          export=export)
     run_training(config, resume=resume, force=force, progress=progress)
 

@@ -7,6 +7,10 @@ images as NCHW scaled to [0, 1], and whose ``y`` holds int64 class labels. Norma
 Kinds: ``digits`` (scikit-learn's bundled 8x8 digits), ``mnist1d`` (generated locally),
 ``npz:FILE``, ``cifar10:DIR`` / ``cifar100:DIR`` (python batches, unpickled safely),
 ``mnist:DIR`` (IDX, plain or gzip; also Fashion-MNIST) and ``imagefolder:DIR``.
+
+Token data (``x`` int64 token ids [N, T]; see :class:`Dataset`): ``text:PATH`` (a local corpus,
+split by file, byte or Hugging Face tokens) and ``tokens:FILE`` (pre-tokenized .npy/.npz). These
+also have a ``validation`` split, for choices that must not look at the test split.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ from analog_onnx.data.idx import read_mnist
 from analog_onnx.data.imagefolder import read_imagefolder
 from analog_onnx.data.mnist1d import read_mnist1d
 from analog_onnx.data.npz import read_npz
+from analog_onnx.data.text import parse_options, read_text
+from analog_onnx.data.tokens import read_tokens
 from analog_onnx.errors import AnalogError
 
 __all__ = ["READERS", "SPLITS", "Dataset", "check_data_spec", "load_dataset"]
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
+VALIDATION_KINDS = ("text", "tokens")  # the kinds that have a validation split
 
 
 def _digits(path: str | None, split: str) -> Dataset:
@@ -49,10 +56,13 @@ READERS: dict[str, Callable[[str | None, str], Dataset]] = {
     "cifar100": read_cifar100,
     "mnist": read_mnist,
     "imagefolder": read_imagefolder,
+    "text": read_text,
+    "tokens": read_tokens,
 }
 
 
-PATHS = {"npz": False, "cifar10": True, "cifar100": True, "mnist": True, "imagefolder": True}  # path: a folder?
+PATHS = {"npz": False, "tokens": False, "cifar10": True, "cifar100": True, "mnist": True,
+         "imagefolder": True}  # path: a folder?
 
 
 def check_data_spec(spec: str) -> None:
@@ -63,6 +73,8 @@ def check_data_spec(spec: str) -> None:
         raise AnalogError(f"unknown data kind {kind!r}; known: {', '.join(sorted(READERS))}")
     if kind in PATHS:
         existing_path(path or None, kind, directory=PATHS[kind])
+    if kind == "text":
+        parse_options(path or None, kind)
 
 
 def load_dataset(spec: str, split: str = "test", limit: int | None = None) -> Dataset:
@@ -72,5 +84,7 @@ def load_dataset(spec: str, split: str = "test", limit: int | None = None) -> Da
     check_data_spec(spec)
     kind, _, path = spec.partition(":")
     if split not in SPLITS:
-        raise AnalogError(f"unknown split {split!r}; use train or test")
+        raise AnalogError(f"unknown split {split!r}; use {', '.join(SPLITS)}")
+    if split == "validation" and kind not in VALIDATION_KINDS:
+        raise AnalogError(f"data kind {kind} has no validation split (only {', '.join(VALIDATION_KINDS)} do)")
     return READERS[kind](path or None, split).limit(limit)

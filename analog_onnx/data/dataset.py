@@ -35,10 +35,15 @@ def check_declared_size(nbytes: int, source: str) -> None:
 
 @dataclass(frozen=True)
 class Dataset:
-    x: np.ndarray  # float32, [N, ...]
-    y: np.ndarray  # int64, [N]
-    num_classes: int
+    """Samples and labels. Classification: ``y`` [N]. Token sequences: ``x`` int64 token ids
+    [N, T]; ``y`` [N, T] holds next-token targets (negative: not scored) or [N] sequence classes,
+    and ``mask`` [N, T] the attention mask a model with such an input reads (1: a real token)."""
+
+    x: np.ndarray  # float32 [N, ...], or int64 token ids [N, T]
+    y: np.ndarray  # int64, [N] or [N, T]
+    num_classes: int  # classes, or the vocabulary size for next-token targets
     name: str
+    mask: np.ndarray | None = None  # int64 [N, T], token data only
 
     def __post_init__(self) -> None:
         """Samples with NaN or infinity would be scored as if they meant something: refuse them."""
@@ -50,13 +55,24 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def is_tokens(self) -> bool:
+        """Token ids rather than float samples."""
+        return self.x.dtype.kind in "iu"
+
+    @property
+    def scored(self) -> int:
+        """How many predictions a pass over the data scores: samples, or scored token positions."""
+        return int(np.count_nonzero(self.y >= 0))
+
     def limit(self, n: int | None) -> Dataset:
         """The first ``n`` samples (all of them for None)."""
         if n is not None and n < 1:
             raise AnalogError(f"--limit must be >= 1, got {n}")
         if n is None or n >= len(self):
             return self
-        return Dataset(self.x[:n], self.y[:n], self.num_classes, self.name)
+        return Dataset(self.x[:n], self.y[:n], self.num_classes, self.name,
+                       None if self.mask is None else self.mask[:n])
 
 
 def checked_dataset(x: np.ndarray, y: np.ndarray, name: str, num_classes: int | None = None) -> Dataset:
@@ -90,6 +106,48 @@ def checked_dataset(x: np.ndarray, y: np.ndarray, name: str, num_classes: int | 
     elif largest >= num_classes:
         raise AnalogError(f"{name}: label {largest} is out of range for {num_classes} classes")
     return Dataset(np.ascontiguousarray(x, dtype=np.float32), y, num_classes, name)
+
+
+def checked_token_dataset(ids: np.ndarray, labels: np.ndarray, name: str, vocabulary: int | None = None,
+                          mask: np.ndarray | None = None) -> Dataset:
+    """A token :class:`Dataset` from arrays a file or a tokenizer gave us: integer ids [N, T] in
+    the vocabulary, labels [N, T] (next-token targets, negative = not scored) or [N] (classes),
+    an optional 0/1 mask [N, T]. Next-token classes are the vocabulary (default: the largest id
+    or target + 1); sequence classes are the labels'."""
+    ids, labels = np.asarray(ids), np.asarray(labels)
+    if ids.dtype.kind not in "iu":
+        raise AnalogError(f"{name}: token ids must be integers, got dtype {ids.dtype}")
+    if labels.dtype.kind not in "iu":
+        raise AnalogError(f"{name}: labels must be integers, got dtype {labels.dtype}")
+    if ids.ndim != 2 or 0 in ids.shape:
+        raise AnalogError(f"{name}: token ids must have shape [N, T] with N, T >= 1, got {list(ids.shape)}")
+    if labels.shape not in (ids.shape, ids.shape[:1]):
+        raise AnalogError(f"{name}: labels of shape {list(labels.shape)} fit neither the windows "
+                          f"{list(ids.shape)} (next-token targets) nor one class per window [{len(ids)}]")
+    if ids.min() < 0:
+        raise AnalogError(f"{name}: token ids must be >= 0, found {int(ids.min())}")
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != ids.shape or mask.dtype.kind not in "iub" or not np.isin(mask, (0, 1)).all():
+            raise AnalogError(f"{name}: the attention mask must be 0/1 integers of the ids' shape {list(ids.shape)}")
+        if labels.ndim == 2:
+            labels = np.where(mask.astype(bool), labels, -1)  # padding is not predicted
+    if labels.ndim == 2:
+        labels = np.where(labels < 0, -1, labels)  # not scored, whatever negative marks it (Hugging Face: -100)
+    if not np.any(labels >= 0):
+        raise AnalogError(f"{name}: no label to score (every target is negative or masked)")
+    if vocabulary is not None and int(ids.max()) >= vocabulary:
+        raise AnalogError(f"{name}: token id {int(ids.max())} is out of range for a vocabulary of {vocabulary}")
+    if labels.ndim == 1:  # sequence classification: classes are the labels'
+        if labels.min() < 0:
+            raise AnalogError(f"{name}: class labels must be >= 0, found {int(labels.min())}")
+        classes = int(labels.max()) + 1
+    else:  # next-token targets are tokens
+        classes = vocabulary if vocabulary is not None else max(int(ids.max()), int(labels.max())) + 1
+        if int(labels.max()) >= classes:
+            raise AnalogError(f"{name}: target {int(labels.max())} is out of range for a vocabulary of {classes}")
+    return Dataset(ids.astype(np.int64), labels.astype(np.int64), classes, name,
+                   None if mask is None else mask.astype(np.int64))
 
 
 def existing_path(path: str | None, kind: str, *, directory: bool) -> Path:

@@ -15,7 +15,7 @@ from analog_onnx.errors import AnalogError
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def _check_declared_sizes(file: Path, keys: list[str], source: str) -> None:
+def check_declared_sizes(file: Path, keys: list[str], source: str) -> None:
     """Read each member's .npy header (not its data) and refuse sizes over the data limit."""
     with zipfile.ZipFile(file) as archive:
         for key in keys:
@@ -38,7 +38,7 @@ def read_npz(path: str | None, split: str) -> Dataset:
             if x_key not in keys or y_key not in keys:
                 raise AnalogError(f"npz: {path} needs arrays x and y (or x_{split} and y_{split}); "
                                   f"it has {', '.join(sorted(keys)) or 'none'}")
-            _check_declared_sizes(file, [x_key, y_key], f"npz: {file.name}")
+            check_declared_sizes(file, [x_key, y_key], f"npz: {file.name}")
             x, y = archive[x_key], archive[y_key]
     except ValueError as e:  # object arrays need pickle, which we refuse
         raise AnalogError(f"npz: cannot read {path} without pickle: {e}") from None

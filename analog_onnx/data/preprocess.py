@@ -19,6 +19,7 @@ from analog_onnx.arguments import float32_problem
 from analog_onnx.errors import AnalogError
 
 PREPROCESS_KEY = "analog_onnx.preprocess"
+TOKENS_KEY = "analog_onnx.tokens"  # a token model's {"vocab_size": V, "context": T}: its longest window
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,20 @@ def from_model(model: onnx.ModelProto) -> Normalization | None:
         return Normalization(tuple(float(m) for m in mean), tuple(float(s) for s in std), "model metadata")
     except (ValueError, TypeError, AttributeError) as e:
         raise AnalogError(f"model metadata {PREPROCESS_KEY} is not {{\"mean\": [...], \"std\": [...]}}: {e}") from None
+
+
+def token_context(model: onnx.ModelProto) -> int | None:
+    """The longest window a token model accepts, from its ``analog_onnx.tokens`` metadata."""
+    raw = next((p.value for p in model.metadata_props if p.key == TOKENS_KEY), None)
+    if raw is None:
+        return None
+    try:
+        context = json.loads(raw)["context"]
+    except (ValueError, TypeError, KeyError) as e:
+        raise AnalogError(f"model metadata {TOKENS_KEY} is not {{\"vocab_size\": V, \"context\": T}}: {e}") from None
+    if not isinstance(context, int) or context < 1:
+        raise AnalogError(f"model metadata {TOKENS_KEY}: context must be a whole number >= 1, got {context!r}")
+    return context
 
 
 def from_flags(mean: Sequence[float] | None, std: Sequence[float] | None) -> Normalization | None:

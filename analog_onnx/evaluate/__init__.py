@@ -27,14 +27,36 @@ returns a :class:`SensitivityReport` ranked by accuracy drop (or, with ``midpoin
 per-site midpoint noise level).
 """
 
-from analog_onnx.evaluate.metrics import Midpoint, Summary
-from analog_onnx.evaluate.report import EvaluationReport, ModelResult, NoisePoint, SensitivityReport, SiteResult
-from analog_onnx.evaluate.report_files import write_report
-from analog_onnx.evaluate.runner import RunSettings
-from analog_onnx.evaluate.sensitivity import sensitivity
-from analog_onnx.evaluate.sweep import evaluate
+from __future__ import annotations
 
-__all__ = [
-    "EvaluationReport", "Midpoint", "ModelResult", "NoisePoint", "RunSettings", "SensitivityReport",
-    "SiteResult", "Summary", "evaluate", "sensitivity", "write_report",
-]
+import importlib
+import sys
+import types
+from typing import Any
+
+_HOMES = {  # each name's module, imported on first use: the CLI starts without onnx and matplotlib
+    "Midpoint": "metrics", "Summary": "metrics", "EvaluationReport": "report", "ModelResult": "report",
+    "NoisePoint": "report", "SensitivityReport": "report", "SiteResult": "report", "write_report": "report_files",
+    "RunSettings": "runner", "sensitivity": "sensitivity", "evaluate": "sweep",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    setattr(sys.modules[__name__], name, value)
+    return value
+
+
+class _Package(types.ModuleType):
+    """Importing submodule ``sensitivity`` would bind it over the function of that name; the API
+    name wins, as when this package imported its names eagerly."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not (name in _HOMES and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -43,6 +43,7 @@ class Variant:
     t_inference_input: str | None = None
     t_inference: float = 0.0  # seconds since programming, fed to t_inference_input
     fixed_batch: int | None = None  # the batch size the model's input fixes; it then runs at that size
+    mask_input: str | None = None  # a token model's attention-mask input, fed Payload.mask
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Payload:
     seed: int
     threads: int | None
     reads: int = 1  # consecutive repeats that read one chip: repeat r is chip r // reads
+    mask: np.ndarray | None = None  # token data: the attention mask [N, T] (1: a real token)
 
 
 @dataclass(frozen=True, order=True)
@@ -69,11 +71,17 @@ class Unit:
 
 @dataclass(frozen=True)
 class Counts:
-    """Correctly classified samples (top-1, and top-k when asked) of one unit."""
+    """Correct predictions (top-1, and top-k when asked) of one unit, and their summed negative
+    log-likelihood. A prediction is a sample's class, or a token position's next token."""
 
     top1: int
     topk: int | None
-    nonfinite: int = 0  # samples whose scores hold NaN or infinity: never counted as correct
+    nonfinite: int = 0  # predictions whose scores hold NaN or infinity: never counted as correct
+    nll: float = 0.0  # sum over predictions of -log softmax(scores)[label], nats; inf with nonfinite scores
+
+    def __add__(self, other: Counts) -> Counts:
+        topk = None if self.topk is None else self.topk + (other.topk or 0)
+        return Counts(self.top1 + other.top1, topk, self.nonfinite + other.nonfinite, self.nll + other.nll)
 
 
 def batch_seeds(seed: int, repeat: int, batches: int) -> np.ndarray:
@@ -89,19 +97,34 @@ def chip_seed(seed: int, repeat: int) -> np.ndarray:
 
 
 def count_correct(logits: np.ndarray, labels: np.ndarray, top_k: int | None) -> Counts:
-    """Top-1 is argmax (first index on ties, as onnxruntime users compute it); a sample is in the
-    top k when fewer than k classes score strictly higher than its label (cheaper than a sort).
-    A sample with any NaN or infinite score is wrong (NaN compares false, so it would otherwise
-    be in every top k) and is counted in ``nonfinite``."""
+    """Top-1 is argmax (first index on ties, as onnxruntime users compute it); a prediction is in
+    the top k when fewer than k classes score strictly higher than its label (cheaper than a
+    sort). A prediction with any NaN or infinite score is wrong (NaN compares false, so it would
+    otherwise be in every top k) and is counted in ``nonfinite``.
+
+    ``labels`` [N] scores one prediction per sample; [N, T] one per token position (``logits``
+    [N, T, V]), where a negative label is not scored."""
+    labels = labels.reshape(-1)
     scores = logits.reshape(len(labels), -1)
+    if labels.min(initial=0) < 0:
+        scored = labels >= 0
+        scores, labels = scores[scored], labels[scored]
     finite = np.isfinite(scores).all(axis=1)
     nonfinite = len(labels) - int(np.count_nonzero(finite))
     top1 = int(np.count_nonzero((scores.argmax(axis=1) == labels) & finite))
-    if top_k is None:
-        return Counts(top1, None, nonfinite)
     label_scores = scores[np.arange(len(labels)), labels]
+    nll = _negative_log_likelihood(scores, label_scores) if nonfinite == 0 else float("inf")
+    if top_k is None:
+        return Counts(top1, None, nonfinite, nll)
     higher = (scores > label_scores[:, None]).sum(axis=1)
-    return Counts(top1, int(np.count_nonzero((higher < top_k) & finite)), nonfinite)
+    return Counts(top1, int(np.count_nonzero((higher < top_k) & finite)), nonfinite, nll)
+
+
+def _negative_log_likelihood(scores: np.ndarray, label_scores: np.ndarray) -> float:
+    """Sum of logsumexp(row) - row[label], in float64 (stable: the row's max is taken out first)."""
+    peak = scores.max(axis=1, keepdims=True).astype(np.float64)
+    logsumexp = np.log(np.exp(scores - peak).sum(axis=1, dtype=np.float64)) + peak[:, 0]
+    return float((logsumexp - label_scores.astype(np.float64)).sum())
 
 
 def padded(batch: np.ndarray, size: int) -> np.ndarray:
@@ -138,10 +161,13 @@ class Evaluator:
             feed[variant.chip_seed_input] = chip_seed(p.seed, unit.repeat // p.reads)
         if variant.t_inference_input is not None:
             feed[variant.t_inference_input] = np.array(variant.t_inference, dtype=np.float32)
-        scores: np.ndarray | None = None  # all logits of the unit, counted once at the end
+        counts = Counts(0, 0 if p.top_k is not None else None)
         for b, start in enumerate(starts):
             batch = x[start:start + size]
             feed[variant.input_name] = padded(batch, size) if variant.fixed_batch else batch
+            if variant.mask_input is not None:
+                part = p.mask[start:start + size]
+                feed[variant.mask_input] = padded(part, size) if variant.fixed_batch else part
             if seeds is not None:
                 feed[variant.seed_input] = seeds[b:b + 1].reshape(())
             try:
@@ -150,7 +176,5 @@ class Evaluator:
                 raise ModelError(f"onnxruntime failed on samples {start} to {start + len(batch) - 1}: "
                                  f"{first_line(error)}") from None
             logits = logits.reshape(len(feed[variant.input_name]), -1)[:len(batch)]
-            if scores is None:
-                scores = np.empty((len(labels), logits.shape[1]), logits.dtype)
-            scores[start:start + len(batch)] = logits
-        return count_correct(scores, labels, p.top_k)
+            counts += count_correct(logits, labels[start:start + len(batch)], p.top_k)
+        return counts

@@ -16,6 +16,26 @@ def _describe(shape: tuple[int | None, ...]) -> str:
     return "x".join("?" if d is None else str(d) for d in shape)
 
 
+def fit_tokens(data: Dataset, io: ModelIO, normalization: Normalization | None, model_name: str,
+               context: int | None) -> np.ndarray:
+    """Token windows as ``io`` reads them: as they are, refused when longer than the model takes
+    (its fixed sequence length, or the context its metadata records)."""
+    if normalization is not None:
+        raise AnalogError(f"{data.name} holds token ids: --mean/--std (normalization from {normalization.source}) "
+                          "do not apply to them")
+    if len(io.input_shape) != 2:
+        raise AnalogError(f"{model_name}: input {io.input_name} has shape {_describe(io.input_shape)}; "
+                          "token ids need [batch, sequence]")
+    window, fixed = data.x.shape[1], io.input_shape[1]
+    if fixed is not None and window != fixed:
+        raise AnalogError(f"data {data.name} has windows of {window} tokens but {model_name} takes {fixed} "
+                          f"(its input's fixed length); choose window={fixed}")
+    if context is not None and window > context:
+        raise AnalogError(f"data {data.name} has windows of {window} tokens but {model_name} takes at most {context} "
+                          f"(its context, from its metadata); choose window={context} or shorter")
+    return np.ascontiguousarray(data.x, dtype=io.input_dtype)
+
+
 def fit_inputs(data: Dataset, io: ModelIO, normalization: Normalization | None, model_name: str) -> np.ndarray:
     """The samples normalized (on the reader's channel axis), then shaped for ``io``.
 
@@ -45,7 +65,8 @@ def fit_inputs(data: Dataset, io: ModelIO, normalization: Normalization | None, 
 
 
 def check_labels(data: Dataset, num_outputs: int, model_name: str) -> None:
-    """Every label must name one of the model's outputs."""
+    """Every label must name one of the model's outputs (a next token: one of its vocabulary)."""
     needed = max(data.num_classes, int(data.y.max()) + 1)
     if needed > num_outputs:
-        raise AnalogError(f"data {data.name} has {needed} classes but {model_name} has {num_outputs} outputs")
+        what = f"a vocabulary of {needed}" if data.y.ndim == 2 else f"{needed} classes"
+        raise AnalogError(f"data {data.name} has {what} but {model_name} has {num_outputs} outputs")

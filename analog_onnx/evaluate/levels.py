@@ -101,3 +101,13 @@ def check_times(times: str | float | Sequence[float], flag: str = "--t-inference
     if any(b <= a for a, b in zip(times, times[1:], strict=False)):
         raise AnalogError(f"{flag}: times must be strictly increasing, got {times}")
     return times
+
+
+def time_text(seconds: float) -> str:
+    """Seconds as the largest unit that keeps a number >= 1: 1 s, 2 min, 1 h, 1 day, 1 year."""
+    for unit, size in (("year", 31_536_000), ("day", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            value = seconds / size
+            plural = "s" if unit in ("year", "day") and value != 1 else ""
+            return f"{value:.3g} {unit}{plural}"
+    return f"{seconds:.3g} s"

@@ -1,7 +1,14 @@
 """Statistics over Monte Carlo repeats and the "Walking Noise" midpoint.
 
-The 95% interval is Student's t interval on the mean of the repeats (repeats are few, so the
-normal 1.96 would be too narrow). The midpoint noise level follows Borras et al., "Walking
+The 95% interval of a mean is Student's t interval over the repeats (repeats are few, so the
+normal 1.96 would be too narrow). An accuracy is a proportion and its interval must stay in
+[0, 1], which a t interval near 1 does not: ``summarize_accuracy`` takes the Wilson score
+interval at the effective number of samples that the repeats' spread implies (the design-effect
+method for clustered proportions, Korn and Graubard 1998), with the t quantile. Away from 0 and 1
+it is the t interval; near them it bends inside. Like the t interval it is about the noise draws
+on the given samples (the test set's own sampling error is not in it). A bootstrap over
+repeats was not taken: with the two to five chips a run has, it has too few distinct resamples.
+The midpoint noise level follows Borras et al., "Walking
 Noise": the noise scale at which accuracy has fallen halfway from clean to chance, interpolated
 linearly in log noise scale between the two sweep points that bracket it.
 """
@@ -39,6 +46,24 @@ class Summary:
     mean: float
     std: float
     ci95: tuple[float, float] | None  # None with a single repeat: no spread to estimate
+
+
+def summarize_accuracy(values: Sequence[float]) -> Summary:
+    """Mean, std and a 95% interval inside [0, 1] of repeated accuracies (Wilson at the effective
+    sample count ``p(1-p) / se^2``, with the t quantile)."""
+    plain = summarize(values)
+    if plain.ci95 is None:
+        return plain
+    p, repeats = min(max(plain.mean, 0.0), 1.0), len(values)
+    variance = plain.std**2 / repeats
+    if variance == 0 or p in (0.0, 1.0):
+        return Summary(plain.mean, plain.std, (p, p))  # every repeat agrees: as the t interval, a point
+    effective = p * (1 - p) / variance
+    z = t_quantile_975(repeats - 1)
+    shrink = 1 + z * z / effective
+    center = (p + z * z / (2 * effective)) / shrink
+    half = z / shrink * math.sqrt(p * (1 - p) / effective + z * z / (4 * effective * effective))
+    return Summary(plain.mean, plain.std, (max(min(center - half, p), 0.0), min(max(center + half, p), 1.0)))
 
 
 def summarize(values: Sequence[float]) -> Summary:

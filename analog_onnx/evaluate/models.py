@@ -18,13 +18,15 @@ import onnxruntime as ort
 
 from analog_onnx.arguments import expect
 from analog_onnx.config import AnalogConfig
-from analog_onnx.data.preprocess import Normalization, from_model
+from analog_onnx.data.preprocess import Normalization, from_model, token_context
 from analog_onnx.errors import ModelError
 from analog_onnx.transform import load_model, read_analog_metadata, standard_model, strip_model, transform_model
 
 ModelSource = str | Path | onnx.ModelProto
 
 ORT_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+MASK_NAMES = ("attention_mask", "mask")  # a token model's second input, fed the data's mask
 
 
 @dataclass
@@ -39,6 +41,7 @@ class PreparedModel:
     seed_input: str
     normalization: Normalization | None  # from the model's metadata
     notes: list[str] = field(default_factory=list)
+    context: int | None = None  # a token model's longest window, from its metadata
 
 
 def prepare_model(model: ModelSource, config: AnalogConfig | None, name: str) -> PreparedModel:
@@ -61,7 +64,7 @@ def prepare_model(model: ModelSource, config: AnalogConfig | None, name: str) ->
             analog, config_source = transform_model(clean, config), "given"
     final = read_analog_metadata(analog)
     return PreparedModel(name, source, clean, analog, config, config_source, final.noise_scale_input,
-                         final.seed_input, from_model(proto), notes)
+                         final.seed_input, from_model(proto), notes, token_context(proto))
 
 
 def model_sources(models: Any) -> list[ModelSource]:
@@ -87,21 +90,31 @@ def model_names(models: list[ModelSource]) -> list[str]:
 
 @dataclass(frozen=True)
 class ModelIO:
-    """The one data input and the first output a classifier session has."""
+    """The data input (and a token model's attention-mask input) and the first output of a session."""
 
     input_name: str
     input_shape: tuple[int | None, ...]  # None for a symbolic dimension
     input_dtype: type
     output_name: str
+    mask_name: str | None = None  # int64
 
 
-def model_io(session: ort.InferenceSession, name: str) -> ModelIO:
+def model_io(session: ort.InferenceSession, name: str, tokens: bool = False) -> ModelIO:
+    """What ``session`` reads: one float input for samples; for ``tokens``, one integer input of
+    token ids and optionally an integer attention mask (named as in ``MASK_NAMES``)."""
     inputs = session.get_inputs()
-    if len(inputs) != 1:
+    masks = [i for i in inputs if tokens and i.name in MASK_NAMES and i.type == "tensor(int64)"]
+    data = [i for i in inputs if i not in masks]
+    if len(data) != 1 or len(masks) > 1:
+        wanted = "token ids and at most one attention mask" if tokens else "exactly one"
         raise ModelError(f"{name} has {len(inputs)} data inputs ({', '.join(i.name for i in inputs)}); "
-                         "evaluate needs a classifier with exactly one")
-    tensor = inputs[0]
-    if tensor.type not in ORT_FLOAT_TYPES:
-        raise ModelError(f"{name}: input {tensor.name} is {tensor.type}; evaluate feeds float images or signals")
+                         f"evaluate feeds {wanted}")
+    tensor = data[0]
+    types = ORT_INT_TYPES if tokens else ORT_FLOAT_TYPES
+    if tensor.type not in types:
+        wants = "token ids (int64 or int32)" if tokens else "float images or signals"
+        data_kind = "token data" if tokens else "float samples"
+        raise ModelError(f"{name}: input {tensor.name} is {tensor.type}; {data_kind} need a model that reads {wants}")
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in tensor.shape)
-    return ModelIO(tensor.name, shape, ORT_FLOAT_TYPES[tensor.type], session.get_outputs()[0].name)
+    mask = masks[0] if masks else None
+    return ModelIO(tensor.name, shape, types[tensor.type], session.get_outputs()[0].name, mask.name if mask else None)

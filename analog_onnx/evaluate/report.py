@@ -5,12 +5,13 @@ them to files and plotting them is ``report_files.py``'s job.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from analog_onnx.evaluate.metrics import Midpoint, Summary, summarize
+from analog_onnx.evaluate.metrics import Midpoint, Summary, summarize, summarize_accuracy
 
 SCHEMA_VERSION = 1  # of report.json and sensitivity.json; changes when a field changes meaning
 
@@ -25,6 +26,7 @@ class NoisePoint:
     nonfinite_outputs: int = 0  # samples, over all repeats, whose outputs held NaN or infinity (counted wrong)
     t_inference: float | None = None  # s since programming, when the hardware has devices
     reads: int = 1  # consecutive repeats that read the same programmed chip
+    losses: tuple[float, ...] | None = None  # mean negative log-likelihood per prediction of every repeat, nats
 
     @property
     def chip_spread(self) -> tuple[float, float] | None:
@@ -37,11 +39,16 @@ class NoisePoint:
 
     @property
     def accuracy(self) -> Summary:
-        return summarize(self.accuracies)
+        return summarize_accuracy(self.accuracies)
 
     @property
     def topk(self) -> Summary | None:
-        return summarize(self.topk_accuracies) if self.topk_accuracies is not None else None
+        return summarize_accuracy(self.topk_accuracies) if self.topk_accuracies is not None else None
+
+    @property
+    def perplexities(self) -> tuple[float, ...] | None:
+        """exp(loss) of every repeat: for next-token targets, the perplexity."""
+        return None if self.losses is None else tuple(perplexity(loss) for loss in self.losses)
 
     def to_dict(self) -> dict[str, Any]:
         acc = self.accuracy
@@ -65,7 +72,17 @@ class NoisePoint:
                        topk_accuracies=list(self.topk_accuracies))
         if self.nonfinite_outputs:
             out["nonfinite_outputs"] = self.nonfinite_outputs
+        if self.losses is not None:
+            ppl = summarize(self.perplexities)
+            out.update(loss_mean=summarize(self.losses).mean, losses=list(self.losses), perplexity_mean=ppl.mean,
+                       perplexity_std=ppl.std, perplexity_ci95=list(ppl.ci95) if ppl.ci95 else None,
+                       perplexities=list(self.perplexities))
         return out
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean negative log-likelihood); infinite once it overflows (or the loss is infinite)."""
+    return math.exp(loss) if loss < 709 else math.inf
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,7 @@ class ModelResult:
     model: str = ""  # the model's own name when ``name`` also names a time or compensation setting
     t_inference: float | None = None  # s, with devices
     drift_compensation: bool | None = None  # with devices
+    clean_loss: float | None = None  # mean negative log-likelihood per prediction of the clean model
 
     @property
     def midpoint_noise(self) -> float | None:
@@ -98,6 +116,8 @@ class ModelResult:
             "normalization": self.normalization,
             "clean_accuracy": self.clean_accuracy,
             "clean_topk_accuracy": self.clean_topk_accuracy,
+            **({"clean_loss": self.clean_loss, "clean_perplexity": perplexity(self.clean_loss)}
+               if self.clean_loss is not None else {}),
             "midpoint_noise": self.midpoint.noise,
             "midpoint_status": self.midpoint.status,
             "points": [p.to_dict() for p in self.points],

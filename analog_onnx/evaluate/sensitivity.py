@@ -26,6 +26,8 @@ from analog_onnx.evaluate.runner import (
     ConfigLike,
     RunSettings,
     analog_variant,
+    attention_mask,
+    chance_level,
     checked_settings,
     data_summary,
     effective_top_k,
@@ -77,9 +79,9 @@ def sensitivity(
                 for s in sites]
     variants.append(analog_variant(target))
     top_k = effective_top_k(settings, [target])
-    points = run_grid(variants, inputs, dataset.y, levels, settings, top_k, progress)
-    clean = target.clean.top1 / len(dataset)
-    chance = 1.0 / dataset.num_classes
+    points = run_grid(variants, inputs, dataset.y, levels, settings, top_k, progress, attention_mask(dataset))
+    clean = target.clean.top1 / dataset.scored
+    chance = chance_level(dataset, [target])
 
     def result(site_name: str, op_type: str, site_points: list[NoisePoint]) -> SiteResult:
         mid = (midpoint_noise(levels, [p.accuracy.mean for p in site_points], clean, chance) if midpoint else None)

@@ -21,6 +21,8 @@ from analog_onnx.evaluate.runner import (
     RunSettings,
     Target,
     analog_variant,
+    attention_mask,
+    chance_level,
     checked_settings,
     data_summary,
     effective_top_k,
@@ -77,9 +79,11 @@ def evaluate(
     if settings.top_k is not None and top_k is None:
         notes.append(f"top-{settings.top_k} accuracy skipped: a model has no more than {settings.top_k} classes")
     runs = [run for t in targets for run in _device_runs(t, times, compensations)]
-    points = run_grid([r.variant for r in runs], inputs, dataset.y, levels, settings, top_k, progress)
-    chance = 1.0 / dataset.num_classes
-    results = tuple(_model_result(r, p, len(dataset), chance) for r, p in zip(runs, points, strict=True))
+    points = run_grid([r.variant for r in runs], inputs, dataset.y, levels, settings, top_k, progress,
+                      attention_mask(dataset))
+    chance = chance_level(dataset, targets)
+    results = tuple(_model_result(r, p, dataset.scored, chance, dataset.is_tokens)
+                    for r, p in zip(runs, points, strict=True))
     return EvaluationReport(
         data=data_summary(dataset, spec, split, limit),
         settings={**settings.recorded(), "top_k": top_k, "noise_scales": levels,
@@ -125,7 +129,7 @@ def _device_runs(target: Target, times: Sequence[float] | None,
     return runs
 
 
-def _model_result(run: DeviceRun, points: list, samples: int, chance: float) -> ModelResult:
+def _model_result(run: DeviceRun, points: list, samples: int, chance: float, losses: bool) -> ModelResult:
     target = run.target
     clean = target.clean.top1 / samples
     curve = [p.accuracy.mean for p in points]
@@ -136,7 +140,7 @@ def _model_result(run: DeviceRun, points: list, samples: int, chance: float) -> 
         normalization=target.normalization.to_dict() if target.normalization else None,
         clean_accuracy=clean,
         clean_topk_accuracy=target.clean.topk / samples if target.clean.topk is not None else None,
-        points=tuple(points),
+        points=tuple(points), clean_loss=target.clean.nll / samples if losses else None,
         midpoint=midpoint_noise([p.noise_scale for p in points], curve, clean, chance))
 
 

@@ -8,9 +8,9 @@ Rule, for each analog layer with a constant weight among ``find_sites`` under th
    ``InsertMvmPeripheryPass``.
 2. The tile reads the input vectors in the last axis and the weight as ``[outputs, inputs]``: a
    Gemm without ``transB`` and a MatMul get a Transpose of the weight; a Conv's input is unfolded
-   into its patches by a standard Conv with a one-hot kernel (channel-major, as aihwkit unfolds)
-   moved to the last axis, the weight reshaped to ``[outputs, C*kh*kw]``, and the tile's output
-   moved back to NCHW.
+   into its patches by a standard Conv with a one-hot kernel (channel-major, as aihwkit unfolds;
+   built at run time, so the file does not grow) moved to the last axis, the weight reshaped to
+   ``[outputs, C*kh*kw]``, and the tile's output moved back to NCHW.
 3. A bias is digital: added after the tile (times ``beta`` for Gemm).
 4. The original layer stays in the graph, unused, with its inputs: ``strip`` makes its consumers
    read it again (the chain's last node names it in ``analog_onnx.replaces``).
@@ -115,14 +115,14 @@ class _Chain:
         layer, kind = self.layer, self.layer.op_type
         x, w = layer.inputs[0], layer.inputs[1]
         if kind == "Conv":
-            x = self.add("Transpose", [self.add("Conv", [x, self.constant(self._one_hot(), "unfold_kernel")],
-                                                self._conv_attributes(), "unfold")], {"perm": [0, 2, 3, 1]}, "patches")
+            x = self.add("Transpose", [self.add("Conv", [x, self._one_hot()], self._conv_attributes(), "unfold")],
+                         {"perm": [0, 2, 3, 1]}, "patches")
             w = self.add("Reshape", [w, self.constant(np.array([self.weight.shape[0], -1], np.int64), "weight_shape")],
                          what="weight_rows")
         elif kind == "MatMul" or not _int(layer, "transB", 0):
             w = self.add("Transpose", [w], {"perm": [1, 0]}, "weight_rows")
         outputs = self.weight.shape[channel_axis(layer, self.weight.ndim)]
-        w.type = w.type or layer.inputs[1].type
+        w.type = w.type or layer.inputs[1].type or ir.TensorType(ir.DataType.FLOAT)  # a Transpose may have none
         w.shape = ir.Shape([outputs, self.weight.size // outputs])  # [outputs, inputs], read by the rewrites
         tile = analog_node("AnalogTile", [x, w, *controls], attributes,
                            name=self.names.node(f"{self.base}/analog_tile"), role="tile")
@@ -145,10 +145,17 @@ class _Chain:
             y = self.add("Add", [y, bias], what="bias")
         self._take_over(y)
 
-    def _one_hot(self) -> np.ndarray:
-        """Kernel of the unfolding Conv: output channel (c, i, j) copies input channel c at (i, j)."""
+    def _one_hot(self) -> ir.Value:
+        """Kernel of the unfolding Conv: output channel (c, i, j) copies input channel c at (i, j).
+        It is built at run time (EyeLike of an [n, n] zero matrix, reshaped), since as a constant
+        its (C*kh*kw)^2 floats would be most of the file (9x a ResNet-18)."""
         _, channels, kh, kw = self.weight.shape
-        return np.eye(channels * kh * kw, dtype=np.float32).reshape(channels * kh * kw, channels, kh, kw)
+        n = channels * kh * kw
+        zeros = self.add("ConstantOfShape", [self.constant(np.array([n, n], np.int64), "unfold_size")],
+                         {"value": ir.tensor(np.zeros(1, np.float32))}, "unfold_zeros")
+        eye = self.add("EyeLike", [zeros], what="unfold_eye")
+        return self.add("Reshape", [eye, self.constant(np.array([n, channels, kh, kw], np.int64), "unfold_shape")],
+                        what="unfold_kernel")
 
     def _conv_attributes(self) -> dict:
         keep = ("auto_pad", "dilations", "pads", "strides")

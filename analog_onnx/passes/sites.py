@@ -1,12 +1,22 @@
 """Which nodes of a graph the transform touches ("sites"), in graph order.
 
 An *analog layer* is a Conv, ConvTranspose, Gemm or MatMul whose weight is a constant (an
-initializer or a Constant, possibly behind a DequantizeLinear) with at least one element (an
-empty weight computes nothing); with ``activation_matmul`` a MatMul of two activations counts
-too. Placement "mvm" wraps analog layers; placement "activations" perturbs the outputs of every
-node whose op type is listed (and the network inputs). Include/exclude regexes, excluded op
-types and keep-first/last-digital apply to both. Only the top-level graph is searched:
-subgraphs of If/Loop are left intact.
+initializer or a Constant, possibly behind a DequantizeLinear or a Transpose: a tied output
+layer reads ``Transpose(embedding)``) with at least one element (an empty weight computes
+nothing); with ``activation_matmul`` a MatMul of two activations counts too. Placement "mvm"
+wraps analog layers; placement "activations" perturbs the outputs of every node whose op type is
+listed (and the network inputs). Include/exclude regexes, excluded op types and
+keep-first/last-digital apply to both. Only the top-level graph is searched: subgraphs of
+If/Loop are left intact.
+
+- Include/exclude regexes match a node's name, or the module path the exporter recorded for it
+  (``pkg.torch.onnx.name_scopes``: ``blocks.0.attn.qkv``; its ``namespace``), so a dynamo export
+  whose nodes are named ``node_MatMul_7`` can still be selected by ``attn`` or ``lm_head``.
+- keep-first-digital keeps the first analog layer in graph order; keep-last-digital keeps the
+  *output layer*: every analog layer the model's first output is computed from with no other
+  analog layer in between (a tied ``lm_head``, not whatever layer the exporter wrote last).
+
+``digital_nodes`` says, for every node that reads a constant matrix and is not a site, why.
 
 Every pass finds its own sites with ``find_sites``; a layer stays an analog layer after a pass
 changed its weight (a quantized weight is still a constant weight), so passes compose in any order.
@@ -14,6 +24,7 @@ changed its weight (a quantized weight is still a constant weight), so passes co
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -26,6 +37,8 @@ from analog_onnx.effects import weight_roles
 from analog_onnx.passes.common import ROLE_KEY
 
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # torch's dynamo exporter: the module scopes of a node
+NAMESPACE_KEY = "namespace"  # torch's dynamo exporter: the module path with classes
 
 
 @dataclass
@@ -37,6 +50,10 @@ class Site:
     value: ir.Value  # the tensor that gets noise ("activations" placement)
     node: ir.Node | None = None  # None for a network input
     weight: np.ndarray | None = None  # the constant weight of an analog layer, dequantized
+
+    def __repr__(self) -> str:  # one line: never the weight's values
+        weight = "None" if self.weight is None else f"{'x'.join(map(str, self.weight.shape))} {self.weight.dtype}"
+        return f"Site(name={self.name!r}, op_type={self.op_type!r}, value={self.value.name!r}, weight={weight})"
 
 
 def site_name(node: ir.Node) -> str:
@@ -56,6 +73,12 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
         return producer.attributes["value"].as_tensor().numpy()
     if producer.op_type == "DequantizeLinear" and producer.domain == "":
         return _dequantize(producer)
+    if producer.op_type == "Transpose" and producer.domain == "":
+        source = constant_array(producer.inputs[0])
+        if source is None:
+            return None
+        perm = producer.attributes["perm"].as_ints() if "perm" in producer.attributes else None
+        return np.transpose(source, perm)
     return None
 
 
@@ -103,38 +126,142 @@ def is_analog_layer(node: ir.Node, activation_matmul: bool) -> bool:
     return node.op_type == "MatMul" and activation_matmul
 
 
+def output_layers(graph: ir.Graph, layers: list[ir.Node]) -> list[ir.Node]:
+    """The analog layers the graph's first output is computed from with no other analog layer in
+    between (walking back from the output, stopping at each layer it meets)."""
+    is_layer = {id(n) for n in layers}
+    found, seen = [], set()
+    stack = [graph.outputs[0].producer()] if graph.outputs else []
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if id(node) in is_layer:
+            found.append(node)
+        else:
+            stack.extend(v.producer() for v in node.inputs if v is not None)
+    return found
+
+
+def _kept_digital(graph: ir.Graph, config: AnalogConfig, layers: list[ir.Node]) -> dict[int, str]:
+    """{id(layer): why} for the layers keep-first/last-digital keep."""
+    p, kept = config.placement, {}
+    if layers and p.keep_first_digital:
+        kept[id(layers[0])] = "kept digital: the first analog layer (keep_first_digital)"
+    if p.keep_last_digital:
+        kept.update({id(n): "kept digital: the output layer (keep_last_digital)" for n in output_layers(graph, layers)})
+    return kept
+
+
+def _placement_reason(node: ir.Node, name: str, config: AnalogConfig, kept: dict[int, str]) -> str | None:
+    """Why placement leaves this candidate digital, or None when it is a site."""
+    p = config.placement
+    if id(node) in kept:
+        return kept[id(node)]
+    if node.op_type in p.exclude_op_types:
+        return f"op type {node.op_type} excluded (exclude_op_types)"
+    return _unselected(node_labels(node, name), p.include, p.exclude)
+
+
 def find_sites(graph: ir.Graph, config: AnalogConfig, only: Collection[str] | None = None) -> list[Site]:
     """The sites of ``graph`` under ``config`` (named in ``only``, when given), in graph order."""
     p = config.placement
     layers = [n for n in graph if is_analog_layer(n, p.activation_matmul)]
     is_layer = {id(n) for n in layers}
-    digital = set()
-    if layers and p.keep_first_digital:
-        digital.add(id(layers[0]))
-    if layers and p.keep_last_digital:
-        digital.add(id(layers[-1]))
+    kept = _kept_digital(graph, config, layers)
     wanted = ANALOG_OP_TYPES if p.where == "mvm" else tuple(p.op_types)
     candidates = layers if p.where == "mvm" else [n for n in graph if n.domain == "" and n.op_type in wanted
                                                   and ROLE_KEY not in n.metadata_props]
     sites = []
     if p.where == "activations" and p.network_inputs:
-        sites += [Site(v.name or "", "Input", v) for v in graph.inputs if _is_float_activation(v)]
+        sites += [Site(v.name or "", "Input", v) for v in graph.inputs
+                  if _is_float_activation(v) and _unselected([v.name or ""], p.include, p.exclude) is None]
     for node in candidates:
         name = site_name(node)
-        if id(node) in digital or node.op_type in p.exclude_op_types:
-            continue
-        if not _selected(name, p.include, p.exclude):
-            continue
-        weight = layer_weight(node) if id(node) in is_layer else None
-        sites.append(Site(name, node.op_type, node.outputs[0], node, weight))
-    sites = [s for s in sites if s.op_type != "Input" or _selected(s.name, p.include, p.exclude)]
+        if _placement_reason(node, name, config, kept) is None:
+            weight = layer_weight(node) if id(node) in is_layer else None
+            sites.append(Site(name, node.op_type, node.outputs[0], node, weight))
     return sites if only is None else [s for s in sites if s.name in only]
 
 
-def _selected(name: str, include: list[str], exclude: list[str]) -> bool:
-    if include and not any(re.search(pattern, name) for pattern in include):
-        return False
-    return not any(re.search(pattern, name) for pattern in exclude)
+@dataclass(frozen=True)
+class DigitalNode:
+    """A node that reads a constant matrix (a weight) but is no site, and why."""
+
+    name: str
+    op_type: str
+    reason: str
+
+
+def digital_nodes(graph: ir.Graph, config: AnalogConfig) -> list[DigitalNode]:
+    """Every node of ``graph`` that reads a constant float tensor of rank >= 2 and that the
+    transform leaves digital under ``config`` ("mvm" placement), with the reason, in graph order."""
+    p = config.placement
+    layers = [n for n in graph if is_analog_layer(n, p.activation_matmul)]
+    is_layer = {id(n) for n in layers}
+    kept = _kept_digital(graph, config, layers)
+    found = []
+    for node in graph:
+        if node.domain != "" or ROLE_KEY in node.metadata_props or constant_array(node.outputs[0]) is not None:
+            continue  # ours, or part of a constant (a weight's Transpose or dequantization)
+        name = site_name(node)
+        if id(node) in is_layer:
+            reason = _placement_reason(node, name, config, kept)
+        elif node.op_type in ANALOG_OP_TYPES:
+            reason = _not_a_layer(node, p.activation_matmul)
+        elif _reads_matrix(node):
+            reason = ("an embedding lookup (Gather of a table): it reads rows, it computes no product"
+                      if node.op_type == "Gather" else f"{node.op_type} is not a matrix-vector product")
+        else:
+            continue
+        if reason is not None:
+            found.append(DigitalNode(name, node.op_type, reason))
+    return found
+
+
+def _not_a_layer(node: ir.Node, activation_matmul: bool) -> str:
+    """Why a Conv/ConvTranspose/Gemm/MatMul is no analog layer."""
+    if node.op_type == "Gemm" and "transA" in node.attributes and node.attributes["transA"].as_int():
+        return "Gemm with transA: the rows of A are not input vectors"
+    weight = layer_weight(node)
+    if weight is not None:
+        return "its weight is empty"
+    if node.op_type == "MatMul" and constant_array(node.inputs[0]) is not None:
+        return "its constant is the first operand (W @ x); an analog layer reads its weight as the second"
+    if node.op_type == "MatMul" and not activation_matmul and not _reads_matrix(node):
+        return "a product of two activations (as attention's); activation_matmul makes it analog"
+    return "its weight is computed at run time, not a constant"
+
+
+def _reads_matrix(node: ir.Node) -> bool:
+    return any(v is not None and (a := constant_array(v)) is not None and a.ndim >= 2 and a.dtype.kind == "f"
+               for v in node.inputs)
+
+
+def node_labels(node: ir.Node, name: str) -> list[str]:
+    """What include/exclude patterns match: the node's name, the module path its exporter recorded
+    (the last module scope of ``pkg.torch.onnx.name_scopes``) and its ``namespace``."""
+    labels = [name]
+    scopes = node.metadata_props.get(NAME_SCOPES_KEY)
+    if scopes:
+        try:
+            parsed = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            parsed = None
+        if isinstance(parsed, list) and len(parsed) >= 2 and all(isinstance(part, str) for part in parsed):
+            labels.append(parsed[-2])  # the last entry names the op itself, the one before its module
+    if node.metadata_props.get(NAMESPACE_KEY):
+        labels.append(node.metadata_props[NAMESPACE_KEY])
+    return labels
+
+
+def _unselected(labels: list[str], include: list[str], exclude: list[str]) -> str | None:
+    """Why include/exclude drop a node with these labels, or None when they keep it."""
+    if include and not any(re.search(pattern, label) for pattern in include for label in labels):
+        return "matches no include pattern"
+    hit = next((pattern for pattern in exclude for label in labels if re.search(pattern, label)), None)
+    return None if hit is None else f"matches exclude pattern {hit!r}"
 
 
 def _is_float_activation(value: ir.Value) -> bool:

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
+from analog_onnx.evaluate.report_files import wrapped_title, zero_level_axis, zero_position
 from analog_onnx.files import write_bytes
 from analog_onnx.study.results import Results
 from analog_onnx.study.spec import DEPTH
@@ -59,8 +61,9 @@ def _save(figure: Figure, path: Path) -> Path:
 
 def _accuracy_vs_noise(results: Results, hardware: str) -> Figure:
     archs = results.spec.archs
-    figure = Figure(figsize=(4 * len(archs), 3.6), layout="constrained")
+    figure = Figure(figsize=(max(4 * len(archs), 6), 3.9), layout="constrained")
     axes = figure.subplots(1, len(archs), squeeze=False)[0]
+    positive = [s for s in results.spec.noise_scales if s > 0]
     for ax, arch in zip(axes, archs, strict=True):
         for method in results.spec.methods:
             row = results.row(arch, method.name, hardware)
@@ -73,14 +76,22 @@ def _accuracy_vs_noise(results: Results, hardware: str) -> Figure:
             if all(stat.low is not None for _, stat in points):
                 ax.fill_between(scales, [stat.low for _, stat in points], [stat.high for _, stat in points],
                                 color=line.get_color(), alpha=0.18, linewidth=0)
+            zero = row.accuracy_at(0.0)
+            if zero is not None and positive:
+                ax.plot([zero_position(positive)], [zero.mean], marker="s", markersize=3.5, color=line.get_color())
         ax.set_xscale("log")
+        if 0.0 in results.spec.noise_scales and positive:
+            zero_level_axis(ax, positive)
         ax.set_ylim(0, 1.02)
         ax.set_title(arch)
-        ax.set_xlabel("noise scale")
+        ax.set_xlabel("noise scale" + (" (0 left of the break)" if 0.0 in results.spec.noise_scales else ""))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
     _legend(axes[-1])
-    figure.suptitle(f"{results.spec.name}: evaluated on {hardware} (bands: 95% interval over seeds)")
+    seeds = len(results.spec.seeds)
+    bands = "bands: 95% interval over seeds" if seeds > 1 else "one seed: no interval"
+    figure.suptitle(wrapped_title(f"{results.spec.name}: evaluated on {hardware}, {seeds} seed(s); {bands}",
+                                  width=int(11 * figure.get_figwidth())), fontsize=10)
     return figure
 
 
@@ -104,11 +115,16 @@ def _midpoint_by_depth(results: Results, hardware: str) -> Figure:
         if xs:
             ax.errorbar(xs, means, yerr=np.array(errors).T, fmt="o", capsize=2, label=method.name)
     ax.set_xticks(range(len(archs)), [f"{a}\n(depth {DEPTH.get(a, '?')})" for a in archs])
+    ax.set_xlim(-0.5, len(archs) - 0.5)  # one architecture too: its methods side by side, not at the edges
     ax.set_yscale("log")
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(FuncFormatter(lambda value, _: f"{value:.3g}"))  # 0.21, not 2.1 x 10^-1
     ax.set_ylabel("midpoint noise level")
     ax.grid(alpha=0.3, axis="y")
     _legend(ax)
-    ax.set_title(f"{results.spec.name}: midpoint on {hardware}\n(95% interval over seeds)", fontsize=10)
+    interval = "95% interval over seeds" if len(results.spec.seeds) > 1 else "one seed: no interval"
+    ax.set_title(wrapped_title(f"{results.spec.name}: midpoint noise on {hardware}", f"({interval})", width=60),
+                 fontsize=10)
     return figure
 
 
@@ -131,13 +147,17 @@ def _cross_hardware(results: Results) -> Figure:
                 elif (arch, method.name, hw) in ratios:
                     grid[i, j] = ratios[(arch, method.name, hw)] * math.log2(10)
         limit = max(1.0, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 1.0
-        ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         for (i, j), value in np.ndenumerate(grid):
             ax.text(j, i, "-" if np.isnan(value) else f"x{2**value:.2f}", ha="center", va="center", fontsize=7)
         ax.set_xticks(range(len(hardware)), hardware, fontsize=7, rotation=15)
         labels = [f"{m.name} ({m.train_hardware})" for m in methods] if ax is axes[0] else [""] * len(methods)
         ax.set_yticks(range(len(methods)), labels, fontsize=7)
         ax.set_title(arch, fontsize=9)
-    figure.suptitle(f"{spec.name}: midpoint / baseline midpoint; rows: method (trained for), columns: evaluated on",
-                    fontsize=9)
+    bar = figure.colorbar(image, ax=list(axes), shrink=0.9)
+    ticks = [t for t in range(-int(limit), int(limit) + 1)]
+    bar.set_ticks(ticks, labels=[f"x{2.0**t:g}" for t in ticks], fontsize=7)
+    bar.set_label("midpoint / baseline's", fontsize=7)
+    title = f"{spec.name}: midpoint / baseline midpoint; rows: method (trained for), columns: evaluated on"
+    figure.suptitle(wrapped_title(title, width=int(13 * figure.get_figwidth())), fontsize=9)
     return figure

@@ -2,7 +2,8 @@
 ``summary.md``); ``report_files.py`` writes them, ``study.json`` and the figures.
 
 Seeds are the unit of comparison: a seed's accuracy at a noise level is the mean over its Monte
-Carlo repeats, and means and 95% intervals (Student t) are taken over seeds. Methods are
+Carlo repeats, and means and 95% intervals are taken over seeds (Student t; for accuracies the
+Wilson form of ``evaluate.metrics.summarize_accuracy``, inside [0, 1]). Methods are
 compared per seed (the same seed initializes every method and draws the same evaluation noise),
 on the log of the midpoint noise level: the ratio of midpoints with its 95% interval, and the
 verdict "within interval" when that interval includes 1.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analog_onnx.evaluate.metrics import summarize
+from analog_onnx.evaluate.metrics import summarize, summarize_accuracy
 from analog_onnx.study.cells import read_record
 from analog_onnx.study.spec import DEPTH, Method, Spec
 
@@ -35,10 +36,11 @@ class Stat:
     n: int
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> Stat | None:
+    def of(cls, values: Sequence[float], *, accuracy: bool = False) -> Stat | None:
+        """Over seeds; ``accuracy``: an interval inside [0, 1] (``summarize_accuracy``)."""
         if not values:
             return None
-        s = summarize(values)
+        s = summarize_accuracy(values) if accuracy else summarize(values)
         return cls(s.mean, *(s.ci95 if s.ci95 else (None, None)), len(values))
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,11 +168,12 @@ def _row(arch: str, method: Method, hardware: str, records: dict[int, dict[str, 
     curve = []
     for level in levels:
         per_seed = [_mean(p["accuracies"]) for r in records.values() for p in r["points"] if p["noise_scale"] == level]
-        stat = Stat.of(per_seed)
+        stat = Stat.of(per_seed, accuracy=True)
         if stat is not None:
             curve.append((level, stat))
-    return Row(arch, method, hardware, tuple(records), Stat.of([r["clean_accuracy"] for r in records.values()]),
-               tuple(curve), tuple(r["midpoint_noise"] for r in records.values()),
+    clean = Stat.of([r["clean_accuracy"] for r in records.values()], accuracy=True)
+    return Row(arch, method, hardware, tuple(records), clean, tuple(curve),
+               tuple(r["midpoint_noise"] for r in records.values()),
                tuple(r["midpoint_status"] for r in records.values()))
 
 

@@ -1,6 +1,6 @@
 """Checkpoints: plain dicts of tensors and JSON-like values, so ``torch.load(weights_only=True)``
 reads them. Keys: format, arch, in_shape, num_classes, state_dict, config (the training config),
-qat, hardware, normalization, record (what export writes into the model), history (one dict per
+qat, hardware, normalization, tokens, record (what export writes into the model), history (one dict per
 epoch), epoch, optimizer, scaler, best."""
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from analog_onnx.train.zoo import BUILDERS, build_model
 
 FORMAT = "analog-onnx-checkpoint-1"
 CUSTOM_ARCH = "custom"
+# what every reader relies on (normalization is None for a token model, whose "tokens" entry says
+# its vocabulary and context)
 ENTRIES = {"arch": str, "in_shape": (list, tuple), "num_classes": int, "state_dict": dict, "config": dict,
-           "qat": (dict, type(None)), "normalization": dict, "record": dict}  # what every reader relies on
+           "qat": (dict, type(None)), "normalization": (dict, type(None)), "record": dict}
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

@@ -31,7 +31,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from analog_onnx.data.preprocess import PREPROCESS_KEY
+from analog_onnx.data.preprocess import PREPROCESS_KEY, TOKENS_KEY
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import DOMAIN, OPSET_VERSION
 from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
@@ -55,8 +55,9 @@ class Exported:
 
 
 def to_onnx(model: nn.Module, in_shape: tuple[int, ...], *, qat: QatSpec | None = None,
-            opset: int = OPSET) -> Exported:
-    """Export a copy of ``model`` (twins removed, QAT quantizers kept) with a dynamic batch axis."""
+            opset: int = OPSET, tokens: bool = False) -> Exported:
+    """Export a copy of ``model`` (twins removed, QAT quantizers kept) with a dynamic batch axis;
+    with ``tokens`` its input is int64 token ids [N, T] and T is dynamic too (up to ``in_shape``)."""
     work = copy.deepcopy(model).cpu().float().eval()
     strip_twins(work)
     qat_weights: dict[str, WeightQuant] = {}
@@ -68,10 +69,12 @@ def to_onnx(model: nn.Module, in_shape: tuple[int, ...], *, qat: QatSpec | None 
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                work, (torch.zeros(2, *in_shape),), buffer, dynamo=False, opset_version=opset,
+                work, (torch.zeros(2, *in_shape, dtype=torch.int64 if tokens else torch.float32),), buffer,
+                dynamo=False, opset_version=opset,
                 training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={name: {0: "batch", 1: "sequence"} if tokens else {0: "batch"}
+                              for name in (INPUT_NAME, OUTPUT_NAME)},
                 custom_opsets={DOMAIN: OPSET_VERSION} if qat is not None and qat.bits > 8 else None)
         except Exception as e:  # the exporter raises many types; the user needs the message
             raise AnalogError(f"torch.onnx.export failed for {type(model).__name__}: {e}") from None
@@ -148,7 +151,7 @@ def check_export(exported: Exported, inputs: np.ndarray) -> float:
     diff = np.abs(got - expected)
     scale = 1.0 + float(np.abs(expected).max())
     if exported.quantized:
-        same_class = float((got.argmax(axis=1) == expected.argmax(axis=1)).mean())
+        same_class = float((got.argmax(axis=-1) == expected.argmax(axis=-1)).mean())
         ok = same_class >= 0.99 and float(diff.mean()) <= 1e-2 * scale
     else:
         ok = float(diff.max()) <= 1e-4 * scale
@@ -158,10 +161,17 @@ def check_export(exported: Exported, inputs: np.ndarray) -> float:
     return float(diff.max())
 
 
-def add_metadata(model: onnx.ModelProto, *, mean: list[float], std: list[float], train: dict[str, Any]) -> None:
-    """Write the normalization (read by ``evaluate``) and the training record into the model."""
+def add_metadata(model: onnx.ModelProto, *, mean: list[float] | None, std: list[float] | None,
+                 train: dict[str, Any], tokens: dict[str, int] | None = None) -> None:
+    """Write the normalization (read by ``evaluate``; none for token models), the token model's
+    vocabulary and context (``TOKENS_KEY``) and the training record into the model."""
     props = {p.key: p for p in model.metadata_props}
-    for key, payload in ((PREPROCESS_KEY, {"mean": mean, "std": std}), (TRAIN_KEY, train)):
+    entries = [(TRAIN_KEY, train)]
+    if mean is not None:
+        entries.append((PREPROCESS_KEY, {"mean": mean, "std": std}))
+    if tokens is not None:
+        entries.append((TOKENS_KEY, tokens))
+    for key, payload in entries:
         entry = props.get(key) or model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(payload, sort_keys=True)
 
@@ -174,10 +184,15 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, force: bool
 
     state = load_checkpoint(checkpoint)
     model = model_from_checkpoint(state)
-    exported = to_onnx(model, tuple(state["in_shape"]), qat=QatSpec(**state["qat"]) if state["qat"] else None)
-    inputs = np.random.default_rng(0).standard_normal((check_samples, *state["in_shape"])).astype(np.float32)
+    tokens = state.get("tokens")
+    exported = to_onnx(model, tuple(state["in_shape"]), qat=QatSpec(**state["qat"]) if state["qat"] else None,
+                       tokens=tokens is not None)
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(0, tokens["vocab_size"], (check_samples, *state["in_shape"])) if tokens else \
+        rng.standard_normal((check_samples, *state["in_shape"])).astype(np.float32)
     difference = check_export(exported, inputs)
-    add_metadata(exported.model, mean=state["normalization"]["mean"], std=state["normalization"]["std"],
-                 train=state["record"])
+    normalization = state["normalization"] or {"mean": None, "std": None}
+    add_metadata(exported.model, mean=normalization["mean"], std=normalization["std"], train=state["record"],
+                 tokens=tokens)
     save_model(exported.model, output, force=force, inputs=[checkpoint])
     return difference

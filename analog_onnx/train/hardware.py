@@ -26,7 +26,7 @@ from torch import nn
 from analog_onnx.config import AnalogConfig
 from analog_onnx.effects import enabled_effects
 from analog_onnx.errors import AnalogError
-from analog_onnx.train.attach import NoiseLevel, Periphery, layer_twin
+from analog_onnx.train.attach import LAYER_TYPES, NoiseLevel, Periphery, layer_twin
 from analog_onnx.train.export import to_onnx
 from analog_onnx.train.qat import QatSpec
 from analog_onnx.transform import analog_sites
@@ -86,9 +86,13 @@ class Hardware:
 
 
 def find_twin_sites(model: nn.Module, config: AnalogConfig, in_shape: tuple[int, ...], *,
-                    qat: QatSpec | None = None) -> list[TwinSite]:
-    """The transform's sites in the export of ``model``, each mapped to the module that makes it."""
-    exported = to_onnx(model, in_shape, qat=qat).model
+                    qat: QatSpec | None = None, tokens: bool = False) -> list[TwinSite]:
+    """The transform's sites in the export of ``model`` (whose input is token ids with
+    ``tokens``), each mapped to the module that makes it. A layer twin replaces its module's
+    whole forward, so an analog layer may be any node of a Linear/Conv module (a Linear on
+    [N, T, C] exports as MatMul then Add); a noise hook sees the module's output, so a noise
+    site must be its module's last node."""
+    exported = to_onnx(model, in_shape, qat=qat, tokens=tokens).model
     scopes: dict[str, list[str]] = {}
     for node in exported.graph.node:
         scopes.setdefault(_scope(node.name), []).append(node.name)
@@ -99,7 +103,8 @@ def find_twin_sites(model: nn.Module, config: AnalogConfig, in_shape: tuple[int,
             continue
         path = _module_path(model, _scope(site.name))
         module = model.get_submodule(path) if path is not None else None
-        if module is None or list(module.children()) or scopes[_scope(site.name)][-1] != site.name:
+        is_layer = config.placement.where == "mvm" and type(module) in LAYER_TYPES
+        if module is None or list(module.children()) or (scopes[_scope(site.name)][-1] != site.name and not is_layer):
             where = f"module {path!r}" if path is not None else "the model"
             raise AnalogError(f"site {site.name} ({site.op_type}) is not the output of a leaf module of {where}: "
                               "the trainer hooks module outputs; make it an nn.Module called once, or exclude "
@@ -109,9 +114,10 @@ def find_twin_sites(model: nn.Module, config: AnalogConfig, in_shape: tuple[int,
 
 
 def attach_hardware(model: nn.Module, config: AnalogConfig, in_shape: tuple[int, ...], *,
-                    qat: QatSpec | None = None, noise_scale: float = 1.0) -> Hardware:
-    """Simulate ``config`` on ``model`` from now on (undo with ``Hardware.remove``)."""
-    return Hardware(model, config, find_twin_sites(model, config, in_shape, qat=qat), noise_scale)
+                    qat: QatSpec | None = None, noise_scale: float = 1.0, tokens: bool = False) -> Hardware:
+    """Simulate ``config`` on ``model`` from now on (undo with ``Hardware.remove``); ``tokens``:
+    the model reads int64 token ids of shape ``in_shape``."""
+    return Hardware(model, config, find_twin_sites(model, config, in_shape, qat=qat, tokens=tokens), noise_scale)
 
 
 def _scope(node_name: str) -> str:

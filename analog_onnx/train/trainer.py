@@ -35,7 +35,7 @@ from torch.nn import functional
 from analog_onnx import __version__
 from analog_onnx.arguments import check_fields, expect, float32_problem
 from analog_onnx.config import MAX_INT, AnalogConfig
-from analog_onnx.data import Dataset, load_dataset
+from analog_onnx.data import VALIDATION_KINDS, Dataset, load_dataset
 from analog_onnx.errors import AnalogError
 from analog_onnx.files import write_text
 from analog_onnx.text import shown
@@ -89,6 +89,7 @@ class TrainConfig:
     weight_bits: int = 0  # QAT weight bits; 0 = bits
     eval_repeats: int = 1  # noisy evaluation passes over the test split per epoch
     limit: int | None = None  # use only the first N training samples
+    eval_limit: int | None = None  # score each epoch on only the first N held-out samples
     export: bool = True  # write model.onnx at the end
 
     @property
@@ -113,7 +114,7 @@ class TrainConfig:
         check_fields(self, "train config")
         if not 0 <= self.seed < 2**63:
             raise AnalogError(f"seed must be between 0 and 2**63-1, got {self.seed}")
-        for name in ("epochs", "batch_size", "eval_repeats", "bits", "weight_bits", "limit"):
+        for name in ("epochs", "batch_size", "eval_repeats", "bits", "weight_bits", "limit", "eval_limit"):
             if abs(getattr(self, name) or 0) > MAX_INT:
                 raise AnalogError(f"{name} must be at most {MAX_INT:,}, got {getattr(self, name)}")
         for name, value, allowed in (("method", self.method, METHODS), ("optimizer", self.optimizer, OPTIMIZERS),
@@ -246,7 +247,8 @@ class _Run:
         train_set, test_set = _load(config)
         self.in_shape = tuple(int(d) for d in train_set.x.shape[1:])
         self.num_classes = max(train_set.num_classes, test_set.num_classes)
-        self.normalization = Normalization.of(train_set.x)
+        self.tokens = train_set.is_tokens  # token ids: no normalization, one target per position
+        self.normalization = None if self.tokens else Normalization.of(train_set.x)
         self.augmentation = resolve_augmentation(config.augment, self.in_shape)
         self.train_data = DeviceData.of(train_set, world.device)
         self.test_data = DeviceData.of(test_set, world.device)
@@ -262,7 +264,7 @@ class _Run:
         self.hardware: Hardware | None = None
         if hardware_config is not None and (hardware_config.has_noise or hardware_config.has_quantization):
             self.hardware = attach_hardware(self.model, hardware_config, self.in_shape, qat=self.qat,
-                                            noise_scale=config.noise_scale)
+                                            noise_scale=config.noise_scale, tokens=self.tokens)
         if self.qat is not None:
             attach_qat(self.model, self.qat)
         self.model.to(world.device)
@@ -296,11 +298,21 @@ class _Run:
             "arch": self.arch, "in_shape": self.in_shape, "num_classes": self.num_classes,
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "config": asdict(self.config), "qat": self.qat.to_dict() if self.qat else None,
-            "hardware": self.config.hardware, "normalization": asdict(self.normalization),
+            "hardware": self.config.hardware,
+            "normalization": asdict(self.normalization) if self.normalization else None,
+            "tokens": self._token_record(),
             "record": self._record(), "history": self.history, "epoch": epoch,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "best": self.best,
         }
+
+    def _token_record(self) -> dict[str, int] | None:
+        """What ``evaluate`` needs to know of a token model: its vocabulary and longest window."""
+        return {"vocab_size": self.num_classes, "context": self.in_shape[0]} if self.tokens else None
+
+    def _prepared(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch as the model reads it: normalized samples, or token ids as they are."""
+        return x if self.normalization is None else self.normalization.apply(x)
 
     def _record(self) -> dict[str, Any]:
         """The training record export writes into the model (``analog_onnx.train``)."""
@@ -373,19 +385,20 @@ class _Run:
                     target = self._noise_level(epoch + step / self.steps)
                     self.hardware.level.scale = batch_noise_level(target, c.noise_spread, spread_draws)
                 index = index.to(w.device)
-                x = self.normalization.apply(augment(self.train_data.x[index], self.augmentation, generator))
+                x = self._prepared(augment(self.train_data.x[index], self.augmentation, generator))
                 y = self.train_data.y[index]
                 with self._autocast():
                     logits = self.net(x)
-                    loss = functional.cross_entropy(logits.float(), y)
+                    loss = scored_loss(logits.float(), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
-                loss_sum += float(loss.detach()) * len(y)
-                correct += float((logits.argmax(1) == y).sum())
-                count += len(y)
+                scored = int((y >= 0).sum())
+                loss_sum += float(loss.detach()) * scored
+                correct += hits(logits, y)
+                count += scored
                 if bar is not None:
                     bar.update(task, advance=1, description=f"loss {loss_sum / count:.4f}")
         loss_sum, correct, count = w.total([loss_sum, correct, count])
@@ -407,14 +420,14 @@ class _Run:
         def accuracy(with_loss: bool) -> list[float]:
             loss = correct = 0.0
             for start in range(0, len(y_all), EVAL_BATCH):
-                x = self.normalization.apply(x_all[start:start + EVAL_BATCH])
+                x = self._prepared(x_all[start:start + EVAL_BATCH])
                 y = y_all[start:start + EVAL_BATCH]
                 with self._autocast():
                     logits = self.model(x).float()
-                correct += float((logits.argmax(1) == y).sum())
+                correct += hits(logits, y)
                 if with_loss:
-                    loss += float(functional.cross_entropy(logits, y, reduction="sum"))
-            return [loss, correct, float(len(y_all))]
+                    loss += float(scored_loss(logits, y, reduction="sum"))
+            return [loss, correct, float((y_all >= 0).sum())]
 
         off = hardware.setting(active=False) if hardware is not None else nullcontext()
         with off:
@@ -455,11 +468,13 @@ class _Run:
         best = load_checkpoint(self.out / "best.pt")
         plain = copy.deepcopy(self.model).cpu()
         plain.load_state_dict(best["state_dict"])
-        exported = to_onnx(plain, self.in_shape, qat=self.qat)
-        samples = self.normalization.apply(self.test_data.x[:256].cpu()).numpy().astype(np.float32)
-        difference = check_export(exported, samples)
-        add_metadata(exported.model, mean=self.normalization.mean, std=self.normalization.std,
-                     train=best["record"])
+        exported = to_onnx(plain, self.in_shape, qat=self.qat, tokens=self.tokens)
+        samples = self._prepared(self.test_data.x[:256].cpu()).numpy()
+        difference = check_export(exported, samples if self.tokens else samples.astype(np.float32))
+        normalization = self.normalization
+        add_metadata(exported.model, mean=normalization.mean if normalization else None,
+                     std=normalization.std if normalization else None, train=best["record"],
+                     tokens=self._token_record())
         path = self.out / "model.onnx"
         save_model(exported.model, path, force=True)
         self.console.print(f"exported {shown(path)} (best epoch {self.best['epoch']}, "
@@ -467,9 +482,24 @@ class _Run:
         return path
 
 
+def scored_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over every scored prediction: one per sample, or one per token position
+    with a target >= 0 (logits [N, T, V] against targets [N, T])."""
+    return functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-1,
+                                    reduction=reduction)
+
+
+def hits(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Correct top-1 predictions among the scored ones."""
+    return float(((logits.argmax(-1) == y) & (y >= 0)).sum())
+
+
 def _load(config: TrainConfig) -> tuple[Dataset, Dataset]:
+    """The training split and the held-out split each epoch is scored on (and ``best.pt`` chosen
+    by): the validation split where the data has one, so the test split chooses nothing."""
     train_set = load_dataset(config.data, "train", config.limit)
-    test_set = load_dataset(config.data, "test")
+    kind = config.data.partition(":")[0]
+    test_set = load_dataset(config.data, "validation" if kind in VALIDATION_KINDS else "test", config.eval_limit)
     if train_set.x.shape[1:] != test_set.x.shape[1:]:
         raise AnalogError(f"train and test samples differ in shape: {train_set.x.shape[1:]} vs {test_set.x.shape[1:]}")
     if len(train_set) < 2:

@@ -1,7 +1,8 @@
 """The model zoo: our own definitions of common small networks, sized from the data.
 
 Every model is built from standard modules only (``nn.Conv2d``, ``nn.BatchNorm2d``, ``nn.ReLU``,
-``nn.MaxPool2d``, ``nn.AdaptiveAvgPool2d``, ``nn.Linear``) and gives each ReLU its own module, so
+``nn.MaxPool2d``, ``nn.AdaptiveAvgPool2d``, ``nn.Linear``; the GPTs also ``nn.Embedding``,
+``nn.LayerNorm``, ``nn.GELU``) and gives each activation its own module, so
 each module call becomes one ONNX node: the trainer's noise sites then map one to one onto the
 nodes ``transform`` touches in the exported model.
 
@@ -12,6 +13,7 @@ least 2 pixels wide, so no feature map shrinks to nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -198,6 +200,72 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.flatten(self.pool(self.features(x))))
 
 
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention: the projections are ``nn.Linear`` (analog layers), the
+    two activation-by-activation products stay digital."""
+
+    def __init__(self, width: int, heads: int, context: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.register_buffer("causal", torch.tril(torch.ones(context, context, dtype=torch.bool)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, width = x.shape
+        q, k, v = (part.reshape(n, t, self.heads, -1).transpose(1, 2) for part in self.qkv(x).split(width, dim=2))
+        scores = (q @ k.transpose(2, 3)) * (1.0 / math.sqrt(q.shape[-1]))
+        scores = scores.masked_fill(~self.causal[:t, :t], float("-inf"))
+        y = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(n, t, width)
+        return self.proj(y)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention and a GELU MLP, each with a residual connection."""
+
+    def __init__(self, width: int, heads: int, context: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = CausalSelfAttention(width, heads, context)
+        self.norm2 = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, 4 * width)
+        self.gelu = nn.GELU()
+        self.fc2 = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.gelu(self.fc1(self.norm2(x))))
+
+
+class GPT(nn.Module):
+    """A small GPT-2-style decoder for next-token prediction on token ids [N, T] (T <= the
+    context it was built for): learned positions, pre-norm blocks, and an output layer tied to
+    the token embedding, as GPT-2 and Llama-3.2-1B tie theirs."""
+
+    def __init__(self, in_shape: Shape, vocabulary: int, width: int, layers: int, heads: int, arch: str) -> None:
+        super().__init__()
+        if len(in_shape) != 1 or in_shape[0] < 1:
+            raise AnalogError(f"arch {arch} needs token windows (T,), got samples of shape {in_shape}")
+        self.context = in_shape[0]
+        self.wte = nn.Embedding(vocabulary, width)
+        self.wpe = nn.Embedding(self.context, width)
+        self.blocks = nn.Sequential(*[Block(width, heads, self.context) for _ in range(layers)])
+        self.norm = nn.LayerNorm(width)
+        self.lm_head = nn.Linear(width, vocabulary, bias=False)
+        self.lm_head.weight = self.wte.weight
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return self.lm_head(self.norm(self.blocks(self.wte(ids) + self.wpe(positions))))
+
+
+TOKEN_ARCHS = ("gpt-micro", "gpt-mini")  # models that read token ids, not float samples
+
 BUILDERS: dict[str, Callable[[Shape, int], nn.Module]] = {
     "mlp": MLP,
     "lenet5": LeNet5,
@@ -206,6 +274,8 @@ BUILDERS: dict[str, Callable[[Shape, int], nn.Module]] = {
     "vgg11": lambda s, n: VGG(s, n, VGG11_LAYOUT, False, "vgg11"),
     "vgg11_bn": lambda s, n: VGG(s, n, VGG11_LAYOUT, True, "vgg11_bn"),
     "mobilenetv2": MobileNetV2,
+    "gpt-micro": lambda s, n: GPT(s, n, 32, 1, 2, "gpt-micro"),
+    "gpt-mini": lambda s, n: GPT(s, n, 128, 4, 4, "gpt-mini"),
 }
 ARCHS = tuple(BUILDERS)
 

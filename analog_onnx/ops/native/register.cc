@@ -74,50 +74,52 @@ DimsInfo dims_info(OrtShapeInferContext* context, size_t index) {
   return out;
 }
 
-// The tiles' output type and shape: AnalogTile X[..., K] -> [..., M]; AnalogTileConv [N, C, H, W]
-// -> [N, M, OH, OW]. A size not known here gets a symbolic name of its own (a bare -1 would read
-// as a size).
-void tile_output_shape(OrtShapeInferContext* context) {
+// Declares output `index` with `type` and `dims`, naming each unknown size that has no symbolic
+// name: onnxruntime writes an unnamed -1 as the literal size -1 ("multiple -1 dimensions" in a
+// Reshape downstream), and two sizes given one fresh name each are never taken for equal.
+void set_output(OrtShapeInferContext* context, size_t index, ONNXTensorElementDataType type,
+                const std::vector<int64_t>& dims, std::vector<std::string> names) {
   static std::atomic<uint64_t> unknowns{0};
+  for (size_t i = 0; i < dims.size(); ++i)
+    if (dims[i] < 0 && names[i].empty()) names[i] = "analog_unknown_" + std::to_string(unknowns++);
+  std::vector<const char*> pointers;
+  for (const auto& name : names) pointers.push_back(name.c_str());
+  OrtTensorTypeAndShapeInfo* output = nullptr;
+  check(g_api->CreateTensorTypeAndShapeInfo(&output));
+  OrtStatus* status = g_api->SetTensorElementType(output, type);
+  if (status == nullptr) status = g_api->SetDimensions(output, dims.data(), dims.size());
+  if (status == nullptr) status = g_api->SetSymbolicDimensions(output, pointers.data(), pointers.size());
+  if (status == nullptr) status = g_api->ShapeInferContext_SetOutputTypeShape(context, index, output);
+  g_api->ReleaseTensorTypeAndShapeInfo(output);
+  check(status);
+}
+
+// The tiles' output shape: AnalogTile X[..., K] -> [..., M]; AnalogTileConv [N, C, H, W] ->
+// [N, M, OH, OW]. onnxruntime hands an input of unknown rank over as rank 0, which no tile input
+// has: then the output's shape stays unknown (its type comes from the op's declaration).
+void tile_output_shape(OrtShapeInferContext* context) {
   DimsInfo x = dims_info(context, 0), w = dims_info(context, 1);
-  if (x.dims.empty() || w.dims.empty()) throw KernelError("X and W must have a known rank");
+  if (x.dims.empty() || w.dims.empty()) return;
   const bool conv = w.dims.size() == 4;
   if (conv) x.dims.resize(4, -1), x.names.resize(4, "");
   x.dims[conv ? 1 : x.dims.size() - 1] = w.dims[0];
   x.names[conv ? 1 : x.names.size() - 1] = w.names[0];
-  if (conv) x.dims[2] = x.dims[3] = -1;
-  for (size_t i = 0; i < x.dims.size(); ++i)
-    if (x.dims[i] < 0 && (x.names[i].empty() || (conv && i >= 2))) x.names[i] = "analog_tile_" + std::to_string(unknowns++);
-  std::vector<const char*> names;
-  for (const auto& name : x.names) names.push_back(name.c_str());
-  OrtTensorTypeAndShapeInfo* output = nullptr;
-  check(g_api->CreateTensorTypeAndShapeInfo(&output));
-  OrtStatus* status = g_api->SetTensorElementType(output, x.type);
-  if (status == nullptr) status = g_api->SetDimensions(output, x.dims.data(), x.dims.size());
-  if (status == nullptr) status = g_api->SetSymbolicDimensions(output, names.data(), names.size());
-  if (status == nullptr) status = g_api->ShapeInferContext_SetOutputTypeShape(context, 0, output);
-  g_api->ReleaseTensorTypeAndShapeInfo(output);
-  check(status);
+  if (conv) x.dims[2] = x.dims[3] = -1, x.names[2] = x.names[3] = "";
+  set_output(context, 0, x.type, x.dims, x.names);
 }
 
 // Declares output `index` a float32 scalar (DeviceWeights' alpha), so the layer output it scales
 // keeps its inferred shape.
 void set_scalar_output(OrtShapeInferContext* context, size_t index) {
-  OrtTensorTypeAndShapeInfo* info = nullptr;
-  check(g_api->CreateTensorTypeAndShapeInfo(&info));
-  OrtStatus* status = g_api->SetTensorElementType(info, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-  if (status == nullptr) status = g_api->SetDimensions(info, nullptr, 0);
-  if (status == nullptr) status = g_api->ShapeInferContext_SetOutputTypeShape(context, index, info);
-  g_api->ReleaseTensorTypeAndShapeInfo(info);
-  check(status);
+  set_output(context, index, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, {}, {});
 }
 
-// The first output has the first input's shape (the type onnxruntime already takes from the
-// inputs); DeviceWeights' second output is a scalar.
+// The first output has the first input's shape; DeviceWeights' second output is a scalar. An
+// input of unknown rank arrives as rank 0 (onnxruntime cannot tell them apart here): the output's
+// shape is then left unknown rather than declared a scalar, which a real scalar loses nothing by.
 void elementwise_output_shape(OrtShapeInferContext* context, bool scalar_second) {
-  OrtTensorTypeAndShapeInfo* input = nullptr;  // owned by the context
-  check(g_api->ShapeInferContext_GetInputTypeShape(context, 0, &input));
-  check(g_api->ShapeInferContext_SetOutputTypeShape(context, 0, input));
+  DimsInfo x = dims_info(context, 0);
+  if (!x.dims.empty()) set_output(context, 0, x.type, x.dims, x.names);
   if (scalar_second) set_scalar_output(context, 1);
 }
 

@@ -1,0 +1,207 @@
+"""Models of any size and the files they make: external data that plain onnxruntime loads, data
+files named relative to the model (never the current folder), unknown dimensions in native
+sessions, files that do not grow, and memory bounded by the largest tensor, not the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, numpy_helper
+from onnx import helper as h
+
+WEIGHT = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+CONTROLS = {"noise_scale": np.array(0, np.float32)}  # DAC and ADC only: deterministic
+
+
+def reshape_matmul() -> onnx.ModelProto:
+    """x [n, 8, 8] -> Reshape by a constant shape (what dynamo exports do everywhere) -> MatMul."""
+    graph = h.make_graph(
+        [h.make_node("Reshape", ["x", "shape"], ["rows"], name="flat"),
+         h.make_node("MatMul", ["rows", "w"], ["y"], name="mm")],
+        "g", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 8])],
+        [h.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
+        [numpy_helper.from_array(WEIGHT, "w"), numpy_helper.from_array(np.array([-1, 64], np.int64), "shape")])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.fixture
+def external_model(tmp_path):
+    """``reshape_matmul`` saved as onnx saves it with every tensor outside, the shape too."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    onnx.save_model(reshape_matmul(), folder / "m.onnx", save_as_external_data=True, location="m.bin", size_threshold=0)
+    return folder / "m.onnx"
+
+
+def locations(path) -> dict[str, str | None]:
+    """{initializer: its data file, or None when it is inline}."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {t.name: next((e.value for e in t.external_data if e.key == "location"), None)
+            for t in model.graph.initializer}
+
+
+def plain_session(path) -> ort.InferenceSession:
+    """onnxruntime as anyone has it: no analog-onnx library, the function bodies run."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_external_data_output_loads_in_plain_onnxruntime_with_small_constants_inline(run_cli, external_model, tmp_path):
+    out = tmp_path / "analog.onnx"
+    code, _, err = run_cli("transform", external_model, "-o", out, "-p", "aihwkit-default")
+    assert code == 0, err
+    where = locations(out)
+    assert where["w"] == "analog.onnx.data" and where["shape"] is None  # only the large tensor went out
+    assert all(location is None for name, location in where.items() if name != "w")
+    x = np.random.default_rng(1).standard_normal((3, 8, 8)).astype(np.float32)
+    y = plain_session(out).run(None, {"x": x, **CONTROLS})[0]
+    clean = x.reshape(3, 64) @ WEIGHT
+    assert np.abs(y - clean).max() < 0.05 * np.abs(clean).max()
+    code, _, err = run_cli("strip", out, "-o", tmp_path / "back.onnx")
+    assert code == 0, err
+    assert locations(tmp_path / "back.onnx") == {"w": "back.onnx.data", "shape": None}
+    np.testing.assert_allclose(plain_session(tmp_path / "back.onnx").run(None, {"x": x})[0], clean, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_the_data_file_is_found_beside_the_model_from_any_current_folder(run_cli, external_model, tmp_path,
+                                                                        monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for _ in range(2):  # the second run replaces the first run's out.onnx and out.onnx.data
+        code, _, err = run_cli("transform", external_model, "-o", "out.onnx", "-p", "aihwkit-default", "--force")
+        assert code == 0, err
+    (work / "unrelated.onnx.data").write_bytes(b"not ours")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code, _, err = run_cli("transform", external_model, "-o", elsewhere / "unrelated.onnx", "-p", "aihwkit-default")
+    assert code == 0, err
+    assert (work / "unrelated.onnx.data").read_bytes() == b"not ours"
+    for path in (work / "out.onnx", elsewhere / "unrelated.onnx"):
+        plain_session(path).run(None, {"x": np.ones((1, 8, 8), np.float32), **CONTROLS})
+
+
+def unknown_dims_model(dims: list | None) -> onnx.ModelProto:
+    """x -> Relu -> MatMul(w) -> y, and Reshape(y, Shape(y)) the way exporters reshape by a
+    value's own shape; ``dims`` gives x's dims (None: an unnamed unknown size), or x has no shape."""
+    shape = None if dims is None else [*dims, 64]
+    x = h.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    if dims is not None:
+        for dim, size in zip(x.type.tensor_type.shape.dim, shape, strict=True):
+            if size is None:
+                dim.Clear()  # neither a size nor a name
+    nodes = [h.make_node("Relu", ["x"], ["r"], name="relu"), h.make_node("MatMul", ["r", "w"], ["m"], name="mm"),
+             h.make_node("Shape", ["m"], ["s"], name="shape"), h.make_node("Reshape", ["m", "s"], ["y"], name="same")]
+    graph = h.make_graph(nodes, "g", [x], [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                         [numpy_helper.from_array(WEIGHT, "w")])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("dims", [[None, None], ["batch", None], ["batch", "tokens"], None],
+                         ids=["unnamed", "mixed", "symbolic", "unknown-rank"])
+@pytest.mark.parametrize("preset", ["hardening-additive", "aihwkit-default"])
+def test_native_sessions_keep_unknown_dimensions_unknown(dims, preset):
+    """The elementwise ops' shape rule once copied an unnamed size as the literal size -1 (a Reshape
+    by Shape then had several -1s) and an unknown rank as rank 0 (MatMul: wrong rank)."""
+    from analog_onnx.config import load_preset
+    from analog_onnx.runtime import make_session
+    from analog_onnx.transform import transform_model
+
+    analog = transform_model(unknown_dims_model(dims), load_preset(preset))
+    x = np.random.default_rng(2).standard_normal((2, 3, 64)).astype(np.float32)
+    feeds = {"x": x, "noise_scale": np.array(0, np.float32)}
+    native = make_session(analog, native=True).run(None, feeds)[0]
+    np.testing.assert_allclose(native, make_session(analog, native=False).run(None, feeds)[0], rtol=1e-5, atol=1e-5)
+    assert native.shape == (2, 3, 32)
+
+
+def conv_stack() -> onnx.ModelProto:
+    """Three 3x3 convolutions of 128 channels (a one-hot unfolding constant would be 1152^2 floats each)."""
+    rng = np.random.default_rng(3)
+    nodes, initializers, value = [], [], "x"
+    for i in range(3):
+        initializers.append(numpy_helper.from_array(rng.standard_normal((128, 128, 3, 3)).astype(np.float32), f"w{i}"))
+        nodes.append(h.make_node("Conv", [value, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]))
+        nodes.append(h.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
+        value = f"r{i}"
+    graph = h.make_graph(nodes, "convs", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 128, 8, 8])],
+                         [h.make_tensor_value_info(value, TensorProto.FLOAT, ["n", 128, 8, 8])], initializers)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("preset", ["aihwkit-default", "aihwkit-pcm"])
+def test_a_transformed_conv_model_is_at_most_a_tenth_larger(run_cli, preset, tmp_path):
+    source, out = tmp_path / "convs.onnx", tmp_path / "analog.onnx"
+    onnx.save_model(conv_stack(), source)
+    code, _, err = run_cli("transform", source, "-o", out, "-p", preset)
+    assert code == 0, err
+    assert out.stat().st_size <= 1.1 * source.stat().st_size
+    x = np.random.default_rng(4).standard_normal((2, 128, 8, 8)).astype(np.float32)
+    feeds = {"x": x, "noise_scale": np.array(0, np.float32)}  # the unfolding computes the layer (DAC/ADC aside)
+    clean = plain_session(source).run(None, {"x": x})[0]
+    y = plain_session(out).run(None, feeds)[0]
+    assert np.abs(y - clean).max() < 0.1 * np.abs(clean).max()
+
+
+@pytest.mark.native
+def test_the_native_session_fuses_the_run_time_unfolding(tmp_path):
+    from analog_onnx.config import load_preset
+    from analog_onnx.native_graph import prepare
+    from analog_onnx.transform import transform_model
+
+    fused = prepare(transform_model(conv_stack(), load_preset("aihwkit-default")))
+    assert [n.op_type for n in fused.graph.node if n.domain == "ai.analog"] == ["AnalogTileConv"] * 3
+    assert not any(n.op_type in ("Conv", "EyeLike", "ConstantOfShape") for n in fused.graph.node)
+
+
+PEAK_GROWTH = """
+import re, sys
+from analog_onnx.cli import main
+import analog_onnx.transform  # the CLI imports the transform when a command runs: the modules are no part of the peak
+
+
+def status(key):
+    return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+
+
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) starts again from the current RSS
+before = status("VmRSS")
+sys.argv = ["analog-onnx", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print(status("VmHWM") - before, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("command", ["transform", "inspect"])
+def test_memory_is_bounded_by_the_largest_tensor_not_the_model(command, tmp_path):
+    """Four 16 MiB weights in a data file: transform streams them (its peak grows by less than three
+    tensors; it grew by three times the model before) and inspect reads none of them (it grew by
+    twice the model)."""
+    import subprocess
+    import sys
+
+    layers, size = 4, 2048
+    rng = np.random.default_rng(5)
+    nodes = [h.make_node("MatMul", [f"h{i}", f"w{i}"], [f"h{i + 1}"], name=f"layer{i}") for i in range(layers)]
+    weights = [numpy_helper.from_array(rng.standard_normal((size, size)).astype(np.float32), f"w{i}")
+               for i in range(layers)]
+    graph = h.make_graph(nodes, "deep", [h.make_tensor_value_info("h0", TensorProto.FLOAT, ["n", size])],
+                         [h.make_tensor_value_info(f"h{layers}", TensorProto.FLOAT, ["n", size])], weights)
+    source = tmp_path / "deep.onnx"
+    onnx.save_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), source, save_as_external_data=True,
+                    location="deep.data")
+    del weights, graph
+    args = [source, "-o", tmp_path / "out.onnx", "-p", "aihwkit-pcm"] if command == "transform" else [source]
+    result = subprocess.run([sys.executable, "-c", PEAK_GROWTH, command, *map(str, args)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    grown = int(result.stderr.strip().splitlines()[-1])
+    tensor = size * size * 4
+    assert grown < (3 if command == "transform" else 1) * tensor, f"{grown / 2**20:.0f} MiB"
+    if command == "transform":
+        assert locations(tmp_path / "out.onnx")["w0"] == "out.onnx.data"
