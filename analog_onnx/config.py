@@ -14,7 +14,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -414,6 +414,9 @@ def preset_names() -> list[str]:
     return sorted(f.name.removesuffix(".toml") for f in files if f.name.endswith(".toml"))
 
 
+ConfigLike = AnalogConfig | str | Path  # a config, a preset name, or a TOML/JSON file
+
+
 def load_preset(name: str) -> AnalogConfig:
     if name not in preset_names():
         hint = difflib.get_close_matches(name, preset_names(), n=1)
@@ -434,3 +437,12 @@ def resolve_config(preset: str | None, config_file: str | Path | None, overrides
     else:
         config = AnalogConfig.load(config_file) if config_file else load_preset(preset)
     return config.with_overrides(overrides) if overrides else config
+
+
+def named_config(config: ConfigLike, overrides: Sequence[str] = ()) -> AnalogConfig:
+    """A config as the API and study files name one: an AnalogConfig as it is, a TOML/JSON file
+    (a Path, or a name ending in .toml or .json) or else a preset's name; then ``overrides``."""
+    if isinstance(config, AnalogConfig):
+        return config.with_overrides(list(overrides)) if overrides else config
+    is_file = isinstance(config, Path) or str(config).endswith((".toml", ".json"))
+    return resolve_config(None if is_file else str(config), config if is_file else None, list(overrides))

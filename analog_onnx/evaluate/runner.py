@@ -10,14 +10,13 @@ import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
 from analog_onnx.arguments import check_fields, expect, numbers
-from analog_onnx.config import AnalogConfig, load_preset
+from analog_onnx.config import AnalogConfig, ConfigLike, named_config
 from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.data.preprocess import Normalization, from_flags
 from analog_onnx.errors import AnalogError, ModelError
@@ -30,7 +29,6 @@ from analog_onnx.files import first_line
 from analog_onnx.runtime import make_session
 from analog_onnx.transform import read_analog_metadata
 
-ConfigLike = AnalogConfig | str | Path | None
 MAX_REPEATS = 100_000  # Monte Carlo error is ~0.3% of one repeat's spread long before this
 MAX_THREADS = 1024
 
@@ -96,15 +94,10 @@ def normalization_flags(mean: Sequence[float] | str | None, std: Sequence[float]
     return from_flags(*(None if v is None else numbers(v, name) for v, name in ((mean, "mean"), (std, "std"))))
 
 
-def resolve_config(config: ConfigLike) -> AnalogConfig | None:
-    """An AnalogConfig, a preset name, or a TOML/JSON file path."""
-    expect(config, ConfigLike, "config (an AnalogConfig, a preset name or a config file)")
-    if config is None or isinstance(config, AnalogConfig):
-        return config
-    text = str(config)
-    if isinstance(config, Path) or text.endswith((".toml", ".json")):
-        return AnalogConfig.load(config)
-    return load_preset(text)
+def config_argument(config: ConfigLike | None) -> AnalogConfig | None:
+    """The ``config`` of evaluate or sensitivity (``config.named_config``); None: each model's own."""
+    expect(config, ConfigLike | None, "config (an AnalogConfig, a preset name or a config file)")
+    return None if config is None else named_config(config)
 
 
 def read_data(data: str | Dataset, split: str, limit: int | None) -> tuple[Dataset, str]:
