@@ -232,17 +232,15 @@ def run_grid(variants: list[Variant], inputs: list[np.ndarray], labels: np.ndarr
     return points
 
 
-def analog_variant(target: Target, analog: onnx.ModelProto | None = None, t_inference: float | None = None,
-                   ) -> Variant:
+def analog_variant(target: Target, analog: onnx.ModelProto | None = None) -> Variant:
     """The variant that runs ``analog`` (default: the target's analog model) on the target's inputs,
-    at ``t_inference`` seconds since programming (default: the model's own)."""
+    at the model's own ``t_inference`` (another time is ``replace(variant, t_inference=...)``)."""
     analog = analog if analog is not None else target.model.analog
     meta = read_analog_metadata(analog)
     t_input = meta.inputs.get("t_inference") if meta.config.device.enabled else None
     return Variant(analog.SerializeToString(), target.io.input_name, target.io.output_name, target.inputs_index,
                    meta.noise_scale_input, meta.seed_input, meta.inputs.get("chip_seed"), t_input,
-                   meta.config.t_inference if t_inference is None else t_inference,
-                   fixed_batch=target.io.input_shape[0], mask_input=target.io.mask_name)
+                   meta.config.t_inference, fixed_batch=target.io.input_shape[0], mask_input=target.io.mask_name)
 
 
 def data_summary(dataset: Dataset, spec: str, split: str, limit: int | None) -> dict[str, Any]:

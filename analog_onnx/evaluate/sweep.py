@@ -120,11 +120,12 @@ def _device_runs(target: Target, times: Sequence[float] | None,
         settings = config if compensate in (None, config.device.drift_compensation) else \
             replace(config, device=replace(config.device, drift_compensation=compensate))
         analog = target.model.analog if settings is config else transform_model(target.model.clean, settings)
+        variant = analog_variant(target, analog)  # one model for every time: t_inference is an input
         for t in times if times is not None else (config.t_inference,):
             label = [f"t={t:g} s"] if times is not None and len(times) > 1 else []
             label += [f"compensation {'on' if compensate else 'off'}"] if len(compensations) > 1 else []
             name = f"{target.model.name} ({', '.join(label)})" if label else target.model.name
-            runs.append(DeviceRun(target, analog_variant(target, analog, t), name, settings, t,
+            runs.append(DeviceRun(target, replace(variant, t_inference=t), name, settings, t,
                                   settings.device.drift_compensation))
     return runs
 
