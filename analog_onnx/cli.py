@@ -44,11 +44,12 @@ for module in (model_commands, evaluate_commands, kernel_commands, train_command
     module.register(app)
 
 
-def main() -> None:
-    """Entry point: a user mistake is one line on stderr and exit status 2, never a traceback."""
+def main(args: list[str] | None = None) -> None:
+    """Entry point (``args``: the command line, else ``sys.argv``): a user mistake is one line on
+    stderr and exit status 2, never a traceback."""
     unwind_on_sigterm()
     try:
-        app()
+        app(args=args, prog_name="analog-onnx")
     except AnalogError as error:
         _fail(str(error))
     except OSError as error:  # the machine's, not the program's: a full disk, a lost mount, no permission

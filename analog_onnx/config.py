@@ -14,7 +14,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any
 import tomli_w
 import tomllib
 
-from analog_onnx import vocabulary
+from analog_onnx import effects, vocabulary
 from analog_onnx.arguments import float32_problem
 from analog_onnx.devices.config import DeviceConfig
 from analog_onnx.errors import AnalogError, ConfigError
@@ -265,19 +265,16 @@ class AnalogConfig:
                     raise ConfigError(f"placement.{key}: bad regex {pattern!r}: {e}") from None
         ignored = self._ignored_keys()
         if ignored:
-            other = "mvm" if p.where == "activations" else "activations"
-            raise ConfigError(f"config key {ignored[0]} has no effect under placement.where = {p.where!r} "
+            key, other = ignored[0]
+            raise ConfigError(f"config key {key} has no effect under placement.where = {p.where!r} "
                               f"(only under {other!r}): remove it, or change placement.where")
 
-    def _ignored_keys(self) -> list[str]:
-        """Keys set away from their defaults that the chosen placement never reads."""
-        if self.placement.where == "activations":
-            sections, placement_keys = ("forward", "weights"), ()
-        else:
-            sections, placement_keys = ("noise",), ("op_types", "network_inputs")
-        mine, default = self.to_dict(), AnalogConfig().to_dict()
-        keys = [(s, k) for s in sections for k in mine[s]] + [("placement", k) for k in placement_keys]
-        return [f"{s}.{k}" for s, k in keys if mine[s][k] != default[s][k]]
+    def _ignored_keys(self) -> list[tuple[str, str]]:
+        """(key, the placement that reads it) for each key set away from its default that only the
+        effects of another placement read (``analog_onnx/effects.py``), in the config's order."""
+        mine, default = dict(_flat_items(self.to_dict())), dict(_flat_items(AnalogConfig().to_dict()))
+        return [(key, other) for key in mine if mine[key] != default[key]
+                and (other := effects.only_read_elsewhere(key, self.placement.where))]
 
 
 def _flat_items(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -420,6 +417,9 @@ def preset_names() -> list[str]:
     return sorted(f.name.removesuffix(".toml") for f in files if f.name.endswith(".toml"))
 
 
+ConfigLike = AnalogConfig | str | Path  # a config, a preset name, or a TOML/JSON file
+
+
 def load_preset(name: str) -> AnalogConfig:
     if name not in preset_names():
         hint = difflib.get_close_matches(name, preset_names(), n=1)
@@ -440,3 +440,12 @@ def resolve_config(preset: str | None, config_file: str | Path | None, overrides
     else:
         config = AnalogConfig.load(config_file) if config_file else load_preset(preset)
     return config.with_overrides(overrides) if overrides else config
+
+
+def named_config(config: ConfigLike, overrides: Sequence[str] = ()) -> AnalogConfig:
+    """A config as the API and study files name one: an AnalogConfig as it is, a TOML/JSON file
+    (a Path, or a name ending in .toml or .json) or else a preset's name; then ``overrides``."""
+    if isinstance(config, AnalogConfig):
+        return config.with_overrides(list(overrides)) if overrides else config
+    is_file = isinstance(config, Path) or str(config).endswith((".toml", ".json"))
+    return resolve_config(None if is_file else str(config), config if is_file else None, list(overrides))

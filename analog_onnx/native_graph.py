@@ -35,6 +35,7 @@ import onnx_ir as ir
 
 from analog_onnx.ops import DOMAIN, OPS, reference
 from analog_onnx.ops.schema import ChainStep
+from analog_onnx.passes.common import take_over
 from analog_onnx.passes.names import Names
 
 ModelLike = str | Path | bytes | onnx.ModelProto
@@ -110,11 +111,10 @@ def _fuse_tile_convolutions(model: ir.Model) -> bool:
         if factor is not None:  # a scalar factor commutes with the layout change: it now follows the fused tile
             factor.replace_input_with(list(factor.inputs).index(node.outputs[0]), tile.outputs[0])
             result, tile.outputs[0].name = factor.outputs[0], names.value(base)
-        name, kind, dims = out.name, out.type, out.shape
-        out.replace_all_uses_with(result, replace_graph_outputs=True)
+        take_over(out, result, take_name=True)
+        result.type, result.shape = out.type, out.shape
         graph.insert_before(node, tile)
         graph.remove([back, node, patches, unfold], safe=True)
-        result.name, result.type, result.shape = name, kind, dims
         fused = True
     return fused
 
@@ -409,11 +409,10 @@ def _take_the_place(graph: ir.Graph, nodes: list[ir.Node], fused: ir.Node) -> No
     """Put ``fused`` where the last of ``nodes`` was, defining that node's output (its name, type
     and shape), and remove ``nodes``."""
     last = nodes[-1].outputs[0]
-    name, kind, dims = last.name, last.type, last.shape
-    last.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+    take_over(last, fused.outputs[0], take_name=True)
+    fused.outputs[0].type, fused.outputs[0].shape = last.type, last.shape
     graph.insert_before(nodes[-1], fused)
     graph.remove(nodes, safe=True)
-    fused.outputs[0].name, fused.outputs[0].type, fused.outputs[0].shape = name, kind, dims
 
 
 # -- what the rewrites recognize ---------------------------------------------------------------
@@ -468,8 +467,8 @@ def _layer_output_shape(layer: ir.Node | None) -> tuple[int, int] | None:
     weight = _constant(layer.inputs[1])
     source = layer.inputs[1].producer() if layer.inputs[1] is not None else None
     if weight is None and source is not None and (source.op_type == "DequantizeLinear"  # a QDQ model
-                                                  or _is_ours(source, "DeviceWeights")):  # same shape as its W
-        weight = _constant(source.inputs[0])
+                                                  or source.domain == DOMAIN and source.op_type in _SHAPE_KEEPING):
+        weight = _constant(source.inputs[0])  # the same shape (a weight an effect computes at run time)
     if weight is None:
         return None
     if layer.op_type == "Conv":

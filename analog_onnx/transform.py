@@ -216,18 +216,15 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
     _check_includes(work, config)
     found = _sites(work, config)
     _check_float32(found)
-    chosen = [s.name for s in found]
-    if sites is not None:
-        unknown = set(sites) - set(chosen)
-        if unknown:
-            raise ModelError(f"unknown site(s): {', '.join(sorted(unknown))}")
-        chosen = [name for name in chosen if name in set(sites)]
+    unknown = set(sites or ()) - {s.name for s in found}
+    if unknown:
+        raise ModelError(f"unknown site(s): {', '.join(sorted(unknown))}")
     only = None if sites is None else frozenset(sites)
     passes = ir.passes.PassManager([
         AddControlInputsPass(config.t_inference),
         *(effect.make_pass(config, only) for effect in enabled_effects(config)),
         AddAnalogFunctionsPass(),
-        WriteMetadataPass(config, chosen),
+        WriteMetadataPass(config, only),
     ])
     try:
         passes(work)

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from analog_onnx.config import load_preset
 from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.errors import AnalogError, ModelError
-from analog_onnx.evaluate import RunSettings, evaluate
+from analog_onnx.evaluate import RunSettings, engine, evaluate
 from analog_onnx.evaluate.engine import (
     Counts,
     Evaluator,
@@ -165,6 +165,21 @@ def test_t_inference_is_validated_and_noted():
 YEAR = 365 * 86400.0
 
 
+def test_a_time_sweep_feeds_its_times_to_one_session(monkeypatch):
+    """t_inference is a graph input: the times of a sweep share one session, and each time's
+    accuracies are those of that time evaluated alone (common random numbers)."""
+    made: list[bytes] = []
+    original = engine.make_session
+    monkeypatch.setattr(engine, "make_session", lambda model, **kw: made.append(model) or original(model, **kw))
+    config, settings = load_preset("aihwkit-pcm").with_overrides(["drift_scale=3"]), RunSettings(repeats=2, seed=3)
+    sweep = evaluate(digits_mlp(), "digits", config=config, noise_scales=[1.0], settings=settings,
+                     t_inference=[1.0, 3600.0, YEAR])
+    assert len([model for model in made if b"ai.analog" in model]) == 1
+    alone = evaluate(digits_mlp(), "digits", config=config, noise_scales=[1.0], settings=settings, t_inference=[YEAR])
+    assert sweep.models[2].points[0].accuracies == alone.models[0].points[0].accuracies
+    assert sweep.models[0].points[0].accuracies != sweep.models[2].points[0].accuracies
+
+
 def test_devices_sweep_time_and_compensation_on_programmed_chips(tmp_path):
     settings = RunSettings(repeats=4, reads=2, seed=3, batch_size=256)
     report = evaluate(digits_mlp(), "digits", config=load_preset("aihwkit-pcm").with_overrides(["drift_scale=3"]),
@@ -203,7 +218,7 @@ def test_reads_of_one_chip_share_its_chip_seed():
     variant = Variant(b"", "x", "y", 0, None, "seed", "chip", None)
     payload = Payload((variant,), (np.zeros((4, 1), np.float32),), np.zeros(4, np.int64), 4, None, 9, 1, reads=3)
     evaluator = Evaluator(payload)
-    evaluator.sessions[0] = recorder = FeedRecorder()
+    evaluator.sessions[variant.model] = recorder = FeedRecorder()
     for repeat in range(6):
         evaluator.run(Unit(0, 0, repeat, 1.0))
     assert recorder.chips[:3] == [recorder.chips[0]] * 3 and recorder.chips[3:] == [recorder.chips[3]] * 3

@@ -7,8 +7,6 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "analog_onnx"
-# left for issue 22's study/ split (results data and one writer of files and figures)
-KNOWN = {frozenset({"analog_onnx.study.figures", "analog_onnx.study.results"})}
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -58,10 +56,10 @@ def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
     return found
 
 
-def test_no_import_cycles_but_the_known_one():
+def test_no_import_cycles():
     graph = import_graph()
     assert "analog_onnx.ops.grid" in graph["analog_onnx.devices.conductance"]  # the one this test is about
-    assert [sorted(c) for c in cycles(graph) if c not in KNOWN] == []
+    assert [sorted(c) for c in cycles(graph)] == []
 
 
 def test_the_finder_sees_a_cycle_through_a_lazy_import():

@@ -14,7 +14,7 @@ from helpers import as_ir, gemm_relu
 from onnx import TensorProto, numpy_helper
 from onnx import helper as h
 
-from analog_onnx.config import load_preset
+from analog_onnx.config import PLACEMENTS, load_preset
 from analog_onnx.effects import EFFECTS, enabled_effects
 from analog_onnx.errors import ConfigError
 from analog_onnx.ops import DOMAIN
@@ -256,7 +256,7 @@ def test_effects_are_a_registry_the_config_switches():
         ["analog_tile", "mvm_periphery", "device_weights"]  # weight bits become conductance levels
     assert names == {"activation_noise", "weight_quantization", "analog_tile", "mvm_periphery", "device_weights"}
     for effect in EFFECTS:
-        assert set(effect.acts_on) <= {"weights", "input", "output"} and effect.ops
+        assert effect.placement in PLACEMENTS and effect.reads
 
 
 def test_names_are_free_in_subgraphs_too():
@@ -313,7 +313,7 @@ def test_duplicate_node_names_in_the_model_get_distinct_inserted_names():
 def test_metadata_pass_records_config_version_and_sites():
     config = load_preset("aihwkit-default")
     work = as_ir(gemm_relu())
-    WriteMetadataPass(config, ["gemm"])(work)
+    WriteMetadataPass(config, {"gemm"})(work)
     assert json.loads(work.metadata_props[CONFIG_KEY]) == config.to_dict()
     assert json.loads(work.metadata_props[SITES_KEY]) == ["gemm"] and work.metadata_props[VERSION_KEY]
 
@@ -329,7 +329,7 @@ def test_strip_pass_removes_what_the_other_passes_added(preset, passes):
     for make_pass in passes:
         assert make_pass(config)(work).modified
     AddAnalogFunctionsPass()(work)
-    WriteMetadataPass(config, ["gemm"])(work)
+    WriteMetadataPass(config, {"gemm"})(work)
     StripAnalogPass()(work)
     assert ops(work) == ["Gemm", "Relu"] and len(work.graph.node(0).inputs) == 3
     assert [v.name for v in work.graph.inputs] == ["x"] and set(work.graph.initializers) == {"W", "b"}

@@ -11,7 +11,7 @@ from torch import nn  # noqa: E402
 from analog_onnx.config import load_preset  # noqa: E402
 from analog_onnx.errors import AnalogError  # noqa: E402
 from analog_onnx.runtime import make_session  # noqa: E402
-from analog_onnx.train import hardware as hardware_module  # noqa: E402
+from analog_onnx.train import effect_twins as twins_module  # noqa: E402
 from analog_onnx.train.export import INPUT_NAME, to_onnx  # noqa: E402
 from analog_onnx.train.hardware import attach_hardware  # noqa: E402
 from analog_onnx.train.qat import QatSpec, attach_qat  # noqa: E402
@@ -32,13 +32,13 @@ def _model(arch: str) -> nn.Module:
 def _fired(model: nn.Module, hardware, monkeypatch) -> list[tuple[str, str]]:
     """(op type, site name) of every noise hook and analog layer, in the order a forward pass runs them."""
     fired: list[tuple[str, str]] = []
-    original_noise = hardware_module.NoiseHook.__call__
+    original_noise = twins_module.NoiseHook.__call__
 
     def recording_noise(self, module, inputs, output):
         fired.append((self.site.op_type, self.site.name))
         return original_noise(self, module, inputs, output)
 
-    monkeypatch.setattr(hardware_module.NoiseHook, "__call__", recording_noise)
+    monkeypatch.setattr(twins_module.NoiseHook, "__call__", recording_noise)
     layers = {hardware.model.get_submodule(s.module): s for s in hardware.sites if s.op_type != "Input"}
     handles = [m.register_forward_pre_hook(lambda m, a: fired.append((layers[m].op_type, layers[m].name)))
                for m in layers] if hardware.config.placement.where == "mvm" else []

@@ -144,6 +144,17 @@ def test_cli_train_then_transform_never_imports_torch(tmp_path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_torchrun_entry_reports_a_mistake_as_the_cli_does(tmp_path) -> None:
+    """``python -m analog_onnx.train`` is the CLI's train command: one error line, exit status 2."""
+    command = [sys.executable, "-m", "analog_onnx.train", "--arch", "nope", "--data", "digits",
+               "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("analog-onnx: error: unknown arch 'nope'")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_ddp_with_two_processes_equals_one_process(tmp_path) -> None:
     """Two gloo processes, each with half of every global batch, take the same steps as one process."""

@@ -136,16 +136,18 @@ def padded(batch: np.ndarray, size: int) -> np.ndarray:
 
 
 class Evaluator:
-    """Runs units; builds each variant's session on first use and keeps it."""
+    """Runs units; builds one session per distinct model on first use and keeps it: variants that
+    differ only in what they feed (the times of a ``t_inference`` sweep) share it."""
 
     def __init__(self, payload: Payload) -> None:
         self.payload = payload
-        self.sessions: dict[int, ort.InferenceSession] = {}
+        self.sessions: dict[bytes, ort.InferenceSession] = {}  # by the serialized model
 
     def session(self, index: int) -> ort.InferenceSession:
-        if index not in self.sessions:
-            self.sessions[index] = make_session(self.payload.variants[index].model, threads=self.payload.threads)
-        return self.sessions[index]
+        model = self.payload.variants[index].model
+        if model not in self.sessions:
+            self.sessions[model] = make_session(model, threads=self.payload.threads)
+        return self.sessions[model]
 
     def run(self, unit: Unit) -> Counts:
         p = self.payload

@@ -10,14 +10,13 @@ import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
 from analog_onnx.arguments import check_fields, expect, numbers
-from analog_onnx.config import AnalogConfig, load_preset
+from analog_onnx.config import AnalogConfig, ConfigLike, named_config
 from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.data.preprocess import Normalization, from_flags
 from analog_onnx.errors import AnalogError, ModelError
@@ -30,7 +29,6 @@ from analog_onnx.files import first_line
 from analog_onnx.runtime import make_session
 from analog_onnx.transform import read_analog_metadata
 
-ConfigLike = AnalogConfig | str | Path | None
 MAX_REPEATS = 100_000  # Monte Carlo error is ~0.3% of one repeat's spread long before this
 MAX_THREADS = 1024
 
@@ -96,15 +94,10 @@ def normalization_flags(mean: Sequence[float] | str | None, std: Sequence[float]
     return from_flags(*(None if v is None else numbers(v, name) for v, name in ((mean, "mean"), (std, "std"))))
 
 
-def resolve_config(config: ConfigLike) -> AnalogConfig | None:
-    """An AnalogConfig, a preset name, or a TOML/JSON file path."""
-    expect(config, ConfigLike, "config (an AnalogConfig, a preset name or a config file)")
-    if config is None or isinstance(config, AnalogConfig):
-        return config
-    text = str(config)
-    if isinstance(config, Path) or text.endswith((".toml", ".json")):
-        return AnalogConfig.load(config)
-    return load_preset(text)
+def config_argument(config: ConfigLike | None) -> AnalogConfig | None:
+    """The ``config`` of evaluate or sensitivity (``config.named_config``); None: each model's own."""
+    expect(config, ConfigLike | None, "config (an AnalogConfig, a preset name or a config file)")
+    return None if config is None else named_config(config)
 
 
 def read_data(data: str | Dataset, split: str, limit: int | None) -> tuple[Dataset, str]:
@@ -239,17 +232,15 @@ def run_grid(variants: list[Variant], inputs: list[np.ndarray], labels: np.ndarr
     return points
 
 
-def analog_variant(target: Target, analog: onnx.ModelProto | None = None, t_inference: float | None = None,
-                   ) -> Variant:
+def analog_variant(target: Target, analog: onnx.ModelProto | None = None) -> Variant:
     """The variant that runs ``analog`` (default: the target's analog model) on the target's inputs,
-    at ``t_inference`` seconds since programming (default: the model's own)."""
+    at the model's own ``t_inference`` (another time is ``replace(variant, t_inference=...)``)."""
     analog = analog if analog is not None else target.model.analog
     meta = read_analog_metadata(analog)
     t_input = meta.inputs.get("t_inference") if meta.config.device.enabled else None
     return Variant(analog.SerializeToString(), target.io.input_name, target.io.output_name, target.inputs_index,
                    meta.noise_scale_input, meta.seed_input, meta.inputs.get("chip_seed"), t_input,
-                   meta.config.t_inference if t_inference is None else t_inference,
-                   fixed_batch=target.io.input_shape[0], mask_input=target.io.mask_name)
+                   meta.config.t_inference, fixed_batch=target.io.input_shape[0], mask_input=target.io.mask_name)
 
 
 def data_summary(dataset: Dataset, spec: str, split: str, limit: int | None) -> dict[str, Any]:

@@ -29,12 +29,12 @@ from analog_onnx.evaluate.runner import (
     attention_mask,
     chance_level,
     checked_settings,
+    config_argument,
     data_summary,
     effective_top_k,
     normalization_flags,
     prepare_targets,
     read_data,
-    resolve_config,
     run_grid,
 )
 from analog_onnx.transform import analog_sites, transform_model
@@ -44,7 +44,7 @@ def sensitivity(
     model: ModelSource,
     data: str | Dataset,
     *,
-    config: ConfigLike = None,
+    config: ConfigLike | None = None,
     noise_scale: float = 1.0,
     midpoint: bool = False,
     noise_scales: Sequence[float] | str = "log:1e-2:1e1:13",
@@ -69,8 +69,8 @@ def sensitivity(
     expect(progress, Callable | None, "progress")
     dataset, spec = read_data(data, split, limit)
     [name] = model_names([model])
-    [target], inputs = prepare_targets([model], [name], resolve_config(config), dataset, normalization_flags(mean, std),
-                                       settings)
+    [target], inputs = prepare_targets([model], [name], config_argument(config), dataset,
+                                       normalization_flags(mean, std), settings)
     prepared = target.model
     sites = analog_sites(prepared.clean, prepared.config)
     if not sites:

@@ -24,12 +24,12 @@ from analog_onnx.evaluate.runner import (
     attention_mask,
     chance_level,
     checked_settings,
+    config_argument,
     data_summary,
     effective_top_k,
     normalization_flags,
     prepare_targets,
     read_data,
-    resolve_config,
     run_grid,
 )
 from analog_onnx.transform import transform_model
@@ -41,7 +41,7 @@ def evaluate(
     models: ModelSource | Sequence[ModelSource],
     data: str | Dataset,
     *,
-    config: ConfigLike = None,
+    config: ConfigLike | None = None,
     noise_scales: Sequence[float] | str = DEFAULT_NOISE_SCALES,
     settings: RunSettings | None = None,
     split: str = "test",
@@ -67,7 +67,7 @@ def evaluate(
     expect(progress, Callable | None, "progress")
     dataset, spec = read_data(data, split, limit)
     normalization = normalization_flags(mean, std)
-    targets, inputs = prepare_targets(sources, names, resolve_config(config), dataset, normalization, settings)
+    targets, inputs = prepare_targets(sources, names, config_argument(config), dataset, normalization, settings)
     notes = [note for t in targets for note in t.model.notes]
     timeless = [t.model.name for t in targets if not t.model.config.device.enabled]
     if times is not None and timeless:
@@ -120,11 +120,12 @@ def _device_runs(target: Target, times: Sequence[float] | None,
         settings = config if compensate in (None, config.device.drift_compensation) else \
             replace(config, device=replace(config.device, drift_compensation=compensate))
         analog = target.model.analog if settings is config else transform_model(target.model.clean, settings)
+        variant = analog_variant(target, analog)  # one model for every time: t_inference is an input
         for t in times if times is not None else (config.t_inference,):
             label = [f"t={t:g} s"] if times is not None and len(times) > 1 else []
             label += [f"compensation {'on' if compensate else 'off'}"] if len(compensations) > 1 else []
             name = f"{target.model.name} ({', '.join(label)})" if label else target.model.name
-            runs.append(DeviceRun(target, analog_variant(target, analog, t), name, settings, t,
+            runs.append(DeviceRun(target, replace(variant, t_inference=t), name, settings, t,
                                   settings.device.drift_compensation))
     return runs
 

@@ -17,7 +17,6 @@ REPLACES_KEY = "analog_onnx.replaces"  # node metadata: the name of the layer a 
 LAYER_KEY = "analog_onnx.layer"  # node metadata of a tile: the site name of the layer it computes
 NODE_KEYS = (ROLE_KEY, REPLACES_KEY, LAYER_KEY)  # the node metadata only the transform writes
 QUANTIZER_KEY = "analog_onnx.quantizer"  # node metadata: the QONNX quantizer a converted node computes part of
-WEIGHT_ROLES = ("weight_quant", "transpose", "device_weights", "weight_column")  # nodes acting on a layer's weight
 
 # model metadata the transform writes (see write_metadata.py and add_controls.py)
 CONFIG_KEY = "analog_onnx.config"
@@ -65,6 +64,18 @@ def next_stream(graph: ir.Graph) -> int:
     return max(used, default=0) + 1
 
 
+def is_inserted(node: ir.Node) -> bool:
+    """Whether the transform put ``node`` in the graph: ours, or tagged with a role."""
+    return node.domain == DOMAIN or ROLE_KEY in node.metadata_props
+
+
+def upstream(value: ir.Value) -> ir.Value:
+    """Walk back through inserted nodes (their first inputs) to the original value."""
+    while value.producer() is not None and is_inserted(value.producer()) and value.producer().inputs:
+        value = value.producer().inputs[0]
+    return value
+
+
 def tag(node: ir.Node, role: str) -> ir.Node:
     node.metadata_props[ROLE_KEY] = role
     return node
@@ -76,6 +87,18 @@ def analog_node(op_type: str, inputs: list[ir.Value | None], attributes: dict, *
     return tag(node, role)
 
 
+def take_over(old: ir.Value, new: ir.Value, *, take_name: bool = False) -> bool:
+    """Every consumer of ``old``, graph outputs included, reads ``new``; a graph output keeps its
+    name (``new`` takes it and ``old`` is left unnamed), as does every value with ``take_name``.
+    Returns whether ``old`` was a graph output."""
+    was_output = old.is_graph_output()
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    if was_output or take_name:
+        name, old.name = old.name, None
+        new.name = name
+    return was_output
+
+
 def splice_after(graph: ir.Graph, value: ir.Value, node: ir.Node, names: Names) -> None:
     """Make every consumer of ``value`` (graph outputs included) read ``node``'s first output instead.
 
@@ -83,20 +106,15 @@ def splice_after(graph: ir.Graph, value: ir.Value, node: ir.Node, names: Names) 
     A graph input keeps its name too: when it is also a graph output, that output stays the input.
     """
     new = node.outputs[0]
-    echoed = value in graph.inputs  # a network input that is also an output: it stays both, unchanged
-    is_output = value in graph.outputs and not echoed
-    if echoed:
+    if value in graph.inputs:  # a network input that is also an output: it stays both, unchanged
         for user, index in list(value.uses()):
             user.replace_input_with(index, new)
-    else:
-        value.replace_all_uses_with(new, replace_graph_outputs=True)
-    node.replace_input_with(0, value)
-    if is_output:
-        original_name = value.name
+        new.name = names.value(f"{value.name}_analog")
+    elif take_over(value, new):
         value.name = names.value(f"{node.name}/input")
-        new.name = original_name
     else:
         new.name = names.value(f"{value.name}_analog")
+    node.replace_input_with(0, value)
     new.type, new.shape = value.type, value.shape
     producer = value.producer()
     if producer is not None and producer.graph is graph:

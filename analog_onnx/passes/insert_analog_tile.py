@@ -27,7 +27,18 @@ import numpy as np
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
-from analog_onnx.passes.common import LAYER_KEY, REPLACES_KEY, EffectPass, analog_node, control_inputs, next_stream, tag
+from analog_onnx.errors import ModelError
+from analog_onnx.passes.common import (
+    LAYER_KEY,
+    REPLACES_KEY,
+    EffectPass,
+    analog_node,
+    control_inputs,
+    is_inserted,
+    next_stream,
+    tag,
+    take_over,
+)
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.quantize_weights import channel_axis
 from analog_onnx.passes.sites import Site, find_sites, site_name
@@ -154,11 +165,23 @@ class _Chain:
     def _take_over(self, y: ir.Value) -> None:
         """Consumers of the layer's output read ``y``; a graph output keeps its name."""
         old = self.layer.outputs[0]
-        is_output = old in self.graph.outputs
-        old.replace_all_uses_with(y, replace_graph_outputs=True)
-        if is_output:
-            name = old.name
+        if take_over(old, y):
             old.name = self.names.value(f"{site_name(self.layer)}/digital")
-            y.name = name
         y.type, y.shape = old.type, old.shape
         self.last.metadata_props[REPLACES_KEY] = old.name or ""
+
+
+def restore_layers(graph: ir.Graph, inserted: list[ir.Node]) -> None:
+    """Strip: consumers of each tile chain read the layer it replaced again (one index of the values
+    original nodes produce, so strip stays linear in the size of the graph)."""
+    chains = [node for node in inserted if REPLACES_KEY in node.metadata_props]
+    if not chains:
+        return
+    original = {v.name: v for n in graph if not is_inserted(n) for v in n.outputs if v.name}
+    for last in chains:
+        name = last.metadata_props[REPLACES_KEY]
+        layer_output = original.get(name)
+        if layer_output is None:
+            raise ModelError(f"node {last.name!r} says it replaces {name!r} ({REPLACES_KEY}), which no original "
+                             "node of the graph computes: the file was edited; transform the original model again")
+        take_over(last.outputs[0], layer_output)

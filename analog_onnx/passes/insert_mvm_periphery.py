@@ -28,8 +28,18 @@ import numpy as np
 import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
-from analog_onnx.errors import ConfigError
-from analog_onnx.passes.common import EffectPass, analog_node, control_inputs, next_stream, splice_after, tag
+from analog_onnx.errors import ConfigError, ModelError
+from analog_onnx.passes.common import (
+    ROLE_KEY,
+    EffectPass,
+    analog_node,
+    control_inputs,
+    is_inserted,
+    next_stream,
+    splice_after,
+    tag,
+    upstream,
+)
 from analog_onnx.passes.insert_analog_tile import is_tile_layer
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.sites import Site, constant_array, find_sites, site_name
@@ -176,3 +186,17 @@ def _constant_step(graph: ir.Graph, layer: ir.Node, op_type: str, value: ir.Valu
     tag(constant, "bias")
     graph.insert_before(layer, [constant, step])
     return step.outputs[0]
+
+
+def restore_biases(graph: ir.Graph, inserted: list[ir.Node]) -> None:
+    """Strip: each layer under a bias Add gets its original bias input back."""
+    for add in inserted:
+        if add.metadata_props.get(ROLE_KEY) != "bias" or add.op_type != "Add":
+            continue
+        layer = upstream(add.inputs[0]).producer()
+        if layer is not None and layer.op_type in BIAS_INPUT and not is_inserted(layer):
+            index = BIAS_INPUT[layer.op_type]
+            if len(layer.inputs) <= index or layer.inputs[index] is not None:
+                raise ModelError(f"node {add.name!r} is marked as the bias of {layer.name!r}, which has no free bias "
+                                 "input: the file was edited; transform the original model again")
+            layer.replace_input_with(index, upstream(add.inputs[1]))

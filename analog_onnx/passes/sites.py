@@ -39,8 +39,9 @@ import numpy as np
 import onnx_ir as ir
 
 from analog_onnx.config import ANALOG_OP_TYPES, AnalogConfig
+from analog_onnx.effects import weight_roles
 from analog_onnx.ops import DOMAIN
-from analog_onnx.passes.common import QUANTIZER_KEY, ROLE_KEY, WEIGHT_ROLES
+from analog_onnx.passes.common import QUANTIZER_KEY, ROLE_KEY
 
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # torch's dynamo exporter: the module scopes of a node
@@ -113,10 +114,10 @@ def _dequantize(node: ir.Node) -> np.ndarray | None:
 
 
 def layer_weight(node: ir.Node) -> np.ndarray | None:
-    """The constant weight of a layer, looking through the transform's own weight-side nodes."""
-    value = node.inputs[WEIGHT_INPUT[node.op_type]]
+    """The constant weight of a layer, looking through the nodes effects put before it."""
+    value, roles = node.inputs[WEIGHT_INPUT[node.op_type]], weight_roles()
     while value is not None and (producer := value.producer()) is not None \
-            and producer.metadata_props.get(ROLE_KEY) in WEIGHT_ROLES:
+            and producer.metadata_props.get(ROLE_KEY) in roles:
         value = producer.inputs[0]
     return constant_array(value)
 

@@ -10,10 +10,11 @@ figures that compare the methods.
 
 Modules: ``spec`` (the TOML grid and cell keys), ``cells`` (running one cell, its record),
 ``runner`` (scheduling on local workers or Ray, live view), ``results`` (aggregation over seeds,
-files), ``figures``.
+its text), ``report_files`` (writing the report), ``figures``.
 """
 
-from analog_onnx.study.results import Results, collect, write_report
+from analog_onnx.study.report_files import write_report
+from analog_onnx.study.results import Results, collect
 from analog_onnx.study.runner import StudyRun, run_study
 from analog_onnx.study.spec import Spec, SpecError, load_spec
 

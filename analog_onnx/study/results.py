@@ -1,5 +1,5 @@
-"""What a study found, from the records of its finished cells: ``study.json``, ``study.csv``,
-``summary.md`` and the figures.
+"""What a study found, from the records of its finished cells, and its text (``study.csv``,
+``summary.md``); ``report_files.py`` writes them, ``study.json`` and the figures.
 
 Seeds are the unit of comparison: a seed's accuracy at a noise level is the mean over its Monte
 Carlo repeats, and means and 95% intervals are taken over seeds (Student t; for accuracies the
@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from analog_onnx.evaluate.metrics import midpoint_noise, summarize, summarize_accuracy
-from analog_onnx.files import write_text
-from analog_onnx.study.cells import read_record, write_json
+from analog_onnx.study.cells import read_record
 from analog_onnx.study.spec import DEPTH, Method, Spec
 from analog_onnx.study.verdicts import ENVELOPE, Decision, decide, is_envelope_family
 
@@ -263,22 +262,7 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-# -- files ------------------------------------------------------------------------------------
-def write_report(spec: Spec, root: Path) -> Results:
-    """``study.json``, ``study.csv``, ``summary.md`` and ``figures/*.png`` from what is done."""
-    from analog_onnx.study.figures import draw_figures
-    from analog_onnx.study.runner import study_folder
-
-    root = study_folder(spec, root)
-    results = collect(spec, root)
-    write_json(root / "study.json", results.to_dict())
-    write_text(root / "study.csv", csv_text(results), force=True)
-    figures = draw_figures(results, root / "figures")
-    write_text(root / "summary.md", summary_markdown(results, [f.relative_to(root) for f in figures]),
-               force=True)
-    return results
-
-
+# -- text -------------------------------------------------------------------------------------
 def csv_text(results: Results) -> str:
     levels = results.spec.report_levels
     buffer = io.StringIO()

@@ -56,7 +56,7 @@ from typing import Any
 import tomllib
 
 from analog_onnx.arguments import expect
-from analog_onnx.config import MAX_INT, AnalogConfig, resolve_config
+from analog_onnx.config import MAX_INT, AnalogConfig, named_config
 from analog_onnx.data import READERS, check_data_spec
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.levels import noise_levels
@@ -329,9 +329,7 @@ def _hardware(entry: Any, where: str, overrides: Any = ()) -> AnalogConfig:
     if not isinstance(entry, str):
         raise SpecError(f"{where}: hardware must be a preset name or a config file, got {entry!r}")
     try:
-        is_file = entry.endswith((".toml", ".json"))
-        return resolve_config(None if is_file else entry, entry if is_file else None,
-                              _string_list(list(overrides), f"{where} set"))
+        return named_config(entry, _string_list(list(overrides), f"{where} set"))
     except AnalogError as e:
         raise SpecError(f"{where}: {e}") from None
 

@@ -1,4 +1,5 @@
-"""``python -m analog_onnx.train`` runs the train command; the entry point for torchrun:
+"""``python -m analog_onnx.train`` runs ``analog-onnx train`` (the CLI's own error handling); the
+entry point for torchrun:
 
     torchrun --nproc_per_node 2 -m analog_onnx.train --arch resnet20 --data cifar10:DIR ...
 """
@@ -9,21 +10,12 @@ import logging
 import os
 import sys
 
-import typer
-
-from analog_onnx.commands.train_commands import train
-from analog_onnx.errors import AnalogError
-from analog_onnx.files import unwind_on_sigterm
-from analog_onnx.text import printable
+from analog_onnx import cli
 
 
 def main() -> None:
-    unwind_on_sigterm()
     try:
-        typer.run(train)
-    except AnalogError as error:
-        print(f"analog-onnx train: error: {printable(str(error))}", file=sys.stderr)
-        leave(2)
+        cli.main(["train", *sys.argv[1:]])
     except SystemExit as done:
         leave(done.code if isinstance(done.code, int) else int(done.code is not None))
 

@@ -6,7 +6,9 @@ Two mechanisms, both removable:
   network input (a pre-hook on the root module);
 - layer twins (``LayerTwin``): a Conv/Linear computes through ``twin_forward`` instead of its
   own ``forward`` (an instance attribute, so the class and the state dict keys stay the same):
-  QAT weight quantization, the hardware's weight quantization and the MVM periphery.
+  QAT weight quantization, then the hardware's ``Periphery``: the weight-side steps the effects
+  added, in order, and the one way of computing the layer an effect set (the tile, the MVM
+  periphery; see ``effect_twins.py``).
 
 Because the state dict never changes, a checkpoint of a trained model loads into the plain
 zoo model, and export works on a copy with every twin removed.
@@ -15,16 +17,13 @@ zoo model, and export works on a copy with every twin removed.
 from __future__ import annotations
 
 import functools
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
 from torch.nn import functional
 
-from analog_onnx.config import AnalogConfig, Forward
-from analog_onnx.devices import DeviceModel
-from analog_onnx.devices.torch_twins import hwa_weights
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import torch_twins as tw
 
@@ -48,17 +47,32 @@ class WeightQuant:
     bits: int
     axis: int
 
+    def __call__(self, weight: torch.Tensor, level: NoiseLevel | None = None) -> torch.Tensor:
+        return tw.quantize(weight, bits=self.bits, dynamic=1, axis=self.axis)
+
+
+class WeightStep(Protocol):
+    """What an effect does to a layer's weight: ``weight`` -> the weight the hardware computes with."""
+
+    def __call__(self, weight: torch.Tensor, level: NoiseLevel) -> torch.Tensor: ...
+
+
+class LayerCompute(Protocol):
+    """How an effect computes a layer: from its input, the hardware's weight and the weight before
+    the hardware's steps (``original``), its output."""
+
+    def __call__(self, module: nn.Module, x: torch.Tensor, weight: torch.Tensor, original: torch.Tensor,
+                 level: NoiseLevel) -> torch.Tensor: ...
+
 
 @dataclass
 class Periphery:
-    """What the hardware does around one analog layer (the transform's "mvm" placement)."""
+    """What the hardware does to one analog layer: the weight-side steps of the enabled effects, in
+    the registry's order (the order the transform places them), then how the layer computes."""
 
     level: NoiseLevel
-    weights: WeightQuant | None  # the hardware's weight quantization (config.weights)
-    forward: Forward | None  # DAC, output noise, ADC; None: weights only
-    device: DeviceModel | None = None  # programming noise on the weights, one fresh draw per forward pass
-    device_per_channel: bool = False  # one conductance scale per output channel (weights.per_channel)
-    tile: dict | None = None  # the AnalogTile attributes when the layer is a tile (then ``forward`` is unused)
+    weight_steps: list[WeightStep] = field(default_factory=list)
+    compute: LayerCompute | None = None  # None: the layer itself, with the hardware's weight
 
 
 @dataclass
@@ -104,42 +118,7 @@ def has_twins(model: nn.Module) -> bool:
                for m in model.modules())
 
 
-def is_tile_module(module: nn.Module) -> bool:
-    """Whether the transform makes this layer an ``AnalogTile`` (see passes/insert_analog_tile.py)."""
-    return type(module) is nn.Linear or (type(module) is nn.Conv2d and module.groups == 1)
-
-
-def tile_settings(config: AnalogConfig) -> dict:
-    """The twin's keyword arguments: the tile's attributes but its stream."""
-    from analog_onnx.passes.insert_analog_tile import tile_attributes
-
-    return {k: v for k, v in tile_attributes(config, 0).items() if k != "stream"}
-
-
-def _tile_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  settings: dict, noise_scale: float) -> torch.Tensor:
-    """The layer through ``AnalogTile``'s twin: a Conv2d on its unfolded patches (channel-major)."""
-    if isinstance(module, nn.Linear):
-        y = tw.analog_tile(x, weight, noise_scale, **settings)
-        return y if bias is None else y + bias
-    n, _, height, width = x.shape
-    kh, kw = module.kernel_size
-    if isinstance(module.padding, str):
-        raise AnalogError(f"the trainer's tile twin needs numeric Conv2d padding, not {module.padding!r}")
-    patches = functional.unfold(x, (kh, kw), dilation=module.dilation, padding=module.padding, stride=module.stride)
-    out_h = (height + 2 * module.padding[0] - module.dilation[0] * (kh - 1) - 1) // module.stride[0] + 1
-    out_w = (width + 2 * module.padding[1] - module.dilation[1] * (kw - 1) - 1) // module.stride[1] + 1
-    y = tw.analog_tile(patches.transpose(1, 2), weight.reshape(weight.shape[0], -1), noise_scale, **settings)
-    y = y.transpose(1, 2).reshape(n, -1, out_h, out_w)
-    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
-
-
-def rows_axis(module: nn.Module) -> int:
-    """Input rows of the MVM: per sample for Conv (axis 1), per vector for Linear (axis -1)."""
-    return -1 if isinstance(module, nn.Linear) else 1
-
-
-def _compute(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def compute_layer(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if isinstance(module, nn.Linear):
         return functional.linear(x, weight, bias)
     return module._conv_forward(x, weight, bias)
@@ -149,29 +128,13 @@ def twin_forward(module: nn.Module, twin: LayerTwin, x: torch.Tensor) -> torch.T
     """The layer as the deployed analog model computes it, in the order ``transform`` builds it."""
     weight = module.weight
     if twin.qat is not None:
-        weight = tw.quantize(weight, bits=twin.qat.bits, dynamic=1, axis=twin.qat.axis)
+        weight = twin.qat(weight)
     hardware = twin.hardware
     if hardware is None or not hardware.level.active:
-        return _compute(module, x, weight, module.bias)
-    peak = weight.detach().abs().amax()
-    if hardware.weights is not None:
-        weight = tw.quantize(weight, bits=hardware.weights.bits, dynamic=1, axis=hardware.weights.axis)
-    if hardware.device is not None and hardware.level.scale > 0:
-        weight = hwa_weights(weight, hardware.device.scaled(hardware.level.scale),
-                             channel_axis=0 if hardware.device_per_channel else None)
-    if hardware.tile is not None:
-        return _tile_forward(module, x, weight, module.bias, hardware.tile, hardware.level.scale)
-    f = hardware.forward
-    if f is None:
-        return _compute(module, x, weight, module.bias)
-    axis = rows_axis(module)
-    xn, scale = tw.mvm_input(x, inp_bits=f.inp_bits, inp_bound=f.inp_bound,
-                             noise_management=int(f.noise_management == "abs_max"), axis=axis)
-    y = _compute(module, xn, weight, None)
-    z = tw.mvm_output(y, scale, hardware.level.scale, weight_scale=torch.where(peak > 0, peak, 1.0),
-                      out_noise=f.out_noise, out_bits=f.out_bits,
-                      out_bound=f.out_bound if f.out_bound > 0 else math.inf, axis=axis)
-    if module.bias is None:
-        return z
-    bias = module.bias if isinstance(module, nn.Linear) else module.bias.reshape(-1, *[1] * (z.dim() - 2))
-    return z + bias
+        return compute_layer(module, x, weight, module.bias)
+    original = weight
+    for step in hardware.weight_steps:
+        weight = step(weight, hardware.level)
+    if hardware.compute is None:
+        return compute_layer(module, x, weight, module.bias)
+    return hardware.compute(module, x, weight, original, hardware.level)

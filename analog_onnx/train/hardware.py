@@ -6,19 +6,11 @@ that graph, and each site is mapped back to the module whose call produced the n
 TorchScript exporter names nodes after the module path). So include/exclude patterns,
 excluded op types, keep-first/last-digital and the op-type list mean the same in both worlds.
 
-Each enabled effect (``analog_onnx/effects.py``) attaches its twin with one function here:
-
-- activation noise: a forward hook puts ``Noise`` on the module's output, and a pre-hook on the
-  root module puts it on a network input. Where the transform's site reads past the node's own
-  quantizer (``placement.noise_after_quantizer``) the hook runs after the QAT quantizer of the
-  same module, so QAT must be attached first (``attach_qat`` before ``attach_hardware``);
-  otherwise it runs before it;
-- weight quantization, the analog tile and the MVM periphery: each analog layer computes through
-  its twin: the hardware's weight quantization, then for a Linear or group-1 Conv2d the
-  ``AnalogTile`` twin and the bias, for other layers ``MvmInput``, the layer without bias,
-  ``MvmOutput`` (weight scale max|W| of the deployed weight) and the bias;
-- device weights: the layer's weight gets one fresh draw of the device's programming noise per
-  forward pass (``devices.torch_twins.hwa_weights``; drift and read noise are evaluation-only).
+Each enabled effect (``analog_onnx/effects.py``) attaches its twin, in the registry's order (see
+``effect_twins.py``): hooks through ``Hardware.hook``, a layer's weight steps and computation
+through ``Hardware.periphery``. Where the transform's noise site reads past the node's own
+quantizer (``placement.noise_after_quantizer``) the noise hook runs after the QAT quantizer of the
+same module, so QAT must be attached first (``attach_qat`` before ``attach_hardware``).
 
 A site must be the output of a leaf module: a noise site on a functional call inside a larger
 module (``torch.relu`` in a ``forward``) cannot be hooked and is reported as an error.
@@ -34,22 +26,9 @@ import torch
 from torch import nn
 
 from analog_onnx.config import AnalogConfig
-from analog_onnx.config import Noise as NoiseConfig
-from analog_onnx.devices import make_device
 from analog_onnx.effects import enabled_effects
 from analog_onnx.errors import AnalogError
-from analog_onnx.ops import torch_twins as tw
-from analog_onnx.passes.insert_mvm_periphery import refuse_weight_noise
-from analog_onnx.train.attach import (
-    LAYER_TYPES,
-    NoiseLevel,
-    Periphery,
-    TwinHook,
-    WeightQuant,
-    is_tile_module,
-    layer_twin,
-    tile_settings,
-)
+from analog_onnx.train.attach import LAYER_TYPES, NoiseLevel, Periphery, layer_twin
 from analog_onnx.train.export import to_onnx
 from analog_onnx.train.qat import QatSpec
 from analog_onnx.transform import analog_sites
@@ -63,32 +42,6 @@ class TwinSite:
     op_type: str
     module: str
     after_quantizer: bool = False  # the noise reads the module's quantized output
-
-
-class NoiseHook(TwinHook):
-    """Forward hook: ``Noise`` on a module's output."""
-
-    def __init__(self, site: TwinSite, level: NoiseLevel, noise: NoiseConfig) -> None:
-        self.site, self.level, self.noise = site, level, noise
-
-    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        if not self.level.active:
-            return output
-        return tw.noise(output, self.level.scale, sigma_add=self.noise.additive,
-                        sigma_mul=self.noise.multiplicative, relative=int(self.noise.relative))
-
-
-class InputNoiseHook(NoiseHook):
-    """Forward pre-hook on the root module: ``Noise`` on one network input."""
-
-    def __init__(self, site: TwinSite, level: NoiseLevel, noise: NoiseConfig, index: int) -> None:
-        super().__init__(site, level, noise)
-        self.index = index
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:  # type: ignore[override]
-        args = list(args)
-        args[self.index] = super().__call__(module, (), args[self.index])
-        return tuple(args)
 
 
 class Hardware:
@@ -115,7 +68,7 @@ class Hardware:
         module = self.model.get_submodule(site.module)
         twin = layer_twin(module)
         if twin.hardware is None:
-            twin.hardware = Periphery(self.level, None, None)
+            twin.hardware = Periphery(self.level)
             self._layers.append(module)
         return twin.hardware
 
@@ -137,51 +90,6 @@ class Hardware:
             yield
         finally:
             self.level.scale, self.level.active = saved
-
-
-def attach_activation_noise(hardware: Hardware, sites: list[TwinSite]) -> None:
-    """Twin of the activation-noise effect: ``Noise`` hooks on module outputs and network inputs."""
-    noise, inputs = hardware.config.noise, [s.name for s in sites if s.op_type == "Input"]
-    for site in sites:
-        if site.op_type == "Input":
-            hook = InputNoiseHook(site, hardware.level, noise, inputs.index(site.name))
-            hardware.hook(hardware.model.register_forward_pre_hook(hook, prepend=True))
-        else:
-            module = hardware.model.get_submodule(site.module)
-            hook = NoiseHook(site, hardware.level, noise)
-            hardware.hook(module.register_forward_hook(hook, prepend=not site.after_quantizer))
-
-
-def attach_weight_quantization(hardware: Hardware, sites: list[TwinSite]) -> None:
-    """Twin of the weight-quantization effect: each analog layer quantizes its weight."""
-    w = hardware.config.weights
-    for site in sites:
-        hardware.periphery(site).weights = WeightQuant(w.bits, 1 if w.per_channel else 0)
-
-
-def attach_analog_tile(hardware: Hardware, sites: list[TwinSite]) -> None:
-    """Twin of the analog-tile effect: Linear and Conv2d layers compute through ``AnalogTile``."""
-    settings = tile_settings(hardware.config)
-    for site in sites:
-        if site.op_type != "Input" and is_tile_module(hardware.model.get_submodule(site.module)):
-            hardware.periphery(site).tile = settings
-
-
-def attach_mvm_periphery(hardware: Hardware, sites: list[TwinSite]) -> None:
-    """Twin of the MVM-periphery effect: DAC, output noise and ADC around the other analog layers."""
-    for site in sites:
-        if not is_tile_module(hardware.model.get_submodule(site.module)):
-            refuse_weight_noise(hardware.config, site.name, site.op_type)
-            hardware.periphery(site).forward = hardware.config.forward
-
-
-def attach_device_weights(hardware: Hardware, sites: list[TwinSite]) -> None:
-    """Twin of the device effect for training: each forward pass sees the weights as a freshly
-    programmed chip holds them (programming noise, straight-through), as aihwkit's weight modifiers."""
-    device = make_device(hardware.config.device)
-    for site in sites:
-        twin = hardware.periphery(site)
-        twin.device, twin.device_per_channel = device, hardware.config.weights.per_channel
 
 
 def find_twin_sites(model: nn.Module, config: AnalogConfig, in_shape: tuple[int, ...], *,

@@ -84,6 +84,6 @@ def quantize_weights_(model: nn.Module, spec: QatSpec) -> dict[str, WeightQuant]
         for name, module in model.named_modules():
             if isinstance(module, LAYER_TYPES):
                 quant = spec.weight_quant(module)
-                module.weight.copy_(tw.quantize(module.weight, bits=quant.bits, dynamic=1, axis=quant.axis))
+                module.weight.copy_(quant(module.weight))
                 done[f"{name}.weight" if name else "weight"] = quant
     return done
