@@ -27,7 +27,8 @@ from typing import Any
 
 from analog_onnx.evaluate.metrics import midpoint_noise, summarize, summarize_accuracy
 from analog_onnx.study.cells import read_record
-from analog_onnx.study.spec import DEPTH, Method, Spec
+from analog_onnx.study.depth import DEPTH
+from analog_onnx.study.spec import Method, Spec
 from analog_onnx.study.verdicts import ENVELOPE, Decision, decide, is_envelope_family
 
 NOISE_KINDS = ("nit", "qat+nit")

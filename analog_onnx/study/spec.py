@@ -83,9 +83,6 @@ _EVALUATE_FIELDS = {"hardware", "noise_scales", "repeats", "seed", "limit", "bat
 _STUDY_FIELDS = {"name", "data", "archs", "seeds", "description"}
 SEED_LIMIT = 2**63  # seeds are int64 in the trainer and in evaluate
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # labels become folder names
-# nominal depth (weight layers) of the zoo models, for the midpoint-by-depth figure
-DEPTH = {"mlp": 3, "lenet5": 5, "vgg11": 11, "vgg11_bn": 11, "resnet18": 18, "resnet20": 20, "mobilenetv2": 53,
-         **{f"mlp{k}": k + 1 for k in range(1, 7)}}
 
 
 def cell_key(settings: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ margin" when TOST holds (a difference inside the margin counts as none), else "m
 "no midpoint" (undecided). Per architecture a claim is *supported* when the members it needs are
 more robust, *contradicted* when they cannot be (need "all": one member equivalent or less
 robust; need "any": every member so), else *undecided*. A depth claim regresses the per-seed log
-ratios on the depth of the architectures (``spec.DEPTH``): *supported* when the slope is above 0
+ratios on the depth of the architectures (``depth.DEPTH``): *supported* when the slope is above 0
 by the test, *contradicted* when below, else undecided. The claim's verdict is "reproduced" when
 supported for every architecture, "not reproduced" when contradicted for every one, else it
 names the architectures of each outcome.
@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from analog_onnx.errors import AnalogError
+from analog_onnx.study.depth import DEPTH
 
 CLAIM_KINDS = ("ratio", "depth")
 NEEDS = ("any", "all")
@@ -142,8 +143,6 @@ def _claim(entry: Any, index: int, names: set[str], families: dict[str, list[str
     chosen_hardware = _subset(entry.get("hardware", list(hardware)), hardware, f"{where} hardware")
     chosen_archs = _subset(entry.get("archs", list(archs)), archs, f"{where} archs")
     if kind == "depth":
-        from analog_onnx.study.spec import DEPTH
-
         shallow = [a for a in chosen_archs if a not in DEPTH]
         if shallow or len({DEPTH[a] for a in chosen_archs}) < 2:
             raise RulesError(f"{where}: a depth claim needs two or more architectures of known, different depth")
@@ -285,8 +284,6 @@ def _claim_named(decision: Decision, name: str) -> Claim:
 def decide(rules: Rules, log_ratios: Any) -> Decision:
     """Apply ``rules``; ``log_ratios(arch, hardware, method, versus)`` gives the per-seed log10
     midpoint ratios (None when a seed has no midpoint or a cell is missing)."""
-    from analog_onnx.study.spec import DEPTH
-
     tests: list[Test] = []
     depth_tests: list[DepthTest] = []
     bound = math.log10(rules.margin)
