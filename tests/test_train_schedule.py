@@ -40,7 +40,8 @@ def test_the_trainer_draws_a_level_per_batch_around_the_ramp(tmp_path, monkeypat
     monkeypatch.setattr(trainer_module, "batch_noise_level", recording)
     config = TrainConfig(arch="mlp", data="digits", out=str(tmp_path), epochs=2, batch_size=64, optimizer="adam",
                          limit=512, method="nit", hardware=load_preset("hardening-additive").to_dict(),
-                         noise_scale=0.4, ramp_epochs=1, noise_spread=0.5, export=False)
+                         noise_scale=0.4, ramp_epochs=1, noise_spread=0.5, export=False,
+                         select="last", val_fraction=0)  # every sample trains: 8 batches an epoch
     result = train(config, progress=False, verbose=False)
     assert len(seen) == 2 * 8  # 512 samples in batches of 64, two epochs
     targets = [t for t, _ in seen]

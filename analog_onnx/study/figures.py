@@ -23,8 +23,8 @@ from matplotlib.ticker import FuncFormatter
 
 from analog_onnx.evaluate.report_files import wrapped_title, zero_level_axis, zero_position
 from analog_onnx.files import write_bytes
-from analog_onnx.study.results import Results
 from analog_onnx.study.depth import DEPTH
+from analog_onnx.study.results import Results
 
 FIGURES = ("accuracy_vs_noise-*.png", "midpoint_by_depth-*.png", "cross_hardware.png")  # what draw_figures writes
 
