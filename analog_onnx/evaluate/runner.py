@@ -161,6 +161,43 @@ def prepare_targets(sources: Sequence[ModelSource], names: Sequence[str], config
     return targets, inputs
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The start ``evaluate`` and ``sensitivity`` share, done: settings checked, data read, every
+    model prepared and run clean. What differs between them is only which variants run."""
+
+    dataset: Dataset
+    data_summary: dict[str, Any]
+    targets: list[Target]
+    inputs: list[np.ndarray]
+    settings: RunSettings
+    top_k: int | None
+    chance: float
+
+    def run(self, variants: list[Variant], noise_scales: Sequence[float],
+            progress: Progress | None) -> list[list[NoisePoint]]:
+        """Every variant at every noise level (:func:`run_grid` on these data and settings)."""
+        return run_grid(variants, self.inputs, self.dataset.y, noise_scales, self.settings, self.top_k, progress,
+                        attention_mask(self.dataset))
+
+    def recorded(self, noise_scales: Sequence[float]) -> dict[str, Any]:
+        """The report's ``settings`` entry."""
+        return {**self.settings.recorded(), "top_k": self.top_k, "noise_scales": list(noise_scales)}
+
+
+def prepare(sources: Sequence[ModelSource], names: Sequence[str], config: ConfigLike | None, data: str | Dataset,
+            split: str, limit: int | None, mean: Sequence[float] | str | None, std: Sequence[float] | str | None,
+            settings: RunSettings | None, progress: Progress | None) -> Prepared:
+    """Check the shared arguments, read the data and prepare the models (see :class:`Prepared`)."""
+    settings = checked_settings(settings)
+    expect(progress, Callable | None, "progress")
+    dataset, spec = read_data(data, split, limit)
+    targets, inputs = prepare_targets(sources, names, config_argument(config), dataset,
+                                      normalization_flags(mean, std), settings)
+    return Prepared(dataset, data_summary(dataset, spec, split, limit), targets, inputs, settings,
+                    effective_top_k(settings, targets), chance_level(dataset, targets))
+
+
 def attention_mask(data: Dataset) -> np.ndarray | None:
     """What a token model's mask input is fed: the data's mask, or every token real."""
     if not data.is_tokens:

@@ -9,7 +9,7 @@ is swept over the noise levels and ranked by its midpoint noise level (lower is 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -22,21 +22,7 @@ from analog_onnx.evaluate.levels import noise_levels
 from analog_onnx.evaluate.metrics import midpoint_noise
 from analog_onnx.evaluate.models import ModelSource, model_names
 from analog_onnx.evaluate.report import NoisePoint, SensitivityReport, SiteResult
-from analog_onnx.evaluate.runner import (
-    ConfigLike,
-    RunSettings,
-    analog_variant,
-    attention_mask,
-    chance_level,
-    checked_settings,
-    config_argument,
-    data_summary,
-    effective_top_k,
-    normalization_flags,
-    prepare_targets,
-    read_data,
-    run_grid,
-)
+from analog_onnx.evaluate.runner import ConfigLike, RunSettings, analog_variant, prepare
 from analog_onnx.transform import analog_sites, transform_model
 
 
@@ -65,12 +51,9 @@ def sensitivity(
         if not 0 < expect(noise_scale, float, "noise_scale") < math.inf:  # also false for NaN
             raise AnalogError(f"--noise-scale must be a finite number > 0, got {noise_scale}")
         levels = noise_levels([noise_scale], "--noise-scale")
-    settings = checked_settings(settings)
-    expect(progress, Callable | None, "progress")
-    dataset, spec = read_data(data, split, limit)
     [name] = model_names([model])
-    [target], inputs = prepare_targets([model], [name], config_argument(config), dataset,
-                                       normalization_flags(mean, std), settings)
+    run = prepare([model], [name], config, data, split, limit, mean, std, settings, progress)
+    [target] = run.targets
     prepared = target.model
     sites = analog_sites(prepared.clean, prepared.config)
     if not sites:
@@ -78,21 +61,17 @@ def sensitivity(
     variants = [analog_variant(target, transform_model(prepared.clean, prepared.config, sites=[s.name]))
                 for s in sites]
     variants.append(analog_variant(target))
-    top_k = effective_top_k(settings, [target])
-    points = run_grid(variants, inputs, dataset.y, levels, settings, top_k, progress, attention_mask(dataset))
-    clean = target.clean.top1 / dataset.scored
-    chance = chance_level(dataset, [target])
+    points = run.run(variants, levels, progress)
+    clean = target.clean.top1 / run.dataset.scored
 
     def result(site_name: str, op_type: str, site_points: list[NoisePoint]) -> SiteResult:
-        mid = (midpoint_noise(levels, [p.accuracy.mean for p in site_points], clean, chance) if midpoint else None)
+        mid = (midpoint_noise(levels, [p.accuracy.mean for p in site_points], clean, run.chance) if midpoint
+               else None)
         return SiteResult(site_name, op_type, tuple(site_points), clean, mid)
 
     return SensitivityReport(
-        model=name, source=prepared.source, config=prepared.config.to_dict(),
-        data=data_summary(dataset, spec, split, limit),
-        settings={**settings.recorded(), "top_k": top_k, "noise_scales": levels},
-        clean_accuracy=clean, chance_accuracy=chance,
+        model=name, source=prepared.source, config=prepared.config.to_dict(), data=run.data_summary,
+        settings=run.recorded(levels), clean_accuracy=clean, chance_accuracy=run.chance,
         all_sites=result("(all sites)", "", points[-1]),
         sites=tuple(result(s.name, s.op_type, p) for s, p in zip(sites, points[:-1], strict=True)),
         notes=tuple(prepared.notes))
-

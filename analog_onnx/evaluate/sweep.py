@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from analog_onnx import arguments
-from analog_onnx.arguments import expect
 from analog_onnx.config import AnalogConfig
 from analog_onnx.data import Dataset
 from analog_onnx.errors import AnalogError
@@ -16,22 +15,7 @@ from analog_onnx.evaluate.levels import DEFAULT_NOISE_SCALES, check_times, noise
 from analog_onnx.evaluate.metrics import midpoint_noise
 from analog_onnx.evaluate.models import ModelSource, model_names, model_sources
 from analog_onnx.evaluate.report import EvaluationReport, ModelResult
-from analog_onnx.evaluate.runner import (
-    ConfigLike,
-    RunSettings,
-    Target,
-    analog_variant,
-    attention_mask,
-    chance_level,
-    checked_settings,
-    config_argument,
-    data_summary,
-    effective_top_k,
-    normalization_flags,
-    prepare_targets,
-    read_data,
-    run_grid,
-)
+from analog_onnx.evaluate.runner import ConfigLike, RunSettings, Target, analog_variant, prepare
 from analog_onnx.transform import transform_model
 
 COMPENSATION: dict[str, tuple[bool, ...]] = {"on": (True,), "off": (False,), "both": (True, False)}
@@ -61,13 +45,10 @@ def evaluate(
     if len(names) != len(sources) or len(set(names)) != len(names):
         raise AnalogError("give one distinct name per model")
     levels = noise_levels(noise_scales)
-    settings = checked_settings(settings)
     times = check_times(t_inference, "t_inference") if t_inference is not None else None
     compensations = COMPENSATION[check_compensation(drift_compensation)] if drift_compensation else (None,)
-    expect(progress, Callable | None, "progress")
-    dataset, spec = read_data(data, split, limit)
-    normalization = normalization_flags(mean, std)
-    targets, inputs = prepare_targets(sources, names, config_argument(config), dataset, normalization, settings)
+    run = prepare(sources, names, config, data, split, limit, mean, std, settings, progress)
+    targets = run.targets
     notes = [note for t in targets for note in t.model.notes]
     timeless = [t.model.name for t in targets if not t.model.config.device.enabled]
     if times is not None and timeless:
@@ -75,20 +56,17 @@ def evaluate(
     if drift_compensation and timeless:
         raise AnalogError(f"--drift-compensation needs a hardware config with a [device] model; "
                           f"{', '.join(timeless)} has none")
-    top_k = effective_top_k(settings, targets)
-    if settings.top_k is not None and top_k is None:
-        notes.append(f"top-{settings.top_k} accuracy skipped: a model has no more than {settings.top_k} classes")
-    runs = [run for t in targets for run in _device_runs(t, times, compensations)]
-    points = run_grid([r.variant for r in runs], inputs, dataset.y, levels, settings, top_k, progress,
-                      attention_mask(dataset))
-    chance = chance_level(dataset, targets)
-    results = tuple(_model_result(r, p, dataset.scored, chance, dataset.is_tokens)
-                    for r, p in zip(runs, points, strict=True))
+    top_k = run.settings.top_k
+    if top_k is not None and run.top_k is None:
+        notes.append(f"top-{top_k} accuracy skipped: a model has no more than {top_k} classes")
+    device_runs = [r for t in targets for r in _device_runs(t, times, compensations)]
+    points = run.run([r.variant for r in device_runs], levels, progress)
+    results = tuple(_model_result(r, p, run.dataset.scored, run.chance, run.dataset.is_tokens)
+                    for r, p in zip(device_runs, points, strict=True))
     return EvaluationReport(
-        data=data_summary(dataset, spec, split, limit),
-        settings={**settings.recorded(), "top_k": top_k, "noise_scales": levels,
-                  "t_inference": times, "drift_compensation": drift_compensation},
-        chance_accuracy=chance, models=results, notes=tuple(notes))
+        data=run.data_summary,
+        settings={**run.recorded(levels), "t_inference": times, "drift_compensation": drift_compensation},
+        chance_accuracy=run.chance, models=results, notes=tuple(notes))
 
 
 @dataclass(frozen=True)
