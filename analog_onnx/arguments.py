@@ -4,6 +4,10 @@ that the ops, which compute in float32, cannot take as it is.
 
 A string given for a list of numbers is read as the CLI reads it (``"1,3600"``); a string given
 for a list of names is one name. Neither is taken apart into its characters.
+
+Each value is checked once, here or in the function that takes it; an error names the value as
+its caller knows it: the Python parameter, or the CLI's flag while the CLI runs the function
+(:func:`spelled_as`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -20,6 +26,27 @@ import numpy as np
 from analog_onnx.errors import AnalogError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+_SPELLING: ContextVar[Callable[[str], str]] = ContextVar("spelling", default=str)
+
+
+def spelled(name: str) -> str:
+    """A parameter's name as the caller knows it (see :func:`spelled_as`)."""
+    return _SPELLING.get()(name)
+
+
+def flag(parameter: str) -> str:
+    """A parameter as the CLI spells it: ``t_inference`` is ``--t-inference``."""
+    return "--" + parameter.replace("_", "-")
+
+
+@contextmanager
+def spelled_as(spelling: Callable[[str], str]) -> Iterator[None]:
+    """Errors raised inside name parameters by ``spelling(name)``: the CLI passes its flags."""
+    token = _SPELLING.set(spelling)
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
 
 
 def _parts(hint: Any) -> tuple[Any, ...]:

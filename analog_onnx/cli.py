@@ -8,6 +8,7 @@ import sys
 import typer
 
 from analog_onnx import __version__
+from analog_onnx.arguments import flag, spelled_as
 from analog_onnx.commands import (
     evaluate_commands,
     kernel_commands,
@@ -49,7 +50,8 @@ def main(args: list[str] | None = None) -> None:
     stderr and exit status 2, never a traceback."""
     unwind_on_sigterm()
     try:
-        app(args=args, prog_name="analog-onnx")
+        with spelled_as(flag):  # what the commands call names their values by the flags
+            app(args=args, prog_name="analog-onnx")
     except AnalogError as error:
         _fail(str(error))
     except OSError as error:  # the machine's, not the program's: a full disk, a lost mount, no permission

@@ -9,8 +9,10 @@ import onnx
 import pytest
 from onnx import helper
 
-from analog_onnx.data.preprocess import PREPROCESS_KEY, Normalization, from_flags, from_model, parse_floats
+from analog_onnx.arguments import spelled_as
+from analog_onnx.data.preprocess import PREPROCESS_KEY, Normalization, from_flags, from_model
 from analog_onnx.errors import AnalogError
+from analog_onnx.evaluate.runner import normalization_flags
 
 
 def model_with(metadata: dict[str, str]) -> onnx.ModelProto:
@@ -45,10 +47,13 @@ def test_bad_normalization_is_one_clear_error(rng):
         from_flags([0.1, 0.2], None).apply(rng.random((1, 3, 2, 2), dtype=np.float32))
     with pytest.raises(AnalogError, match=PREPROCESS_KEY):
         from_model(model_with({PREPROCESS_KEY: "[1, 2]"}))
-    with pytest.raises(AnalogError, match="--mean expects comma-separated numbers"):
-        parse_floats("0.1,abc", "--mean")
+    with pytest.raises(AnalogError, match="^mean expects comma-separated numbers"):
+        normalization_flags("0.1,abc", None)
+    with spelled_as(lambda name: f"--{name}"), pytest.raises(AnalogError, match="^--std expects comma-separated"):
+        normalization_flags(None, "1,x")
 
 
-def test_parse_floats():
-    assert parse_floats("0.49, 0.48,0.45", "--mean") == [0.49, 0.48, 0.45]
-    assert parse_floats(None, "--mean") is None
+def test_normalization_flags_read_text_and_numbers():
+    assert normalization_flags("0.49, 0.48,0.45", None).mean == (0.49, 0.48, 0.45)
+    assert normalization_flags(None, [0.5]).std == (0.5,)
+    assert normalization_flags(None, None) is None

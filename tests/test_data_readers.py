@@ -25,7 +25,7 @@ def test_digits_is_unchanged_by_the_new_readers():
 def test_limit_keeps_the_first_samples_and_rejects_zero():
     full, first = load_dataset("digits"), load_dataset("digits", limit=10)
     np.testing.assert_array_equal(first.x, full.x[:10])
-    with pytest.raises(AnalogError, match="--limit"):
+    with pytest.raises(AnalogError, match="^limit must be >= 1"):
         load_dataset("digits", limit=0)
 
 

@@ -54,6 +54,11 @@ def test_sensitivity_writes_json_and_plot(run_cli, model_file, tmp_path):
     (["--data", "digits", "--set", "out_noise=1"], "--set needs --preset or --config"),
     (["--data", "digits", "--preset", "nope"], "unknown preset 'nope'"),
     (["--data", "digits", "--preset", "ideal", "--mean", "x"], "--mean expects comma-separated numbers"),
+    # checked once, by the evaluation itself, which names the values by their flags under the CLI
+    (["--data", "digits", "--limit", "0"], "--limit must be >= 1"),
+    (["--data", "digits", "--workers", "0"], "--workers must be >= 1"),
+    (["--data", "digits", "--t-inference", "0"], "--t-inference: times must be positive"),
+    (["--data", "digits", "--batch-size", "0"], "--batch-size must be >= 1"),
 ])
 def test_mistakes_are_one_line_and_exit_2(run_cli, model_file, args, message):
     code, out, err = run_cli("evaluate", model_file, *args)

@@ -158,7 +158,7 @@ def test_t_inference_is_validated_and_noted():
     assert "t_inference" not in report.to_dict()["points"][0]
     with pytest.raises(AnalogError, match="strictly increasing"):
         run(levels=[1.0], repeats=1, t_inference=[3600, 1])
-    with pytest.raises(AnalogError, match="--drift-compensation needs a hardware config with a \\[device\\] model"):
+    with pytest.raises(AnalogError, match="^drift_compensation needs a hardware config with a \\[device\\] model"):
         run(levels=[1.0], repeats=1, drift_compensation="both")
 
 

@@ -30,7 +30,7 @@ QUICK = RunSettings(repeats=1, seed=0)
     (lambda: evaluate(MODEL, 64, config="hardening-additive"), "data (a --data spec"),
     (lambda: evaluate(MODEL, "digits", config={"forward": {}}), "config (an AnalogConfig, a preset name"),
     (lambda: evaluate(64, "digits", config="hardening-additive"), "a model must be str or Path or ModelProto"),
-    (lambda: evaluate(MODEL, "digits", config="hardening-additive", noise_scales={"a": 1}), "--noise-scales must be"),
+    (lambda: evaluate(MODEL, "digits", config="hardening-additive", noise_scales={"a": 1}), "noise_scales must be"),
     (lambda: evaluate(MODEL, "digits", config="hardening-additive", names=[1]), "names must be a name or a list"),
     (lambda: evaluate(MODEL, "digits", config="hardening-additive", limit="5"), "limit must be int or None"),
     (lambda: evaluate(MODEL, "digits", config="hardening-additive", progress=5), "progress must be"),

@@ -11,7 +11,7 @@ from analog_onnx import config as cfg
 from analog_onnx import text
 from analog_onnx.commands.model_commands import ConfigOption, PresetOption, SetOption
 from analog_onnx.errors import AnalogError
-from analog_onnx.evaluate.levels import DEFAULT_NOISE_SCALES, parse_noise_scales, parse_times
+from analog_onnx.evaluate.levels import DEFAULT_NOISE_SCALES
 from analog_onnx.text import printable
 
 if TYPE_CHECKING:  # the commands import the evaluation itself when they run: `--help` starts fast
@@ -48,15 +48,11 @@ def _config(preset: str | None, config_file: Path | None, overrides: list[str] |
 
 def _settings(repeats: int, seed: int | None, batch_size: int, top_k: int | None, threads: int | None,
               backend: str, workers: int, ray_address: str | None, reads: int = 1) -> RunSettings:
+    """The flags' run settings, checked by the evaluation itself (once, naming the flags)."""
     from analog_onnx.evaluate.runner import RunSettings
 
     return RunSettings(repeats=repeats, reads=reads, seed=seed, batch_size=batch_size, top_k=top_k or None,
-                       threads=threads, backend=backend, workers=workers, ray_address=ray_address).checked(_flag)
-
-
-def _flag(field: str) -> str:
-    """A RunSettings field as the CLI spells it."""
-    return "--" + field.replace("_", "-")
+                       threads=threads, backend=backend, workers=workers, ray_address=ray_address)
 
 
 def _write(report: EvaluationReport | SensitivityReport, out: Path | None, force: bool) -> None:
@@ -102,16 +98,10 @@ def evaluate(
     force: bool = ForceOption,
 ) -> None:
     """Monte Carlo accuracy of MODELS at each noise level: mean, std, 95% CI, midpoint noise."""
-    from analog_onnx.data.preprocess import parse_floats
     from analog_onnx.evaluate.console import print_evaluation, progress_bar
     from analog_onnx.evaluate.report_files import check_output_dir
-    from analog_onnx.evaluate.sweep import check_compensation
     from analog_onnx.evaluate.sweep import evaluate as run_evaluation
 
-    levels = parse_noise_scales(noise_scales)
-    times = parse_times(t_inference) if t_inference is not None else None
-    if drift_compensation is not None:
-        check_compensation(drift_compensation)
     if chips is not None and repeats is not None:
         raise AnalogError("give --repeats or --chips (with --reads), not both")
     if chips is not None and chips < 1:
@@ -121,10 +111,10 @@ def evaluate(
     if out is not None:
         check_output_dir(out, force=force)
     with progress_bar(text.console(stderr=True), "evaluating") as progress:
-        report = run_evaluation(models, data, config=_config(preset, config_file, overrides), noise_scales=levels,
-                                settings=settings, split=split, limit=limit, mean=parse_floats(mean, "--mean"),
-                                std=parse_floats(std, "--std"), t_inference=times,
-                                drift_compensation=drift_compensation, progress=progress)
+        report = run_evaluation(models, data, config=_config(preset, config_file, overrides),
+                                noise_scales=noise_scales, settings=settings, split=split, limit=limit, mean=mean,
+                                std=std, t_inference=t_inference, drift_compensation=drift_compensation,
+                                progress=progress)
     print_evaluation(report, text.console())
     _write(report, out, force)
 
@@ -153,19 +143,17 @@ def sensitivity(
     force: bool = ForceOption,
 ) -> None:
     """Noise in one analog site at a time: which layers to keep digital or protect."""
-    from analog_onnx.data.preprocess import parse_floats
     from analog_onnx.evaluate.console import print_sensitivity, progress_bar
     from analog_onnx.evaluate.report_files import check_output_dir
     from analog_onnx.evaluate.sensitivity import sensitivity as run_sensitivity
 
-    levels = parse_noise_scales(noise_scales) if midpoint else [noise_scale]
     settings = _settings(repeats, seed, batch_size, None, threads, backend, workers, ray_address)
     if out is not None:
         check_output_dir(out, force=force)
     with progress_bar(text.console(stderr=True), "sites") as progress:
         report = run_sensitivity(model, data, config=_config(preset, config_file, overrides), noise_scale=noise_scale,
-                                 midpoint=midpoint, noise_scales=levels, settings=settings, split=split, limit=limit,
-                                 mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), progress=progress)
+                                 midpoint=midpoint, noise_scales=noise_scales, settings=settings, split=split,
+                                 limit=limit, mean=mean, std=std, progress=progress)
     print_sensitivity(report, text.console())
     _write(report, out, force)
 

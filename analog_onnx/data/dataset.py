@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analog_onnx.arguments import FLOAT32_MAX
+from analog_onnx.arguments import FLOAT32_MAX, spelled
 from analog_onnx.errors import AnalogError
 
 MAX_BYTES_ENV = "ANALOG_ONNX_MAX_DATA_BYTES"
@@ -68,7 +68,7 @@ class Dataset:
     def limit(self, n: int | None) -> Dataset:
         """The first ``n`` samples (all of them for None)."""
         if n is not None and n < 1:
-            raise AnalogError(f"--limit must be >= 1, got {n}")
+            raise AnalogError(f"{spelled('limit')} must be >= 1, got {n}")
         if n is None or n >= len(self):
             return self
         return Dataset(self.x[:n], self.y[:n], self.num_classes, self.name,

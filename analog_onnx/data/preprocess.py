@@ -89,12 +89,3 @@ def from_flags(mean: Sequence[float] | None, std: Sequence[float] | None) -> Nor
         return None
     return Normalization(tuple(mean or (0.0,)), tuple(std or (1.0,)), "flags")
 
-
-def parse_floats(text: str | None, flag: str) -> list[float] | None:
-    """A comma-separated list of numbers, as ``--mean 0.49,0.48,0.45`` gives it."""
-    if text is None:
-        return None
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise AnalogError(f"{flag} expects comma-separated numbers, got {text!r}") from None

@@ -19,6 +19,7 @@ from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any, NoReturn
 
+from analog_onnx.arguments import spelled
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.engine import Counts, Evaluator, Payload, Unit
 
@@ -37,7 +38,7 @@ def run_units(payload: Payload, units: Iterable[Unit], total: int, *, backend: s
     if backend not in BACKENDS:
         raise AnalogError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
     if workers < 1:
-        raise AnalogError(f"--workers must be >= 1, got {workers}")
+        raise AnalogError(f"{spelled('workers')} must be >= 1, got {workers}")
     finished = 0
 
     def done(count: int) -> None:
@@ -210,7 +211,7 @@ def _run_ray(payload: Payload, units: Iterable[Unit], total: int, workers: int, 
         import ray
         from ray.util import ActorPool
     except ImportError:
-        raise AnalogError("--backend ray needs Ray: pip install 'analog-onnx[ray]'") from None
+        raise AnalogError(f"{spelled('backend')} ray needs Ray: pip install 'analog-onnx[ray]'") from None
     started = not ray.is_initialized()
     if started:
         if address:
@@ -251,7 +252,7 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         return
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit():
-        raise AnalogError(f"--ray-address {address!r} must be HOST:PORT, ray://HOST:PORT or auto")
+        raise AnalogError(f"{spelled('ray_address')} {address!r} must be HOST:PORT, ray://HOST:PORT or auto")
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as e:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from analog_onnx.arguments import float32_problem, numbers
+from analog_onnx.arguments import float32_problem, numbers, spelled
 from analog_onnx.errors import AnalogError
 
 MAX_LEVELS = 10_000
@@ -43,8 +43,10 @@ def _range(item: str, flag: str) -> list[float]:
     return [float(v) for v in np.linspace(start, stop, count)]
 
 
-def noise_levels(value: str | float | Sequence[float], flag: str = "--noise-scales") -> list[float]:
-    """Noise scales from CLI text (see :func:`parse_noise_scales`), a number or a list of numbers."""
+def noise_levels(value: str | float | Sequence[float], flag: str | None = None) -> list[float]:
+    """Noise scales from CLI text (see :func:`parse_noise_scales`), a number or a list of numbers;
+    ``flag`` names them in errors (default: the ``noise_scales`` parameter, as spelled)."""
+    flag = flag or spelled("noise_scales")
     if isinstance(value, str):
         return parse_noise_scales(value, flag)
     return _checked_levels(numbers(value, flag), flag)
@@ -64,8 +66,9 @@ def _checked_levels(levels: list[float], flag: str) -> list[float]:
     return sorted(set(levels))
 
 
-def parse_noise_scales(text: str, flag: str = "--noise-scales") -> list[float]:
+def parse_noise_scales(text: str, flag: str | None = None) -> list[float]:
     """Comma-separated items, each a number or a ``log:``/``lin:`` range: ``0,log:1e-2:1e2:17``."""
+    flag = flag or spelled("noise_scales")
     levels: list[float] = []
     for item in (part.strip() for part in text.split(",") if text.strip()):
         if not item:
@@ -79,14 +82,15 @@ def parse_noise_scales(text: str, flag: str = "--noise-scales") -> list[float]:
     return _checked_levels(levels, flag)
 
 
-def parse_times(text: str, flag: str = "--t-inference") -> list[float]:
+def parse_times(text: str, flag: str) -> list[float]:
     """Comma-separated inference times in seconds, checked by :func:`check_times`."""
     return check_times([_number(part.strip(), flag) for part in text.split(",") if part.strip()], flag)
 
 
-def check_times(times: str | float | Sequence[float], flag: str = "--t-inference") -> list[float]:
+def check_times(times: str | float | Sequence[float], flag: str | None = None) -> list[float]:
     """Inference times (CLI text, a number or a list) must be positive, strictly increasing, as a
     drift model needs them, and fit the float32 ``t_inference`` input."""
+    flag = flag or spelled("t_inference")
     if isinstance(times, str):
         return parse_times(times, flag)
     times = numbers(times, flag)

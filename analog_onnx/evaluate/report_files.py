@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analog_onnx.arguments import expect
+from analog_onnx.arguments import expect, spelled
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.metrics import Summary
 from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
@@ -105,9 +105,9 @@ def check_output_dir(out: str | Path, *, force: bool) -> Path:
     """Fail early (before any work) when ``out`` cannot take our files."""
     folder = Path(out).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise AnalogError(f"--out {out} exists and is not a directory")
+        raise AnalogError(f"{spelled('out')} {out} exists and is not a directory")
     if folder.is_dir() and any(folder.iterdir()) and not force:
-        raise AnalogError(f"--out {out} exists and is not empty; pass --force to write into it")
+        raise AnalogError(f"{spelled('out')} {out} exists and is not empty; pass {spelled('force')} to write into it")
     return folder
 
 
@@ -116,7 +116,7 @@ def prepare_output_dir(out: str | Path, *, force: bool) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise AnalogError(f"cannot create --out {out}: {e.strerror}") from None
+        raise AnalogError(f"cannot create {spelled('out')} {out}: {e.strerror}") from None
     return folder
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from analog_onnx.arguments import check_fields, expect, numbers
+from analog_onnx.arguments import check_fields, expect, numbers, spelled
 from analog_onnx.config import AnalogConfig, ConfigLike, named_config
 from analog_onnx.data import Dataset, load_dataset
 from analog_onnx.data.preprocess import Normalization, from_flags
@@ -51,8 +51,9 @@ class RunSettings:
     def chips(self) -> int:
         return self.repeats // self.reads
 
-    def checked(self, name: Callable[[str], str] = str) -> RunSettings:
-        """These settings, checked; a problem names the field as ``name`` spells it (the CLI: its flag)."""
+    def checked(self) -> RunSettings:
+        """These settings, checked; a problem names the field as its caller spells it (the CLI: its flag)."""
+        name = spelled
         check_fields(self, "settings")
         for field, value, low in (("reads", self.reads, 1), ("repeats", self.repeats, 1),
                                   ("batch_size", self.batch_size, 1), ("workers", self.workers, 1)):
@@ -91,7 +92,7 @@ def checked_settings(settings: RunSettings | None) -> RunSettings:
 def normalization_flags(mean: Sequence[float] | str | None, std: Sequence[float] | str | None,
                         ) -> Normalization | None:
     """``mean``/``std`` as the caller gave them (numbers, or CLI text like "0.49,0.48,0.45")."""
-    return from_flags(*(None if v is None else numbers(v, name) for v, name in ((mean, "mean"), (std, "std"))))
+    return from_flags(*(None if v is None else numbers(v, spelled(name)) for v, name in ((mean, "mean"), (std, "std"))))
 
 
 def config_argument(config: ConfigLike | None) -> AnalogConfig | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from analog_onnx.arguments import expect
+from analog_onnx.arguments import expect, spelled
 from analog_onnx.data import Dataset
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.backends import Progress
@@ -46,11 +46,11 @@ def sensitivity(
     if expect(midpoint, bool, "midpoint"):
         levels = [s for s in noise_levels(noise_scales) if s > 0]
         if len(levels) < 2:
-            raise AnalogError("--midpoint needs at least two positive noise scales")
+            raise AnalogError(f"{spelled('midpoint')} needs at least two positive {spelled('noise_scales')}")
     else:
         if not 0 < expect(noise_scale, float, "noise_scale") < math.inf:  # also false for NaN
-            raise AnalogError(f"--noise-scale must be a finite number > 0, got {noise_scale}")
-        levels = noise_levels([noise_scale], "--noise-scale")
+            raise AnalogError(f"{spelled('noise_scale')} must be a finite number > 0, got {noise_scale}")
+        levels = noise_levels([noise_scale], spelled("noise_scale"))
     [name] = model_names([model])
     run = prepare([model], [name], config, data, split, limit, mean, std, settings, progress)
     [target] = run.targets

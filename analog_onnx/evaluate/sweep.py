@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from analog_onnx import arguments
+from analog_onnx.arguments import spelled
 from analog_onnx.config import AnalogConfig
 from analog_onnx.data import Dataset
 from analog_onnx.errors import AnalogError
@@ -45,7 +46,7 @@ def evaluate(
     if len(names) != len(sources) or len(set(names)) != len(names):
         raise AnalogError("give one distinct name per model")
     levels = noise_levels(noise_scales)
-    times = check_times(t_inference, "t_inference") if t_inference is not None else None
+    times = check_times(t_inference) if t_inference is not None else None
     compensations = COMPENSATION[check_compensation(drift_compensation)] if drift_compensation else (None,)
     run = prepare(sources, names, config, data, split, limit, mean, std, settings, progress)
     targets = run.targets
@@ -54,7 +55,7 @@ def evaluate(
     if times is not None and timeless:
         notes.append(_time_note(times, timeless))
     if drift_compensation and timeless:
-        raise AnalogError(f"--drift-compensation needs a hardware config with a [device] model; "
+        raise AnalogError(f"{spelled('drift_compensation')} needs a hardware config with a [device] model; "
                           f"{', '.join(timeless)} has none")
     top_k = run.settings.top_k
     if top_k is not None and run.top_k is None:
@@ -83,7 +84,8 @@ class DeviceRun:
 
 def check_compensation(value: str) -> str:
     if not isinstance(value, str) or value not in COMPENSATION:
-        raise AnalogError(f"--drift-compensation must be one of {', '.join(COMPENSATION)}, got {value!r}")
+        raise AnalogError(f"{spelled('drift_compensation')} must be one of {', '.join(COMPENSATION)}, "
+                          f"got {value!r}")
     return value
 
 
