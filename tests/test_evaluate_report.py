@@ -56,7 +56,7 @@ def test_output_folder_rules(report, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(AnalogError, match="not empty; pass --force"):
+    with pytest.raises(AnalogError, match="not empty; pass force=True"):
         write_report(report, out)
     write_report(report, out, force=True)
     assert (out / "keep.txt").read_text() == "mine" and (out / "report.json").is_file()

@@ -82,8 +82,9 @@ def parse_noise_scales(text: str, flag: str | None = None) -> list[float]:
     return _checked_levels(levels, flag)
 
 
-def parse_times(text: str, flag: str) -> list[float]:
+def parse_times(text: str, flag: str | None = None) -> list[float]:
     """Comma-separated inference times in seconds, checked by :func:`check_times`."""
+    flag = flag or spelled("t_inference")
     return check_times([_number(part.strip(), flag) for part in text.split(",") if part.strip()], flag)
 
 

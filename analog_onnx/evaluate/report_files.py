@@ -107,7 +107,8 @@ def check_output_dir(out: str | Path, *, force: bool) -> Path:
     if folder.exists() and not folder.is_dir():
         raise AnalogError(f"{spelled('out')} {out} exists and is not a directory")
     if folder.is_dir() and any(folder.iterdir()) and not force:
-        raise AnalogError(f"{spelled('out')} {out} exists and is not empty; pass {spelled('force')} to write into it")
+        force = spelled("force") if spelled("force") != "force" else "force=True"  # the flag, or the keyword
+        raise AnalogError(f"{spelled('out')} {out} exists and is not empty; pass {force} to write into it")
     return folder
 
 
