@@ -105,3 +105,19 @@ def test_plot_labels_show_names_from_files_as_plain_text(report, tmp_path):
         warnings.simplefilter("error")
         write_report(hostile, tmp_path / "out")
     assert_png(tmp_path / "out" / "accuracy_vs_noise.png")
+
+
+def test_the_noise_axis_mentions_level_0_only_when_the_sweep_has_it(report, monkeypatch):
+    import dataclasses
+    import io
+
+    from analog_onnx.evaluate import report_files
+
+    figures = []
+    monkeypatch.setattr(report_files, "_save", lambda figure, file: figures.append(figure))
+    no_zero = dataclasses.replace(report, models=[dataclasses.replace(m, points=[p for p in m.points if p.noise_scale])
+                                                  for m in report.models])
+    for shown in (report, no_zero):
+        report_files.accuracy_vs_noise_png(shown, io.BytesIO())
+    with_zero, without_zero = (figure.axes[0].get_xlabel() for figure in figures)
+    assert "0 left of the dashed break" in with_zero and "break" not in without_zero

@@ -159,9 +159,10 @@ def accuracy_vs_noise_png(report: EvaluationReport, file: BinaryIO) -> None:
     _chance_and_grid(ax, report)
     ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
-    if any(p.noise_scale == 0 for m in report.models for p in m.points) and positive:
+    has_zero = any(p.noise_scale == 0 for m in report.models for p in m.points) and bool(positive)
+    if has_zero:
         zero_level_axis(ax, positive)
-    ax.set_xlabel("noise scale (multiplies every sigma; 0 left of the dashed break)")
+    ax.set_xlabel("noise scale (multiplies every sigma" + ("; 0 left of the dashed break)" if has_zero else ")"))
     ax.set_title(wrapped_title(f"accuracy under noise: {_data_text(report)}, hardware {_configs(report)}",
                         f"{_runs_text(report)}; band: 95% interval of the mean"), fontsize="medium")
     ax.legend(fontsize="small")
