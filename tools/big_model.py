@@ -9,7 +9,9 @@ bodies, no library loaded). Every step runs in its own process under ``/usr/bin/
 after the other (never two at once), so each peak RSS is that step's alone (a process's imports
 included). The timed forward pass draws the preset's noise; a second one with ``noise_scale`` 0
 gives the logits on which native and function bodies are compared (quantization and bound
-management are deterministic: they agree to float tolerance).
+management are deterministic: they agree to float tolerance). The function bodies run with
+onnxruntime's constant folding off: it would fold each layer's weight-side chain (padding, tiles,
+scaling) into several copies of the weights at once, more memory than this machine lends a step.
 
     pip install transformers                                 # not a dependency of analog-onnx
     nice python tools/big_model.py --out DIR                  # 1.1 B parameters: ~10 GB of disk
@@ -41,6 +43,7 @@ SIZES = {  # TinyLlama-1.1B's architecture (1.10 B parameters), and a small one 
              "num_key_value_heads": 2, "vocab_size": 512},
 }
 PRESETS = ("aihwkit-default", "aihwkit-pcm")
+FOLDING_OFF = ["ConstantFolding"]
 STEPS = ("export", "run-clean", *(f"transform-{p}" for p in PRESETS),
          *(f"run-{p}-{path}" for p in PRESETS for path in ("native", "bodies")))
 
@@ -86,10 +89,12 @@ def run(out: Path, preset: str | None, native: bool, tokens: int, vocab: int, th
     start = time.perf_counter()
     if native:
         session = make_session(path, threads=threads, native=True)
-    else:  # plain onnxruntime as anyone has it: no library of ours registered
+    else:  # plain onnxruntime as anyone has it: no library of ours registered; constant folding off,
+        # else it folds each layer's weight-side chain (padding, tiling, scaling) into copies of W
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.log_severity_level = threads, 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=FOLDING_OFF)
     loaded = time.perf_counter()
     feeds = {"input_ids": token_ids(tokens, vocab)}
     logits = session.run(["logits"], feeds)[0]  # the preset's noise, at its default seed
