@@ -4,12 +4,21 @@ sessions, files that do not grow, and memory bounded by the largest tensor, not 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 from onnx import helper as h
+
+from analog_onnx.config import load_preset
+from analog_onnx.native_graph import prepare
+from analog_onnx.runtime import make_session
+from analog_onnx.transform import transform_model
 
 WEIGHT = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
 CONTROLS = {"noise_scale": np.array(0, np.float32)}  # DAC and ADC only: deterministic
@@ -106,10 +115,6 @@ def unknown_dims_model(dims: list | None) -> onnx.ModelProto:
 def test_native_sessions_keep_unknown_dimensions_unknown(dims, preset):
     """The elementwise ops' shape rule once copied an unnamed size as the literal size -1 (a Reshape
     by Shape then had several -1s) and an unknown rank as rank 0 (MatMul: wrong rank)."""
-    from analog_onnx.config import load_preset
-    from analog_onnx.runtime import make_session
-    from analog_onnx.transform import transform_model
-
     analog = transform_model(unknown_dims_model(dims), load_preset(preset))
     x = np.random.default_rng(2).standard_normal((2, 3, 64)).astype(np.float32)
     feeds = {"x": x, "noise_scale": np.array(0, np.float32)}
@@ -147,11 +152,7 @@ def test_a_transformed_conv_model_is_at_most_a_tenth_larger(run_cli, preset, tmp
 
 
 @pytest.mark.native
-def test_the_native_session_fuses_the_run_time_unfolding(tmp_path):
-    from analog_onnx.config import load_preset
-    from analog_onnx.native_graph import prepare
-    from analog_onnx.transform import transform_model
-
+def test_the_native_session_fuses_the_run_time_unfolding():
     fused = prepare(transform_model(conv_stack(), load_preset("aihwkit-default")))
     assert [n.op_type for n in fused.graph.node if n.domain == "ai.analog"] == ["AnalogTileConv"] * 3
     assert not any(n.op_type in ("Conv", "EyeLike", "ConstantOfShape") for n in fused.graph.node)
@@ -177,14 +178,12 @@ finally:
 """
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
 @pytest.mark.parametrize("command", ["transform", "inspect"])
 def test_memory_is_bounded_by_the_largest_tensor_not_the_model(command, tmp_path):
     """Four 16 MiB weights in a data file: transform streams them (its peak grows by less than three
     tensors; it grew by three times the model before) and inspect reads none of them (it grew by
     twice the model)."""
-    import subprocess
-    import sys
-
     layers, size = 4, 2048
     rng = np.random.default_rng(5)
     nodes = [h.make_node("MatMul", [f"h{i}", f"w{i}"], [f"h{i + 1}"], name=f"layer{i}") for i in range(layers)]
