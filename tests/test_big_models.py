@@ -4,6 +4,7 @@ sessions, files that do not grow, and memory bounded by the largest tensor, not 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from onnx import helper as h
 
 from analog_onnx.config import load_preset
 from analog_onnx.native_graph import prepare
-from analog_onnx.runtime import make_session
+from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
 
 WEIGHT = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
@@ -204,3 +205,45 @@ def test_memory_is_bounded_by_the_largest_tensor_not_the_model(command, tmp_path
     assert grown < (3 if command == "transform" else 1) * tensor, f"{grown / 2**20:.0f} MiB"
     if command == "transform":
         assert locations(tmp_path / "out.onnx")["w0"] == "out.onnx.data"
+
+
+def mlp_chain(layers: int, size: int = 32) -> onnx.ModelProto:
+    """x -> MatMul -> Relu -> MatMul -> ... : each layer's weight is read out from its own chip."""
+    rng = np.random.default_rng(6)
+    nodes, weights, value = [], [], "x"
+    for i in range(layers):
+        weights.append(numpy_helper.from_array(rng.standard_normal((size, size)).astype(np.float32), f"w{i}"))
+        nodes += [h.make_node("MatMul", [value, f"w{i}"], [f"m{i}"], name=f"layer{i}"),
+                  h.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}")]
+        value = f"r{i}"
+    graph = h.make_graph(nodes, "chain", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", size])],
+                         [h.make_tensor_value_info(value, TensorProto.FLOAT, ["n", size])], weights)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def executed_ops(session: ort.InferenceSession, feeds: dict) -> list[str]:
+    """The op types of the nodes onnxruntime ran for one run, in the order it ran them (its profile)."""
+    session.run(None, feeds)
+    profile = Path(session.end_profiling())
+    events = sorted((e for e in json.loads(profile.read_text()) if e.get("cat") == "Node"), key=lambda e: e["ts"])
+    profile.unlink()
+    return [e["args"]["op_name"] for e in events if e["name"].endswith("_kernel_time")]
+
+
+@pytest.mark.native
+def test_a_native_session_reads_out_one_layer_at_a_time():
+    """onnxruntime runs a node as soon as its inputs exist: every DeviceWeights (it reads only its
+    weight and the controls) ran before the first tile, all layers' read-out weights alive at
+    once. Each now runs when its layer's data exists: at most one read-out weight is waiting for
+    its tile at any point of the run."""
+    layers = 8
+    analog = transform_model(mlp_chain(layers), load_preset("aihwkit-pcm"))
+    options = session_options(1, native=True)
+    options.enable_profiling, options.profile_file_prefix = True, "order"
+    session = ort.InferenceSession(prepare(analog).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = executed_ops(session, {"x": np.ones((2, 32), np.float32)})
+    read_outs, waiting = 0, []
+    for op in ops:
+        read_outs += (op == "DeviceWeights") - op.startswith("AnalogTile")
+        waiting.append(read_outs)
+    assert ops.count("DeviceWeights") == layers and max(waiting) == 1, ops

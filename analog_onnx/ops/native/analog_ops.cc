@@ -727,8 +727,10 @@ const std::vector<KernelEntry>& kernel_entries() {
       entry<QuantizeKernel>("Quantize", {kAny}, {kAny}),
       entry<MvmInputKernel>("MvmInput", {kAny}, {kAny, kAny}),
       entry<MvmOutputKernel>("MvmOutput", {kAny, kAny, kFloat, kInt64}, {kAny}),
-      entry<DeviceWeightsKernel>("DeviceWeights", {kAny, kFloat, kInt64, kInt64, kFloat}, {kAny, kFloat},
-                                 OutputShape::kOfFirstInputAndScalar),
+      // input 5, never read: the data its layer multiplies, so that onnxruntime runs it when its
+      // layer is reached (native_graph's order_device_weights)
+      entry<DeviceWeightsKernel>("DeviceWeights", {kAny, kFloat, kInt64, kInt64, kFloat, kAny}, {kAny, kFloat},
+                                 OutputShape::kOfFirstInputAndScalar, 5),
       entry<MvmOutputEpilogueKernel>("MvmOutputEpilogue", {kAny, kAny, kFloat, kInt64, kFloat, kFloat}, {kAny}),
       entry<NoiseChainKernel>("NoiseChain", {kAny, kFloat, kInt64, kFloat, kFloat, kAny}, {kAny},
                               OutputShape::kOfFirstInput, 3),
