@@ -247,3 +247,38 @@ def test_a_native_session_reads_out_one_layer_at_a_time():
         read_outs += (op == "DeviceWeights") - op.startswith("AnalogTile")
         waiting.append(read_outs)
     assert ops.count("DeviceWeights") == layers and max(waiting) == 1, ops
+
+
+TILE_BODY_PEAK = """
+import re, sys
+import numpy as np, onnxruntime as ort
+from onnx import TensorProto, numpy_helper, helper as h
+from analog_onnx.config import load_preset
+from analog_onnx.transform import transform_model
+
+inputs, outputs = 64, int(sys.argv[1])
+weight = numpy_helper.from_array(np.ones((inputs, outputs), np.float32), "w")
+graph = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"], name="head")], "g",
+                     [h.make_tensor_value_info("x", TensorProto.FLOAT, [4, inputs])],
+                     [h.make_tensor_value_info("y", TensorProto.FLOAT, [4, outputs])], [weight])
+model = transform_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), load_preset("aihwkit-default"))
+session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"],
+                               disabled_optimizers=["ConstantFolding"])  # the weight side runs in the run
+open("/proc/self/clear_refs", "w").write("5")
+before = int(re.search(r"VmRSS:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+session.run(None, {"x": np.ones((4, inputs), np.float32)})
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
+def test_the_tile_function_body_needs_memory_linear_in_the_outputs():
+    """The tile's function body found each output's tile by comparing every output with every slot
+    of every output tile: [M, M] values (5 GiB for a 32000-word language-model head, more than
+    the head's weights 20 times over). For 16384 outputs of 512-output tiles that was 1.3 GiB;
+    now it is [M, tiles]."""
+    result = subprocess.run([sys.executable, "-c", TILE_BODY_PEAK, "16384"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    grown_mib = int(result.stdout.strip().splitlines()[-1]) / 1024
+    assert grown_mib < 200, f"{grown_mib:.0f} MiB"
