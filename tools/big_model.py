@@ -17,6 +17,7 @@ scaling) into several copies of the weights at once, more memory than this machi
     nice python tools/big_model.py --out DIR                  # 1.1 B parameters: ~10 GB of disk
     nice python tools/big_model.py --out DIR --size tiny      # the same steps in seconds
     python tools/big_model.py --render DIR/results.json       # the markdown table of a stored run
+    python tools/big_model.py --render docs/big_model_results.json --write   # into docs/performance.md
 
 ``--steps`` runs some steps again on an existing DIR (their results replace the stored ones).
 """
@@ -44,6 +45,8 @@ SIZES = {  # TinyLlama-1.1B's architecture (1.10 B parameters), and a small one 
 }
 PRESETS = ("aihwkit-default", "aihwkit-pcm")
 FOLDING_OFF = ["ConstantFolding"]
+DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
+BEGIN, END = "<!-- big_model table: begin -->", "<!-- big_model table: end -->"
 STEPS = ("export", "run-clean", *(f"transform-{p}" for p in PRESETS),
          *(f"run-{p}-{path}" for p in PRESETS for path in ("native", "bodies")))
 
@@ -138,7 +141,8 @@ def measured(step: str, args: argparse.Namespace) -> dict:
     child = subprocess.run(command, capture_output=True, text=True)
     if child.returncode != 0:
         print(f"step {step} failed:\n{child.stderr[-3000:]}", file=sys.stderr, flush=True)
-        return {"failed": child.stderr.strip().splitlines()[-25:]}
+        lines = child.stderr.strip().splitlines()[-25:]  # the reason and time's report, not its command (paths)
+        return {"failed": [line for line in lines if "Command being timed" not in line]}
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", child.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", child.stderr).group(1)
     seconds = sum(float(part) * 60 ** i for i, part in enumerate(reversed(wall.split(":"))))
@@ -197,6 +201,15 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def write_table(table: str) -> None:
+    """Put ``table`` between the markers of docs/performance.md's "Big models" section."""
+    text = DOC.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{DOC.name} lacks the markers {BEGIN} ... {END}")
+    head, rest = text.split(BEGIN, 1)
+    DOC.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="folder for the models, logits and results.json")
@@ -206,10 +219,12 @@ def main() -> None:
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--max-gib", type=float, default=10.0, help="stop a step whose RSS passes this")
     parser.add_argument("--render", type=Path, help="print the markdown table of this results.json and stop")
+    parser.add_argument("--write", action="store_true", help="with --render: put the table into docs/performance.md")
     parser.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.render:
-        print(render(json.loads(args.render.read_text())))
+        table = render(json.loads(args.render.read_text()))
+        write_table(table) if args.write else print(table)
         return
     if args.out is None:
         parser.error("--out is required")
