@@ -19,6 +19,11 @@ running anywhere through its function bodies.
   ``NoiseChain`` runs a Noise and the elementwise steps after it (more Noise, inference
   BatchNormalization, per-channel bias, a residual Add, ReLU) in one pass, each Noise drawing the
   normals its own op would; the convolution stays onnxruntime's.
+- ``order_device_weights``: onnxruntime runs a node as soon as its inputs exist, and a
+  ``DeviceWeights`` reads only its weight and the run's controls, so it would read out every
+  layer's chip at the start of the run, the whole model's read-out weights alive at once. Each
+  also reads the data its layer multiplies (an input the kernel ignores), so it runs when its
+  layer is reached: one layer's read-out weights (and its chip's transients) alive at a time.
 
 All are onnx_ir rewrites that recognize what they change by its structure (which op reads which
 constant), never by how the transform tagged its nodes.
@@ -52,6 +57,7 @@ def prepare(model: ModelLike) -> ModelLike:
     changed = _fuse_epilogues(work) or changed
     changed = _fuse_noise_chains(work) or changed
     changed = _drop_unused_nodes(work) or changed
+    changed = _order_device_weights(work) or changed
     return ir.serde.serialize_model(work) if changed else model
 
 
@@ -261,6 +267,51 @@ def _fuse(graph: ir.Graph, names: Names, node: ir.Node, factor: list[ir.Node], c
     fused = ir.node(op_type, [*inputs, *constants], {**_attributes(node), "relu": relu},
                     domain=DOMAIN, name=names.node(base))
     _take_the_place(graph, [node, *steps], fused)
+
+
+def _order_device_weights(model: ir.Model) -> bool:
+    graph, ordered = model.graph, False
+    for node in [n for n in graph if _is_ours(n, "DeviceWeights") and len(n.inputs) == 5]:
+        found = _layer_of_weight(graph, node)
+        if found is None:
+            continue
+        path, layer, data = found
+        node.resize_inputs(6)
+        node.replace_input_with(5, data)
+        graph.remove(path, safe=False)  # next to its layer: the file's order stays topological
+        graph.insert_before(layer, path)
+        ordered = True
+    return ordered
+
+
+def _layer_of_weight(graph: ir.Graph, device: ir.Node) -> tuple[list[ir.Node], ir.Node, ir.Value] | None:
+    """(``device`` and the steps that reshape its weight alone, the layer that reads the weight,
+    the data that layer multiplies) when the weight has one reader at each step, else None. The
+    data is the layer's first input that is neither the weight, nor a constant, nor an input of
+    ``device`` (the controls), nor computed from ``device``."""
+    path, value, own = [device], device.outputs[0], {*device.inputs}
+    while (reader := _only_consumer(graph, value)) is not None:
+        others = [v for v in reader.inputs
+                  if v is not None and v is not value and v not in own and _constant(v) is None]
+        if not others:  # a Transpose, a Reshape by a constant: still the weight
+            path.append(reader)
+            value = reader.outputs[0]
+            continue
+        return None if _computed_from(others[0], device) else (path, reader, others[0])
+    return None
+
+
+def _computed_from(value: ir.Value, node: ir.Node) -> bool:
+    """Whether ``value`` is an output of ``node`` or of a node that reads one, at any depth."""
+    seen, stack = set(), [value]
+    while stack:
+        producer = stack.pop().producer()
+        if producer is node:
+            return True
+        if producer is not None and producer not in seen:
+            seen.add(producer)
+            stack.extend(v for v in producer.inputs if v is not None)
+    return False
 
 
 @dataclass

@@ -4,12 +4,22 @@ sessions, files that do not grow, and memory bounded by the largest tensor, not 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 from onnx import helper as h
+
+from analog_onnx.config import load_preset
+from analog_onnx.native_graph import prepare
+from analog_onnx.runtime import make_session, session_options
+from analog_onnx.transform import transform_model
 
 WEIGHT = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
 CONTROLS = {"noise_scale": np.array(0, np.float32)}  # DAC and ADC only: deterministic
@@ -106,10 +116,6 @@ def unknown_dims_model(dims: list | None) -> onnx.ModelProto:
 def test_native_sessions_keep_unknown_dimensions_unknown(dims, preset):
     """The elementwise ops' shape rule once copied an unnamed size as the literal size -1 (a Reshape
     by Shape then had several -1s) and an unknown rank as rank 0 (MatMul: wrong rank)."""
-    from analog_onnx.config import load_preset
-    from analog_onnx.runtime import make_session
-    from analog_onnx.transform import transform_model
-
     analog = transform_model(unknown_dims_model(dims), load_preset(preset))
     x = np.random.default_rng(2).standard_normal((2, 3, 64)).astype(np.float32)
     feeds = {"x": x, "noise_scale": np.array(0, np.float32)}
@@ -147,11 +153,7 @@ def test_a_transformed_conv_model_is_at_most_a_tenth_larger(run_cli, preset, tmp
 
 
 @pytest.mark.native
-def test_the_native_session_fuses_the_run_time_unfolding(tmp_path):
-    from analog_onnx.config import load_preset
-    from analog_onnx.native_graph import prepare
-    from analog_onnx.transform import transform_model
-
+def test_the_native_session_fuses_the_run_time_unfolding():
     fused = prepare(transform_model(conv_stack(), load_preset("aihwkit-default")))
     assert [n.op_type for n in fused.graph.node if n.domain == "ai.analog"] == ["AnalogTileConv"] * 3
     assert not any(n.op_type in ("Conv", "EyeLike", "ConstantOfShape") for n in fused.graph.node)
@@ -177,14 +179,12 @@ finally:
 """
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
 @pytest.mark.parametrize("command", ["transform", "inspect"])
 def test_memory_is_bounded_by_the_largest_tensor_not_the_model(command, tmp_path):
     """Four 16 MiB weights in a data file: transform streams them (its peak grows by less than three
     tensors; it grew by three times the model before) and inspect reads none of them (it grew by
     twice the model)."""
-    import subprocess
-    import sys
-
     layers, size = 4, 2048
     rng = np.random.default_rng(5)
     nodes = [h.make_node("MatMul", [f"h{i}", f"w{i}"], [f"h{i + 1}"], name=f"layer{i}") for i in range(layers)]
@@ -205,3 +205,80 @@ def test_memory_is_bounded_by_the_largest_tensor_not_the_model(command, tmp_path
     assert grown < (3 if command == "transform" else 1) * tensor, f"{grown / 2**20:.0f} MiB"
     if command == "transform":
         assert locations(tmp_path / "out.onnx")["w0"] == "out.onnx.data"
+
+
+def mlp_chain(layers: int, size: int = 32) -> onnx.ModelProto:
+    """x -> MatMul -> Relu -> MatMul -> ... : each layer's weight is read out from its own chip."""
+    rng = np.random.default_rng(6)
+    nodes, weights, value = [], [], "x"
+    for i in range(layers):
+        weights.append(numpy_helper.from_array(rng.standard_normal((size, size)).astype(np.float32), f"w{i}"))
+        nodes += [h.make_node("MatMul", [value, f"w{i}"], [f"m{i}"], name=f"layer{i}"),
+                  h.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}")]
+        value = f"r{i}"
+    graph = h.make_graph(nodes, "chain", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", size])],
+                         [h.make_tensor_value_info(value, TensorProto.FLOAT, ["n", size])], weights)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def executed_ops(session: ort.InferenceSession, feeds: dict) -> list[str]:
+    """The op types of the nodes onnxruntime ran for one run, in the order it ran them (its profile)."""
+    session.run(None, feeds)
+    profile = Path(session.end_profiling())
+    events = sorted((e for e in json.loads(profile.read_text()) if e.get("cat") == "Node"), key=lambda e: e["ts"])
+    profile.unlink()
+    return [e["args"]["op_name"] for e in events if e["name"].endswith("_kernel_time")]
+
+
+@pytest.mark.native
+def test_a_native_session_reads_out_one_layer_at_a_time():
+    """onnxruntime runs a node as soon as its inputs exist: every DeviceWeights (it reads only its
+    weight and the controls) ran before the first tile, all layers' read-out weights alive at
+    once. Each now runs when its layer's data exists: at most one read-out weight is waiting for
+    its tile at any point of the run."""
+    layers = 8
+    analog = transform_model(mlp_chain(layers), load_preset("aihwkit-pcm"))
+    options = session_options(1, native=True)
+    options.enable_profiling, options.profile_file_prefix = True, "order"
+    session = ort.InferenceSession(prepare(analog).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = executed_ops(session, {"x": np.ones((2, 32), np.float32)})
+    read_outs, waiting = 0, []
+    for op in ops:
+        read_outs += (op == "DeviceWeights") - op.startswith("AnalogTile")
+        waiting.append(read_outs)
+    assert ops.count("DeviceWeights") == layers and max(waiting) == 1, ops
+
+
+TILE_BODY_PEAK = """
+import re, sys
+import numpy as np, onnxruntime as ort
+from onnx import TensorProto, numpy_helper, helper as h
+from analog_onnx.config import load_preset
+from analog_onnx.transform import transform_model
+
+inputs, outputs = 64, int(sys.argv[1])
+weight = numpy_helper.from_array(np.ones((inputs, outputs), np.float32), "w")
+graph = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"], name="head")], "g",
+                     [h.make_tensor_value_info("x", TensorProto.FLOAT, [4, inputs])],
+                     [h.make_tensor_value_info("y", TensorProto.FLOAT, [4, outputs])], [weight])
+model = transform_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), load_preset("aihwkit-default"))
+session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"],
+                               disabled_optimizers=["ConstantFolding"])  # the weight side runs in the run
+open("/proc/self/clear_refs", "w").write("5")
+before = int(re.search(r"VmRSS:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+session.run(None, {"x": np.ones((4, inputs), np.float32)})
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
+def test_the_tile_function_body_needs_memory_linear_in_the_outputs():
+    """The tile's function body found each output's tile by comparing every output with every slot
+    of every output tile: [M, M] values (5 GiB for a 32000-word language-model head, more than
+    the head's weights 20 times over). For 16384 outputs of 512-output tiles that was 1.3 GiB;
+    now it is [M, tiles]."""
+    result = subprocess.run([sys.executable, "-c", TILE_BODY_PEAK, "16384"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    grown_mib = int(result.stdout.strip().splitlines()[-1]) / 1024
+    assert grown_mib < 200, f"{grown_mib:.0f} MiB"

@@ -9,12 +9,15 @@ bodies, no library loaded). Every step runs in its own process under ``/usr/bin/
 after the other (never two at once), so each peak RSS is that step's alone (a process's imports
 included). The timed forward pass draws the preset's noise; a second one with ``noise_scale`` 0
 gives the logits on which native and function bodies are compared (quantization and bound
-management are deterministic: they agree to float tolerance).
+management are deterministic: they agree to float tolerance). The function bodies run with
+onnxruntime's constant folding off: it would fold each layer's weight-side chain (padding, tiles,
+scaling) into several copies of the weights at once, more memory than this machine lends a step.
 
     pip install transformers                                 # not a dependency of analog-onnx
     nice python tools/big_model.py --out DIR                  # 1.1 B parameters: ~10 GB of disk
     nice python tools/big_model.py --out DIR --size tiny      # the same steps in seconds
     python tools/big_model.py --render DIR/results.json       # the markdown table of a stored run
+    python tools/big_model.py --render docs/big_model_results.json --write   # into docs/performance.md
 
 ``--steps`` runs some steps again on an existing DIR (their results replace the stored ones).
 """
@@ -41,6 +44,9 @@ SIZES = {  # TinyLlama-1.1B's architecture (1.10 B parameters), and a small one 
              "num_key_value_heads": 2, "vocab_size": 512},
 }
 PRESETS = ("aihwkit-default", "aihwkit-pcm")
+FOLDING_OFF = ["ConstantFolding"]
+DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
+BEGIN, END = "<!-- big_model table: begin -->", "<!-- big_model table: end -->"
 STEPS = ("export", "run-clean", *(f"transform-{p}" for p in PRESETS),
          *(f"run-{p}-{path}" for p in PRESETS for path in ("native", "bodies")))
 
@@ -86,10 +92,12 @@ def run(out: Path, preset: str | None, native: bool, tokens: int, vocab: int, th
     start = time.perf_counter()
     if native:
         session = make_session(path, threads=threads, native=True)
-    else:  # plain onnxruntime as anyone has it: no library of ours registered
+    else:  # plain onnxruntime as anyone has it: no library of ours registered; constant folding off,
+        # else it folds each layer's weight-side chain (padding, tiling, scaling) into copies of W
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.log_severity_level = threads, 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=FOLDING_OFF)
     loaded = time.perf_counter()
     feeds = {"input_ids": token_ids(tokens, vocab)}
     logits = session.run(["logits"], feeds)[0]  # the preset's noise, at its default seed
@@ -133,7 +141,8 @@ def measured(step: str, args: argparse.Namespace) -> dict:
     child = subprocess.run(command, capture_output=True, text=True)
     if child.returncode != 0:
         print(f"step {step} failed:\n{child.stderr[-3000:]}", file=sys.stderr, flush=True)
-        return {"failed": child.stderr.strip().splitlines()[-25:]}
+        lines = child.stderr.strip().splitlines()[-25:]  # the reason and time's report, not its command (paths)
+        return {"failed": [line for line in lines if "Command being timed" not in line]}
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", child.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", child.stderr).group(1)
     seconds = sum(float(part) * 60 ** i for i, part in enumerate(reversed(wall.split(":"))))
@@ -192,6 +201,15 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def write_table(table: str) -> None:
+    """Put ``table`` between the markers of docs/performance.md's "Big models" section."""
+    text = DOC.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{DOC.name} lacks the markers {BEGIN} ... {END}")
+    head, rest = text.split(BEGIN, 1)
+    DOC.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="folder for the models, logits and results.json")
@@ -201,10 +219,12 @@ def main() -> None:
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--max-gib", type=float, default=10.0, help="stop a step whose RSS passes this")
     parser.add_argument("--render", type=Path, help="print the markdown table of this results.json and stop")
+    parser.add_argument("--write", action="store_true", help="with --render: put the table into docs/performance.md")
     parser.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.render:
-        print(render(json.loads(args.render.read_text())))
+        table = render(json.loads(args.render.read_text()))
+        write_table(table) if args.write else print(table)
         return
     if args.out is None:
         parser.error("--out is required")

@@ -241,8 +241,8 @@ def TileSigma(sigma, sigma_w, U):
 
 
 @script(analog)
-def SplitIndex(size: INT64, max_size: int):
-    """Gather indices [tiles, largest tile] of reference.split_sizes(size, max_size); padding is `size`."""
+def SplitBounds(size: INT64, max_size: int):
+    """The first index and the length, each [tiles, 1], of the tiles of reference.split_sizes(size, max_size)."""
     one = op.Constant(value_int=1)
     limit_in = op.Constant(value_int=max_size)
     limit = op.Max(op.Where(op.Greater(limit_in, op.Constant(value_int=0)), op.Min(limit_in, size), size), one)
@@ -250,10 +250,28 @@ def SplitIndex(size: INT64, max_size: int):
     base = op.Div(size, count)
     extra = op.Sub(size, op.Mul(base, count))
     t = op.Range(op.Constant(value_int=0), count, one)
-    j = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Add(base, op.Min(extra, one)), one), op.Constant(value_ints=[0]))
     start = op.Unsqueeze(op.Add(op.Mul(t, base), op.Min(t, extra)), op.Constant(value_ints=[1]))
     length = op.Unsqueeze(op.Add(base, op.Cast(op.Less(t, extra), to=TensorProto.INT64)), op.Constant(value_ints=[1]))
+    return start, length
+
+
+@script(analog)
+def SplitIndex(size: INT64, max_size: int):
+    """Gather indices [tiles, largest tile] of reference.split_sizes(size, max_size); padding is `size`."""
+    start, length = SplitBounds(size, max_size=max_size)
+    j = op.Unsqueeze(op.Range(op.Constant(value_int=0), op.ReduceMax(length, keepdims=0), op.Constant(value_int=1)), op.Constant(value_ints=[0]))
     return op.Where(op.Less(j, length), op.Add(start, j), op.Expand(size, op.Constant(value_ints=[1, 1])))
+
+
+@script(analog)
+def SplitMembers(size: INT64, max_size: int):
+    """[size, tiles]: 1.0 where index i is in tile t of reference.split_sizes(size, max_size), else 0.0;
+    each index compared with its tiles' bounds, [size, tiles] work, not with every slot of every tile."""
+    start, length = SplitBounds(size, max_size=max_size)
+    index = op.Unsqueeze(op.Range(op.Constant(value_int=0), size, op.Constant(value_int=1)), op.Constant(value_ints=[1]))
+    after_start = op.GreaterOrEqual(index, op.Transpose(start, perm=[1, 0]))
+    before_end = op.Less(index, op.Transpose(op.Add(start, length), perm=[1, 0]))
+    return op.Cast(op.And(after_start, before_end), to=TensorProto.FLOAT)
 
 
 @script(analog)
@@ -270,7 +288,6 @@ def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: in
     vectors = op.Flatten(X, axis=-1)
     n_vec = op.Gather(op.Shape(vectors), zero_i)
     in_index = SplitIndex(k_in, max_size=max_input_size)
-    out_index = SplitIndex(m_out, max_size=max_output_size)
     tiles_in = op.Gather(op.Shape(in_index), zero_i)
     # the tiles' inputs [T, N, k] and weights [M, T, k], zero-padded to the largest tile
     x_pad = op.Concat(vectors, op.Expand(zero_f, op.Concat(op.Unsqueeze(n_vec, first), top1, axis=0)), axis=1)
@@ -279,8 +296,7 @@ def AnalogTile(X: FLOAT, W: FLOAT, noise_scale: FLOAT, seed: INT64, inp_bits: in
     wt = op.Gather(w_pad, in_index, axis=1)
     # mapping scales per (output, input tile): max|W| of the output's row, or of its output tile's block
     col_max = op.Squeeze(AbsMaxLast(wt), op.Constant(value_ints=[2]))
-    outputs = op.Unsqueeze(op.Range(zero_i, m_out, one_i), op.Constant(value_ints=[1, 2]))
-    member = op.ReduceSum(op.Cast(op.Equal(outputs, op.Unsqueeze(out_index, first)), to=TensorProto.FLOAT), op.Constant(value_ints=[2]), keepdims=0)
+    member = SplitMembers(m_out, max_size=max_output_size)  # [M, output tiles]
     block_max, _ = op.TopK(op.Mul(op.Unsqueeze(col_max, op.Constant(value_ints=[2])), op.Unsqueeze(member, top1)), top1, axis=0)
     block_max = op.ReduceSum(op.Mul(block_max, op.Unsqueeze(member, top1)), op.Constant(value_ints=[2]), keepdims=0)
     peak = op.Where(op.Cast(op.Constant(value_int=weight_scaling_columnwise), to=TensorProto.BOOL), col_max, block_max)
@@ -409,7 +425,7 @@ def DeviceWeights(W: FLOAT, noise_scale: FLOAT, seed: INT64, chip_seed: INT64, t
 
 PUBLIC = tuple(globals()[name] for name in OP_NAMES)  # the schema's ops, in its order
 HELPERS = (SwapHalves, SquaresPair, KeyOf, StreamKey, NormalsFrom, StandardNormals, AbsMaxLast, ScaleOf, RowAbsMax,
-           ClipAndRound, Converter, TileSigma, SplitIndex, DrawKey, StandardUniforms, Stick, Readout, MeanAbs)
+           ClipAndRound, Converter, TileSigma, SplitBounds, SplitIndex, SplitMembers, DrawKey, StandardUniforms, Stick, Readout, MeanAbs)
 DEVICE_HELPERS = device_functions(DOMAIN)  # traced from the device models
 
 

@@ -543,10 +543,14 @@ class DeviceWeightsKernel : public Kernel {
                       cached_->noise_scale == noise_scale && cached_->weights.size() == w.shape.size &&
                       std::equal(w.data, w.data + w.shape.size, cached_->weights.begin());
     if (same) return cached_;
-    auto entry = std::make_shared<Entry>(Entry{chip_seed, t, noise_scale, std::vector<float>(w.data, w.data + w.shape.size),
+    // a fresh chip (chip_seed < 0) is never kept: no copy of W to recognize it by (a layer's worth
+    // of memory at the peak of a big model)
+    const bool keep = chip_seed >= 0;
+    auto entry = std::make_shared<Entry>(Entry{chip_seed, t, noise_scale,
+                                               keep ? std::vector<float>(w.data, w.data + w.shape.size) : std::vector<float>{},
                                                program_(settings_, w.data, layout.rows, layout.length, noise_scale,
                                                         chip_seed, t)});
-    if (chip_seed >= 0) cached_ = entry;
+    if (keep) cached_ = entry;
     return entry;
   }
 
@@ -723,8 +727,10 @@ const std::vector<KernelEntry>& kernel_entries() {
       entry<QuantizeKernel>("Quantize", {kAny}, {kAny}),
       entry<MvmInputKernel>("MvmInput", {kAny}, {kAny, kAny}),
       entry<MvmOutputKernel>("MvmOutput", {kAny, kAny, kFloat, kInt64}, {kAny}),
-      entry<DeviceWeightsKernel>("DeviceWeights", {kAny, kFloat, kInt64, kInt64, kFloat}, {kAny, kFloat},
-                                 OutputShape::kOfFirstInputAndScalar),
+      // input 5, never read: the data its layer multiplies, so that onnxruntime runs it when its
+      // layer is reached (native_graph's order_device_weights)
+      entry<DeviceWeightsKernel>("DeviceWeights", {kAny, kFloat, kInt64, kInt64, kFloat, kAny}, {kAny, kFloat},
+                                 OutputShape::kOfFirstInputAndScalar, 5),
       entry<MvmOutputEpilogueKernel>("MvmOutputEpilogue", {kAny, kAny, kFloat, kInt64, kFloat, kFloat}, {kAny}),
       entry<NoiseChainKernel>("NoiseChain", {kAny, kFloat, kInt64, kFloat, kFloat, kAny}, {kAny},
                               OutputShape::kOfFirstInput, 3),
