@@ -311,3 +311,28 @@ def test_figures_a_reader_trusts(finished) -> None:
     assert len(cross.axes) == len(spec.archs) + 1  # the panels and their colour bar
     one_seed = collect(dataclasses.replace(spec, seeds=spec.seeds[:1]), finished)
     assert "one seed: no interval" in title(figures._accuracy_vs_noise(one_seed, "hardening-additive"))
+
+
+def test_the_board_shows_the_epoch_each_running_training_has_reached(tmp_path) -> None:
+    """A study's trainings run in worker processes without a bar of their own: the live view
+    reads each running cell's metrics.jsonl (a line per finished epoch)."""
+    from rich.console import Console
+
+    from analog_onnx.study.runner import Board
+
+    spec = _spec(tmp_path)
+    first, second = spec.train_cells[:2]
+    board = Board(spec, {c.key for c in spec.train_cells}, tmp_path)
+    board.mark(first, "running")
+    board.mark(second, "running")
+    folder = tmp_path / first.folder
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    console = Console(record=True, width=120)
+    console.print(board.render())
+    shown = console.export_text()
+    assert f"{cells_label(first)}: epoch 1/2" in shown and f"{cells_label(second)}: epoch 0/2" in shown
+
+
+def cells_label(cell) -> str:
+    return f"train {cell.arch} {cell.method.name} seed {cell.seed}"

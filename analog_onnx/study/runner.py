@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from analog_onnx.arguments import expect
+from analog_onnx.arguments import expect, spelled
 from analog_onnx.errors import AnalogError
 from analog_onnx.files import read_small_text, write_text
 from analog_onnx.study.cells import MODEL, Task, read_record, run_task
@@ -52,7 +52,7 @@ def run_study(spec: Spec, out: str | Path, *, workers: int = 1, backend: str = "
     if backend not in BACKENDS:
         raise AnalogError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
     if expect(workers, int, "workers") < 1:
-        raise AnalogError(f"--workers must be >= 1, got {workers}")
+        raise AnalogError(f"{spelled('workers')} must be >= 1, got {workers}")
     started = time.perf_counter()
     root = study_folder(spec, out)
     try:
@@ -65,7 +65,7 @@ def run_study(spec: Spec, out: str | Path, *, workers: int = 1, backend: str = "
     waiting = {c.key for c in pending_train}
     pending_eval = [c for c in spec.eval_cells if read_record(root / c.folder, c.key, "evaluate") is None]
     run.skipped = len(spec.train_cells) + len(spec.eval_cells) - len(pending_train) - len(pending_eval)
-    board = Board(spec, waiting | {c.key for c in pending_eval})
+    board = Board(spec, waiting | {c.key for c in pending_eval}, root)
     if backend == "local" or ray_address is None:  # on this machine: at most one cell per core
         workers = max(1, min(workers, _cores(), len(pending_train) + len(pending_eval)))
     threads = max(1, _cores() // workers) if backend == "local" else 1
@@ -111,7 +111,7 @@ def study_folder(spec: Spec, out: str | Path) -> Path:
     study or a folder of other files is refused, before any work: their files would be replaced."""
     root = Path(expect(out, (str, Path), "out")).expanduser()
     if root.exists() and not root.is_dir():
-        raise AnalogError(f"--out {out} is a file; a study needs a folder")
+        raise AnalogError(f"{spelled('out')} {out} is a file; a study needs a folder")
     copy = root / SPEC_COPY
     if copy.is_file():
         try:
@@ -120,9 +120,10 @@ def study_folder(spec: Spec, out: str | Path) -> Path:
             found = None
         if found != spec.name:
             held = f"study {found!r}" if isinstance(found, str) else f"a {SPEC_COPY} that names no study"
-            raise AnalogError(f"{out} holds {held}; give study {spec.name!r} another --out")
+            raise AnalogError(f"{out} holds {held}; give study {spec.name!r} another {spelled('out')}")
     elif root.is_dir() and any(root.iterdir()):
-        raise AnalogError(f"{out} is not empty and holds no {SPEC_COPY}: give the study a new or empty --out")
+        raise AnalogError(f"{out} is not empty and holds no {SPEC_COPY}: give the study a new or empty "
+                          f"{spelled('out')}")
     return root.resolve()
 
 
@@ -176,7 +177,7 @@ def _ray(workers: int, address: str | None) -> Iterator[Submit]:
     try:
         import ray
     except ImportError:
-        raise AnalogError("--backend ray needs Ray: pip install 'analog-onnx[ray]'") from None
+        raise AnalogError(f"{spelled('backend')} ray needs Ray: pip install 'analog-onnx[ray]'") from None
     started = not ray.is_initialized()
     if started:
         try:
@@ -195,10 +196,12 @@ def _ray(workers: int, address: str | None) -> Iterator[Submit]:
 
 
 class Board:
-    """The live view: one row per (architecture, method), trained and evaluated cells of its seeds."""
+    """The live view: one row per (architecture, method), trained and evaluated cells of its seeds,
+    and the epoch each running training has reached (read from its ``metrics.jsonl``)."""
 
-    def __init__(self, spec: Spec, pending: set[str]) -> None:
+    def __init__(self, spec: Spec, pending: set[str], root: Path) -> None:
         self.spec = spec
+        self.root = root
         self.state = {c.key: "waiting" if c.key in pending else "done" for c in (*spec.train_cells, *spec.eval_cells)}
         self.live: Live | None = None
         self.console: Console | None = None
@@ -216,7 +219,7 @@ class Board:
         if not console.is_terminal:
             yield
             return
-        with Live(self.render(), console=console, refresh_per_second=2, transient=False) as live:
+        with Live(console=console, refresh_per_second=2, transient=False, get_renderable=self.render) as live:
             self.live = live
             try:
                 yield
@@ -234,8 +237,9 @@ class Board:
 
     def render(self) -> Group:
         spec = self.spec
-        headers = [Text(h) for h in ("arch", "method", "trained", *(f"eval {h}" for h in spec.hardware))]
-        table = Table(*headers, title=Text(f"study {spec.name}"))
+        table = Table(title=Text(f"study {spec.name}"))
+        for header in ("arch", "method", "trained", *(f"eval {h}" for h in spec.hardware)):
+            table.add_column(Text(header))  # as text: hardware names come from the study file
         for arch in spec.archs:
             for method in spec.methods:
                 train = [c for c in spec.train_cells if c.arch == arch and c.method.name == method.name]
@@ -245,4 +249,16 @@ class Board:
                 table.add_row(Text(arch), Text(method.name), self._count(train), *evals)
         states = list(self.state.values())
         summary = Text(f"{states.count('done')}/{len(states)} cells done")
-        return Group(table, summary)
+        trainings = [Text(f"{_label(c)}: epoch {_epochs_done(self.root / c.folder)}"
+                          + (f"/{c.config['epochs']}" if "epochs" in c.config else ""))
+                     for c in spec.train_cells if self.state[c.key] == "running"]
+        return Group(table, summary, *trainings)
+
+
+def _epochs_done(folder: Path) -> int:
+    """The epochs a training in ``folder`` has finished: its ``metrics.jsonl`` has a line each
+    (written by another process, so a file that is missing or being replaced counts what it can)."""
+    try:
+        return (folder / "metrics.jsonl").read_bytes().count(b"\n")
+    except OSError:
+        return 0
