@@ -100,6 +100,9 @@ def test_listed_values_expand_into_a_family_with_the_papers_range(tmp_path) -> N
     (('method = "nit-envelope"', 'method = "nit-hull"'), "claim nit: method 'nit-hull' is not"),
     (("margin = 1.1", "margin = 0.9"), "margin must be a ratio > 1"),
     (('kind = "depth"', 'kind = "depth"\narchs = ["mlp1"]'), "needs two or more architectures"),
+    (('method = "qat"\nversus = "baseline"', 'method = "qat"\nversus = "qat-b4-r1"'), "is one of the methods"),
+    (('method = "nit-envelope"\nversus = "baseline"', 'method = "baseline"\nversus = "baseline"'),
+     "claim nit: versus 'baseline' is one of the methods it is compared with"),
 ])
 def test_a_bad_sweep_or_rule_is_refused(tmp_path, change, message) -> None:
     with pytest.raises(SpecError, match=message):

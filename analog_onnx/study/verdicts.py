@@ -140,6 +140,8 @@ def _claim(entry: Any, index: int, names: set[str], families: dict[str, list[str
     if versus not in names:
         raise RulesError(f"{where}: versus {versus!r} is not a method of the study")
     members = tuple(families.get(method, [method]))
+    if versus in members:
+        raise RulesError(f"{where}: versus {versus!r} is one of the methods it is compared with")
     chosen_hardware = _subset(entry.get("hardware", list(hardware)), hardware, f"{where} hardware")
     chosen_archs = _subset(entry.get("archs", list(archs)), archs, f"{where} archs")
     if kind == "depth":
