@@ -238,6 +238,7 @@ def test_text_reader_splits_by_file_and_cuts_next_token_windows(tmp_path):
     ("latin1", "not UTF-8"),
     ("nothing", "matches no files"),
     ("option", "unknown option"),
+    ("twice", "option window given twice"),
     ("one_file_train", "test split only"),
 ])
 def test_text_data_refuses_hostile_corpora_in_one_line(run_cli, tmp_path, case, fragment):
@@ -245,7 +246,8 @@ def test_text_data_refuses_hostile_corpora_in_one_line(run_cli, tmp_path, case, 
     onnx.save_model(tied_lm(), model)
     target = tmp_path / "corpus.txt"
     target.write_bytes({"empty": b"", "binary": b"\x7fELF\0\0\x01", "latin1": b"caf\xe9 " * 50}.get(case, b"x" * 100))
-    spec = {"nothing": f"text:{tmp_path}/*.nothing", "option": f"text:{target}#windows=3"}.get(case, f"text:{target}")
+    spec = {"nothing": f"text:{tmp_path}/*.nothing", "option": f"text:{target}#windows=3",
+            "twice": f"text:{target}#window=3,window=4"}.get(case, f"text:{target}")
     split = "train" if case == "one_file_train" else "test"
     one_line_error(run_cli("evaluate", model, "--data", spec, "--split", split, "-p", "aihwkit-lightning"), fragment)
 

@@ -42,6 +42,8 @@ def parse_options(path: str | None, kind: str) -> tuple[str, dict[str, str]]:
         if not sep or key not in OPTIONS:
             known = ", ".join(f"{o}=..." for o in OPTIONS)
             raise AnalogError(f"{kind}: unknown option {item!r} after '#'; use {known}")
+        if key in options:
+            raise AnalogError(f"{kind}: option {key} given twice after '#'")
         options[key] = value
     return location, options
 
