@@ -27,7 +27,6 @@ from analog_onnx.errors import AnalogError, ConfigError, ModelError
 from analog_onnx.files import atomic_output, atomic_outputs, first_line
 from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.add_controls import AddControlInputsPass
-from analog_onnx.passes.add_functions import AddAnalogFunctionsPass
 from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, METADATA_KEYS, NODE_KEYS, SITES_KEY, VERSION_KEY
 from analog_onnx.passes.qonnx_to_standard import QonnxToStandardPass
 from analog_onnx.passes.sites import DigitalNode, Site, digital_nodes, find_sites, node_labels
@@ -220,6 +219,8 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
     if unknown:
         raise ModelError(f"unknown site(s): {', '.join(sorted(unknown))}")
     only = None if sites is None else frozenset(sites)
+    from analog_onnx.passes.add_functions import AddAnalogFunctionsPass  # onnxscript: only a transform needs it
+
     passes = ir.passes.PassManager([
         AddControlInputsPass(config.t_inference),
         *(effect.make_pass(config, only) for effect in enabled_effects(config)),
