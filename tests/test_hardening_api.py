@@ -58,7 +58,7 @@ def test_the_train_config_checks_its_field_types():
         TrainConfig(epochs="3").validate()
     with pytest.raises(AnalogError, match="seed must be between 0 and 2\\*\\*63-1"):
         TrainConfig(seed=2**64).validate()
-    with pytest.raises(AnalogError, match="noise scale is beyond the float32 range"):
+    with pytest.raises(AnalogError, match="^noise_scale is beyond the float32 range"):
         TrainConfig(noise_scale=1e39).validate()
 
 

@@ -166,3 +166,10 @@ def test_study_workers_are_capped_at_the_cores(tmp_path, monkeypatch):
     run = run_study(load_spec(spec_file(tmp_path)), tmp_path / "run", workers=64)
     assert seen == [2] and run.trained == 2
     assert collect(load_spec(spec_file(tmp_path)), tmp_path / "run").missing == 4  # nothing was written
+
+
+def test_a_bad_training_value_in_a_study_file_is_named_by_its_key_not_a_flag(run_cli, tmp_path):
+    path = spec_file(tmp_path)
+    path.write_text(path.read_text().replace("epochs = 1", "epochs = 1\nlr = -1"))
+    code, _, err = run_cli("study", path, "--out", tmp_path / "out")
+    assert code == 2 and "method baseline, arch mlp: lr must be finite and >= 0, got -1" in err and "--lr" not in err

@@ -71,3 +71,15 @@ def test_train_refuses_a_non_finite_noise_scale_before_touching_out(run_cli, tmp
     code, _, err = run_cli("train", "--method", "nit", "-p", "hardening-additive", "--noise-scale", value,
                            "--epochs", "1", "--out", out, "--no-progress", "--device", "cpu")
     assert code == 2 and "must be finite" in err and not out.exists(), err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--lr", "-1"), "--lr must be finite and >= 0, got -1.0"),
+    (("--batch-size", "0"), "--batch-size must be >= 1, got 0"),
+    (("--val-fraction", "0"), "--val-fraction must be in [0, 1), and > 0 to select on it (with --select val)"),
+])
+def test_a_bad_training_value_names_its_flag(run_cli, tmp_path, args, message):
+    """One value at fault, named as the user wrote it (the trainer's own check, spelled by the CLI)."""
+    code, _, err = run_cli("train", "--arch", "mlp", "--data", "digits", "--epochs", "1", "--out", tmp_path / "r",
+                           "--no-progress", "--device", "cpu", *args)
+    assert code == 2 and err.count("\n") == 1 and message in err, err

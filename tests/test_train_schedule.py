@@ -52,5 +52,5 @@ def test_the_trainer_draws_a_level_per_batch_around_the_ramp(tmp_path, monkeypat
 
 
 def test_a_negative_spread_is_refused() -> None:
-    with pytest.raises(AnalogError, match="noise spread"):
+    with pytest.raises(AnalogError, match="^noise_spread must be finite and >= 0, got -0.1"):
         TrainConfig(method="nit", hardware=load_preset("hardening-additive").to_dict(), noise_spread=-0.1).validate()

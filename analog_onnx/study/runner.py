@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from analog_onnx.arguments import expect, spelled
+from analog_onnx.arguments import expect, spelled, spelled_as
 from analog_onnx.errors import AnalogError
 from analog_onnx.files import read_small_text, write_text
 from analog_onnx.study.cells import MODEL, Task, read_record, run_task
@@ -160,7 +160,8 @@ def _executor(backend: str, workers: int, ray_address: str | None) -> Iterator[S
         def in_process(task: Task) -> Future[dict[str, Any]]:
             future: Future[dict[str, Any]] = Future()
             try:
-                future.set_result(run_task(task))
+                with spelled_as(str):  # a cell's errors name its settings, not the study command's flags
+                    future.set_result(run_task(task))
             except Exception as e:  # noqa: BLE001 - reported per cell, like a worker's failure
                 future.set_exception(e)
             return future

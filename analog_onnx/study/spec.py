@@ -55,7 +55,7 @@ from typing import Any
 
 import tomllib
 
-from analog_onnx.arguments import expect
+from analog_onnx.arguments import expect, spelled_as
 from analog_onnx.config import MAX_INT, AnalogConfig, named_config
 from analog_onnx.data import READERS, check_data_spec
 from analog_onnx.errors import AnalogError
@@ -246,9 +246,10 @@ def _train_cell(data: str, arch: str, method: Method, seed: int, train: dict[str
 
     if arch not in BUILDERS:
         raise SpecError(f"[study] archs: unknown architecture {arch!r}; use one of {', '.join(sorted(BUILDERS))}")
-    try:
-        config = TrainConfig(arch=arch, data=data, method=method.kind, seed=seed, **train, **method.settings)
-        config.validate()
+    try:  # the study file's keys are the fields' names, whoever runs the study (the CLI spells flags)
+        with spelled_as(str):
+            config = TrainConfig(arch=arch, data=data, method=method.kind, seed=seed, **train, **method.settings)
+            config.validate()
     except (AnalogError, TypeError, ValueError) as e:
         raise SpecError(f"method {method.name}, arch {arch}: {e}") from None
     settings = {k: v for k, v in asdict(config).items() if k != "out"}

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional
 
 from analog_onnx import __version__
-from analog_onnx.arguments import check_fields, expect, float32_problem
+from analog_onnx.arguments import check_fields, expect, float32_problem, spelled
 from analog_onnx.config import MAX_INT, AnalogConfig
 from analog_onnx.data import VALIDATION_KINDS, Dataset, load_dataset
 from analog_onnx.errors import AnalogError
@@ -118,26 +118,28 @@ class TrainConfig:
         return QatSpec(self.bits, self.act_scale, self.weight_bits) if self.uses_qat else None
 
     def validate(self) -> None:
+        """Every field checked; a problem names the one field at fault as its caller spells it (the
+        CLI: its flag; a study file or Python: the field)."""
         check_fields(self, "train config")
         if not 0 <= self.seed < 2**63:
-            raise AnalogError(f"seed must be between 0 and 2**63-1, got {self.seed}")
+            raise AnalogError(f"{spelled('seed')} must be between 0 and 2**63-1, got {self.seed}")
         for name in ("epochs", "batch_size", "eval_repeats", "bits", "weight_bits", "limit", "eval_limit"):
             if abs(getattr(self, name) or 0) > MAX_INT:
-                raise AnalogError(f"{name} must be at most {MAX_INT:,}, got {getattr(self, name)}")
-        for name, value, allowed in (("method", self.method, METHODS), ("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("schedule", self.schedule, SCHEDULES), ("select", self.select, SELECTIONS)):
-            if value not in allowed:
-                raise AnalogError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_repeats < 1:
-            raise AnalogError("epochs, batch size and eval repeats must be >= 1")
-        if not all(0 <= v < math.inf for v in (self.noise_scale, self.ramp_epochs, self.noise_spread, self.lr,
-                                                self.weight_decay)):
-            raise AnalogError("noise scale, ramp epochs, noise spread, learning rate and weight decay must be finite "
-                              "and >= 0")
+                raise AnalogError(f"{spelled(name)} must be at most {MAX_INT:,}, got {getattr(self, name)}")
+        for name, allowed in (("method", METHODS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("select", SELECTIONS)):
+            if getattr(self, name) not in allowed:
+                raise AnalogError(f"unknown {spelled(name)} {getattr(self, name)!r}; use one of {', '.join(allowed)}")
+        for name in ("epochs", "batch_size", "eval_repeats"):
+            if getattr(self, name) < 1:
+                raise AnalogError(f"{spelled(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("noise_scale", "ramp_epochs", "noise_spread", "lr", "weight_decay"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise AnalogError(f"{spelled(name)} must be finite and >= 0, got {getattr(self, name)}")
         for name in ("lr", "momentum", "weight_decay", "noise_scale", "ramp_epochs", "noise_spread", "act_scale"):
             problem = float32_problem(getattr(self, name))  # torch trains in float32
             if problem:
-                raise AnalogError(f"{name.replace('_', ' ')} {problem}, got {getattr(self, name)}")
+                raise AnalogError(f"{spelled(name)} {problem}, got {getattr(self, name)}")
         hardware = self.hardware_config()
         if self.uses_noise and (hardware is None or not hardware.has_noise or self.noise_scale == 0):
             raise AnalogError(f"method {self.method} trains with noise: give a hardware config with noise "
@@ -146,7 +148,8 @@ class TrainConfig:
             raise AnalogError("method hwa trains with the devices' programming noise: give a hardware config "
                               "with a [device] model (e.g. --preset aihwkit-pcm)")
         if not 0 <= self.val_fraction < 1 or (self.select == "val" and self.val_fraction == 0):
-            raise AnalogError(f"val fraction must be in [0, 1), and > 0 to select on it, got {self.val_fraction}")
+            raise AnalogError(f"{spelled('val_fraction')} must be in [0, 1), and > 0 to select on it (with "
+                              f"{spelled('select')} val), got {self.val_fraction}")
         self.qat_spec()  # validates the QAT numbers
 
 
