@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from doc_block import replace_block
 
 SIZES = {  # TinyLlama-1.1B's architecture (1.10 B parameters), and a small one for a quick check
     "1.1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
@@ -201,15 +202,6 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_table(table: str) -> None:
-    """Put ``table`` between the markers of docs/performance.md's "Big models" section."""
-    text = DOC.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOC.name} lacks the markers {BEGIN} ... {END}")
-    head, rest = text.split(BEGIN, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="folder for the models, logits and results.json")
@@ -224,7 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.render:
         table = render(json.loads(args.render.read_text()))
-        write_table(table) if args.write else print(table)
+        replace_block(DOC, BEGIN, END, table) if args.write else print(table)
         return
     if args.out is None:
         parser.error("--out is required")

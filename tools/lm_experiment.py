@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from doc_block import replace_block
+
 from analog_onnx.config import load_preset
 from analog_onnx.data.text import corpus_files
 
@@ -218,16 +220,6 @@ def tables(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_table(results: dict) -> None:
-    text = DOC.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOC.relative_to(ROOT)} lacks the markers {BEGIN} ... {END}")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{tables(results)}\n{END}{tail}")
-    print(f"wrote the tables into {DOC.relative_to(ROOT)}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -243,7 +235,8 @@ def main() -> None:
         return
     results = json.loads(RESULTS.read_text())
     if args.write:
-        write_table(results)
+        replace_block(DOC, BEGIN, END, tables(results))
+        print(f"wrote the tables into {DOC.relative_to(ROOT)}")
     else:
         print(tables(results))
 
