@@ -19,6 +19,10 @@ running anywhere through its function bodies.
   ``NoiseChain`` runs a Noise and the elementwise steps after it (more Noise, inference
   BatchNormalization, per-channel bias, a residual Add, ReLU) in one pass, each Noise drawing the
   normals its own op would; the convolution stays onnxruntime's.
+- ``read_weights_from_file``: onnxruntime keeps its own copy of every weight it loads, and a tile
+  keeps its packed one: a big model's weights twice in memory. A tile whose constant W lies in the
+  model's external data file (straight, or through a Transpose) reads and packs it itself
+  (``AnalogTileEpilogue`` with ``weight_file``, input W left out), so onnxruntime never loads it.
 - ``order_device_weights``: onnxruntime runs a node as soon as its inputs exist, and a
   ``DeviceWeights`` reads only its weight and the run's controls, so it would read out every
   layer's chip at the start of the run, the whole model's read-out weights alive at once. Each
@@ -38,6 +42,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from analog_onnx.errors import ModelError
 from analog_onnx.ops import DOMAIN, OPS, reference
 from analog_onnx.ops.schema import ChainStep
 from analog_onnx.passes.common import take_over
@@ -52,12 +57,15 @@ def prepare(model: ModelLike) -> ModelLike:
     onnxruntime that folder, as ``runtime.make_session`` does), so a model of any size is never
     copied into one protobuf message."""
     work = _read(model)
+    _refuse_stored_weights(work)
     changed = _fold_constant_quantizers(work)
     changed = _fuse_tile_convolutions(work) or changed
     changed = _fuse_epilogues(work) or changed
     changed = _fuse_noise_chains(work) or changed
     changed = _drop_unused_nodes(work) or changed
     changed = _order_device_weights(work) or changed
+    if isinstance(model, str | Path):  # its external data has a folder
+        changed = _read_weights_from_file(work, Path(model).resolve().parent) or changed
     return ir.serde.serialize_model(work) if changed else model
 
 
@@ -189,12 +197,82 @@ def _is_standard(node: ir.Node, op_type: str, perm: list[int]) -> bool:
 
 
 def _drop_unused_nodes(model: ir.Model) -> bool:
-    """Remove the nodes none of whose outputs is read (the layers tiles replaced), repeatedly."""
+    """Remove the nodes none of whose outputs is read (the layers tiles replaced), repeatedly, and
+    then the initializers nothing reads (so onnxruntime never loads them)."""
     graph, dropped = model.graph, False
     while unused := [n for n in graph if not any(v.uses() or v.is_graph_output() for v in n.outputs)]:
         graph.remove(unused, safe=True)
         dropped = True
+    for name, value in list(graph.initializers.items()):
+        if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
+            del graph.initializers[name]
+            dropped = True
     return dropped
+
+
+def _refuse_stored_weights(model: ir.Model) -> None:
+    """A file may not name a file for a kernel to read: only ``read_weights_from_file`` does."""
+    for node in model.graph.all_nodes():
+        if node.domain == DOMAIN and _attributes(node).get("weight_file"):
+            raise ModelError(f"node {node.name!r} ({node.op_type}) sets weight_file, which only a native "
+                             "session's own rewrite may set")
+
+
+def _read_weights_from_file(model: ir.Model, folder: Path) -> bool:
+    graph, names, changed = model.graph, Names(model), False
+    for node in [n for n in graph if _is_ours(n, "AnalogTile") or _is_ours(n, "AnalogTileEpilogue")]:
+        stored = _stored_weight(graph, node.inputs[1], folder)
+        if stored is None:
+            continue
+        if node.op_type == "AnalogTile":  # the native-session form, with no epilogue
+            tile = ir.node("AnalogTileEpilogue", [*node.inputs], _attributes(node), domain=DOMAIN, name=node.name)
+            _take_the_place(graph, [node], tile)
+            node = tile
+        node.replace_input_with(1, None)
+        node.attributes.update(_stored_attributes(stored))
+        changed = True
+    for node in [n for n in graph if _is_ours(n, "DeviceWeights")]:
+        stored = _stored_weight(graph, node.inputs[0], folder)
+        if stored is None:
+            continue
+        after = node.inputs[5:6]  # the layer's data, which order_device_weights gave it
+        read = ir.node("StoredWeights", after, _stored_attributes(stored), domain=DOMAIN,
+                       name=names.node(f"{node.name or node.outputs[0].name}/stored_weights"))
+        read.outputs[0].name = names.value(f"{node.name or node.outputs[0].name}/stored_weights")
+        read.outputs[0].dtype, read.outputs[0].shape = ir.DataType.FLOAT, ir.Shape(stored["weight_shape"])
+        graph.insert_before(node, read)
+        node.replace_input_with(0, read.outputs[0])
+        changed = True
+    return _drop_unused_nodes(model) if changed else False
+
+
+def _stored_attributes(stored: dict) -> dict[str, ir.Attr]:
+    types = {str: ir.AttributeType.STRING, int: ir.AttributeType.INT, list: ir.AttributeType.INTS}
+    return {name: ir.Attr(name, types[type(value)], value) for name, value in stored.items()}
+
+
+def _stored_weight(graph: ir.Graph, weight: ir.Value | None, folder: Path) -> dict | None:
+    """The attributes that tell a tile where its W lies in the data file (``weight_file`` ...), when
+    W is a float32 [M, K] initializer in a data file inside ``folder``, or the Transpose of a
+    [K, M] one; else None."""
+    transposed = 0
+    producer = weight.producer() if weight is not None else None
+    if producer is not None and producer.domain == "" and producer.op_type == "Transpose":
+        if list(_attributes(producer).get("perm", [1, 0])) != [1, 0]:
+            return None
+        weight, transposed = producer.inputs[0], 1
+    if weight is None or not _weight_initializer(graph, weight) or len(weight.shape or ()) != 2:
+        return None
+    tensor = weight.const_value
+    if not isinstance(tensor, ir.ExternalTensor):
+        return None
+    path = Path(tensor.path).resolve()
+    dims = [int(d) for d in tensor.shape.dims]
+    rows, columns = reversed(dims) if transposed else dims
+    if not path.is_relative_to(folder) or not path.is_file() or tensor.length not in (None, 4 * rows * columns):
+        return None
+    return {"weight_file": str(path), "weight_offset": int(tensor.offset or 0),
+            "weight_shape": [rows, columns], "weight_transposed": transposed}
 
 
 def _fuse_epilogues(model: ir.Model) -> bool:

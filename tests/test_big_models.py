@@ -17,6 +17,7 @@ from onnx import TensorProto, numpy_helper
 from onnx import helper as h
 
 from analog_onnx.config import load_preset
+from analog_onnx.errors import ModelError
 from analog_onnx.native_graph import prepare
 from analog_onnx.runtime import make_session, session_options
 from analog_onnx.transform import transform_model
@@ -287,3 +288,109 @@ def test_the_tile_function_body_needs_memory_linear_in_the_outputs():
     assert result.returncode == 0, result.stderr
     grown_mib = int(result.stdout.strip().splitlines()[-1]) / 1024
     assert grown_mib < 200, f"{grown_mib:.0f} MiB"
+
+
+def matmul_and_gemm(size: int, layers: int = 1) -> onnx.ModelProto:
+    """Pairs of a MatMul (weight [K, M]: the tile reads it transposed) and a Gemm with transB
+    (weight [M, K]: read as it lies), ``size`` wide."""
+    rng = np.random.default_rng(7)
+    nodes, weights, value = [], [], "x"
+    for i in range(layers):
+        weights += [numpy_helper.from_array(rng.standard_normal((size, size)).astype(np.float32) / size**0.5, name)
+                    for name in (f"k{i}", f"g{i}")]
+        nodes += [h.make_node("MatMul", [value, f"k{i}"], [f"m{i}"], name=f"matmul{i}"),
+                  h.make_node("Gemm", [f"m{i}", f"g{i}"], [f"y{i}"], name=f"gemm{i}", transB=1)]
+        value = f"y{i}"
+    graph = h.make_graph(nodes, "pairs", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", size])],
+                         [h.make_tensor_value_info(value, TensorProto.FLOAT, ["n", size])], weights)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def transformed_file(run_cli, model: onnx.ModelProto, preset: str, folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    source, out = folder / "src.onnx", folder / f"{preset}.onnx"
+    onnx.save_model(model, source, save_as_external_data=True, location="src.data")
+    assert run_cli("transform", source, "-o", out, "-p", preset)[0] == 0
+    return out
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("preset", ["aihwkit-default", "aihwkit-pcm"])
+def test_native_sessions_read_weights_from_the_data_file_with_the_same_results(run_cli, preset, tmp_path):
+    """onnxruntime kept its copy of every weight beside the tile's packed one (or the chip's read-out
+    one): twice a big model's weights. A weight in the data file is now read by the kernels
+    themselves (the tile packs it once; a DeviceWeights' StoredWeights reads it at each run), so no
+    weight is an initializer of the native graph, and the results are the same bits."""
+    path = transformed_file(run_cli, matmul_and_gemm(40), preset, tmp_path)
+    prepared = prepare(path)
+    assert not {"k0", "g0"} & {t.name for t in prepared.graph.initializer}
+    stored = [n for n in prepared.graph.node
+              if any(a.name == "weight_file" for a in n.attribute) and n.domain == "ai.analog"]
+    assert [n.op_type for n in stored] == (["StoredWeights"] * 2 if preset == "aihwkit-pcm"
+                                           else ["AnalogTileEpilogue"] * 2)
+    transposed = [h.get_attribute_value(next(a for a in n.attribute if a.name == "weight_transposed"))
+                  for n in stored]
+    assert transposed == [1, 0]  # the MatMul's [K, M], the Gemm's [M, K]
+    feeds = {"x": np.random.default_rng(1).standard_normal((3, 40)).astype(np.float32),
+             "seed": np.array(4, np.int64), "chip_seed": np.array(9, np.int64)}
+    from_file = make_session(path, native=True).run(None, feeds)[0]
+    held = make_session(onnx.load(str(path)), native=True).run(None, feeds)[0]  # no folder: onnxruntime holds W
+    assert np.array_equal(from_file, held)
+    bodies = make_session(path, native=False).run(None, feeds)[0]
+    np.testing.assert_allclose(from_file, bodies, atol=1e-3 * np.abs(bodies).max())
+
+
+def test_a_file_cannot_name_a_file_for_the_kernels_to_read(run_cli, tmp_path):
+    """weight_file is set by a native session's own rewrite, never taken from a model file."""
+    path = transformed_file(run_cli, matmul_and_gemm(40), "aihwkit-default", tmp_path)
+    model = onnx.load(str(path))
+    tile = next(n for n in model.graph.node if n.op_type == "AnalogTile")
+    tile.attribute.append(h.make_attribute("weight_file", "/etc/passwd"))
+    onnx.save_model(model, path, save_as_external_data=True, location=f"{path.name}.data")
+    with pytest.raises(ModelError, match="sets weight_file, which only a native session's own rewrite may set"):
+        make_session(path, native=True)
+
+
+SESSION_PEAK = """
+import re, sys
+import numpy as np
+import onnxruntime as ort
+from analog_onnx.runtime import make_session
+
+def status(key):
+    return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+
+def run(path, size):
+    session = (make_session(path, native=True) if sys.argv[1] == "native" else
+               ort.InferenceSession(path, providers=["CPUExecutionProvider"]))
+    session.run(None, {"x": np.ones((1, int(size)), np.float32)})
+
+run(*sys.argv[4:6])  # onnxruntime and our library loaded, on a small model
+open("/proc/self/clear_refs", "w").write("5")
+before = status("VmRSS")
+run(*sys.argv[2:4])
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.native
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
+@pytest.mark.parametrize("preset", ["aihwkit-default", "aihwkit-pcm"])
+def test_a_native_session_needs_at_most_half_again_clean_onnxruntimes_memory(run_cli, preset, tmp_path):
+    """Issue 18's bound: a native session's peak within 1.5x of clean onnxruntime's for the same
+    model (64 MiB of weights in 16 layers). Holding each weight twice, it was 2x."""
+    size, small, pairs = 1024, 16, 8
+    big = transformed_file(run_cli, matmul_and_gemm(size, pairs), preset, tmp_path / "big")
+    warm = transformed_file(run_cli, matmul_and_gemm(small), preset, tmp_path / "warm")
+
+    def grown(kind: str, path: Path, warm_path: Path) -> int:
+        result = subprocess.run([sys.executable, "-c", SESSION_PEAK, kind, str(path), str(size), str(warm_path),
+                                 str(small)], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout.strip().splitlines()[-1])
+
+    clean = grown("clean", big.parent / "src.onnx", warm.parent / "src.onnx")
+    native = grown("native", big, warm)
+    weights_kib = 2 * pairs * size * size * 4 // 1024
+    assert clean > 0.9 * weights_kib, (clean, weights_kib)
+    assert native < 1.5 * clean, f"native {native / 1024:.0f} MiB, clean {clean / 1024:.0f} MiB"

@@ -41,6 +41,7 @@ OUR_ERROR = re.compile(re.escape(DOMAIN) + r"\.\w+ node '[^'\n]*': [^\n]+")
 OUR_SHAPE_ERROR = re.compile(re.escape(DOMAIN) + r"\.\w+: [^\n]+")  # shape inference knows no node name
 ORT_TYPE_ERROR = re.compile(r"Type Error: Type \(tensor\(\w+\)\) of input parameter")
 I64 = np.iinfo(np.int64)
+DATA_FILE = str(Path(__file__).resolve())  # any file's bytes are float32 weights to StoredWeights
 
 
 def library() -> str:
@@ -93,6 +94,7 @@ BASES: dict[str, dict[str, object]] = {
     "AnalogTileEpilogue": dict(SCHEMAS["AnalogTile"].cases["aihwkit-default"], relu=1),
     "AnalogTileConv": dict(SCHEMAS["AnalogTile"].cases["tiles, omega, bound management"], w_noise=0.05,
                            pads=[1, 0, 1, 2], strides=[1, 2], dilations=[1, 1]),
+    "StoredWeights": {"weight_file": DATA_FILE, "weight_shape": [3, 17], "weight_offset": 8, "weight_transposed": 1},
 }
 
 
@@ -119,7 +121,8 @@ def outside(rng: np.random.Generator, interval: Interval, integer: bool) -> list
 
 
 OTHER_KINDS = {"int": 2.5, "float": 3, "string": 7, "ints": [0.5, 1.5], "floats": [1, 2]}
-STRINGS = {"device": (list(DEVICE_CLASSES), ["flash", "", "PCM", "pcm\nreram", "reram "])}  # (valid, invalid)
+STRINGS = {"device": (list(DEVICE_CLASSES), ["flash", "", "PCM", "pcm\nreram", "reram "]),  # (valid, invalid)
+           "weight_file": ([DATA_FILE], ["no/such.data", str(Path(__file__).parent), "bad\n\x1b[31mname"])}
 
 
 @dataclass
@@ -277,10 +280,14 @@ def conv_feeds(op: OpSchema, rng: np.random.Generator, values: dict) -> dict[str
             "scale": data(rng, (m,)), "shift": data(rng, (m,))}
 
 
+def stored_feeds(op: OpSchema, rng: np.random.Generator, values: dict) -> dict[str, np.ndarray | None]:
+    return {"after": data(rng, shape(rng)) if rng.random() < 0.8 else None}
+
+
 FEEDS = {"Noise": elementwise_feeds, "Quantize": elementwise_feeds, "MvmInput": elementwise_feeds,
          "MvmOutput": mvm_output_feeds, "MvmOutputEpilogue": mvm_output_feeds, "DeviceWeights": device_feeds,
          "NoiseChain": chain_feeds, "AnalogTile": tile_feeds, "AnalogTileEpilogue": tile_feeds,
-         "AnalogTileConv": conv_feeds}
+         "AnalogTileConv": conv_feeds, "StoredWeights": stored_feeds}
 
 
 def conv_output_elements(values: dict, feeds: dict) -> int | None:
@@ -300,6 +307,9 @@ def conv_output_elements(values: dict, feeds: dict) -> int | None:
 def expected_output_elements(op: OpSchema, values: dict, feeds: dict) -> int | None:
     if op.name == "AnalogTileConv":
         return conv_output_elements(values, feeds)
+    if op.name == "StoredWeights":
+        shape = values.get("weight_shape", [0, 0])
+        return int(np.prod(shape, dtype=object)) if isinstance(shape, list) else 0
     return feeds[op.inputs[0]].size
 
 
@@ -322,7 +332,9 @@ def attempt(op: OpSchema, protos: list[AttributeProto], feeds: dict, run: bool) 
     except Exception as error:
         return Outcome("run", str(error))
     first, y = feeds[op.inputs[0]], outputs[0]
-    if op.name == "AnalogTileConv":
+    if op.name == "StoredWeights":
+        assert y.shape == tuple(values_of(protos).get("weight_shape", (0, 0)))
+    elif op.name == "AnalogTileConv":
         assert y.shape[:2] == (first.shape[0], feeds["W"].shape[0])
     elif op.name.startswith("AnalogTile"):
         assert y.shape == (*first.shape[:-1], feeds["W"].shape[0])
@@ -375,10 +387,12 @@ def valid_feeds(name: str) -> dict[str, np.ndarray]:
                 "scale": np.ones(2, np.float32), "shift": np.zeros(2, np.float32)}
     if name == "NoiseChain":
         return {"X": x, **control, "scale": None, "shift": None, "R": x.copy()}
-    if name == "AnalogTile":
+    if name in ("AnalogTile", "AnalogTileEpilogue"):
         return {"X": x, "W": rng.standard_normal((4, 5)).astype(np.float32), **control}
     if name == "DeviceWeights":
         return {"W": x, **control, "chip_seed": np.array(1, np.int64), "t_inference": np.array(1.0, np.float32)}
+    if name == "StoredWeights":
+        return {"after": x}
     return {"X": x, **control} if "seed" in SCHEMAS[name].inputs else {"X": x}
 
 
@@ -411,6 +425,14 @@ REFUSALS = [
      "attribute steps values must each be an integer from 0 to 3, got 7 at position 1"),
     ("NoiseChain", {"steps": [0], "sigma_add": [1, 2], "sigma_mul": [0.0], "streams": [1]}, {},
      "attribute sigma_add must be a list of floats, not a list of integers"),
+    ("StoredWeights", {"weight_file": DATA_FILE, "weight_shape": [2**20, 8]}, {},
+     "attribute weight_file names '.*', which holds \\d+ bytes, not 33554432 from offset 0"),
+    ("StoredWeights", {"weight_file": "/no/such/file", "weight_shape": [2, 2]}, {},
+     "attribute weight_file names no data file: '/no/such/file'"),
+    ("StoredWeights", {"weight_file": DATA_FILE, "weight_shape": [2**62, 2**62]}, {},
+     "attribute weight_shape is more than 2\\^63 bytes of float32"),
+    ("AnalogTileEpilogue", {"weight_file": DATA_FILE, "weight_shape": [4, 5]}, {},
+     "attribute weight_file is set, so input W must be left out"),
 ]
 
 

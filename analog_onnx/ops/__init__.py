@@ -41,6 +41,9 @@ followed by a per-channel scale and shift and an optional ReLU; ``AnalogTileEpil
 its im2col patches straight from the NCHW input, with that epilogue; ``NoiseChain`` is a ``Noise``
 and the elementwise layers after it (more ``Noise``, inference BatchNormalization, per-channel
 bias, a residual ``Add``, ``Relu``) as one pass, each stage drawing the normals its own op would.
+``AnalogTileEpilogue`` may also read a constant W from the model's data file itself, and
+``StoredWeights`` reads a weight from it at each run (for a ``DeviceWeights``), so onnxruntime never
+holds a big model's weights beside the kernels' own copies.
 """
 
 DOMAIN = "ai.analog"

@@ -131,6 +131,10 @@ _MVM_OUTPUT_ATTRIBUTES = {"weight_scale": 1.0, "out_noise": 0.0, "out_bits": 0, 
 _MVM_OUTPUT_INTERVALS = {"weight_scale": FINITE_POSITIVE, "out_noise": FINITE_NON_NEGATIVE, "out_bits": BITS,
                          "out_bound": POSITIVE, "axis": ANY_INTEGER, "stream": STREAM}
 _EPILOGUE = {"relu": FLAG}
+# where a native session's tile reads a constant W itself (native_graph): the model's data file,
+# the byte offset, W's [outputs, inputs], and whether the file holds it as [inputs, outputs]
+_STORED_WEIGHTS = {"weight_file": "", "weight_offset": 0, "weight_shape": (0, 0), "weight_transposed": 0}
+_STORED_WEIGHTS_INTERVALS = {"weight_offset": COUNT, "weight_shape": COUNT, "weight_transposed": FLAG}
 
 OPS: tuple[OpSchema, ...] = (
     OpSchema("Noise", ("X", "noise_scale", "seed"), ("Y",),
@@ -216,11 +220,13 @@ OPS: tuple[OpSchema, ...] = (
                     "weight noise only, unmanaged": {"noise_management": 0, "w_noise": 0.1, "inp_bound": 4.0}},
              benchmarked=("aihwkit-default",)),
     OpSchema("AnalogTileEpilogue", ("X", "W", "noise_scale", "seed", "scale", "shift"), ("Y",),
-             {**_TILE_ATTRIBUTES, "relu": 0}, {**_TILE_INTERVALS, **_EPILOGUE}, sigmas=_TILE_SIGMAS,
+             {**_TILE_ATTRIBUTES, "relu": 0, **_STORED_WEIGHTS},
+             {**_TILE_INTERVALS, **_EPILOGUE, **_STORED_WEIGHTS_INTERVALS}, sigmas=_TILE_SIGMAS,
              native_only=True, product=True),
     OpSchema("AnalogTileConv", ("X", "W", "noise_scale", "seed", "scale", "shift"), ("Y",),
              {**_TILE_ATTRIBUTES, "pads": (0, 0, 0, 0), "strides": (1, 1), "dilations": (1, 1), "relu": 0},
              {**_TILE_INTERVALS, "pads": PADDING, "strides": GEOMETRY, "dilations": GEOMETRY, **_EPILOGUE},
              sigmas=_TILE_SIGMAS, native_only=True, product=True),
+    OpSchema("StoredWeights", ("after",), ("W",), _STORED_WEIGHTS, _STORED_WEIGHTS_INTERVALS, native_only=True),
 )
 SCHEMAS = {op.name: op for op in OPS}

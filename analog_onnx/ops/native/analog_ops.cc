@@ -30,6 +30,7 @@
 #include "ort_glue.h"
 #include "quantize.h"
 #include "row_schedule.h"
+#include "stored_weights.h"
 
 #if !defined(ANALOG_ONNX_DOMAIN) || !defined(ANALOG_ONNX_OPSET)
 #error "build with analog_onnx/ops/native/build.py, which defines ANALOG_ONNX_DOMAIN and ANALOG_ONNX_OPSET"
@@ -54,6 +55,7 @@ class Kernel : public OpKernel {
   Kernel(const OrtKernelInfo* info, const char* op, std::initializer_list<std::pair<size_t, const char*>> tensors)
       : op_(op), label_{std::string(ANALOG_ONNX_DOMAIN ".") + op + " node '" + node_name(info) + "'"} {
     for (const auto& [index, name] : tensors) {
+      if (!has_input(info, index)) continue;  // an optional input left out; the kernel checks what it needs
       const ONNXTensorElementDataType type = input_element_type(info, index);
       if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) fail(not_float(name, type));
     }
@@ -560,6 +562,19 @@ class DeviceWeightsKernel : public Kernel {
   mutable std::shared_ptr<const Entry> cached_;
 };
 
+// The weights a node reads from the data file, checked to lie inside it.
+StoredWeights stored_weights(const NodeAttributes& a) {
+  StoredWeights stored{a.text("weight_file"), a.integer("weight_offset"), a.integers("weight_shape"),
+                       a.flag("weight_transposed")};
+  int64_t count = 0, bytes = 0;
+  if (__builtin_mul_overflow(stored.dims[0], stored.dims[1], &count) || __builtin_mul_overflow(count, 4, &bytes)) {
+    a.fail("weight_shape", "is more than 2^63 bytes of float32");
+  }
+  const std::string problem = stored.problem();
+  if (!problem.empty()) a.fail("weight_file", problem);
+  return stored;
+}
+
 TileSettings tile_settings(const NodeAttributes& a) {
   TileSettings s{};
   s.inp_bits = a.integer("inp_bits");
@@ -580,13 +595,22 @@ TileSettings tile_settings(const NodeAttributes& a) {
   return s;
 }
 
-// AnalogTile: Y[..., M] = X[..., K] W^T on tiles (analog_tile.h); AnalogTileEpilogue (native
-// sessions only) adds the per-channel epilogue of its inputs 4 and 5.
+// AnalogTile: Y[..., M] = X[..., K] W^T on tiles (analog_tile.h). AnalogTileEpilogue (native
+// sessions only) adds the per-channel epilogue of its inputs 4 and 5 when it has them, and may
+// read a constant W from the model's data file itself (attribute weight_file: input W left out).
 class AnalogTileKernel : public Kernel {
  public:
   explicit AnalogTileKernel(const OrtKernelInfo* info, const char* op = "AnalogTile")
-      : Kernel(info, op, {{0, "X"}, {1, "W"}}), settings_(tile_settings(attributes(info))),
-        relu_(std::string(op) != "AnalogTile" && attributes(info).flag("relu")), epilogue_(std::string(op) != "AnalogTile") {
+      : Kernel(info, op, {{0, "X"}, {1, "W"}, {4, "scale"}, {5, "shift"}}),
+        settings_(tile_settings(attributes(info))),
+        relu_(std::string(op) != "AnalogTile" && attributes(info).flag("relu")),
+        epilogue_(std::string(op) != "AnalogTile" && has_input(info, 4)) {
+    if (std::string(op) == "AnalogTileEpilogue" && !attributes(info).text("weight_file").empty()) {
+      read_weights(info);
+      return;
+    }
+    if (!has_input(info, 1)) fail("input W is missing");
+    if (relu_ && !epilogue_) fail("relu needs the epilogue's inputs scale and shift");
     int is_constant = 0;
     const OrtValue* w = nullptr;
     check(g_api->KernelInfoGetConstantInput_tensor(info, 1, &is_constant, &w));
@@ -603,7 +627,7 @@ class AnalogTileKernel : public Kernel {
   }
 
   void compute(OrtKernelContext* context) const override {
-    const InputTensor x = tensor(context, 0, "X"), w = tensor(context, 1, "W");
+    const InputTensor x = tensor(context, 0, "X"), w = weight(context);
     const float scale = noise_scale(context, 2);
     const int64_t run_seed = seed(context, 3);
     if (w.shape.dims.size() != 2 || x.shape.dims.empty() || x.shape.dims.back() != w.shape.dims[1]) {
@@ -623,6 +647,15 @@ class AnalogTileKernel : public Kernel {
   }
 
  protected:
+  // W: input 1, or the shape of the weights read from the data file (their packed tiles are kept).
+  InputTensor weight(const OrtKernelContext* context) const {
+    if (!stored_dims_.empty()) {
+      return {nullptr, {stored_dims_, static_cast<size_t>(stored_dims_[0] * stored_dims_[1])},
+              ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+    }
+    return tensor(context, 1, "W");
+  }
+
   // The packed weights of W: those packed at construction for a constant W, else packed into `fresh`.
   const std::vector<PackedTile>& packed(const InputTensor& w, size_t outputs, size_t k,
                                         std::vector<PackedTile>& fresh) const {
@@ -644,6 +677,20 @@ class AnalogTileKernel : public Kernel {
   bool relu_, epilogue_;
   bool constant_ = false;
   std::vector<PackedTile> constant_tiles_;
+  std::vector<int64_t> stored_dims_;  // [outputs, inputs] of weights read from the data file, else empty
+
+ private:
+  void read_weights(const OrtKernelInfo* info) {
+    if (has_input(info, 1)) fail("attribute weight_file is set, so input W must be left out");
+    const NodeAttributes a = attributes(info);
+    const StoredWeights stored = stored_weights(a);
+    std::vector<float> rows(stored.size());
+    stored.read(rows.data());
+    if (stored.dims[0] > 0) constant_tiles_ = pack_weights(rows.data(), static_cast<size_t>(stored.dims[0]),
+                                                           static_cast<size_t>(stored.dims[1]), settings_);
+    constant_ = true;
+    stored_dims_ = stored.dims;
+  }
 };
 
 class AnalogTileEpilogueKernel : public AnalogTileKernel {
@@ -686,7 +733,7 @@ class AnalogTileConvKernel : public AnalogTileKernel {
     const ChannelEpilogue epilogue = channel_epilogue(context, outputs);
     std::vector<PackedTile> fresh;
     analog_tile(context, src, packed(w, static_cast<size_t>(outputs), src.k, fresh), static_cast<size_t>(outputs),
-                static_cast<size_t>(vectors), settings_, scale, run_seed, &epilogue, out);
+                static_cast<size_t>(vectors), settings_, scale, run_seed, epilogue_ ? &epilogue : nullptr, out);
   }
 
  private:
@@ -703,11 +750,27 @@ class AnalogTileConvKernel : public AnalogTileKernel {
   std::vector<int64_t> pads_, strides_, dilations_;
 };
 
+// StoredWeights (native sessions only): a weight read from the model's data file at each run, so
+// onnxruntime never holds it (native_graph.read_weights_from_file). Input 0, never read, is the data
+// its layer multiplies: onnxruntime then reads it when that layer is reached, not all at the start.
+class StoredWeightsKernel : public Kernel {
+ public:
+  explicit StoredWeightsKernel(const OrtKernelInfo* info)
+      : Kernel(info, "StoredWeights", {}), stored_(stored_weights(attributes(info))) {}
+
+  void compute(OrtKernelContext* context) const override { stored_.read(output_tensor(context, 0, stored_.dims)); }
+
+ private:
+  StoredWeights stored_;
+};
+
 template <typename K>
 KernelEntry entry(const char* name, std::vector<ONNXTensorElementDataType> inputs,
                   std::vector<ONNXTensorElementDataType> outputs, OutputShape shape = OutputShape::kOfFirstInput,
-                  size_t required_inputs = SIZE_MAX) {
-  return {name, std::move(inputs), std::move(outputs), required_inputs, shape,
+                  std::initializer_list<size_t> optional = {}) {
+  std::vector<bool> may_leave_out(inputs.size(), false);
+  for (size_t index : optional) may_leave_out.at(index) = true;
+  return {name, std::move(inputs), std::move(outputs), std::move(may_leave_out), shape,
           [](const OrtKernelInfo* info) -> OpKernel* { return new K(info); }};
 }
 
@@ -730,15 +793,17 @@ const std::vector<KernelEntry>& kernel_entries() {
       // input 5, never read: the data its layer multiplies, so that onnxruntime runs it when its
       // layer is reached (native_graph's order_device_weights)
       entry<DeviceWeightsKernel>("DeviceWeights", {kAny, kFloat, kInt64, kInt64, kFloat, kAny}, {kAny, kFloat},
-                                 OutputShape::kOfFirstInputAndScalar, 5),
+                                 OutputShape::kOfFirstInputAndScalar, {5}),
       entry<MvmOutputEpilogueKernel>("MvmOutputEpilogue", {kAny, kAny, kFloat, kInt64, kFloat, kFloat}, {kAny}),
       entry<NoiseChainKernel>("NoiseChain", {kAny, kFloat, kInt64, kFloat, kFloat, kAny}, {kAny},
-                              OutputShape::kOfFirstInput, 3),
+                              OutputShape::kOfFirstInput, {3, 4, 5}),
       entry<AnalogTileKernel>("AnalogTile", {kAny, kFloat, kFloat, kInt64}, {kAny}, OutputShape::kTile),
+      // W is left out when the kernel reads it from the data file; scale and shift without an epilogue
       entry<AnalogTileEpilogueKernel>("AnalogTileEpilogue", {kAny, kFloat, kFloat, kInt64, kFloat, kFloat}, {kAny},
-                                      OutputShape::kTile),
+                                      OutputShape::kTile, {1, 4, 5}),
       entry<AnalogTileConvKernel>("AnalogTileConv", {kAny, kFloat, kFloat, kInt64, kFloat, kFloat}, {kAny},
                                   OutputShape::kTile),
+      entry<StoredWeightsKernel>("StoredWeights", {kAny}, {kFloat}, OutputShape::kStored, {0}),
   };
   return entries;
 }

@@ -15,6 +15,7 @@ enum class OutputShape {
   kOfFirstInput,           // every output of the first input's shape and type
   kOfFirstInputAndScalar,  // ... and output 1 a float32 scalar (DeviceWeights' alpha)
   kTile,                   // the tiles' own shape rule (register.cc)
+  kStored,                 // a float32 tensor of the shape attribute weight_shape says (StoredWeights)
 };
 
 // A kernel: made from its node (whose attributes it validates), run once per call.
@@ -28,7 +29,7 @@ class OpKernel {
 struct KernelEntry {
   const char* name;
   std::vector<ONNXTensorElementDataType> inputs, outputs;
-  size_t required_inputs;  // inputs from this index on are optional
+  std::vector<bool> optional;  // per input: whether a node may leave it out
   OutputShape shape;
   OpKernel* (*create)(const OrtKernelInfo* info);
 };

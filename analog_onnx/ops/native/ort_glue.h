@@ -255,6 +255,15 @@ class NodeAttributes {
   const schema::Op& op_;
 };
 
+// Whether the node gives input `index`: an optional input may be left out (its name is empty).
+inline bool has_input(const OrtKernelInfo* info, size_t index) {
+  size_t count = 0, size = 0;
+  check(g_api->KernelInfo_GetInputCount(info, &count));
+  if (index >= count) return false;
+  check(g_api->KernelInfo_GetInputName(info, index, nullptr, &size));
+  return size > 1;  // the name's length with its terminating NUL
+}
+
 inline ONNXTensorElementDataType input_element_type(const OrtKernelInfo* info, size_t index) {
   OrtTypeInfo* type_info = nullptr;
   check(g_api->KernelInfo_GetInputTypeInfo(info, index, &type_info));

@@ -7,6 +7,7 @@
 // thrown on the intra-op pool's threads are carried to the caller by parallel_for (ort_glue.h).
 
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -94,11 +95,39 @@ void set_output(OrtShapeInferContext* context, size_t index, ONNXTensorElementDa
   check(status);
 }
 
+// A node attribute's raw value of `type` (empty when the node does not have it).
+std::vector<char> attribute_bytes(OrtShapeInferContext* context, const char* name, OrtOpAttrType type) {
+  const OrtOpAttr* attribute = nullptr;
+  if (OrtStatus* absent = g_api->ShapeInferContext_GetAttribute(context, name, &attribute)) {
+    g_api->ReleaseStatus(absent);
+    return {};
+  }
+  size_t size = 0;
+  if (OrtStatus* too_small = g_api->ReadOpAttr(attribute, type, nullptr, 0, &size)) g_api->ReleaseStatus(too_small);
+  std::vector<char> bytes(size);
+  if (size > 0) check(g_api->ReadOpAttr(attribute, type, bytes.data(), size, &size));
+  return bytes;
+}
+
+// The [outputs, inputs] of weights an AnalogTileEpilogue reads from the data file (attributes
+// weight_file and weight_shape; its input W is left out), else no dimensions.
+DimsInfo stored_weights(OrtShapeInferContext* context) {
+  DimsInfo w;
+  if (attribute_bytes(context, "weight_file", ORT_OP_ATTR_STRING).empty()) return w;
+  const std::vector<char> bytes = attribute_bytes(context, "weight_shape", ORT_OP_ATTR_INTS);
+  if (bytes.size() != 2 * sizeof(int64_t)) return w;
+  w.dims.resize(2);
+  std::memcpy(w.dims.data(), bytes.data(), bytes.size());
+  w.names.assign(2, "");
+  return w;
+}
+
 // The tiles' output shape: AnalogTile X[..., K] -> [..., M]; AnalogTileConv [N, C, H, W] ->
 // [N, M, OH, OW]. onnxruntime hands an input of unknown rank over as rank 0, which no tile input
 // has: then the output's shape stays unknown (its type comes from the op's declaration).
 void tile_output_shape(OrtShapeInferContext* context) {
-  DimsInfo x = dims_info(context, 0), w = dims_info(context, 1);
+  DimsInfo x = dims_info(context, 0), w = stored_weights(context);
+  if (w.dims.empty()) w = dims_info(context, 1);
   if (x.dims.empty() || w.dims.empty()) return;
   const bool conv = w.dims.size() == 4;
   if (conv) x.dims.resize(4, -1), x.names.resize(4, "");
@@ -106,6 +135,12 @@ void tile_output_shape(OrtShapeInferContext* context) {
   x.names[conv ? 1 : x.names.size() - 1] = w.names[0];
   if (conv) x.dims[2] = x.dims[3] = -1, x.names[2] = x.names[3] = "";
   set_output(context, 0, x.type, x.dims, x.names);
+}
+
+// StoredWeights' output: float32 of the shape its attribute weight_shape gives.
+void stored_output_shape(OrtShapeInferContext* context) {
+  const DimsInfo w = stored_weights(context);
+  if (!w.dims.empty()) set_output(context, 0, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, w.dims, w.names);
 }
 
 // Declares output `index` a float32 scalar (DeviceWeights' alpha), so the layer output it scales
@@ -144,7 +179,7 @@ OpSpec make_op(const KernelEntry& kernel) {
   spec.GetOutputType = [](const OrtCustomOp* op, size_t i) { return kernel_of(op).outputs[i]; };
   spec.GetOutputTypeCount = [](const OrtCustomOp* op) { return kernel_of(op).outputs.size(); };
   spec.GetInputCharacteristic = [](const OrtCustomOp* op, size_t i) {
-    return i < kernel_of(op).required_inputs ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+    return kernel_of(op).optional[i] ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   };
   spec.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
   spec.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
@@ -161,11 +196,12 @@ OpSpec make_op(const KernelEntry& kernel) {
         [&] {
           const OutputShape rule = kernel_of(op).shape;
           if (rule == OutputShape::kTile) return tile_output_shape(context);
+          if (rule == OutputShape::kStored) return stored_output_shape(context);
           elementwise_output_shape(context, rule == OutputShape::kOfFirstInputAndScalar);
         },
         op_label(op));
   };
-  if (kernel.shape != OutputShape::kTile) {
+  if (kernel.shape == OutputShape::kOfFirstInput || kernel.shape == OutputShape::kOfFirstInputAndScalar) {
     // Every elementwise kernel reads an element (or its whole row) before writing the same
     // element, so the first output may reuse the first input's buffer: one memory stream, not two.
     spec.GetMayInplace = [](int** input_index, int** output_index) -> size_t {
