@@ -31,7 +31,7 @@ from analog_onnx.native_graph import fold_constant_quantizers
 from analog_onnx.ops import DOMAIN, OPSET_VERSION, functions
 from analog_onnx.ops import reference as ref
 from analog_onnx.ops import torch_twins as tw
-from analog_onnx.ops.functions import function_protos
+from analog_onnx.ops.functions import DEVICE_BLOCK, function_protos
 from analog_onnx.ops.rng import noise_normals, normals, stream_key
 from analog_onnx.ops.schema import OPS, SCHEMAS, OpSchema, Required
 from analog_onnx.runtime import make_session, session_options
@@ -431,6 +431,20 @@ def test_a_chip_is_fixed_by_chip_seed_and_a_read_by_seed(implementation, rng):
     assert np.abs(other_chip - first[0]).mean() > 0.01 * np.abs(w).mean()
     read_1, read_2 = (device_weights(implementation, w, seed, 5, 3600.0)[0] for seed in (1, 2))
     assert 0 < np.abs(read_1 - read_2).mean() < np.abs(other_chip - first[0]).mean()
+
+
+@pytest.mark.parametrize("per_channel", [0, 1])
+def test_the_function_body_simulates_big_layers_in_blocks_with_the_same_draws(per_channel, rng):
+    """DeviceWeights' body works in blocks of DEVICE_BLOCK weights (a Loop), so that its int64
+    draws need memory for a block, not for a language model's head. A layer of two and a bit
+    blocks, each block drawing the numbers of its devices' places in the layer, reads out as the
+    reference does (the mean over the blocks' sums for the compensation)."""
+    w = rng.standard_normal((2 * DEVICE_BLOCK // 500 + 3, 500)).astype(np.float32)
+    attributes = {"per_channel": per_channel, "stuck_at_zero": 0.01, "stuck_at_gmax": 0.01}
+    got = device_weights("function", w, 3, 7, 3600.0, **attributes)
+    want = device_weights("reference", w, 3, 7, 3600.0, **attributes)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5 * np.abs(w).max())
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
 
 
 @pytest.mark.parametrize("implementation", ENGINES)

@@ -46,6 +46,7 @@ _KEY_LOW = _bits64("key_low", KEY_LOW)
 _SHIFTS = {n: _bits64(f"shift{n}", n, np.uint64) for n in (1, 8, 32)}
 # a [1] tensor, not value_ints: older onnx infers no shape for value_ints inside a function
 # call, and TopK then refuses to load ("K input must be a one-dimensional tensor of size 1")
+DEVICE_BLOCK = 1 << 18  # weights per block of DeviceWeights' body (two devices each)
 _ONE_K = onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "k")
 FRESH_BITS = 52
 _BIT_VALUES = onnx.numpy_helper.from_array(np.left_shift(1, np.arange(FRESH_BITS, dtype=np.int64)), "bit_values")
@@ -357,11 +358,26 @@ def DrawKey(seed: INT64, stream: int, draw: int):
 
 
 @script(analog)
-def StandardUniforms(count: INT64, key):
-    """The first `count` U(0, 1) numbers of the stream (devices/streams.uniforms)."""
-    counters = op.Range(op.Constant(value_int=0), count, op.Constant(value_int=1))
+def UniformsFrom(start: INT64, count: INT64, key):
+    """U(0, 1) numbers [start, start + count) of the stream (devices/streams.uniforms)."""
+    counters = op.Range(start, op.Add(start, count), op.Constant(value_int=1))
     bits, _ = SquaresPair(counters, key)
     return op.Mul(op.Add(op.Cast(op.BitShift(bits, op.Constant(value=_SHIFTS[8]), direction="RIGHT"), to=TensorProto.FLOAT), op.Constant(value_float=0.5)), op.Constant(value_float=1.0 / (1 << 24)))
+
+
+@script(analog)
+def PairNormals(start: INT64, count: INT64, devices: INT64, key):
+    """Normals of devices [start, start + count) of both halves of a pair array of `devices` per
+    half: [2, count], element (h, e) drawing number h * devices + start + e."""
+    axis0 = op.Constant(value_ints=[0])
+    return op.Concat(op.Unsqueeze(NormalsFrom(start, count, key), axis0), op.Unsqueeze(NormalsFrom(op.Add(devices, start), count, key), axis0), axis=0)
+
+
+@script(analog)
+def PairUniforms(start: INT64, count: INT64, devices: INT64, key):
+    """PairNormals' uniforms."""
+    axis0 = op.Constant(value_ints=[0])
+    return op.Concat(op.Unsqueeze(UniformsFrom(start, count, key), axis0), op.Unsqueeze(UniformsFrom(op.Add(devices, start), count, key), axis0), axis=0)
 
 
 @script(analog)
@@ -379,53 +395,73 @@ def Readout(G, scale):
 
 
 @script(analog)
-def MeanAbs(X):
-    """mean |X| over all elements, at least MIN_READOUT (chip.compensation)."""
-    return op.Max(op.ReduceMean(op.Abs(X), keepdims=0), op.Constant(value_float=MIN_READOUT))
-
-
-@script(analog)
 def DeviceWeights(W: FLOAT, noise_scale: FLOAT, seed: INT64, chip_seed: INT64, t_inference: FLOAT, device: str = "pcm", g_max: float = 25.0, prog_noise_scale: float = 1.0, drift: int = 1, drift_scale: float = 1.0, read_noise: int = 1, read_noise_scale: float = 1.0, drift_compensation: int = 1, stuck_at_zero: float = 0.0, stuck_at_gmax: float = 0.0, prog_noise_add: float = 0.0, prog_noise_rel: float = 0.0, drift_nu: float = 0.0, drift_nu_std: float = 0.0, read_noise_rel: float = 0.0, bits: int = 0, per_channel: int = 0, stream: int = 0):
-    """(W_read, alpha): one read of chip `chip_seed` at t_inference, and the compensation factor (devices/chip.py)."""
+    """(W_read, alpha): one read of chip `chip_seed` at t_inference, and the compensation factor (devices/chip.py).
+
+    The devices are simulated in blocks of DEVICE_BLOCK weights (a Loop): the counter-based draws
+    need several int64 temporaries per device, tens of times the weights' memory if made for a
+    whole layer at once (a language model's head: gigabytes). Each device draws the numbers its
+    place in the layer gives it, so the blocks change no value."""
     gmax = op.Constant(value_float=g_max)
     zero = op.Constant(value_float=0.0)
     index = analog.DeviceIndex(device=device)
-    # 1. map: one scale per row of Flatten(W, per_channel), pairs [2, rows, columns], levels
+    # 1. map: one scale per row of Flatten(W, per_channel), the weights flat, each with its row's scale
     flat = op.Flatten(W, axis=per_channel)
     peak, _ = op.TopK(op.Abs(flat), op.Constant(value=_ONE_K), axis=1)
     scale = op.Div(gmax, op.Max(peak, op.Constant(value_float=ZERO_WEIGHT)))
-    scaled = op.Mul(flat, scale)
-    axis0 = op.Constant(value_ints=[0])
-    pair = op.Concat(op.Unsqueeze(op.Clip(scaled, zero, gmax), axis0), op.Unsqueeze(op.Clip(op.Neg(scaled), zero, gmax), axis0), axis=0)
-    target = ClipAndRound(pair, bits=bits, bound=g_max, signed=1)
-    count = op.Size(target)
-    shape = op.Shape(target)
-    # 2. program (per chip), 3. stuck devices
+    every = op.Constant(value_ints=[-1])
+    scaled = op.Reshape(op.Mul(flat, scale), every)
+    scales = op.Reshape(op.Expand(scale, op.Shape(flat)), every)
+    devices = op.Size(scaled)  # per half of the pairs
+    block = op.Constant(value_int=DEVICE_BLOCK)
+    blocks = op.Div(op.Add(devices, op.Sub(block, op.Constant(value_int=1))), block)
+    key_program = DrawKey(chip_seed, stream=stream, draw=0)
+    key_drift = DrawKey(chip_seed, stream=stream, draw=1)
+    key_stuck = DrawKey(chip_seed, stream=stream, draw=2)
+    key_read = DrawKey(seed, stream=stream, draw=3)
+    key_reference = DrawKey(chip_seed, stream=stream, draw=4)
     prog_scale = op.Mul(op.Constant(value_float=prog_noise_scale), noise_scale)
-    sigma = analog.DeviceProgrammingSigma(target, noise_scale, index, g_max=g_max, prog_noise_scale=prog_noise_scale, drift_scale=drift_scale, read_noise_scale=read_noise_scale, prog_noise_add=prog_noise_add, prog_noise_rel=prog_noise_rel, drift_nu=drift_nu, drift_nu_std=drift_nu_std, read_noise_rel=read_noise_rel)
-    z_program = op.Reshape(StandardNormals(count, DrawKey(chip_seed, stream=stream, draw=0)), shape)
-    u = op.Reshape(StandardUniforms(count, DrawKey(chip_seed, stream=stream, draw=2)), shape)
-    programmed = Stick(op.Relu(op.Add(target, op.Mul(op.Mul(prog_scale, sigma), z_program))), u, g_max=g_max, stuck_at_zero=stuck_at_zero, stuck_at_gmax=stuck_at_gmax)
-    # 4. drift to t_inference (per chip and time)
-    z_drift = op.Reshape(StandardNormals(count, DrawKey(chip_seed, stream=stream, draw=1)), shape)
-    drifted = analog.DeviceDrift(target, programmed, z_drift, t_inference, noise_scale, index, g_max=g_max, prog_noise_scale=prog_noise_scale, drift_scale=drift_scale, read_noise_scale=read_noise_scale, prog_noise_add=prog_noise_add, prog_noise_rel=prog_noise_rel, drift_nu=drift_nu, drift_nu_std=drift_nu_std, read_noise_rel=read_noise_rel)
-    now = op.Where(op.Cast(op.Constant(value_int=drift), to=TensorProto.BOOL), Stick(drifted, u, g_max=g_max, stuck_at_zero=stuck_at_zero, stuck_at_gmax=stuck_at_gmax), programmed)
-    # 5. compensation (per chip and time), 6. read (per read)
     read_scale = op.Mul(op.Constant(value_float=read_noise_scale), noise_scale)
-    read_sigma = op.Mul(read_scale, analog.DeviceReadSigma(programmed, now, t_inference, noise_scale, index, g_max=g_max, prog_noise_scale=prog_noise_scale, drift_scale=drift_scale, read_noise_scale=read_noise_scale, prog_noise_add=prog_noise_add, prog_noise_rel=prog_noise_rel, drift_nu=drift_nu, drift_nu_std=drift_nu_std, read_noise_rel=read_noise_rel))
+    drifts = op.Cast(op.Constant(value_int=drift), to=TensorProto.BOOL)
     reads = op.Cast(op.Constant(value_int=read_noise), to=TensorProto.BOOL)
-    z_reference = op.Reshape(StandardNormals(count, DrawKey(chip_seed, stream=stream, draw=4)), shape)
-    reference = op.Where(reads, op.Relu(op.Add(now, op.Mul(read_sigma, z_reference))), now)
-    ratio = op.Div(MeanAbs(Readout(programmed, scale)), MeanAbs(Readout(reference, scale)))
+    axis0 = op.Constant(value_ints=[0])
+    parts = op.SequenceConstruct(op.Slice(scaled, axis0, axis0))  # an empty start: a layer without weights
+    programmed_sum = zero
+    reference_sum = zero
+    for i in range(blocks):
+        start = op.Mul(i, block)
+        count = op.Sub(op.Min(op.Add(start, block), devices), start)
+        first, last = op.Unsqueeze(start, axis0), op.Unsqueeze(op.Add(start, count), axis0)
+        part = op.Slice(scaled, first, last)
+        part_scale = op.Slice(scales, first, last)
+        # pairs [2, count], levels
+        pair = op.Concat(op.Unsqueeze(op.Clip(part, zero, gmax), axis0), op.Unsqueeze(op.Clip(op.Neg(part), zero, gmax), axis0), axis=0)
+        target = ClipAndRound(pair, bits=bits, bound=g_max, signed=1)
+        # 2. program (per chip), 3. stuck devices
+        sigma = analog.DeviceProgrammingSigma(target, noise_scale, index, g_max=g_max, prog_noise_scale=prog_noise_scale, drift_scale=drift_scale, read_noise_scale=read_noise_scale, prog_noise_add=prog_noise_add, prog_noise_rel=prog_noise_rel, drift_nu=drift_nu, drift_nu_std=drift_nu_std, read_noise_rel=read_noise_rel)
+        u = PairUniforms(start, count, devices, key_stuck)
+        programmed = Stick(op.Relu(op.Add(target, op.Mul(op.Mul(prog_scale, sigma), PairNormals(start, count, devices, key_program)))), u, g_max=g_max, stuck_at_zero=stuck_at_zero, stuck_at_gmax=stuck_at_gmax)
+        # 4. drift to t_inference (per chip and time)
+        drifted = analog.DeviceDrift(target, programmed, PairNormals(start, count, devices, key_drift), t_inference, noise_scale, index, g_max=g_max, prog_noise_scale=prog_noise_scale, drift_scale=drift_scale, read_noise_scale=read_noise_scale, prog_noise_add=prog_noise_add, prog_noise_rel=prog_noise_rel, drift_nu=drift_nu, drift_nu_std=drift_nu_std, read_noise_rel=read_noise_rel)
+        now = op.Where(drifts, Stick(drifted, u, g_max=g_max, stuck_at_zero=stuck_at_zero, stuck_at_gmax=stuck_at_gmax), programmed)
+        # 5. compensation (per chip and time): sums over the blocks, 6. read (per read)
+        read_sigma = op.Mul(read_scale, analog.DeviceReadSigma(programmed, now, t_inference, noise_scale, index, g_max=g_max, prog_noise_scale=prog_noise_scale, drift_scale=drift_scale, read_noise_scale=read_noise_scale, prog_noise_add=prog_noise_add, prog_noise_rel=prog_noise_rel, drift_nu=drift_nu, drift_nu_std=drift_nu_std, read_noise_rel=read_noise_rel))
+        reference = op.Where(reads, op.Relu(op.Add(now, op.Mul(read_sigma, PairNormals(start, count, devices, key_reference)))), now)
+        programmed_sum = op.Add(programmed_sum, op.ReduceSum(op.Abs(Readout(programmed, part_scale)), keepdims=0))
+        reference_sum = op.Add(reference_sum, op.ReduceSum(op.Abs(Readout(reference, part_scale)), keepdims=0))
+        read = op.Where(reads, op.Relu(op.Add(now, op.Mul(read_sigma, PairNormals(start, count, devices, key_read)))), now)
+        parts = op.SequenceInsert(parts, Readout(read, part_scale))
+    size = op.Cast(devices, to=TensorProto.FLOAT)
+    minimum = op.Constant(value_float=MIN_READOUT)
+    ratio = op.Div(op.Max(op.Div(programmed_sum, size), minimum), op.Max(op.Div(reference_sum, size), minimum))
     alpha = op.Where(op.Cast(op.Constant(value_int=drift_compensation), to=TensorProto.BOOL), ratio, op.Constant(value_float=1.0))
-    z_read = op.Reshape(StandardNormals(count, DrawKey(seed, stream=stream, draw=3)), shape)
-    read = op.Where(reads, op.Relu(op.Add(now, op.Mul(read_sigma, z_read))), now)
-    return op.Reshape(Readout(read, scale), op.Shape(W)), alpha
+    return op.Reshape(op.ConcatFromSequence(parts, axis=0), op.Shape(W)), alpha
 
 
 PUBLIC = tuple(globals()[name] for name in OP_NAMES)  # the schema's ops, in its order
 HELPERS = (SwapHalves, SquaresPair, KeyOf, StreamKey, NormalsFrom, StandardNormals, AbsMaxLast, ScaleOf, RowAbsMax,
-           ClipAndRound, Converter, TileSigma, SplitBounds, SplitIndex, SplitMembers, DrawKey, StandardUniforms, Stick, Readout, MeanAbs)
+           ClipAndRound, Converter, TileSigma, SplitBounds, SplitIndex, SplitMembers, DrawKey, UniformsFrom, PairNormals, PairUniforms, Stick,
+           Readout)
 DEVICE_HELPERS = device_functions(DOMAIN)  # traced from the device models
 
 
@@ -435,6 +471,8 @@ def function_protos(opset: int) -> list[onnx.FunctionProto]:
     for fn in (*DEVICE_HELPERS, *HELPERS, *PUBLIC):
         proto = onnx.FunctionProto()
         proto.CopyFrom(fn if isinstance(fn, onnx.FunctionProto) else fn.to_function_proto())
+        if not any(imp.domain == DOMAIN for imp in proto.opset_import):  # a call inside a Loop's body needs it too
+            proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, OPSET_VERSION))
         for imp in proto.opset_import:
             if imp.domain == "":
                 imp.version = opset
