@@ -183,3 +183,25 @@ def test_your_own_module_trains_and_exports(tmp_path) -> None:
     assert result.model is model and result.model_path.is_file()
     with pytest.raises(AnalogError, match="not a zoo architecture"):
         export_checkpoint(tmp_path / "best.pt", tmp_path / "again.onnx")
+
+
+def test_init_fine_tunes_from_another_runs_weights(tmp_path, run_cli) -> None:
+    """--init starts from a checkpoint's weights (a fresh optimizer): NIT as fine-tuning of a
+    trained baseline. Its first epoch starts where the baseline ended, not from chance."""
+    base = train(_config(tmp_path / "base", epochs=3, export=False), progress=False, verbose=False)
+    tuned = train(_config(tmp_path / "tuned", epochs=1, method="nit", hardware=HARDENING, noise_scale=0.1,
+                          init=str(tmp_path / "base" / "best.pt"), export=False), progress=False, verbose=False)
+    scratch = train(_config(tmp_path / "scratch", epochs=1, method="nit", hardware=HARDENING, noise_scale=0.1,
+                            export=False), progress=False, verbose=False)
+    assert tuned.history[0]["clean_acc"] > scratch.history[0]["clean_acc"] + 0.2
+    assert tuned.history[0]["clean_acc"] >= base.best["clean_acc"] - 0.1
+    record = torch.load(tmp_path / "tuned" / "best.pt", weights_only=True)["config"]
+    assert record["init"] == str(tmp_path / "base" / "best.pt")
+
+    code, _, err = run_cli("train", "--arch", "lenet5", "--data", "digits", "--out", tmp_path / "wrong",
+                           "--epochs", "1", "--limit", "128", "--init", tmp_path / "base" / "best.pt", "--no-progress")
+    assert code == 2 and "--init" in err
+    assert "holds mlp for inputs [1, 8, 8] and 10 classes; this run trains lenet5" in err
+    code, _, err = run_cli("train", "--arch", "mlp", "--out", tmp_path / "missing", "--epochs", "1",
+                           "--init", tmp_path / "nothing.pt", "--no-progress")
+    assert code == 2 and "no such checkpoint" in err

@@ -53,6 +53,8 @@ def train(
     select: str = typer.Option("val", "--select", help="The exported epoch: val (best on validation) or last."),
     val_fraction: float = typer.Option(0.1, "--val-fraction",
                                        help="Training data held out per class for validation (0: none)."),
+    init: Path = typer.Option(None, "--init", help="Fine-tune: start from the weights of this checkpoint "
+                              "(another run's best.pt; a fresh optimizer and schedule)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
     force: bool = typer.Option(False, "--force", help="Start over in an --out folder that holds a run."),
     export: bool = typer.Option(True, "--export/--no-export", help="Write model.onnx from best.pt at the end."),
@@ -75,7 +77,8 @@ def train(
                          seed=seed, device=device, amp=amp, augment=augment, hardware=hardware,
                          noise_scale=noise_scale, ramp_epochs=ramp_epochs, noise_spread=noise_spread, bits=bits,
                          act_scale=act_scale, weight_bits=weight_bits, eval_repeats=eval_repeats, limit=limit,
-                         eval_limit=eval_limit, select=select, val_fraction=val_fraction, export=export)
+                         eval_limit=eval_limit, select=select, val_fraction=val_fraction, export=export,
+                         init=None if init is None else str(init))
     run_training(config, resume=resume, force=force, progress=progress)
 
 

@@ -40,7 +40,7 @@ from analog_onnx.arguments import check_fields, expect, float32_problem, spelled
 from analog_onnx.config import MAX_INT, AnalogConfig
 from analog_onnx.data import VALIDATION_KINDS, Dataset, load_dataset
 from analog_onnx.errors import AnalogError
-from analog_onnx.files import write_text
+from analog_onnx.files import first_line, write_text
 from analog_onnx.text import shown
 from analog_onnx.train.checkpoint import CUSTOM_ARCH, load_checkpoint, save_checkpoint
 from analog_onnx.train.export import add_metadata, check_export, to_onnx
@@ -98,6 +98,7 @@ class TrainConfig:
     select: str = "val"  # the exported epoch: "val" (best on the validation split) or "last"
     val_fraction: float = 0.1  # of the training data held out per class for validation (0: none, select last)
     export: bool = True  # write model.onnx at the end
+    init: str | None = None  # fine-tuning: start from the weights of this checkpoint (another run's best.pt)
 
     @property
     def uses_qat(self) -> bool:
@@ -274,6 +275,8 @@ class _Run:
         self.arch = config.arch if model is None else CUSTOM_ARCH
         _check_token_fit(config, self.tokens, model is None)
         self.model = model if model is not None else build_model(config.arch, self.in_shape, self.num_classes)
+        if config.init is not None and not resume:  # a resumed run has its own weights by now
+            self._start_from(Path(config.init).expanduser())
         self.qat = config.qat_spec()
         if self.qat is not None:  # first: activation noise may read the quantized output
             attach_qat(self.model, self.qat)
@@ -336,8 +339,25 @@ class _Run:
                 "optimizer": c.optimizer, "lr": c.learning_rate, "batch_size": c.batch_size,
                 "noise_scale": c.noise_scale if c.uses_noise else 0.0, "ramp_epochs": c.ramp_epochs,
                 "noise_spread": c.noise_spread, "select": c.select, "validation": self.validation,
-                "qat": self.qat.to_dict() if self.qat else None, "hardware": c.hardware,
+                "qat": self.qat.to_dict() if self.qat else None, "hardware": c.hardware, "init": c.init,
                 "best": self.best, "analog_onnx_version": __version__}
+
+    def _start_from(self, path: Path) -> None:
+        """Fine-tuning: the weights of another run's checkpoint (not its optimizer or schedule),
+        before any twin is attached, so they fit the plain model that run saved."""
+        state = load_checkpoint(path)
+        theirs = (state["arch"], tuple(int(d) for d in state["in_shape"]), int(state["num_classes"]))
+        mine = (self.arch, self.in_shape, self.num_classes)
+        if theirs != mine:
+            raise AnalogError(f"{spelled('init')} {shown(path)} holds {theirs[0]} for inputs {list(theirs[1])} and "
+                              f"{theirs[2]} classes; this run trains {mine[0]} for inputs {list(mine[1])} and "
+                              f"{mine[2]} classes")
+        try:
+            self.model.load_state_dict(state["state_dict"])
+        except (TypeError, ValueError, RuntimeError) as e:  # torch reports a mismatch over many lines
+            raise AnalogError(f"{spelled('init')} {shown(path)}: its weights do not fit this run's model "
+                              f"({first_line(e)})") from None
+        self.console.print(f"starting from the weights of {shown(path)}")
 
     def _resume(self) -> None:
         path = self.out / "last.pt"
