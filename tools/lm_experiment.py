@@ -21,6 +21,10 @@ sweep to 3 only; under aihwkit-lightning's output noise 0.04 the baseline's perp
 by 0.4% at most, and NIT at 1 gained nothing. The second round, planned after that result and
 before running it, added NIT at noise scale 10 and the scales 10 and 30 to the sweep (10 x 0.04
 = an output noise of 0.4 of each column's range); the first round's two models were reused.
+The third round, planned after the second's result (NIT loses less to noise but costs more clean
+perplexity than it saves) and before running it: NIT at noise scale 10 as fine-tuning of the
+baseline (``TUNED``: from its best.pt, one epoch at a quarter of the learning rate), with the same
+data, seed, evaluation and rule.
 
 Sized for about 30 minutes of one core (torch and onnxruntime run single-threaded):
 
@@ -55,7 +59,9 @@ WINDOW = 64
 TRAIN = {"arch": "gpt-mini", "epochs": 2, "limit": 9600, "eval_limit": 256, "batch_size": 32,
          "optimizer": "adam", "lr": 2e-3, "weight_decay": 0.01, "seed": 0}
 PRESET = "aihwkit-lightning"
-METHODS = {"baseline": None, "nit": 1.0, "nit-10": 10.0}  # run folder: NIT's training noise scale (None: plain)
+METHODS = {"baseline": None, "nit": 1.0, "nit-10": 10.0, "nit-10-tuned": 10.0}  # run folder: NIT's training
+# noise scale (None: plain)
+TUNED = {"nit-10-tuned": {"init": "baseline", "epochs": 1, "lr": 5e-4}}  # fine-tuning: the run it starts from
 EVAL = {"limit": 256, "seed": 0, "batch_size": 64}
 NOISE_SCALES = "0,0.5,1,2,3,10,30"
 NOISE_REPEATS = 5
@@ -88,8 +94,11 @@ def train(out: Path, data: str, name: str, retrain: bool) -> Path:
     folder, noise_scale = out / name, METHODS[name]
     args = ["train", "--data", data, "--out", str(folder), "--method", "baseline" if noise_scale is None else "nit",
             "--no-progress", "--force"]
-    for key, value in TRAIN.items():
+    tuning = TUNED.get(name, {})
+    for key, value in {**TRAIN, **{k: v for k, v in tuning.items() if k != "init"}}.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
+    if tuning:
+        args += ["--init", str(out / tuning["init"] / "best.pt")]
     if noise_scale is not None:
         args += ["--preset", PRESET, "--noise-scale", str(noise_scale)]
     stamp = folder / "analog-onnx-train-args.json"
@@ -148,7 +157,7 @@ def run(out: Path, retrain: bool) -> None:
     done = time.perf_counter()
     history = {name: [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
                for name in METHODS}
-    results = {"corpus": facts, "window": WINDOW, "train": TRAIN, "preset": PRESET, "methods": METHODS,
+    results = {"corpus": facts, "window": WINDOW, "train": TRAIN, "preset": PRESET, "methods": METHODS, "tuned": TUNED,
                "evaluate": EVAL, "test_windows": noise["data"]["samples"], "scored_tokens": noise["data"]["scored"],
                "chance_accuracy": noise["chance_accuracy"], "verdict_rule": VERDICT_RULE,
                "seconds": {"training": round(trained - started), "evaluation": round(done - trained)},
@@ -175,17 +184,20 @@ def _interval(row: dict) -> str:
     return f"{row['perplexity_mean']:.3f} ({low:.3f}-{high:.3f})"
 
 
-def _label(name: str, methods: dict) -> str:
-    return "baseline" if methods[name] is None else f"NIT at {methods[name]:g}"
+def _label(name: str, results: dict) -> str:
+    noise = results["methods"][name]
+    if noise is None:
+        return "baseline"
+    return f"NIT at {noise:g}" + (", fine-tuned" if name in results.get("tuned", {}) else "")
 
 
 def _table(results: dict, section: str, key: str, first: str, show: Callable[[float], str]) -> list[str]:
     """One row per setting: each model's perplexity (95% interval) and top-1, and each NIT's verdict."""
     methods = results["methods"]
     nits = [name for name in methods if methods[name] is not None]
-    header = [first, *(f"{_label(n, methods)} perplexity" for n in methods), *(f"{_label(n, methods)} top-1"
+    header = [first, *(f"{_label(n, results)} perplexity" for n in methods), *(f"{_label(n, results)} top-1"
                                                                                for n in methods),
-              *(f"{_label(n, methods)}: verdict" for n in nits)]
+              *(f"{_label(n, results)}: verdict" for n in nits)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by = {(r["model"], r[key]): r for r in results[section]}
     for setting in sorted({r[key] for r in results[section]}):
@@ -204,7 +216,7 @@ def tables(results: dict) -> str:
     lines = [f"Test split: {results['test_windows']} windows of {results['window']} bytes "
              f"({results['scored_tokens']:,} predicted tokens); chance top-1 {results['chance_accuracy']:.4f} "
              f"(1/256, perplexity 256). Clean (digital) models: "
-             + ", ".join(f"{_label(n, methods)} perplexity {clean[n]['clean_perplexity']:.3f}, top-1 "
+             + ", ".join(f"{_label(n, results)} perplexity {clean[n]['clean_perplexity']:.3f}, top-1 "
                          f"{clean[n]['clean_accuracy']:.4f}" for n in methods) + ".", "",
              f"Perplexity, mean and 95% interval over {results['noise'][0]['repeats']} repeats, and per-token "
              f"top-1 under `{results['preset']}`, by noise scale:", ""]
@@ -212,7 +224,7 @@ def tables(results: dict) -> str:
     top = max(r["noise_scale"] for r in results["noise"])
     by = {(r["model"], r["noise_scale"]): r["perplexity_mean"] for r in results["noise"]}
     lines += ["", f"Perplexity rise from noise scale 0 to {top:g}: "
-              + ", ".join(f"{_label(n, methods)} {100 * (by[(f'{n}/model', top)] / by[(f'{n}/model', 0.0)] - 1):+.1f}%"
+              + ", ".join(f"{_label(n, results)} {100 * (by[(f'{n}/model', top)] / by[(f'{n}/model', 0.0)] - 1):+.1f}%"
                           for n in methods) + "."]
     lines += ["", f"`{results['preset']}` holding PCM weights (`aihwkit-pcm`'s device), noise scale 1, "
               f"{results['chips'][0]['repeats']} programmed chips per time since programming:", ""]
