@@ -168,7 +168,7 @@ def run(out: Path, retrain: bool) -> None:
                "evaluate": EVAL, "test_windows": noise["data"]["samples"], "scored_tokens": noise["data"]["scored"],
                "chance_accuracy": noise["chance_accuracy"], "verdict_rule": VERDICT_RULE,
                "seconds": {"training": round(trained - started), "evaluation": round(done - trained)},
-               "validation": {name: [{k: e[k] for k in ("epoch", "clean_acc", "noisy_acc", "test_loss")} for e in h]
+               "validation": {name: [{k: e[k] for k in ("epoch", "clean_acc", "noisy_acc", "val_loss")} for e in h]
                               for name, h in history.items()},
                "noise": summary(noise), "chips": summary(chips)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
