@@ -433,6 +433,9 @@ REFUSALS = [
      "attribute weight_shape is more than 2\\^63 bytes of float32"),
     ("AnalogTileEpilogue", {"weight_file": DATA_FILE, "weight_shape": [4, 5]}, {},
      "attribute weight_file is set, so input W must be left out"),
+    ("AnalogTileEpilogue", {"weight_file": DATA_FILE, "weight_shape": [4, 5], "relu": 1}, {"W": None},
+     "relu needs the epilogue's inputs scale and shift"),
+    ("AnalogTileEpilogue", {}, {"W": None}, "input W is missing"),
 ]
 
 

@@ -605,12 +605,12 @@ class AnalogTileKernel : public Kernel {
         settings_(tile_settings(attributes(info))),
         relu_(std::string(op) != "AnalogTile" && attributes(info).flag("relu")),
         epilogue_(std::string(op) != "AnalogTile" && has_input(info, 4)) {
+    if (relu_ && !epilogue_) fail("relu needs the epilogue's inputs scale and shift");
     if (std::string(op) == "AnalogTileEpilogue" && !attributes(info).text("weight_file").empty()) {
       read_weights(info);
       return;
     }
     if (!has_input(info, 1)) fail("input W is missing");
-    if (relu_ && !epilogue_) fail("relu needs the epilogue's inputs scale and shift");
     int is_constant = 0;
     const OrtValue* w = nullptr;
     check(g_api->KernelInfoGetConstantInput_tensor(info, 1, &is_constant, &w));
