@@ -54,7 +54,9 @@ def session_options(threads: int | None = None, *, native: bool | None = None) -
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    # fatal only: every error onnxruntime logs also reaches make_session as an exception, which
+    # becomes one error line; logged too, it would be a second line, with a file's text raw in it
+    options.log_severity_level = 4
     library = _native_library(native)
     if library is not None:
         try:

@@ -3,6 +3,8 @@ evaluate scores only classifiers."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +109,22 @@ def test_a_sequence_output_is_not_scored_as_classes():
     with pytest.raises(ModelError, match=r"has shape \[1, 4, 10\]; evaluate needs class scores"):
         evaluate(proto, "digits", config="aihwkit-default", noise_scales=[1.0], limit=20,
                  settings=RunSettings(repeats=1, seed=0))
+
+
+@pytest.mark.native
+def test_a_kernel_refusing_a_node_is_one_line_with_the_file_text_escaped(tmp_path):
+    """onnxruntime also logged the refusal it raised, in colour and with the node name raw: two
+    lines, one of them carrying a file's text (an escape sequence) to the terminal as it is."""
+    from analog_onnx.config import load_preset
+    from analog_onnx.transform import transform_model
+
+    analog = transform_model(matmul(), load_preset("aihwkit-default"))
+    tile = next(n for n in analog.graph.node if n.op_type == "AnalogTile")
+    tile.name = "tile\x1b[31m"
+    next(a for a in tile.attribute if a.name == "bm_rounds").i = 70
+    onnx.save(analog, tmp_path / "bad.onnx")
+    result = subprocess.run([sys.executable, "-m", "analog_onnx.cli", "evaluate", str(tmp_path / "bad.onnx"),
+                             "--data", "digits", "--limit", "16"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "bm_rounds must be an integer from 1 to 62, got 70" in result.stderr and "\x1b" not in result.stderr
