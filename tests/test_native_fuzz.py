@@ -310,6 +310,9 @@ def expected_output_elements(op: OpSchema, values: dict, feeds: dict) -> int | N
     if op.name == "StoredWeights":
         shape = values.get("weight_shape", [0, 0])
         return int(np.prod(shape, dtype=object)) if isinstance(shape, list) else 0
+    if op.name in ("AnalogTile", "AnalogTileEpilogue"):  # X [..., K] -> [..., M]: an empty X may give a huge Y
+        x, w = feeds["X"].shape, feeds["W"].shape
+        return int(np.prod(x[:-1], dtype=object)) * w[0] if x else 0
     return feeds[op.inputs[0]].size
 
 
