@@ -303,6 +303,15 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     return _parsed(path, onnx.load)
 
 
+def in_memory_size(path: str | Path) -> int:
+    """Bytes ``load_model`` would hold: the file and the external data its tensors name (the
+    graph is read; the weights stay on disk)."""
+    model = read_model(path)
+    external = sum(t.const_value.nbytes for t in model.graph.initializers.values()
+                   if isinstance(t.const_value, ir.ExternalTensor))
+    return Path(path).stat().st_size + external
+
+
 def read_model(path: str | Path) -> ir.Model:
     """Read an ONNX file as an onnx_ir model whose tensors in external data files stay on disk,
     mapped only when a pass reads them (a model of any size costs its graph, not its weights);

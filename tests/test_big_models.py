@@ -394,3 +394,22 @@ def test_a_native_session_needs_at_most_half_again_clean_onnxruntimes_memory(run
     weights_kib = 2 * pairs * size * size * 4 // 1024
     assert clean > 0.9 * weights_kib, (clean, weights_kib)
     assert native < 1.5 * clean, f"native {native / 1024:.0f} MiB, clean {clean / 1024:.0f} MiB"
+
+
+def test_evaluate_refuses_a_model_over_protobufs_limit_in_one_line(run_cli, tmp_path):
+    """evaluate holds each model as one protobuf message: a model over 2 GiB was a traceback
+    (EncodeError) after loading every weight; now it is one line before any weight is read."""
+    rows, columns = 24576, 25600  # 2.3 GiB of float32, in a sparse file (no disk used)
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[rows, columns],
+                         data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "w.bin"), ("offset", "0"), ("length", str(rows * columns * 4))):
+        weight.external_data.add(key=key, value=value)
+    with open(tmp_path / "w.bin", "wb") as data:
+        data.truncate(rows * columns * 4)
+    graph = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", rows])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, ["n", columns])], [weight])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "big.onnx")
+    code, _, err = run_cli("evaluate", tmp_path / "big.onnx", "--data", "digits", "--preset", "aihwkit-default")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "big holds 2.3 GiB: evaluate keeps each model in memory as one protobuf message" in err

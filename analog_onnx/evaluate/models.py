@@ -20,13 +20,21 @@ from analog_onnx.arguments import expect
 from analog_onnx.config import AnalogConfig
 from analog_onnx.data.preprocess import Normalization, from_model, token_context
 from analog_onnx.errors import ModelError
-from analog_onnx.transform import load_model, read_analog_metadata, standard_model, strip_model, transform_model
+from analog_onnx.transform import (
+    in_memory_size,
+    load_model,
+    read_analog_metadata,
+    standard_model,
+    strip_model,
+    transform_model,
+)
 
 ModelSource = str | Path | onnx.ModelProto
 
 ORT_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 MASK_NAMES = ("attention_mask", "mask")  # a token model's second input, fed the data's mask
+MAX_MESSAGE = 2**31 - 1  # protobuf's limit on one serialized message
 
 
 @dataclass
@@ -46,6 +54,10 @@ class PreparedModel:
 
 def prepare_model(model: ModelSource, config: AnalogConfig | None, name: str) -> PreparedModel:
     source = "<in memory>" if isinstance(model, onnx.ModelProto) else str(model)
+    if not isinstance(model, onnx.ModelProto) and (size := in_memory_size(model)) > MAX_MESSAGE:
+        raise ModelError(f"{name} holds {size / 2**30:.1f} GiB: evaluate keeps each model in memory as one "
+                         "protobuf message, which stops at 2 GiB; run a model this size through "
+                         "analog_onnx.runtime.make_session on its transformed file (docs/language-models.md)")
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     meta = read_analog_metadata(proto)
     notes = []
