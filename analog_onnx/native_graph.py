@@ -51,12 +51,16 @@ from analog_onnx.passes.names import Names
 ModelLike = str | Path | bytes | onnx.ModelProto
 
 
-def prepare(model: ModelLike) -> ModelLike:
+def prepare(model: ModelLike, folder: str | Path | None = None) -> ModelLike:
     """``model`` with the rewrites applied, or ``model`` itself when none applies. A file's tensors
     in external data stay there: the result refers to them relative to the file's folder (give
     onnxruntime that folder, as ``runtime.make_session`` does), so a model of any size is never
-    copied into one protobuf message."""
+    copied into one protobuf message. ``folder``: where the external data of a model given as
+    bytes or a proto lies (a file's is its own folder)."""
+    folder = Path(model).resolve().parent if isinstance(model, str | Path) else folder
     work = _read(model)
+    if folder is not None and not isinstance(model, str | Path):
+        ir.external_data.set_base_dir(work.graph, Path(folder).resolve())
     _refuse_stored_weights(work)
     changed = _fold_constant_quantizers(work)
     changed = _fuse_tile_convolutions(work) or changed
@@ -64,8 +68,8 @@ def prepare(model: ModelLike) -> ModelLike:
     changed = _fuse_noise_chains(work) or changed
     changed = _drop_unused_nodes(work) or changed
     changed = _order_device_weights(work) or changed
-    if isinstance(model, str | Path):  # its external data has a folder
-        changed = _read_weights_from_file(work, Path(model).resolve().parent) or changed
+    if folder is not None:  # its external data has a folder
+        changed = _read_weights_from_file(work, Path(folder).resolve()) or changed
     return ir.serde.serialize_model(work) if changed else model
 
 

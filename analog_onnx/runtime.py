@@ -67,15 +67,20 @@ def session_options(threads: int | None = None, *, native: bool | None = None) -
     return options
 
 
-def make_session(model: ModelLike, *, threads: int | None = None, native: bool | None = None
-                 ) -> ort.InferenceSession:
-    """An onnxruntime CPU session for a (possibly transformed) model; see ``session_options``."""
+def make_session(model: ModelLike, *, threads: int | None = None, native: bool | None = None,
+                 folder: str | Path | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session for a (possibly transformed) model; see ``session_options``.
+    ``folder``: where the external data of a model given as bytes or a proto lies."""
     options = session_options(threads, native=native)
+    if isinstance(model, str | Path):
+        folder = None  # a file finds its own
     if _native_library(native) is not None:
-        prepared = native_graph.prepare(model)
+        prepared = native_graph.prepare(model, folder)
         if prepared is not model and isinstance(model, str | Path):  # it refers to the file's external data
-            options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(Path(model).resolve().parent))
+            folder = Path(model).resolve().parent
         model = prepared
+    if folder is not None:
+        options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(Path(folder).resolve()))
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif isinstance(model, Path):

@@ -18,10 +18,13 @@ from onnx import helper as h
 
 from analog_onnx.config import load_preset
 from analog_onnx.errors import ModelError
+from analog_onnx.evaluate import RunSettings, engine, evaluate, models, runner
+from analog_onnx.evaluate.models import LEFT_IN_FILES
 from analog_onnx.native_graph import prepare
 from analog_onnx.runtime import make_session, session_options
-from analog_onnx.transform import transform_model
+from analog_onnx.transform import in_memory_size, transform_model
 
+MLP = Path(__file__).parents[1] / "models" / "digits-mlp-baseline.onnx"
 WEIGHT = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
 CONTROLS = {"noise_scale": np.array(0, np.float32)}  # DAC and ADC only: deterministic
 
@@ -396,10 +399,10 @@ def test_a_native_session_needs_at_most_half_again_clean_onnxruntimes_memory(run
     assert native < 1.5 * clean, f"native {native / 1024:.0f} MiB, clean {clean / 1024:.0f} MiB"
 
 
-def test_evaluate_refuses_a_model_over_protobufs_limit_in_one_line(run_cli, tmp_path):
-    """evaluate holds each model as one protobuf message: a model over 2 GiB was a traceback
-    (EncodeError) after loading every weight; now it is one line before any weight is read."""
-    rows, columns = 24576, 25600  # 2.3 GiB of float32, in a sparse file (no disk used)
+def test_the_in_memory_size_of_a_model_is_read_from_its_graph(tmp_path):
+    """evaluate decides from the graph alone whether a model's weights stay in their files: a 2.3
+    GiB weight in a sparse data file (no disk used) is counted, not read."""
+    rows, columns = 24576, 25600
     weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[rows, columns],
                          data_location=TensorProto.EXTERNAL)
     for key, value in (("location", "w.bin"), ("offset", "0"), ("length", str(rows * columns * 4))):
@@ -410,6 +413,34 @@ def test_evaluate_refuses_a_model_over_protobufs_limit_in_one_line(run_cli, tmp_
                          [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", rows])],
                          [h.make_tensor_value_info("y", TensorProto.FLOAT, ["n", columns])], [weight])
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "big.onnx")
-    code, _, err = run_cli("evaluate", tmp_path / "big.onnx", "--data", "digits", "--preset", "aihwkit-default")
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "big holds 2.3 GiB: evaluate keeps each model in memory as one protobuf message" in err
+    size = in_memory_size(tmp_path / "big.onnx")
+    assert rows * columns * 4 < size < rows * columns * 4 + 4096
+    assert size > LEFT_IN_FILES
+
+
+@pytest.mark.parametrize("preset", ["aihwkit-default", "aihwkit-pcm"])
+def test_evaluate_leaves_a_big_models_weights_in_their_files_with_the_same_results(preset, tmp_path, monkeypatch):
+    """A model over protobuf's 2 GiB limit was a traceback in evaluate after loading every weight.
+    Now it is evaluated as its graph, its weights left in their data files (its sessions read them
+    there; natively, the kernels do). Forced here on a small model: the same numbers as in memory."""
+    source = tmp_path / "mlp.onnx"
+    onnx.save_model(onnx.load(str(MLP)), source, save_as_external_data=True, location="mlp.data", size_threshold=1024)
+    folders = []
+
+    def recording(model, **options):
+        folders.append(options.get("folder"))
+        return make_session(model, **options)
+
+    monkeypatch.setattr(runner, "make_session", recording)
+    monkeypatch.setattr(engine, "make_session", recording)
+
+    def points() -> list:
+        report = evaluate(str(source), "digits", config=preset, noise_scales=[0, 1],
+                          settings=RunSettings(seed=3, repeats=2))
+        return [(p.noise_scale, p.accuracies) for p in report.models[0].points]
+
+    in_memory = points()
+    assert set(folders) == {None}
+    monkeypatch.setattr(models, "LEFT_IN_FILES", 0)
+    assert points() == in_memory
+    assert folders[-1] == str(tmp_path)

@@ -44,6 +44,7 @@ class Variant:
     t_inference: float = 0.0  # seconds since programming, fed to t_inference_input
     fixed_batch: int | None = None  # the batch size the model's input fixes; it then runs at that size
     mask_input: str | None = None  # a token model's attention-mask input, fed Payload.mask
+    folder: str | None = None  # where the model's tensors in external data files lie (a big model's)
 
 
 @dataclass(frozen=True)
@@ -144,10 +145,13 @@ class Evaluator:
         self.sessions: dict[bytes, ort.InferenceSession] = {}  # by the serialized model
 
     def session(self, index: int) -> ort.InferenceSession:
-        model = self.payload.variants[index].model
-        if model not in self.sessions:
-            self.sessions[model] = make_session(model, threads=self.payload.threads)
-        return self.sessions[model]
+        variant = self.payload.variants[index]
+        if variant.model not in self.sessions:
+            if variant.folder is not None:  # a big model's session: one such at a time (units come variant by variant)
+                self.sessions.clear()
+            self.sessions[variant.model] = make_session(variant.model, threads=self.payload.threads,
+                                                        folder=variant.folder)
+        return self.sessions[variant.model]
 
     def run(self, unit: Unit) -> Counts:
         p = self.payload

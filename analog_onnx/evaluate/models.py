@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 from analog_onnx.arguments import expect
@@ -24,6 +25,7 @@ from analog_onnx.transform import (
     in_memory_size,
     load_model,
     read_analog_metadata,
+    read_model,
     standard_model,
     strip_model,
     transform_model,
@@ -35,14 +37,15 @@ ORT_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "t
 ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 MASK_NAMES = ("attention_mask", "mask")  # a token model's second input, fed the data's mask
 MAX_MESSAGE = 2**31 - 1  # protobuf's limit on one serialized message
+LEFT_IN_FILES = MAX_MESSAGE  # a model file over this many bytes keeps its weights in their data files
 
 
 @dataclass
 class PreparedModel:
     name: str
     source: str  # the file, or "<in memory>"
-    clean: onnx.ModelProto
-    analog: onnx.ModelProto
+    clean: onnx.ModelProto | ir.Model  # ir: a model too big for one protobuf message, weights left in files
+    analog: onnx.ModelProto | ir.Model
     config: AnalogConfig
     config_source: str  # "model metadata" or "given"
     noise_scale_input: str
@@ -50,15 +53,28 @@ class PreparedModel:
     normalization: Normalization | None  # from the model's metadata
     notes: list[str] = field(default_factory=list)
     context: int | None = None  # a token model's longest window, from its metadata
+    folder: str | None = None  # where the external data of an ir clean/analog model lies
+
+    def serialized(self, model: onnx.ModelProto | ir.Model) -> bytes:
+        """``model`` (this model's clean or analog form, or a variant of it) as a worker receives it:
+        the graph, with the tensors of a big model referring to their data files in ``folder``."""
+        proto = model if isinstance(model, onnx.ModelProto) else ir.serde.serialize_model(model)
+        if proto.ByteSize() > MAX_MESSAGE:
+            raise ModelError(f"{self.name}: its analog form holds more than 2 GiB in the graph itself (new "
+                             "weights the config computes), which one protobuf message cannot take")
+        return proto.SerializeToString()
 
 
 def prepare_model(model: ModelSource, config: AnalogConfig | None, name: str) -> PreparedModel:
     source = "<in memory>" if isinstance(model, onnx.ModelProto) else str(model)
-    if not isinstance(model, onnx.ModelProto) and (size := in_memory_size(model)) > MAX_MESSAGE:
-        raise ModelError(f"{name} holds {size / 2**30:.1f} GiB: evaluate keeps each model in memory as one "
-                         "protobuf message, which stops at 2 GiB; run a model this size through "
-                         "analog_onnx.runtime.make_session on its transformed file (docs/language-models.md)")
-    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    header, folder = model, None
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    elif in_memory_size(model) > LEFT_IN_FILES:  # the graph in memory, the weights left in their files
+        proto, folder = read_model(model), str(Path(model).resolve().parent)
+        header = onnx.load(str(model), load_external_data=False)
+    else:
+        proto = header = load_model(model)
     meta = read_analog_metadata(proto)
     notes = []
     if meta is None:
@@ -76,7 +92,7 @@ def prepare_model(model: ModelSource, config: AnalogConfig | None, name: str) ->
             analog, config_source = transform_model(clean, config), "given"
     final = read_analog_metadata(analog)
     return PreparedModel(name, source, clean, analog, config, config_source, final.noise_scale_input,
-                         final.seed_input, from_model(proto), notes, token_context(proto))
+                         final.seed_input, from_model(header), notes, token_context(header), folder)
 
 
 def model_sources(models: Any) -> list[ModelSource]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from analog_onnx.arguments import check_fields, expect, numbers, spelled
 from analog_onnx.config import AnalogConfig, ConfigLike, named_config
@@ -133,7 +134,7 @@ def prepare_targets(sources: Sequence[ModelSource], names: Sequence[str], config
     sessions = []
     for source, name in zip(sources, names, strict=True):
         model = prepare_model(source, config, name)
-        session = make_session(model.clean, threads=settings.threads)
+        session = make_session(model.serialized(model.clean), threads=settings.threads, folder=model.folder)
         io = model_io(session, name, tokens=data.is_tokens)
         normalization = flags or model.normalization
         x = fit_tokens(data, io, flags, name, model.context) if data.is_tokens else \
@@ -151,12 +152,13 @@ def prepare_targets(sources: Sequence[ModelSource], names: Sequence[str], config
         targets.append(Target(model, io, keys.index(key), normalization, num_outputs))
         sessions.append(session)
     top_k = effective_top_k(settings, targets)
-    clean = [Variant(t.model.clean.SerializeToString(), t.io.input_name, t.io.output_name, t.inputs_index,
-                     None, None, fixed_batch=t.io.input_shape[0], mask_input=t.io.mask_name) for t in targets]
+    clean = [Variant(t.model.serialized(t.model.clean), t.io.input_name, t.io.output_name, t.inputs_index,
+                     None, None, fixed_batch=t.io.input_shape[0], mask_input=t.io.mask_name, folder=t.model.folder)
+             for t in targets]
     payload = Payload(tuple(clean), tuple(inputs), data.y, settings.batch_size, top_k, settings.seed or 0,
                       settings.threads, mask=attention_mask(data))
     evaluator = Evaluator(payload)
-    evaluator.sessions.update(enumerate(sessions))  # reuse the probing sessions
+    evaluator.sessions.update({v.model: s for v, s in zip(clean, sessions, strict=True)})  # reuse the probing ones
     for index, target in enumerate(targets):
         target.clean = evaluator.run(Unit(index, 0, 0, 0.0))
     return targets, inputs
@@ -270,15 +272,16 @@ def run_grid(variants: list[Variant], inputs: list[np.ndarray], labels: np.ndarr
     return points
 
 
-def analog_variant(target: Target, analog: onnx.ModelProto | None = None) -> Variant:
+def analog_variant(target: Target, analog: onnx.ModelProto | ir.Model | None = None) -> Variant:
     """The variant that runs ``analog`` (default: the target's analog model) on the target's inputs,
     at the model's own ``t_inference`` (another time is ``replace(variant, t_inference=...)``)."""
     analog = analog if analog is not None else target.model.analog
     meta = read_analog_metadata(analog)
     t_input = meta.inputs.get("t_inference") if meta.config.device.enabled else None
-    return Variant(analog.SerializeToString(), target.io.input_name, target.io.output_name, target.inputs_index,
-                   meta.noise_scale_input, meta.seed_input, meta.inputs.get("chip_seed"), t_input,
-                   meta.config.t_inference, fixed_batch=target.io.input_shape[0], mask_input=target.io.mask_name)
+    return Variant(target.model.serialized(analog), target.io.input_name, target.io.output_name,
+                   target.inputs_index, meta.noise_scale_input, meta.seed_input, meta.inputs.get("chip_seed"),
+                   t_input, meta.config.t_inference, fixed_batch=target.io.input_shape[0],
+                   mask_input=target.io.mask_name, folder=target.model.folder)
 
 
 def data_summary(dataset: Dataset, spec: str, split: str, limit: int | None) -> dict[str, Any]:
