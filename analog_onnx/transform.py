@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -299,17 +300,31 @@ def _parsed(path: Path, read: Callable[[str], onnx.ModelProto | ir.Model]) -> An
 
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Read an ONNX file with its external data into memory; any problem is one clear ModelError."""
+    return load_model_within(path, math.inf)
+
+
+def load_model_within(path: str | Path, limit: float) -> onnx.ModelProto | ir.Model:
+    """``load_model``'s model, or ``read_model``'s graph (weights left in their data files) when
+    the file and the external data its tensors name pass ``limit`` bytes. The file is parsed once
+    for a model within it, as ``load_model`` parses it."""
     path = _checked_file(path)
-    return _parsed(path, onnx.load)
+    model = _parsed(path, lambda name: onnx.load(name, load_external_data=False))
+    external = sum(_external_bytes(t) for t in model.graph.initializer
+                   if t.data_location == onnx.TensorProto.EXTERNAL)
+    if path.stat().st_size + external > limit:
+        return read_model(path)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as e:  # a missing, truncated or foreign data file
+        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
+    return model
 
 
-def in_memory_size(path: str | Path) -> int:
-    """Bytes ``load_model`` would hold: the file and the external data its tensors name (the
-    graph is read; the weights stay on disk)."""
-    model = read_model(path)
-    external = sum(t.const_value.nbytes for t in model.graph.initializers.values()
-                   if isinstance(t.const_value, ir.ExternalTensor))
-    return Path(path).stat().st_size + external
+def _external_bytes(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def read_model(path: str | Path) -> ir.Model:

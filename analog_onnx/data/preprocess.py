@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from analog_onnx.arguments import float32_problem
 from analog_onnx.errors import AnalogError
+
+if TYPE_CHECKING:  # onnx_ir is imported by the commands that read a model with it
+    import onnx_ir as ir
 
 PREPROCESS_KEY = "analog_onnx.preprocess"
 TOKENS_KEY = "analog_onnx.tokens"  # a token model's {"vocab_size": V, "context": T}: its longest window
@@ -56,9 +59,14 @@ class Normalization:
         return {"mean": list(self.mean), "std": list(self.std), "source": self.source}
 
 
-def from_model(model: onnx.ModelProto) -> Normalization | None:
+def _metadata(model: onnx.ModelProto | ir.Model, key: str) -> str | None:
+    props = model.metadata_props
+    return props.get(key) if isinstance(props, dict) else next((p.value for p in props if p.key == key), None)
+
+
+def from_model(model: onnx.ModelProto | ir.Model) -> Normalization | None:
     """The model's ``analog_onnx.preprocess`` metadata, if it has one."""
-    raw = next((p.value for p in model.metadata_props if p.key == PREPROCESS_KEY), None)
+    raw = _metadata(model, PREPROCESS_KEY)
     if raw is None:
         return None
     try:
@@ -69,9 +77,9 @@ def from_model(model: onnx.ModelProto) -> Normalization | None:
         raise AnalogError(f"model metadata {PREPROCESS_KEY} is not {{\"mean\": [...], \"std\": [...]}}: {e}") from None
 
 
-def token_context(model: onnx.ModelProto) -> int | None:
+def token_context(model: onnx.ModelProto | ir.Model) -> int | None:
     """The longest window a token model accepts, from its ``analog_onnx.tokens`` metadata."""
-    raw = next((p.value for p in model.metadata_props if p.key == TOKENS_KEY), None)
+    raw = _metadata(model, TOKENS_KEY)
     if raw is None:
         return None
     try:

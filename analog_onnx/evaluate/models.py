@@ -22,10 +22,8 @@ from analog_onnx.config import AnalogConfig
 from analog_onnx.data.preprocess import Normalization, from_model, token_context
 from analog_onnx.errors import ModelError
 from analog_onnx.transform import (
-    in_memory_size,
-    load_model,
+    load_model_within,
     read_analog_metadata,
-    read_model,
     standard_model,
     strip_model,
     transform_model,
@@ -60,21 +58,15 @@ class PreparedModel:
         the graph, with the tensors of a big model referring to their data files in ``folder``."""
         proto = model if isinstance(model, onnx.ModelProto) else ir.serde.serialize_model(model)
         if proto.ByteSize() > MAX_MESSAGE:
-            raise ModelError(f"{self.name}: its analog form holds more than 2 GiB in the graph itself (new "
-                             "weights the config computes), which one protobuf message cannot take")
+            raise ModelError(f"{self.name}: the graph itself holds more than 2 GiB (weights the config "
+                             "computes), which one protobuf message cannot take")
         return proto.SerializeToString()
 
 
 def prepare_model(model: ModelSource, config: AnalogConfig | None, name: str) -> PreparedModel:
     source = "<in memory>" if isinstance(model, onnx.ModelProto) else str(model)
-    header, folder = model, None
-    if isinstance(model, onnx.ModelProto):
-        proto = model
-    elif in_memory_size(model) > LEFT_IN_FILES:  # the graph in memory, the weights left in their files
-        proto, folder = read_model(model), str(Path(model).resolve().parent)
-        header = onnx.load(str(model), load_external_data=False)
-    else:
-        proto = header = load_model(model)
+    proto = model if isinstance(model, onnx.ModelProto) else load_model_within(model, LEFT_IN_FILES)
+    folder = str(Path(model).resolve().parent) if isinstance(proto, ir.Model) else None  # weights in their files
     meta = read_analog_metadata(proto)
     notes = []
     if meta is None:
@@ -92,7 +84,7 @@ def prepare_model(model: ModelSource, config: AnalogConfig | None, name: str) ->
             analog, config_source = transform_model(clean, config), "given"
     final = read_analog_metadata(analog)
     return PreparedModel(name, source, clean, analog, config, config_source, final.noise_scale_input,
-                         final.seed_input, from_model(header), notes, token_context(header), folder)
+                         final.seed_input, from_model(proto), notes, token_context(proto), folder)
 
 
 def model_sources(models: Any) -> list[ModelSource]:
