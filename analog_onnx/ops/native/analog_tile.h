@@ -264,7 +264,7 @@ class TileBlock {
     if (input_.raw_panel() != nullptr) return input_.raw_panel();
     // the weight noise reads the panel (column_sigma), so there must be one
     if (l_.sigma_w == 0.0f && input_.slab_rows(slab_bases_, &slab_offsets_)) return nullptr;
-    input_.pack(b_.panel.data(), [](VecF x, size_t) { return x; });
+    input_.pack(b_.panel.data(), [](size_t) { return [](VecF x) { return x; }; });
     return b_.panel.data();
   }
 
@@ -274,7 +274,10 @@ class TileBlock {
     const float* inverse = b_.inverse.data();
     if (!l_.dac.grid) {  // std::min(std::max(x * scale, -bound), bound), a NaN kept
       const VecF high = vec_broadcast(l_.dac.bound), low = vec_broadcast(-l_.dac.bound);
-      input_.pack(panel, [=](VecF x, size_t p) { return vec_min(high, vec_max(low, vec_mul(x, vec_load(inverse + p)))); });
+      input_.pack(panel, [=](size_t p) {
+        const VecF scale = vec_load(inverse + p);
+        return [=](VecF x) { return vec_min(high, vec_max(low, vec_mul(x, scale))); };
+      });
       return panel;
     }
     // level(x * scale) from one product, x * (scale / step): it is at most 4 ulp from the quotient
@@ -287,12 +290,13 @@ class TileBlock {
     const float inverse_step = 1.0f / l_.dac.step;
     for (size_t p = 0; p < count_; ++p) quotient[p] = inverse[p] * inverse_step;
     const bool clip = !l_.s.noise_management || l_.dac.bound < 1.0f;
-    input_.pack(panel, [=](VecF x, size_t p) {
-      const VecF q = vec_mul(x, vec_load(quotient + p)), r = vec_round(q);
-      const VecF level = vec_all_greater(dac.near, vec_abs(vec_sub(q, r)))
-                             ? r
-                             : vec_round(vec_div(vec_mul(x, vec_load(inverse + p)), dac.step));
-      return clip ? dac.clip_level(level) : vec_mul(level, dac.step);
+    input_.pack(panel, [=](size_t p) {
+      const VecF quotient_p = vec_load(quotient + p), inverse_p = vec_load(inverse + p);
+      return [=](VecF x) {
+        const VecF q = vec_mul(x, quotient_p), r = vec_round(q);
+        const VecF level = vec_all_greater(dac.near, vec_abs(vec_sub(q, r))) ? r : vec_round(vec_div(vec_mul(x, inverse_p), dac.step));
+        return clip ? dac.clip_level(level) : vec_mul(level, dac.step);
+      };
     });
     return panel;
   }

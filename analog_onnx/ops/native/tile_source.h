@@ -113,22 +113,33 @@ class BlockInput {
     });
   }
 
-  // panel[e][p] = f(x[e][p..p + kLanes), p) for every element e of the tile and every column,
-  // a SIMD vector of columns at a time (p a column where a vector starts). (Everything the loops
-  // use is captured by value: the vector stores may alias any memory, so what they read through a
-  // reference would be loaded again for every vector.)
-  template <typename F>
-  void pack(float* panel, F f) const {
-    const size_t elements = end_ - begin_;
+  // panel[e][p] = column(p)(x[e][p..p + kLanes)) for every element e of the tile and every column,
+  // a SIMD vector of columns at a time (p a column where a vector starts): column(p) makes the
+  // function of one vector of columns, its constants in registers for all the elements. Where runs
+  // of a convolution are shorter than a vector, the next run's vector overwrites the lanes past
+  // the previous one's end. (Everything the loops use is captured by value: the vector stores may
+  // alias any memory, so what they read through a reference would be loaded again for every vector.)
+  template <typename Column>
+  void pack(float* panel, Column column) const {
+    const size_t elements = end_ - begin_, ld = ld_;
     if (!slab_) {
-      for (size_t e = 0; e < elements; ++e)
-        for (size_t p = 0; p < count_; p += kLanes) vec_store(panel + e * ld_ + p, f(vec_load(b_.raw.data() + e * ld_ + p), p));
+      const float* raw = b_.raw.data();
+      for (size_t p = 0; p < count_; p += kLanes) {
+        const auto f = column(p);
+        for (size_t e = 0; e < elements; ++e) vec_store(panel + e * ld + p, f(vec_load(raw + e * ld + p)));
+      }
       return;
     }
     for_each_run([=](const Run& run, int64_t vectors, auto read) {
-      for (size_t e = 0; e < elements; ++e) {
-        float* row = panel + e * ld_ + run.column;
-        for (int64_t v = 0; v < vectors; ++v) store(row, run.column, v, f(read(e, v), run.column + v * kLanes));
+      for (int64_t v = 0; v < vectors; ++v) {
+        const size_t p = run.column + static_cast<size_t>(v) * kLanes;
+        const auto f = column(p);
+        float* to = panel + p;
+        if (p + kLanes <= ld) {
+          for (size_t e = 0; e < elements; ++e) vec_store(to + e * ld, f(read(e, v)));
+        } else {  // the block's last vector: nothing is written past column ld
+          for (size_t e = 0; e < elements; ++e) vec_store_first(to + e * ld, f(read(e, v)), ld - p);
+        }
       }
     });
   }
