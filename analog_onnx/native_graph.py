@@ -14,6 +14,11 @@ running anywhere through its function bodies.
   over the activations. ``MvmOutputEpilogue`` applies them per channel in MvmOutput's own pass,
   the tiles in theirs; a scalar known only at run time that multiplies the output first (a drift
   compensation factor) joins the epilogue's scale.
+- ``fuse_residuals``: a residual network adds each block's input to its last convolution's
+  output and then applies a ReLU, two more passes over the activations that onnxruntime fuses
+  into its own Conv. An ``AnalogTileConv`` whose output only that ``Add`` reads takes the other
+  summand as its input R (when shape inference proves it the output's shape) and the ``Relu``
+  after it, in its own pass.
 - ``fuse_noise_chains``: activation noise (``hardening-additive``) puts a ``Noise`` after every
   convolution, BatchNormalization and ReLU, so each of them, and each Noise, is a pass of its own.
   ``NoiseChain`` runs a Noise and the elementwise steps after it (more Noise, inference
@@ -65,6 +70,7 @@ def prepare(model: ModelLike, folder: str | Path | None = None) -> ModelLike:
     changed = _fold_constant_quantizers(work)
     changed = _fuse_tile_convolutions(work) or changed
     changed = _fuse_epilogues(work) or changed
+    changed = _fuse_residuals(work) or changed
     changed = _fuse_noise_chains(work) or changed
     changed = _drop_unused_nodes(work) or changed
     changed = _order_device_weights(work) or changed
@@ -351,6 +357,29 @@ def _fuse(graph: ir.Graph, names: Names, node: ir.Node, factor: list[ir.Node], c
     _take_the_place(graph, [node, *steps], fused)
 
 
+def _fuse_residuals(model: ir.Model) -> bool:
+    graph, shapes = model.graph, _InferredShapes(model)
+    fused = False
+    for node in list(graph):
+        if not _is_ours(node, "AnalogTileConv") or len(node.inputs) != 6 or None in node.inputs[4:] \
+                or _attributes(node).get("relu"):
+            continue
+        add = _only_consumer(graph, node.outputs[0])
+        if add is None or add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2:
+            continue
+        residual = _other_input(add, node.outputs[0])
+        if residual is None or residual is node.outputs[0] or not shapes.same(node.outputs[0], residual) \
+                or not shapes.same(node.outputs[0], add.outputs[0]):
+            continue
+        relu = _only_consumer(graph, add.outputs[0])
+        steps = [node, add] + ([relu] if relu is not None and relu.op_type == "Relu" and relu.domain == "" else [])
+        tile = ir.node("AnalogTileConv", [*node.inputs, residual], {**_attributes(node), "relu": int(len(steps) == 3)},
+                       domain=DOMAIN, name=node.name)
+        _take_the_place(graph, steps, tile)
+        fused = True
+    return fused
+
+
 def _order_device_weights(model: ir.Model) -> bool:
     graph, ordered = model.graph, False
     for node in [n for n in graph if _is_ours(n, "DeviceWeights") and len(n.inputs) == 5]:
@@ -522,6 +551,10 @@ def _inferred_shapes(model: ir.Model) -> dict[str, tuple[int | str, ...]]:
     for node in proto.graph.node:
         if node.domain == DOMAIN and node.op_type in _SHAPE_KEEPING:
             node.CopyFrom(onnx.helper.make_node("Identity", node.input[:1], node.output[:1], name=node.name))
+        elif node.domain == DOMAIN and node.op_type == "AnalogTileConv":  # the convolution it computes
+            geometry = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute
+                        if a.name in ("pads", "strides", "dilations")}
+            node.CopyFrom(onnx.helper.make_node("Conv", node.input[:2], node.output[:1], name=node.name, **geometry))
     try:
         inferred = onnx.shape_inference.infer_shapes(proto).graph
     except onnx.shape_inference.InferenceError:

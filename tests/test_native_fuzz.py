@@ -276,8 +276,14 @@ def conv_feeds(op: OpSchema, rng: np.random.Generator, values: dict) -> dict[str
     kh, kw = (int(rng.choice([0, 1, 2, 3])) for _ in range(2))
     x = data(rng, (int(rng.choice([0, 1, 2])), c if rng.random() < 0.9 else c + 1, int(rng.choice([0, 1, 5, 9])),
                    int(rng.choice([1, 4, 7]))))
-    return {"X": wrong_dtype(rng, x), "W": data(rng, (m, c, kh, kw)), **controls(rng),
-            "scale": data(rng, (m,)), "shift": data(rng, (m,))}
+    feeds = {"X": wrong_dtype(rng, x), "W": data(rng, (m, c, kh, kw)), **controls(rng),
+             "scale": data(rng, (m,)), "shift": data(rng, (m,))}
+    output = conv_output_shape(values, feeds)
+    if rng.random() < 0.3:  # a residual of the output's shape, or of another
+        r = output if output is not None and rng.random() < 0.6 else shape(rng)
+        feeds["R"] = data(rng, tuple(r)) if conv_output_elements(values, feeds) is not None \
+            and int(np.prod(r, dtype=object)) <= MAX_OUTPUT else None
+    return feeds
 
 
 def stored_feeds(op: OpSchema, rng: np.random.Generator, values: dict) -> dict[str, np.ndarray | None]:
@@ -290,8 +296,9 @@ FEEDS = {"Noise": elementwise_feeds, "Quantize": elementwise_feeds, "MvmInput": 
          "AnalogTileConv": conv_feeds, "StoredWeights": stored_feeds}
 
 
-def conv_output_elements(values: dict, feeds: dict) -> int | None:
-    """Elements of AnalogTileConv's output, or None when they do not fit in int64 (the kernel refuses)."""
+def conv_output_shape(values: dict, feeds: dict) -> list[int] | None:
+    """AnalogTileConv's output shape [N, M, OH, OW] (sizes below 0 as 0), or None where the
+    attributes give none."""
     x, w = feeds["X"].shape, feeds["W"].shape
     pads, strides, dilations = (values.get(k, d) for k, d in (("pads", [0] * 4), ("strides", [1, 1]),
                                                                 ("dilations", [1, 1])))
@@ -299,9 +306,17 @@ def conv_output_elements(values: dict, feeds: dict) -> int | None:
         sizes = [(x[2 + i] + pads[i] + pads[i + 2] - dilations[i] * (w[2 + i] - 1) - 1) // strides[i] + 1
                  for i in range(2)]
     except (TypeError, IndexError, ZeroDivisionError):
+        return None
+    return [x[0], w[0], max(sizes[0], 0), max(sizes[1], 0)]
+
+
+def conv_output_elements(values: dict, feeds: dict) -> int | None:
+    """Elements of AnalogTileConv's output, or None when they do not fit in int64 (the kernel refuses)."""
+    output = conv_output_shape(values, feeds)
+    if output is None:
         return 0
-    total = x[0] * w[0] * max(sizes[0], 0) * max(sizes[1], 0)
-    return None if total > I64.max or x[0] * sizes[0] * sizes[1] > I64.max else total
+    total = int(np.prod(output, dtype=object))
+    return None if total > I64.max or output[0] * output[2] * output[3] > I64.max else total
 
 
 def expected_output_elements(op: OpSchema, values: dict, feeds: dict) -> int | None:

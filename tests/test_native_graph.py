@@ -55,9 +55,11 @@ def test_fused_epilogues_compute_what_the_layers_they_replace_do(preset, rng):
         return
     if preset == "aihwkit-pcm":
         feeds |= {"chip_seed": np.array(2, np.int64), "t_inference": np.array(3600.0, np.float32)}
-    # conv1 takes BN + ReLU; conv2 its bias + BN but not the residual Add; the Gemm its bias + ReLU
-    assert [e["relu"] for e in epilogues(fused)] == [1, 0, 1]
-    assert not any(n.op_type == "BatchNormalization" for n in fused.graph.node)
+    # conv1 takes BN + ReLU; conv2 its bias + BN, then the residual Add and its ReLU; the Gemm its bias + ReLU
+    assert [e["relu"] for e in epilogues(fused)] == [1, 1, 1]
+    assert not any(n.op_type in ("BatchNormalization", "Add", "Relu") for n in fused.graph.node)
+    conv1, conv2 = [n for n in fused.graph.node if n.op_type == "AnalogTileConv"]
+    assert len(conv2.input) == 7 and conv2.input[6] == conv1.output[0]
     readers = {name: n.op_type for n in fused.graph.node for name in n.input}
     products = [n for n in fused.graph.node if n.op_type == "Mul"]  # drift compensation: only on the scales
     assert [readers[n.output[0]] for n in products] == (["AnalogTileConv", "AnalogTileConv", "AnalogTileEpilogue"]
@@ -93,12 +95,13 @@ def test_only_private_per_channel_inference_chains_fuse(rng):
     assert [e["relu"] for e in epilogues(prepare(training))] == [0, 1]  # conv1's BN computes batch stats
 
     model = transform_model(residual_block(rng), load_preset("aihwkit-default"))
-    # conv1's output also read elsewhere (a graph output, a branch of an If): that tile stays as it is
+    # conv1's output also read elsewhere (a graph output, a branch of an If): that tile stays as it
+    # is (conv2 takes its residual Add and ReLU: relu 1)
     shared = next(n.output[0] for n in model.graph.node if n.output[0].endswith("analog_nchw"))
     as_output = onnx.ModelProto()
     as_output.CopyFrom(model)
     as_output.graph.output.append(h.make_tensor_value_info(shared, TensorProto.FLOAT, None))
-    assert [e["relu"] for e in epilogues(prepare(as_output))] == [0, 1]
+    assert [e["relu"] for e in epilogues(prepare(as_output))] == [1, 1]
 
     branch = h.make_graph([h.make_node("Identity", [shared], ["inner"])], "branch", [],
                           [h.make_tensor_value_info("inner", TensorProto.FLOAT, None)])
@@ -106,7 +109,7 @@ def test_only_private_per_channel_inference_chains_fuse(rng):
     model.graph.node.append(h.make_node("If", ["always"], ["picked"], then_branch=branch, else_branch=branch))
     model.graph.output.append(h.make_tensor_value_info("picked", TensorProto.FLOAT, None))
     fused = prepare(model)
-    assert [e["relu"] for e in epilogues(fused)] == [0, 1]
+    assert [e["relu"] for e in epilogues(fused)] == [1, 1]
     feeds = {"x": rng.standard_normal((2, 3, 6, 6)).astype(np.float32), "seed": np.array(4, np.int64)}
     for got, want in zip(ort.InferenceSession(fused.SerializeToString(), session_options(native=True)).run(None, feeds),
                          ort.InferenceSession(model.SerializeToString(), session_options(native=True)).run(None, feeds),
@@ -132,6 +135,62 @@ def test_prepare_leaves_a_model_without_analog_ops_alone(exported_models):
     assert prepare(model) is model
     assert not any(n.domain == DOMAIN for n in model.graph.node)
 
+
+
+def residual_feeds(rng: np.random.Generator) -> dict:
+    return {"x": rng.standard_normal((3, 3, 6, 6)).astype(np.float32), "seed": np.array(4, np.int64)}
+
+
+def without_residual_fusion(model: onnx.ModelProto, monkeypatch) -> onnx.ModelProto:
+    with monkeypatch.context() as patch:
+        patch.setattr("analog_onnx.native_graph._fuse_residuals", lambda work: False)
+        return prepare(model)
+
+
+@pytest.mark.parametrize("preset", ["aihwkit-default", "aihwkit-pcm"])
+def test_a_fused_residual_gives_the_same_bits_as_the_add_and_relu(preset, rng, monkeypatch):
+    model = transform_model(residual_block(rng), load_preset(preset))
+    feeds = residual_feeds(rng)
+    if preset == "aihwkit-pcm":
+        feeds |= {"chip_seed": np.array(2, np.int64), "t_inference": np.array(3600.0, np.float32)}
+    fused, unfused = prepare(model), without_residual_fusion(model, monkeypatch)
+    assert [n.op_type for n in unfused.graph.node].count("Add") == 1
+    assert np.array_equal(run_native(fused, feeds), run_native(unfused, feeds))
+
+
+def residual_block_with(rng: np.random.Generator, other: str, shape: list, relu: bool = True) -> onnx.ModelProto:
+    """residual_block with the residual Add's other summand replaced by graph input ``other`` of
+    ``shape`` (and, without ``relu``, the Add's output read by the pooling directly)."""
+    model = residual_block(rng)
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    add.input[1] = other
+    model.graph.input.append(h.make_tensor_value_info(other, TensorProto.FLOAT, shape))
+    if not relu:
+        model.graph.node.remove(next(n for n in model.graph.node if n.op_type == "Relu" and n.input[0] == "a2"))
+        next(n for n in model.graph.node if n.op_type == "GlobalAveragePool").input[0] = "a2"
+    return model
+
+
+@pytest.mark.parametrize(("shape", "fuses"), [(["n", 4, 6, 6], True), ([1, 4, 1, 1], False), ([4, 6, 6], False),
+                                              (None, False), (["m", 4, 6, 6], False)])
+def test_only_a_summand_proven_of_the_output_shape_joins_the_tile(rng, shape, fuses, monkeypatch):
+    """A broadcast summand, or one whose shape inference cannot prove equal (unknown rank, another
+    batch name), stays a separate Add: the tile adds R element for element."""
+    model = transform_model(residual_block_with(rng, "r", shape), load_preset("aihwkit-default"))
+    fused = prepare(model)
+    assert ("Add" not in [n.op_type for n in fused.graph.node]) == fuses
+    r_shape = [3 if d in ("n", "m") else d for d in (shape or [3, 4, 6, 6])]
+    feeds = residual_feeds(rng) | {"r": rng.standard_normal(r_shape).astype(np.float32)}
+    assert np.array_equal(run_native(fused, feeds), run_native(without_residual_fusion(model, monkeypatch), feeds))
+
+
+def test_a_residual_without_relu_joins_alone(rng, monkeypatch):
+    model = transform_model(residual_block_with(rng, "r", ["n", 4, 6, 6], relu=False), load_preset("aihwkit-default"))
+    fused = prepare(model)
+    conv2 = [n for n in fused.graph.node if n.op_type == "AnalogTileConv"][1]
+    assert conv2.input[6] == "r" and {a.name: a.i for a in conv2.attribute}["relu"] == 0
+    feeds = residual_feeds(rng) | {"r": rng.standard_normal((3, 4, 6, 6)).astype(np.float32)}
+    assert np.array_equal(run_native(fused, feeds), run_native(without_residual_fusion(model, monkeypatch), feeds))
 
 
 @pytest.mark.parametrize(("shape", "fuses"), [([], True), ([1], True), ([4], False)])

@@ -223,7 +223,7 @@ OPS: tuple[OpSchema, ...] = (
              {**_TILE_ATTRIBUTES, "relu": 0, **_STORED_WEIGHTS},
              {**_TILE_INTERVALS, **_EPILOGUE, **_STORED_WEIGHTS_INTERVALS}, sigmas=_TILE_SIGMAS,
              native_only=True, product=True),
-    OpSchema("AnalogTileConv", ("X", "W", "noise_scale", "seed", "scale", "shift"), ("Y",),
+    OpSchema("AnalogTileConv", ("X", "W", "noise_scale", "seed", "scale", "shift", "R"), ("Y",),
              {**_TILE_ATTRIBUTES, "pads": (0, 0, 0, 0), "strides": (1, 1), "dilations": (1, 1), "relu": 0},
              {**_TILE_INTERVALS, "pads": PADDING, "strides": GEOMETRY, "dilations": GEOMETRY, **_EPILOGUE},
              sigmas=_TILE_SIGMAS, native_only=True, product=True),

@@ -700,14 +700,18 @@ class AnalogTileEpilogueKernel : public AnalogTileKernel {
 
 // AnalogTileConv (native sessions only): a 2-D Conv (group 1) as AnalogTile on its im2col patches,
 // read from the NCHW input and written to the NCHW output, with the per-channel epilogue of
-// inputs 4 and 5 (native_graph.fuse_tile_convolutions).
+// inputs 4 and 5 (native_graph.fuse_tile_convolutions) and the residual input R of the output's
+// shape added before the ReLU (native_graph.fuse_residuals).
 class AnalogTileConvKernel : public AnalogTileKernel {
  public:
   explicit AnalogTileConvKernel(const OrtKernelInfo* info)
       : AnalogTileKernel(info, "AnalogTileConv"),
         pads_(attributes(info).integers("pads")),
         strides_(attributes(info).integers("strides")),
-        dilations_(attributes(info).integers("dilations")) {}
+        dilations_(attributes(info).integers("dilations")),
+        residual_(has_input(info, 6)) {
+    if (residual_ && !epilogue_) fail("R needs the epilogue's inputs scale and shift");
+  }
 
   void compute(OrtKernelContext* context) const override {
     const InputTensor x = tensor(context, 0, "X"), w = tensor(context, 1, "W");
@@ -729,8 +733,15 @@ class AnalogTileConvKernel : public AnalogTileKernel {
     const int64_t vectors = checked_product(checked_product(x.shape.dims[0], src.out_h, "the output size"), src.out_w,
                                             "the output size");
     float* out = output_tensor(context, 0, {x.shape.dims[0], outputs, src.out_h, src.out_w});
+    ChannelEpilogue epilogue = channel_epilogue(context, outputs);
+    if (residual_) {
+      const InputTensor r = tensor(context, 6, "R");
+      if (r.shape.dims != std::vector<int64_t>{x.shape.dims[0], outputs, src.out_h, src.out_w}) {
+        fail("R must have the output's shape");
+      }
+      epilogue.residual = r.data;
+    }
     if (vectors == 0 || outputs == 0) return;  // an empty output
-    const ChannelEpilogue epilogue = channel_epilogue(context, outputs);
     std::vector<PackedTile> fresh;
     analog_tile(context, src, packed(w, static_cast<size_t>(outputs), src.k, fresh), static_cast<size_t>(outputs),
                 static_cast<size_t>(vectors), settings_, scale, run_seed, epilogue_ ? &epilogue : nullptr, out);
@@ -748,6 +759,7 @@ class AnalogTileConvKernel : public AnalogTileKernel {
   }
 
   std::vector<int64_t> pads_, strides_, dilations_;
+  bool residual_;
 };
 
 // StoredWeights (native sessions only): a weight read from the model's data file at each run, so
@@ -801,8 +813,8 @@ const std::vector<KernelEntry>& kernel_entries() {
       // W is left out when the kernel reads it from the data file; scale and shift without an epilogue
       entry<AnalogTileEpilogueKernel>("AnalogTileEpilogue", {kAny, kFloat, kFloat, kInt64, kFloat, kFloat}, {kAny},
                                       OutputShape::kTile, {1, 4, 5}),
-      entry<AnalogTileConvKernel>("AnalogTileConv", {kAny, kFloat, kFloat, kInt64, kFloat, kFloat}, {kAny},
-                                  OutputShape::kTile),
+      entry<AnalogTileConvKernel>("AnalogTileConv", {kAny, kFloat, kFloat, kInt64, kFloat, kFloat, kFloat}, {kAny},
+                                  OutputShape::kTile, {6}),
       entry<StoredWeightsKernel>("StoredWeights", {kAny}, {kFloat}, OutputShape::kStored, {0}),
   };
   return entries;

@@ -115,14 +115,18 @@ struct Converter {
   }
 };
 
-// The layer's digital epilogue per output channel (native_graph.fuse_epilogues): y*scale + shift, ReLU.
+// The layer's digital epilogue per output channel (native_graph.fuse_epilogues): y*scale + shift,
+// then a residual input of the output's shape added (native_graph.fuse_residuals), then ReLU.
 struct ChannelEpilogue {
   const float* scale;
   const float* shift;
   bool relu;
-  // std::max(y * scale[m] + shift[m], 0.0f) (or without the ReLU) on every lane
-  VecF apply(VecF y, size_t m) const {
-    const VecF v = vec_add(vec_mul(y, vec_broadcast(scale[m])), vec_broadcast(shift[m]));
+  const float* residual = nullptr;  // laid out as the output, or nullptr
+  // std::max(y * scale[m] + shift[m] (+ residual), 0.0f) (or without the ReLU) on every lane; `at`:
+  // where the lanes go in the output, `lanes` of them (the residual is read no further)
+  VecF apply(VecF y, size_t m, size_t at, size_t lanes = kLanes) const {
+    VecF v = vec_add(vec_mul(y, vec_broadcast(scale[m])), vec_broadcast(shift[m]));
+    if (residual != nullptr) v = vec_add(v, lanes == kLanes ? vec_load(residual + at) : vec_load_first(residual + at, lanes));
     return relu ? vec_max(vec_zero(), v) : v;
   }
 };
@@ -457,12 +461,13 @@ class TileBlock {
   void write(float* out) const {
     const float* total = b_.total.data();
     const size_t outputs = l_.outputs;
-    auto value = [&](VecF v, size_t m) { return l_.epilogue != nullptr ? l_.epilogue->apply(v, m) : v; };
-    if (!l_.src.conv) {
+    const ChannelEpilogue* epilogue = l_.epilogue;
+    if (!l_.src.conv) {  // (no residual: only a convolution takes one)
       alignas(64) float lane[kLanes];
       for (size_t m = 0; m < outputs; ++m)
         for (size_t p = 0; p < count_; p += kLanes) {
-          vec_store(lane, value(vec_load(total + m * ld + p), m));
+          const VecF v = vec_load(total + m * ld + p);
+          vec_store(lane, epilogue != nullptr ? epilogue->apply(v, m, 0) : v);
           for (size_t i = 0; i < std::min(kLanes, count_ - p); ++i) out[(first_ + p + i) * outputs + m] = lane[i];
         }
       return;
@@ -472,13 +477,19 @@ class TileBlock {
     for (size_t i = 0; i < count_;) {
       const size_t n = first_ + i, image = n / per_image, position = n % per_image;
       const size_t length = std::min(count_ - i, per_image - position);
-      float* base = out + image * outputs * per_image + position;
+      const size_t base = image * outputs * per_image + position;
       for (size_t m = 0; m < outputs; ++m) {
         const float* row = total + m * ld + i;
-        float* to = base + m * per_image;
+        const size_t to = base + m * per_image;
         size_t q = 0;
-        for (; q + kLanes <= length; q += kLanes) vec_store(to + q, value(vec_load(row + q), m));
-        if (q < length) vec_store_first(to + q, value(vec_load(row + q), m), length - q);
+        for (; q + kLanes <= length; q += kLanes) {
+          const VecF v = vec_load(row + q);
+          vec_store(out + to + q, epilogue != nullptr ? epilogue->apply(v, m, to + q) : v);
+        }
+        if (q < length) {
+          const VecF v = vec_load(row + q);
+          vec_store_first(out + to + q, epilogue != nullptr ? epilogue->apply(v, m, to + q, length - q) : v, length - q);
+        }
       }
       i += length;
     }
