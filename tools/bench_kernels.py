@@ -12,7 +12,8 @@ Prints, in one run:
    importable (it is never a dependency). A "pass-through" row runs the ``aihwkit-default``
    graph with every analog op reduced to its cheapest pass: the cost of the structure alone.
    The "no chain fusion" row runs ``hardening-additive`` natively without ``NoiseChain``: each
-   Noise, BatchNormalization and ReLU a pass of its own. The "bound management off" row runs the
+   Noise, BatchNormalization and ReLU a pass of its own; "no residual fusion" runs
+   ``aihwkit-default`` with each residual Add and its ReLU a pass of their own. The "bound management off" row runs the
    native ``aihwkit-default`` with one round per vector: the difference is what the reruns of the
    vectors that saturate the ADC cost. The "no output noise" and "no draws" rows run the same
    graphs without their normals: clean plus what the normals cost is the floor of a preset;
@@ -23,7 +24,8 @@ Prints, in one run:
 ``--baseline LIBRARY`` adds every native row once more with another build of the kernel library
 (say, of the previous commit: ``ANALOG_ONNX_CACHE=DIR analog-onnx kernels build`` with the old
 sources on ``PYTHONPATH``), run in the same interleaved rounds, so that a change is measured
-before and after in one run. ``--no-function-bodies`` leaves out the function-body rows (tens of
+before and after in one run: the baseline runs each graph as prepared before the residual fusion
+(its AnalogTileConv has no input R). ``--no-function-bodies`` leaves out the function-body rows (tens of
 times slower than the rest).
 
 Variants run in interleaved rounds and each reports its fastest round, in wall time and in CPU
@@ -47,6 +49,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import onnx
@@ -215,6 +218,13 @@ def pass_through(model: onnx.ModelProto) -> onnx.ModelProto:
     return with_attributes(model, PASS_THROUGH_FLOATS, PASS_THROUGH_INTS)
 
 
+def without_residual_fusion(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The native graph of ``model`` without native_graph's residual fusion: each residual Add and
+    its ReLU a pass of their own, as before that fusion (and as an older library can run it)."""
+    with mock.patch.object(native_graph, "_fuse_residuals", lambda work: False):
+        return native_graph.prepare(model)
+
+
 def mlp_block(tokens: int, width: int = 768, hidden: int = 3072) -> onnx.ModelProto:
     """A transformer's MLP block on [sequences, tokens, width]: MatMul, bias, GELU (the erf form
     that exporters write at opset 17), MatMul, bias; random weights."""
@@ -275,15 +285,18 @@ def interleaved(runs: dict[str, Callable[[], object]], rounds: int) -> tuple[dic
 
 def bench_network(title: str, variants: dict[str, tuple[onnx.ModelProto, bool]], feeds: dict[str, np.ndarray],
                   threads: int, rounds: int, baseline: str | None,
-                  extra: dict[str, Callable[[], object]] | None = None) -> None:
+                  extra: dict[str, Callable[[], object]] | None = None,
+                  older: dict[str, onnx.ModelProto] | None = None) -> None:
     """Times the variants (model, native) against the first, clean one, in interleaved rounds;
-    every native variant also with the ``baseline`` library when there is one."""
+    every native variant also with the ``baseline`` library when there is one (running the graph
+    of ``older`` where it has one for the variant's label)."""
     runs = {}
     for label, (model, native) in variants.items():
         for suffix, library in {"": None, " [baseline]": baseline if native else None}.items():
             if suffix and library is None:
                 continue
-            session = counted_session(model, threads, native, library)
+            session = counted_session(model if not suffix else (older or {}).get(label, model), threads, native,
+                                      library)
             # the controls have defaults, so onnxruntime lists them as overridable initializers, not inputs
             names = {i.name for i in (*session.get_inputs(), *session.get_overridable_initializers())}
             given = {k: v for k, v in feeds.items() if k in names}
@@ -304,18 +317,24 @@ def bench_resnet(batch: int, threads: int, rounds: int, profile: bool, baseline:
     clean = resnet20()
     x = np.random.default_rng(0).random((batch, *IMAGE), dtype=np.float32)
     variants: dict[str, tuple[onnx.ModelProto, bool]] = {"clean onnxruntime": (clean, False)}
+    older: dict[str, onnx.ModelProto] = {}
+
+    def add_native(label: str, model: onnx.ModelProto) -> None:
+        """``model`` as make_session runs it, and as it ran before the residual fusion."""
+        variants[label] = (native_graph.prepare(model), True)
+        older[label] = without_residual_fusion(model)
+
     for preset in PRESETS:
         analog = transform_model(clean, load_preset(preset))
-        variants[f"{preset}, native"] = (native_graph.prepare(analog), True)  # as make_session runs it
+        add_native(f"{preset}, native", analog)
         if function_bodies:
             variants[f"{preset}, function bodies"] = (analog, False)
         if preset == "aihwkit-default":
             variants["aihwkit-default, native, no epilogue fusion"] = (analog, True)
-            variants["aihwkit-default, pass-through kernels"] = (native_graph.prepare(pass_through(analog)), True)
-            variants["aihwkit-default, native, bound management off"] = (
-                native_graph.prepare(with_attributes(analog, {}, {"bm_rounds": 1})), True)
-            variants["aihwkit-default, native, no output noise"] = (
-                native_graph.prepare(with_attributes(analog, {"out_noise": 0.0}, {})), True)
+            variants["aihwkit-default, native, no residual fusion"] = (without_residual_fusion(analog), True)
+            add_native("aihwkit-default, pass-through kernels", pass_through(analog))
+            add_native("aihwkit-default, native, bound management off", with_attributes(analog, {}, {"bm_rounds": 1}))
+            add_native("aihwkit-default, native, no output noise", with_attributes(analog, {"out_noise": 0.0}, {}))
         if preset == "hardening-additive":  # prepare's other rewrites find nothing in this preset
             variants["hardening-additive, native, no chain fusion"] = (analog, True)
             variants["hardening-additive, native, no draws"] = (
@@ -324,7 +343,7 @@ def bench_resnet(batch: int, threads: int, rounds: int, profile: bool, baseline:
     extra = {"aihwkit TorchInferenceRPUConfig": aihwkit} if aihwkit is not None else {}
     feeds = {clean.graph.input[0].name: x, "seed": np.array(1, np.int64), **CHIP}
     bench_network(f"ResNet-20, batch {batch} of {'x'.join(map(str, IMAGE))}", variants, feeds, threads, rounds,
-                  baseline, extra)
+                  baseline, extra, older)
     if aihwkit is None:
         print("  (aihwkit not importable: its TorchInferenceRPUConfig row is left out)")
     if profile:
