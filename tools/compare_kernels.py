@@ -10,7 +10,8 @@ build`` with the old sources on ``PYTHONPATH``) and running
 ``AnalogTileEpilogue`` and ``AnalogTileConv`` on dense and convolution cases (odd sizes, strides,
 dilations, asymmetric padding, several tiles, saturating bound management, noise on and off, W a
 constant and W an input), every op-schema case of the tile, and a whole ResNet-20 under
-``aihwkit-default`` at a fixed seed, and prints every case whose outputs differ in any bit.
+``aihwkit-default`` at a fixed seed (the old library runs it as prepared before the residual
+fusion, which it may not know), and prints every case whose outputs differ in any bit.
 Exit status 1 when one does.
 """
 
@@ -23,6 +24,7 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
+from bench_kernels import without_residual_fusion
 from onnx import helper, numpy_helper
 
 from analog_onnx import native_graph
@@ -92,7 +94,9 @@ def cases():
         yield f"AnalogTileConv {x.shape} {w.shape} s{stride} p{pads} d{dilation} {label}", model, feeds
 
 
-def resnet20() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def resnet20() -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, np.ndarray]]:
+    """The network as an older library runs it (each residual Add and ReLU a node of its own) and
+    as the current one does (fused into the tiles), and its feeds."""
     import torch
 
     from analog_onnx.train.export import to_onnx
@@ -100,9 +104,10 @@ def resnet20() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
 
     torch.manual_seed(0)
     clean = to_onnx(build_model("resnet20", (3, 32, 32), 10), (3, 32, 32)).model
-    model = native_graph.prepare(transform_model(clean, load_preset("aihwkit-default")))
+    analog = transform_model(clean, load_preset("aihwkit-default"))
     x = np.random.default_rng(0).random((32, 3, 32, 32), dtype=np.float32)
-    return model, {clean.graph.input[0].name: x, "seed": np.array(7, np.int64)}
+    return without_residual_fusion(analog), native_graph.prepare(analog), {clean.graph.input[0].name: x,
+                                                                            "seed": np.array(7, np.int64)}
 
 
 def main() -> None:
@@ -111,8 +116,10 @@ def main() -> None:
     parser.add_argument("new", nargs="?", default=str(library_path()))
     args = parser.parse_args()
     differing = total = 0
-    for name, model, feeds in [*cases(), ("ResNet-20 aihwkit-default, batch 32, seed 7", *resnet20())]:
-        old, new = (session(model, library).run(None, feeds)[0] for library in (args.old, args.new))
+    tiles = [(name, model, model, feeds) for name, model, feeds in cases()]
+    for name, old_model, new_model, feeds in [*tiles, ("ResNet-20 aihwkit-default, batch 32, seed 7", *resnet20())]:
+        old, new = (session(model, library).run(None, feeds)[0]
+                    for model, library in ((old_model, args.old), (new_model, args.new)))
         total += 1
         if old.tobytes() != new.tobytes():
             differing += 1

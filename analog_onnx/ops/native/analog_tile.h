@@ -237,7 +237,6 @@ class TileBlock {
 
   void run(float* out) {
     std::fill(b_.total.begin(), b_.total.end(), 0.0f);
-    l_.src.prefetch(first_ + count_, std::min(kBlockVectors, l_.vectors - first_ - count_));  // the next block
     for (size_t t = 0; t < l_.tiles.size(); ++t) {
       const float* panel = read(l_.tiles[t]);
       for (const auto& [m0, m1] : l_.out_ranges) output_tile(t, m0, m1, panel);

@@ -22,26 +22,6 @@ struct VectorSource {
   int64_t channels = 0, height = 0, width = 0, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, pad_top = 0,
           pad_left = 0, out_h = 1, out_w = 1;
 
-  // Asks for the input rows that vectors [first, first + count) of a convolution read to be brought
-  // into the L2 cache: they lie one channel plane (a page or more) apart, too far apart for the
-  // hardware prefetchers to follow.
-  void prefetch(size_t first, size_t count) const {
-    if (!conv || count == 0) return;
-    const size_t per_image = out_h * out_w, last = first + count - 1;
-    for (size_t image = first / per_image; image <= last / per_image; ++image) {
-      const size_t lo = std::max(first, image * per_image) % per_image;
-      const size_t hi = std::min(last, image * per_image + per_image - 1) % per_image;
-      const int64_t y0 = std::clamp<int64_t>(static_cast<int64_t>(lo / out_w) * sh - pad_top, 0, height);
-      const int64_t y1 = std::clamp<int64_t>(static_cast<int64_t>(hi / out_w) * sh - pad_top + (kh - 1) * dh + 1, 0,
-                                             height);
-      const size_t bytes = static_cast<size_t>(y1 - y0) * width * sizeof(float);
-      for (int64_t c = 0; c < channels; ++c) {
-        const char* rows = reinterpret_cast<const char*>(x + ((image * channels + c) * height + y0) * width);
-        for (size_t offset = 0; offset < bytes; offset += 64) _mm_prefetch(rows + offset, _MM_HINT_T1);
-      }
-    }
-  }
-
   // Elements [begin, end) of the rows [first, first + count) of a dense X into a k-major panel:
   // panel[(e - begin) * ld + i] is element e of vector first + i.
   void read_rows(size_t first, size_t count, size_t begin, size_t end, float* panel, size_t ld) const {
