@@ -193,8 +193,6 @@ class BlockInput {
     const size_t patch = static_cast<size_t>(s.kh * s.kw);
     const size_t c0 = begin_ / patch, c1 = (end_ - 1) / patch + 1;
     const int64_t stride = std::max<int64_t>(s.sw, 1);
-    row_stride_ = ((s.out_w - 1) * s.sw + (s.kw - 1) * s.dw + 1 + static_cast<int64_t>(kLanes) * stride +
-                   static_cast<int64_t>(kLanes) - 1) / static_cast<int64_t>(kLanes) * static_cast<int64_t>(kLanes);
     // runs of consecutive output columns of one output row of one image, and the images' row ranges
     const size_t per_image = s.out_h * s.out_w;
     struct Segment {
@@ -216,13 +214,21 @@ class BlockInput {
       i += length, ow = 0;
       if (++oh == s.out_h) oh = 0, ++image;
     }
+    // a slab row holds the columns the runs' whole vectors read: up to (ow + vectors kLanes) stride
+    // - 1 (stride 2 reads pairs) plus the kernel's reach, in whole vectors
+    constexpr int64_t lanes = static_cast<int64_t>(kLanes);
+    int64_t columns = 0;
+    for (size_t r = 0; r < run_count; ++r) {
+      const int64_t vectors = (static_cast<int64_t>(places[r].length) + lanes - 1) / lanes;
+      columns = std::max(columns, (static_cast<int64_t>(places[r].ow) + vectors * lanes) * stride + (s.kw - 1) * s.dw);
+    }
+    row_stride_ = (columns + lanes - 1) / lanes * lanes;
     int64_t rows = 0;
     for (size_t g = 0; g < segment_count; ++g)
       rows = std::max(rows, (segments[g].last_row - segments[g].first_row) * s.sh + (s.kh - 1) * s.dh + 1);
     plane_ = rows * row_stride_;
     const int64_t segment_size = static_cast<int64_t>(c1 - c0) * plane_;
     b_.slab.resize(static_cast<size_t>(segment_count * segment_size));
-    constexpr int64_t lanes = static_cast<int64_t>(kLanes);
     float* slab = b_.slab.data();
     const float* end = s.x + s.size;
     for (size_t g = 0; g < segment_count; ++g) {
