@@ -281,8 +281,8 @@ def conv_feeds(op: OpSchema, rng: np.random.Generator, values: dict) -> dict[str
     output = conv_output_shape(values, feeds)
     if rng.random() < 0.3:  # a residual of the output's shape, or of another
         r = output if output is not None and rng.random() < 0.6 else shape(rng)
-        feeds["R"] = data(rng, tuple(r)) if conv_output_elements(values, feeds) is not None \
-            and int(np.prod(r, dtype=object)) <= MAX_OUTPUT else None
+        small = int(np.prod([d for d in r if d], dtype=object)) <= MAX_OUTPUT  # numpy can hold it
+        feeds["R"] = data(rng, tuple(r)) if small else None
     return feeds
 
 
@@ -306,6 +306,8 @@ def conv_output_shape(values: dict, feeds: dict) -> list[int] | None:
         sizes = [(x[2 + i] + pads[i] + pads[i + 2] - dilations[i] * (w[2 + i] - 1) - 1) // strides[i] + 1
                  for i in range(2)]
     except (TypeError, IndexError, ZeroDivisionError):
+        return None
+    if not all(isinstance(size, int) for size in sizes):  # attributes of another type: the kernel refuses them
         return None
     return [x[0], w[0], max(sizes[0], 0), max(sizes[1], 0)]
 
