@@ -32,10 +32,11 @@ struct VectorSource {
   }
 };
 
-// peak[i] = max over rows e < rows of |panel[e * ld + i]| (0 for no rows), i < kBlockVectors, as
-// std::max(peak, |x|) in row order would (a NaN never wins); the row in registers.
+// peak[i] = max over rows e < rows of |panel[e * ld + i]| (0 for no rows), i < kDenseBlockVectors
+// (a dense block's raw panel), as std::max(peak, |x|) in row order would (a NaN never wins); the
+// row in registers.
 inline void block_abs_max(const float* panel, size_t rows, size_t ld, float* peak) {
-  constexpr size_t columns = kBlockVectors / kLanes;
+  constexpr size_t columns = kDenseBlockVectors / kLanes;
   VecF m[columns];
   for (size_t j = 0; j < columns; ++j) m[j] = vec_zero();
   for (size_t e = 0; e < rows; ++e)
