@@ -202,7 +202,7 @@ struct TileLayer {
 };
 
 // One block's working memory, kept per pool thread between blocks and calls. Every buffer is
-// output-major or k-major, a row of TileBlock::ld floats (the block's vectors and a SIMD vector
+// output-major or k-major, a row of TileBlock::ld floats (the block's vectors and a cache line
 // more), one vector a column.
 struct Scratch {
   BlockInput::Buffers input;
@@ -224,12 +224,13 @@ struct Columns {
 // NCHW for a convolution), step by step.
 class TileBlock {
  public:
-  // The row of every buffer: the block's vectors and one SIMD vector more, so that consecutive
-  // rows do not fall into the same few cache sets (a row of 192 floats is 12 lines: 3% slower).
+  // The row of every buffer: the block's vectors and a cache line more, so that consecutive rows
+  // do not fall into the same few cache sets (a row of 192 floats is 12 lines: 3% slower), and
+  // every row starts a line (AVX2's vectors are half a line).
   const size_t ld;
 
   TileBlock(const TileLayer& layer, Scratch& b, size_t first, size_t last)
-      : ld((layer.src.conv ? kBlockVectors : kDenseBlockVectors) + kLanes), l_(layer), b_(b), first_(first),
+      : ld((layer.src.conv ? kBlockVectors : kDenseBlockVectors) + kLineFloats), l_(layer), b_(b), first_(first),
         count_(last - first), input_(layer.src, first, last - first, ld, b.input) {
     const size_t widest = l_.widest * ld + kLanes, rows = std::min(padded_rows(l_.outputs), widest_output_tile());
     b_.panel.resize(widest), b_.rerun_panel.resize(widest);

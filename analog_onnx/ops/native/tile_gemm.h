@@ -72,6 +72,7 @@ constexpr size_t kBlockCols = kRegisters == 32 ? 3 : 2;
 // block's panel holds K x vectors: 96 keep it in L2 at K = 512 and give the threads more blocks.
 constexpr size_t kBlockVectors = 192;       // a convolution's (the most a block has)
 constexpr size_t kDenseBlockVectors = 96;   // rows of a dense X
+constexpr size_t kLineFloats = 64 / sizeof(float);  // floats per cache line
 static_assert(kBlockVectors % (kBlockCols * kLanes) == 0 && kDenseBlockVectors % (kBlockCols * kLanes) == 0);
 // Input elements per pass over the panel: a pass reads at most 96 KiB of it for every block of
 // outputs, which stays in L2 however long the layer's tiles are (no gain measured at ResNet-20's
