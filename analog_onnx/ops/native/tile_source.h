@@ -59,6 +59,8 @@ class BlockInput {
     std::vector<float> slab, raw;
     std::vector<int64_t> offsets, corners;  // per element of the tile, per column
     std::vector<Run> runs;
+    std::vector<float> peaks;   // per slab position, the abs-max over the tile's channels
+    std::vector<int64_t> taps;  // per kernel tap, its offset in a plane of peaks
   };
 
   BlockInput(const VectorSource& src, size_t first, size_t count, size_t ld, Buffers& b)
@@ -82,13 +84,20 @@ class BlockInput {
 
   // peak[p] = max over the elements of column p of |x| (0 for none), as std::max(peak, |x|) in
   // element order would (a NaN never wins); columns up to the next whole vector may be written.
-  void abs_max(float* peak) const {
+  // A tile of whole channels takes the max over the channels at each slab position first, then
+  // over the kernel's taps: kh kw reads per vector instead of one per element (max is exact in any
+  // order).
+  void abs_max(float* peak) {
     if (!slab_) return block_abs_max(b_.raw.data(), end_ - begin_, ld_, peak);
-    const size_t elements = end_ - begin_;
-    for_each_run([=](const Run& run, int64_t vectors, auto read) {
+    const size_t patch = static_cast<size_t>(src_.kh * src_.kw);
+    const bool whole_channels = begin_ % patch == 0 && end_ % patch == 0;
+    const float* base = whole_channels ? channel_peaks() : b_.slab.data();
+    const int64_t* offsets = whole_channels ? b_.taps.data() : b_.offsets.data();
+    const size_t reads = whole_channels ? patch : end_ - begin_;
+    for_each_run(base, offsets, whole_channels, [=](const Run& run, int64_t vectors, auto read) {
       for (int64_t v = 0; v < vectors; ++v) {
         VecF m = vec_zero();
-        for (size_t e = 0; e < elements; ++e) m = vec_max(vec_abs(read(e, v)), m);
+        for (size_t e = 0; e < reads; ++e) m = vec_max(vec_abs(read(e, v)), m);
         store(peak + run.column, run.column, v, m);
       }
     });
@@ -111,7 +120,7 @@ class BlockInput {
       }
       return;
     }
-    for_each_run([=](const Run& run, int64_t vectors, auto read) {
+    for_each_run(b_.slab.data(), b_.offsets.data(), false, [=](const Run& run, int64_t vectors, auto read) {
       for (int64_t v = 0; v < vectors; ++v) {
         const size_t p = run.column + static_cast<size_t>(v) * kLanes;
         const auto f = column(p);
@@ -149,14 +158,15 @@ class BlockInput {
  private:
   // body(run, vectors, read) for every run of a convolution, read(e, v) giving lanes q of vector v
   // of the run for element e, slab[corner + offsets[e] + (v kLanes + q) sw]; a loop per stride.
+  // `base`: the slab, or (`plane`) the peaks, one plane per segment where the slab has a plane per
+  // channel.
   template <typename Body>
-  void for_each_run(Body body) const {
-    const float* slab = b_.slab.data();
-    const int64_t* offsets = b_.offsets.data();
+  void for_each_run(const float* base, const int64_t* offsets, bool plane, Body body) const {
     constexpr int64_t lanes = static_cast<int64_t>(kLanes);
+    const int64_t segment = static_cast<int64_t>(channels_) * plane_;
     for (const Run& run : b_.runs) {
       const int64_t vectors = (run.length + lanes - 1) / lanes;
-      const float* corner = slab + run.corner;
+      const float* corner = base + (plane ? run.corner / segment * plane_ + run.corner % segment : run.corner);
       if (src_.sw == 1) {
         body(run, vectors, [=](size_t e, int64_t v) { return vec_load(corner + offsets[e] + v * lanes); });
       } else if (src_.sw == 2) {
@@ -166,6 +176,28 @@ class BlockInput {
         body(run, vectors, [=](size_t e, int64_t v) { return strided(corner + offsets[e] + v * lanes * stride, stride); });
       }
     }
+  }
+
+  // The peaks: per segment and slab position, the max of |x| over the tile's channels; and each
+  // kernel tap's offset in a plane of them.
+  const float* channel_peaks() {
+    const int64_t segments = static_cast<int64_t>(b_.slab.size()) / (static_cast<int64_t>(channels_) * plane_);
+    b_.peaks.resize(static_cast<size_t>(segments * plane_));
+    const float* slab = b_.slab.data();
+    float* peaks = b_.peaks.data();
+    const int64_t plane = plane_;
+    const size_t channels = channels_;
+    for (int64_t g = 0; g < segments; ++g)
+      for (int64_t q = 0; q < plane; q += static_cast<int64_t>(kLanes)) {
+        const float* at = slab + g * static_cast<int64_t>(channels) * plane + q;
+        VecF m = vec_zero();
+        for (size_t c = 0; c < channels; ++c) m = vec_max(vec_abs(vec_load(at + static_cast<int64_t>(c) * plane)), m);
+        vec_store(peaks + g * plane + q, m);
+      }
+    b_.taps.clear();
+    for (int64_t i = 0; i < src_.kh; ++i)
+      for (int64_t j = 0; j < src_.kw; ++j) b_.taps.push_back(i * src_.dh * row_stride_ + j * src_.dw);
+    return peaks;
   }
 
   // p[l * stride] in lane l
@@ -227,7 +259,7 @@ class BlockInput {
     int64_t rows = 0;
     for (size_t g = 0; g < segment_count; ++g)
       rows = std::max(rows, (segments[g].last_row - segments[g].first_row) * s.sh + (s.kh - 1) * s.dh + 1);
-    plane_ = rows * row_stride_;
+    plane_ = rows * row_stride_, channels_ = c1 - c0;
     const int64_t segment_size = static_cast<int64_t>(c1 - c0) * plane_;
     b_.slab.resize(static_cast<size_t>(segment_count * segment_size));
     float* slab = b_.slab.data();
@@ -286,6 +318,7 @@ class BlockInput {
   size_t begin_ = 0, end_ = 0;
   bool slab_ = false;  // the elements are in the slab (a convolution with elements), else in raw
   int64_t row_stride_ = 0, plane_ = 0;
+  size_t channels_ = 0;  // the tile's channels in the slab
 };
 
 }  // namespace analog
