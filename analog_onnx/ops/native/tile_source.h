@@ -13,6 +13,9 @@
 
 namespace analog {
 
+// Channels ahead of the one a block copies into its slab whose input rows it asks the cache for.
+constexpr size_t kAhead = 6;
+
 struct VectorSource {
   const float* x;
   size_t k;  // vector length
@@ -266,8 +269,18 @@ class BlockInput {
     const float* end = s.x + s.size;
     for (size_t g = 0; g < segment_count; ++g) {
       const int64_t y_low = segments[g].first_row * s.sh - s.pad_top, pad = s.pad_left, width = s.width;
+      // the input rows of channel c this segment reads, asked for kAhead channels before they are
+      // copied: each channel's rows are a short run a plane away from the last, which the hardware
+      // prefetchers do not foresee
+      const int64_t y0 = std::clamp<int64_t>(y_low, 0, s.height), y1 = std::clamp<int64_t>(y_low + rows, y0, s.height);
+      auto prefetch = [&](size_t c) {
+        const char* rows_of = reinterpret_cast<const char*>(s.x + ((segments[g].image * s.channels + c) * s.height + y0) * width);
+        for (int64_t b = 0; b < (y1 - y0) * width * static_cast<int64_t>(sizeof(float)); b += 64) _mm_prefetch(rows_of + b, _MM_HINT_T0);
+      };
+      for (size_t c = c0; c < std::min(c1, c0 + kAhead); ++c) prefetch(c);
       for (size_t c = c0; c < c1; ++c) {
         const float* channel = s.x + (segments[g].image * s.channels + c) * s.height * width;
+        if (c + kAhead < c1) prefetch(c + kAhead);
         for (int64_t r = 0; r < rows; ++r) {
           float* row = slab + g * segment_size + static_cast<int64_t>(c - c0) * plane_ + r * row_stride_;
           const int64_t y = y_low + r;
