@@ -122,13 +122,23 @@ struct ChannelEpilogue {
   const float* shift;
   bool relu;
   const float* residual = nullptr;  // laid out as the output, or nullptr
-  // std::max(y * scale[m] + shift[m] (+ residual), 0.0f) (or without the ReLU) on every lane; `at`:
-  // where the lanes go in the output, `lanes` of them (the residual is read no further)
-  VecF apply(VecF y, size_t m, size_t at, size_t lanes = kLanes) const {
-    VecF v = vec_add(vec_mul(y, vec_broadcast(scale[m])), vec_broadcast(shift[m]));
-    if (residual != nullptr) v = vec_add(v, lanes == kLanes ? vec_load(residual + at) : vec_load_first(residual + at, lanes));
-    return relu ? vec_max(vec_zero(), v) : v;
-  }
+
+  // The epilogue of one output channel, its constants in registers for a whole row of lanes (the
+  // stores of a row may alias any memory, so what a loop reads through a pointer is read again
+  // for every vector).
+  struct Channel {
+    VecF scale, shift;
+    bool relu;
+    const float* residual;
+    // std::max(y * scale + shift (+ residual), 0.0f) (or without the ReLU) on every lane; `at`:
+    // where the lanes go in the output, `lanes` of them (the residual is read no further)
+    VecF apply(VecF y, size_t at, size_t lanes) const {
+      VecF v = vec_add(vec_mul(y, scale), shift);
+      if (residual != nullptr) v = vec_add(v, lanes == kLanes ? vec_load(residual + at) : vec_load_first(residual + at, lanes));
+      return relu ? vec_max(vec_zero(), v) : v;
+    }
+  };
+  Channel channel(size_t m) const { return {vec_broadcast(scale[m]), vec_broadcast(shift[m]), relu, residual}; }
 };
 
 // -- the weights ---------------------------------------------------------------------------------
@@ -466,14 +476,20 @@ class TileBlock {
     const float* total = b_.total.data();
     const size_t outputs = l_.outputs;
     const ChannelEpilogue* epilogue = l_.epilogue;
+    // output channel m's epilogue (none: the values as they are)
+    auto channel = [epilogue](size_t m) {
+      const ChannelEpilogue::Channel c = epilogue != nullptr ? epilogue->channel(m) : ChannelEpilogue::Channel{};
+      return [c, fused = epilogue != nullptr](VecF v, size_t at, size_t lanes) { return fused ? c.apply(v, at, lanes) : v; };
+    };
     if (!l_.src.conv) {  // (no residual: only a convolution takes one)
       alignas(64) float lane[kLanes];
-      for (size_t m = 0; m < outputs; ++m)
+      for (size_t m = 0; m < outputs; ++m) {
+        const auto value = channel(m);
         for (size_t p = 0; p < count_; p += kLanes) {
-          const VecF v = vec_load(total + m * ld + p);
-          vec_store(lane, epilogue != nullptr ? epilogue->apply(v, m, 0) : v);
+          vec_store(lane, value(vec_load(total + m * ld + p), 0, kLanes));
           for (size_t i = 0; i < std::min(kLanes, count_ - p); ++i) out[(first_ + p + i) * outputs + m] = lane[i];
         }
+      }
       return;
     }
     // NCHW: per run of vectors within one image, each channel's values are contiguous
@@ -483,17 +499,12 @@ class TileBlock {
       const size_t length = std::min(count_ - i, per_image - position);
       const size_t base = image * outputs * per_image + position;
       for (size_t m = 0; m < outputs; ++m) {
+        const auto value = channel(m);
         const float* row = total + m * ld + i;
         const size_t to = base + m * per_image;
         size_t q = 0;
-        for (; q + kLanes <= length; q += kLanes) {
-          const VecF v = vec_load(row + q);
-          vec_store(out + to + q, epilogue != nullptr ? epilogue->apply(v, m, to + q) : v);
-        }
-        if (q < length) {
-          const VecF v = vec_load(row + q);
-          vec_store_first(out + to + q, epilogue != nullptr ? epilogue->apply(v, m, to + q, length - q) : v, length - q);
-        }
+        for (; q + kLanes <= length; q += kLanes) vec_store(out + to + q, value(vec_load(row + q), to + q, kLanes));
+        if (q < length) vec_store_first(out + to + q, value(vec_load(row + q), to + q, length - q), length - q);
       }
       i += length;
     }
