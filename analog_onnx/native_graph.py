@@ -548,6 +548,18 @@ class _InferredShapes:
 def _inferred_shapes(model: ir.Model) -> dict[str, tuple[int | str, ...]]:
     proto = ir.serde.serialize_model(model)
     del proto.functions[:]
+    # inference needs a weight's shape, not its values (it copies them: 0.2 s for ResNet-18's
+    # 45 MB): a large initializer becomes a graph input of its type; small ones (the shapes a
+    # Reshape reads) stay
+    inputs = {i.name for i in proto.graph.input}
+    kept = []
+    for tensor in proto.graph.initializer:
+        if np.prod(tensor.dims, dtype=np.int64) <= _INFERENCE_KEEPS:
+            kept.append(tensor)
+        elif tensor.name not in inputs:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    proto.graph.ClearField("initializer")
+    proto.graph.initializer.extend(kept)
     for node in proto.graph.node:
         if node.domain == DOMAIN and node.op_type in _SHAPE_KEEPING:
             node.CopyFrom(onnx.helper.make_node("Identity", node.input[:1], node.output[:1], name=node.name))
@@ -568,6 +580,7 @@ def _inferred_shapes(model: ir.Model) -> dict[str, tuple[int | str, ...]]:
     return shapes
 
 
+_INFERENCE_KEEPS = 64  # elements of an initializer whose values shape inference is given
 _SHAPE_KEEPING = {op.name for op in OPS if not op.product}  # their first output has their first input's shape
 
 
