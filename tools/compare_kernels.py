@@ -39,12 +39,15 @@ SETTINGS = {**SCHEMAS["AnalogTile"].cases, "pass-through": PASS_THROUGH,
             "saturating": {"inp_bits": 7, "out_bits": 9, "out_bound": 0.8, "bm_rounds": 5, "out_noise": 0.06,
                            "max_input_size": 20, "max_output_size": 5}}
 DENSE = ((1, 5, 3), (7, 37, 10), (95, 40, 8), (97, 300, 17), (200, 600, 64), (1000, 40, 1))  # N, K, M
-# N, C, H, W, M, kernel, stride, pads, dilation
+# N, C, H, W, M, kernel, stride (or a pair), pads, dilation
 CONVOLUTIONS = ((2, 3, 8, 8, 4, 3, 1, (1, 1, 1, 1), 1), (3, 5, 7, 9, 6, 3, 2, (1, 1, 1, 1), 1),
                 (2, 4, 17, 33, 8, 1, 2, (0, 0, 0, 0), 1), (1, 2, 40, 40, 16, 3, 1, (1, 1, 1, 1), 1),
                 (2, 3, 9, 9, 5, 3, 1, (2, 2, 2, 2), 2), (2, 3, 11, 12, 3, 5, 3, (2, 2, 2, 2), 1),
                 (2, 16, 32, 32, 16, 3, 1, (1, 1, 1, 1), 1), (2, 64, 8, 8, 64, 3, 1, (1, 1, 1, 1), 1),
-                (1, 1, 1, 1, 1, 1, 1, (0, 0, 0, 0), 1), (2, 3, 10, 7, 7, 3, 1, (0, 1, 2, 0), 1))
+                (1, 1, 1, 1, 1, 1, 1, (0, 0, 0, 0), 1), (2, 3, 10, 7, 7, 3, 1, (0, 1, 2, 0), 1),
+                # outputs narrower than a vector, whole vectors per image (the slab's shifted layout)
+                (2, 3, 8, 4, 5, 3, (1, 2), (1, 1, 1, 1), 1), (2, 4, 8, 8, 6, 3, 1, (2, 2, 2, 2), 2),
+                (3, 6, 4, 4, 9, 3, 1, (1, 1, 1, 1), 1), (7, 8, 8, 8, 8, 3, 1, (1, 1, 1, 1), 1))
 
 
 def session(model: onnx.ModelProto, library: str) -> ort.InferenceSession:
@@ -89,7 +92,8 @@ def cases():
                                                                                                  SETTINGS.items()):
         x = (rng.standard_normal((n, c, h, wd)) * 2).astype(np.float32)
         w = (rng.standard_normal((m, c, kernel, kernel)) * 0.3).astype(np.float32)
-        attributes = {**settings, "pads": list(pads), "strides": [stride] * 2, "dilations": [dilation] * 2, "relu": 1}
+        strides = list(stride) if isinstance(stride, tuple) else [stride] * 2
+        attributes = {**settings, "pads": list(pads), "strides": strides, "dilations": [dilation] * 2, "relu": 1}
         model, feeds = tile_model("AnalogTileConv", x, w, attributes, True, True)
         yield f"AnalogTileConv {x.shape} {w.shape} s{stride} p{pads} d{dilation} {label}", model, feeds
 

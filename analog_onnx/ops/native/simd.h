@@ -60,6 +60,11 @@ inline VecF vec_window_bits(int low, int high) {
 inline VecF vec_load_window(const float* p, int low, int high) {
   return _mm512_maskz_loadu_ps(window_mask(low, high), p);
 }
+// the lanes of p where `bits` has every bit set (0 elsewhere: lanes 0 or all ones), zeros
+// elsewhere; other lanes are not read
+inline VecF vec_load_masked(const float* p, VecF bits) {
+  return _mm512_maskz_loadu_ps(_mm512_movepi32_mask(_mm512_castps_si512(bits)), p);
+}
 // the first n lanes of p (n <= kLanes), zeros elsewhere
 inline VecF vec_load_first(const float* p, size_t n) { return vec_load_window(p, 0, static_cast<int>(n)); }
 inline void vec_store_first(float* p, VecF v, size_t n) {
@@ -130,6 +135,7 @@ inline __m256i window_mask(int low, int high) {
 inline VecF vec_window(VecF v, int low, int high) { return _mm256_and_ps(v, _mm256_castsi256_ps(window_mask(low, high))); }
 inline VecF vec_window_bits(int low, int high) { return _mm256_castsi256_ps(window_mask(low, high)); }
 inline VecF vec_load_window(const float* p, int low, int high) { return _mm256_maskload_ps(p, window_mask(low, high)); }
+inline VecF vec_load_masked(const float* p, VecF bits) { return _mm256_maskload_ps(p, _mm256_castps_si256(bits)); }
 inline VecF vec_load_first(const float* p, size_t n) { return vec_load_window(p, 0, static_cast<int>(n)); }
 inline void vec_store_first(float* p, VecF v, size_t n) {
   _mm256_maskstore_ps(p, window_mask(0, static_cast<int>(n)), v);

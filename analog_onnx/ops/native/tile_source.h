@@ -166,10 +166,10 @@ class BlockInput {
   template <typename Body>
   void for_each_run(const float* base, const int64_t* offsets, bool plane, Body body) const {
     constexpr int64_t lanes = static_cast<int64_t>(kLanes);
-    const int64_t segment = static_cast<int64_t>(channels_) * plane_;
+    const int64_t peaks = static_cast<int64_t>(groups_) * plane_;  // a segment's peaks
     for (const Run& run : b_.runs) {
       const int64_t vectors = (run.length + lanes - 1) / lanes;
-      const float* corner = base + (plane ? run.corner / segment * plane_ + run.corner % segment : run.corner);
+      const float* corner = base + (plane ? run.corner / segment_ * peaks + run.corner % segment_ : run.corner);
       if (src_.sw == 1) {
         body(run, vectors, [=](size_t e, int64_t v) { return vec_load(corner + offsets[e] + v * lanes); });
       } else if (src_.sw == 2) {
@@ -184,13 +184,13 @@ class BlockInput {
   // The peaks: per segment and slab position, the max of |x| over the tile's channels; and each
   // kernel tap's offset in a plane of them.
   const float* channel_peaks() {
-    const int64_t segments = static_cast<int64_t>(b_.slab.size()) / (static_cast<int64_t>(channels_) * plane_);
-    b_.peaks.resize(static_cast<size_t>(segments * plane_));
+    const int64_t groups = static_cast<int64_t>(segments_ * groups_);
+    b_.peaks.resize(static_cast<size_t>(groups * plane_ + kLanes));
     const float* slab = b_.slab.data();
     float* peaks = b_.peaks.data();
     const int64_t plane = plane_;
     const size_t channels = channels_;
-    for (int64_t g = 0; g < segments; ++g)
+    for (int64_t g = 0; g < groups; ++g)
       for (int64_t q = 0; q < plane; q += static_cast<int64_t>(kLanes)) {
         const float* at = slab + g * static_cast<int64_t>(channels) * plane + q;
         VecF m = vec_zero();
@@ -199,7 +199,7 @@ class BlockInput {
       }
     b_.taps.clear();
     for (int64_t i = 0; i < src_.kh; ++i)
-      for (int64_t j = 0; j < src_.kw; ++j) b_.taps.push_back(i * src_.dh * row_stride_ + j * src_.dw);
+      for (int64_t j = 0; j < src_.kw; ++j) b_.taps.push_back(i * src_.dh * row_stride_ + j * (shifted_ ? plane_ : src_.dw));
     return peaks;
   }
 
@@ -222,15 +222,27 @@ class BlockInput {
   }
 
   // The slab: for each image the block touches (a segment), the input rows its patches read, of
-  // the tile's channels, with `pad_left` zeros before each row and zeros after it and in the
-  // padding rows. Layout [segment][channel][row][column], column c holding input column c - pad_left.
+  // the tile's channels, zero-padded, in one of two layouts:
+  // - rows: [segment][channel][row][column], column c holding input column c - pad_left, with
+  //   `pad_left` zeros before each row and zeros after it; a run (one output row) reads every
+  //   sw-th column of a row.
+  // - shifted (stride 1, outputs as wide as the image and narrower than a vector, such as 8 on
+  //   AVX-512, where a vector of one output row would leave lanes empty):
+  //   [segment][kx][channel][row][output column], a plane per kernel column kx holding what that
+  //   tap reads for each output column, rows out_w apart. Then an image's output positions are
+  //   consecutive in every plane, and a vector spans output rows.
   void read_slab() {
     const VectorSource& s = src_;
     const size_t patch = static_cast<size_t>(s.kh * s.kw);
     const size_t c0 = begin_ / patch, c1 = (end_ - 1) / patch + 1;
-    const int64_t stride = std::max<int64_t>(s.sw, 1);
-    // runs of consecutive output columns of one output row of one image, and the images' row ranges
     const size_t per_image = s.out_h * s.out_w;
+    constexpr int64_t lanes = static_cast<int64_t>(kLanes);
+    // (a vector may not span images: the block starts at a whole vector, so whole vectors per image
+    // suffice; wider outputs that are not whole vectors measured no faster shifted: 28 and 56 wide)
+    shifted_ = s.sh == 1 && s.sw == 1 && s.width == static_cast<int64_t>(s.out_w) && s.out_w < kLanes &&
+               kLanes % s.out_w == 0 && per_image % kLanes == 0 && first_ % kLanes == 0;
+    // runs of consecutive output positions of one image (one output row, or shifted, all the
+    // block's rows of the image), and the images' row ranges
     struct Segment {
       size_t image;
       int64_t first_row, last_row;  // output rows
@@ -244,66 +256,43 @@ class BlockInput {
     size_t image = first_ / per_image, oh = (first_ % per_image) / s.out_w, ow = first_ % s.out_w;
     for (size_t i = 0; i < count_;) {
       const size_t length = std::min(count_ - i, s.out_w - ow);
-      places[run_count++] = {i, image, oh, ow, length};
+      if (shifted_ && run_count > 0 && places[run_count - 1].image == image) {
+        places[run_count - 1].length += length;
+      } else {
+        places[run_count++] = {i, image, oh, ow, length};
+      }
       if (segment_count == 0 || segments[segment_count - 1].image != image) segments[segment_count++] = {image, static_cast<int64_t>(oh), 0};
       segments[segment_count - 1].last_row = static_cast<int64_t>(oh);
       i += length, ow = 0;
       if (++oh == s.out_h) oh = 0, ++image;
     }
-    // a slab row holds the columns the runs' whole vectors read: up to (ow + vectors kLanes) stride
-    // - 1 (stride 2 reads pairs) plus the kernel's reach, in whole vectors
-    constexpr int64_t lanes = static_cast<int64_t>(kLanes);
-    int64_t columns = 0;
-    for (size_t r = 0; r < run_count; ++r) {
-      const int64_t vectors = (static_cast<int64_t>(places[r].length) + lanes - 1) / lanes;
-      columns = std::max(columns, (static_cast<int64_t>(places[r].ow) + vectors * lanes) * stride + (s.kw - 1) * s.dw);
-    }
-    row_stride_ = (columns + lanes - 1) / lanes * lanes;
     int64_t rows = 0;
     for (size_t g = 0; g < segment_count; ++g)
       rows = std::max(rows, (segments[g].last_row - segments[g].first_row) * s.sh + (s.kh - 1) * s.dh + 1);
+    if (shifted_) {
+      row_stride_ = static_cast<int64_t>(s.out_w), groups_ = static_cast<size_t>(s.kw);
+    } else {
+      // a slab row holds the columns the runs' whole vectors read: up to (ow + vectors kLanes) sw
+      // - 1 (stride 2 reads pairs) plus the kernel's reach, in whole vectors
+      const int64_t stride = std::max<int64_t>(s.sw, 1);
+      int64_t columns = 0;
+      for (size_t r = 0; r < run_count; ++r) {
+        const int64_t vectors = (static_cast<int64_t>(places[r].length) + lanes - 1) / lanes;
+        columns = std::max(columns, (static_cast<int64_t>(places[r].ow) + vectors * lanes) * stride + (s.kw - 1) * s.dw);
+      }
+      row_stride_ = (columns + lanes - 1) / lanes * lanes, groups_ = 1;
+    }
     plane_ = rows * row_stride_, channels_ = c1 - c0;
-    const int64_t segment_size = static_cast<int64_t>(c1 - c0) * plane_;
-    b_.slab.resize(static_cast<size_t>(segment_count * segment_size));
-    float* slab = b_.slab.data();
-    const float* end = s.x + s.size;
+    segment_ = static_cast<int64_t>(groups_ * channels_) * plane_, segments_ = segment_count;
+    // (a whole vector at the end of the last row, or of a plane of peaks, may reach a vector past it)
+    b_.slab.resize(static_cast<size_t>(segment_count * segment_ + lanes));
     for (size_t g = 0; g < segment_count; ++g) {
-      const int64_t y_low = segments[g].first_row * s.sh - s.pad_top, pad = s.pad_left, width = s.width;
-      // the input rows of channel c this segment reads, asked for kAhead channels before they are
-      // copied: each channel's rows are a short run a plane away from the last, which the hardware
-      // prefetchers do not foresee
-      const int64_t y0 = std::clamp<int64_t>(y_low, 0, s.height), y1 = std::clamp<int64_t>(y_low + rows, y0, s.height);
-      auto prefetch = [&](size_t c) {
-        const char* rows_of = reinterpret_cast<const char*>(s.x + ((segments[g].image * s.channels + c) * s.height + y0) * width);
-        for (int64_t b = 0; b < (y1 - y0) * width * static_cast<int64_t>(sizeof(float)); b += 64) _mm_prefetch(rows_of + b, _MM_HINT_T0);
-      };
-      for (size_t c = c0; c < std::min(c1, c0 + kAhead); ++c) prefetch(c);
-      for (size_t c = c0; c < c1; ++c) {
-        const float* channel = s.x + (segments[g].image * s.channels + c) * s.height * width;
-        if (c + kAhead < c1) prefetch(c + kAhead);
-        for (int64_t r = 0; r < rows; ++r) {
-          float* row = slab + g * segment_size + static_cast<int64_t>(c - c0) * plane_ + r * row_stride_;
-          const int64_t y = y_low + r;
-          const float* from = channel + y * width - pad;  // slab column q holds from[q] (input column q - pad)
-          for (int64_t q = 0; q < row_stride_; q += lanes) {
-            // input columns q - pad + l in [0, width) are read, the rest are zeros
-            const int64_t low = std::clamp<int64_t>(pad - q, 0, lanes), high = std::clamp<int64_t>(width + pad - q, 0, lanes);
-            VecF value = vec_zero();
-            if (y >= 0 && y < s.height && high > low) {
-              const float* p = from + q;
-              if (low == 0 && high == lanes) {
-                value = vec_load(p);
-              } else if (p >= s.x && p + lanes <= end) {  // a whole load, masked in registers (masked loads are slow)
-                value = vec_load(p);
-                asm("" : "+v"(value));  // or the compiler folds load and mask into a masked load again
-                value = vec_window(value, static_cast<int>(low), static_cast<int>(high));
-              } else {
-                value = vec_load_window(p, static_cast<int>(low), static_cast<int>(high));
-              }
-            }
-            vec_store(row + q, value);
-          }
-        }
+      const int64_t y_low = segments[g].first_row * s.sh - s.pad_top;
+      float* segment = b_.slab.data() + g * segment_;
+      if (shifted_) {
+        copy_shifted(segments[g].image, y_low, c0, c1, segment);
+      } else {
+        copy_rows(segments[g].image, y_low, rows, c0, c1, segment);
       }
     }
     b_.runs.clear();
@@ -312,7 +301,7 @@ class BlockInput {
     for (size_t r = 0; r < run_count; ++r) {
       const Place& place = places[r];
       while (segments[g].image != place.image) ++g;
-      const int64_t corner = static_cast<int64_t>(g) * segment_size +
+      const int64_t corner = static_cast<int64_t>(g) * segment_ +
                              (static_cast<int64_t>(place.oh) - segments[g].first_row) * s.sh * row_stride_ +
                              static_cast<int64_t>(place.ow) * s.sw;
       b_.runs.push_back({place.column, static_cast<int64_t>(place.length), corner});
@@ -322,7 +311,86 @@ class BlockInput {
     for (size_t c = c0, e = c0 * patch; c < c1; ++c)
       for (int64_t i = 0; i < s.kh; ++i)
         for (int64_t j = 0; j < s.kw; ++j, ++e)
-          if (e >= begin_ && e < end_) b_.offsets[e - begin_] = static_cast<int64_t>(c - c0) * plane_ + i * s.dh * row_stride_ + j * s.dw;
+          if (e >= begin_ && e < end_) {
+            const int64_t column = shifted_ ? j * static_cast<int64_t>(channels_) * plane_ : j * s.dw;
+            b_.offsets[e - begin_] = static_cast<int64_t>(c - c0) * plane_ + i * s.dh * row_stride_ + column;
+          }
+  }
+
+  // The rows layout of one segment: rows [y_low, y_low + rows) of channels [c0, c1) of the image.
+  void copy_rows(size_t image, int64_t y_low, int64_t rows, size_t c0, size_t c1, float* segment) const {
+    const VectorSource& s = src_;
+    constexpr int64_t lanes = static_cast<int64_t>(kLanes);
+    const int64_t pad = s.pad_left, width = s.width;
+    // the input rows of channel c this segment reads, asked for kAhead channels before they are
+    // copied: each channel's rows are a short run a plane away from the last, which the hardware
+    // prefetchers do not foresee
+    const int64_t y0 = std::clamp<int64_t>(y_low, 0, s.height), y1 = std::clamp<int64_t>(y_low + rows, y0, s.height);
+    auto prefetch = [&](size_t c) {
+      const char* rows_of = reinterpret_cast<const char*>(s.x + ((image * s.channels + c) * s.height + y0) * width);
+      for (int64_t b = 0; b < (y1 - y0) * width * static_cast<int64_t>(sizeof(float)); b += 64) _mm_prefetch(rows_of + b, _MM_HINT_T0);
+    };
+    for (size_t c = c0; c < std::min(c1, c0 + kAhead); ++c) prefetch(c);
+    for (size_t c = c0; c < c1; ++c) {
+      const float* channel = s.x + (image * s.channels + c) * s.height * width;
+      if (c + kAhead < c1) prefetch(c + kAhead);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* row = segment + static_cast<int64_t>(c - c0) * plane_ + r * row_stride_;
+        const int64_t y = y_low + r;
+        const float* from = channel + y * width - pad;  // slab column q holds from[q] (input column q - pad)
+        for (int64_t q = 0; q < row_stride_; q += lanes) {
+          // input columns q - pad + l in [0, width) are read, the rest are zeros
+          const int64_t low = std::clamp<int64_t>(pad - q, 0, lanes), high = std::clamp<int64_t>(width + pad - q, 0, lanes);
+          vec_store(row + q, y >= 0 && y < s.height ? window(from + q, low, high) : vec_zero());
+        }
+      }
+    }
+  }
+
+  // The shifted layout of one segment: plane (kx, c) row r column ox holds input row y_low + r,
+  // column ox + kx dw - pad_left (0 outside the image). With rows as wide as the image's and a
+  // whole number of them per vector, a plane is the input's rows read from a shifted start, a
+  // vector at a time, with the same lanes (the columns past an edge) zeroed in every vector.
+  void copy_shifted(size_t image, int64_t y_low, size_t c0, size_t c1, float* segment) const {
+    const VectorSource& s = src_;
+    constexpr int64_t lanes = static_cast<int64_t>(kLanes);
+    const int64_t width = s.width, per_vector = lanes / width;  // rows
+    for (int64_t kx = 0; kx < s.kw; ++kx) {
+      const int64_t shift = kx * s.dw - s.pad_left;  // the input column of output column 0
+      alignas(64) int32_t inside[kLanes];
+      for (int64_t l = 0; l < lanes; ++l) inside[l] = l % width + shift >= 0 && l % width + shift < width ? -1 : 0;
+      const VecF columns = vec_load(reinterpret_cast<const float*>(inside));
+      for (size_t c = c0; c < c1; ++c) {
+        const float* channel = s.x + (image * s.channels + c) * s.height * width;
+        float* plane = segment + (kx * static_cast<int64_t>(channels_) + static_cast<int64_t>(c - c0)) * plane_;
+        // whole vectors: the last may reach into the next plane (written after it) or the slack
+        for (int64_t q = 0; q < plane_; q += lanes) {
+          const int64_t y = y_low + q / width;
+          // the vector's rows inside the image: [first, last) of its own
+          const int64_t first = std::clamp<int64_t>(-y, 0, per_vector), last = std::clamp<int64_t>(s.height - y, first, per_vector);
+          const float* from = channel + y * width + shift;
+          VecF value = vec_zero();
+          if (first == 0 && last == per_vector && from >= s.x && from + lanes <= s.x + s.size) {
+            value = vec_and(vec_load(from), columns);
+          } else if (last > first) {  // at the image's top or bottom edge, or at the ends of X
+            value = vec_load_masked(from, vec_and(columns, vec_window_bits(static_cast<int>(first * width), static_cast<int>(last * width))));
+          }
+          vec_store(plane + q, value);
+        }
+      }
+    }
+  }
+
+  // Lanes [low, high) of p[0, kLanes), zeros elsewhere; only those lanes need be readable.
+  VecF window(const float* p, int64_t low, int64_t high) const {
+    if (low == 0 && high == static_cast<int64_t>(kLanes)) return vec_load(p);
+    if (high <= low) return vec_zero();
+    if (p >= src_.x && p + kLanes <= src_.x + src_.size) {  // a whole load, masked in registers (masked loads are slow)
+      VecF value = vec_load(p);
+      asm("" : "+v"(value));  // or the compiler folds load and mask into a masked load again
+      return vec_window(value, static_cast<int>(low), static_cast<int>(high));
+    }
+    return vec_load_window(p, static_cast<int>(low), static_cast<int>(high));
   }
 
   const VectorSource& src_;
@@ -330,8 +398,12 @@ class BlockInput {
   Buffers& b_;
   size_t begin_ = 0, end_ = 0;
   bool slab_ = false;  // the elements are in the slab (a convolution with elements), else in raw
+  bool shifted_ = false;  // the slab's layout (read_slab): shifted, else rows
   int64_t row_stride_ = 0, plane_ = 0;
-  size_t channels_ = 0;  // the tile's channels in the slab
+  int64_t segment_ = 0;   // floats per segment
+  size_t channels_ = 0;   // the tile's channels in the slab
+  size_t groups_ = 1;     // planes of channels per segment: kw (shifted) or 1
+  size_t segments_ = 0;   // images in the slab
 };
 
 }  // namespace analog
