@@ -251,7 +251,8 @@ class TileBlock {
   }
 
   void run(float* out) {
-    std::fill(b_.total.begin(), b_.total.end(), 0.0f);
+    single_ = l_.tiles.size() == 1 && l_.out_ranges.size() == 1, direct_ = false;
+    if (!single_) std::fill(b_.total.begin(), b_.total.end(), 0.0f);
     for (size_t t = 0; t < l_.tiles.size(); ++t) {
       const float* panel = read(l_.tiles[t]);
       for (const auto& [m0, m1] : l_.out_ranges) output_tile(t, m0, m1, panel);
@@ -351,6 +352,13 @@ class TileBlock {
       if (l_.sigma != 0.0f || l_.sigma_w != 0.0f) add_noise(r, t, m0, m1, row0, columns, column_sigma(panel, tile, columns));
       const bool last_round = r == l_.s.bm_rounds - 1;
       const bool any_saturated = convert(m0, m1, row0, columns) && !last_round;
+      if (single_ && r == 0) {  // one tile each way: round 0's product is the sums, unless a vector reruns
+        if (!any_saturated) {
+          direct_ = true;
+          break;
+        }
+        std::fill(b_.total.begin(), b_.total.end(), 0.0f);
+      }
       accumulate(tile, m0, m1, row0, columns, any_saturated);
       if (!any_saturated) break;
       b_.again.clear();
@@ -473,8 +481,19 @@ class TileBlock {
 
   // Step 7: the epilogue, and the block into out.
   void write(float* out) const {
-    const float* total = b_.total.data();
     const size_t outputs = l_.outputs;
+    // output channel m's sums from column p on: the total, or (direct) round 0's product as
+    // accumulate would have added it to sums of zero, 0 + (y * back) * alpha
+    const bool direct = direct_;
+    const float* back = b_.back.data();
+    auto sums = [=, sums = direct ? b_.product.data() : b_.total.data()](size_t m) {
+      const float* row = sums + m * ld;
+      const VecF alpha = vec_broadcast(direct ? l_.tiles[0].alpha[m] : 1.0f);
+      return [=](size_t p) {
+        const VecF y = vec_load(row + p);
+        return direct ? vec_add(vec_mul(vec_mul(y, vec_load(back + p)), alpha), vec_zero()) : y;
+      };
+    };
     const ChannelEpilogue* epilogue = l_.epilogue;
     // output channel m's epilogue (none: the values as they are)
     auto channel = [epilogue](size_t m) {
@@ -485,8 +504,9 @@ class TileBlock {
       alignas(64) float lane[kLanes];
       for (size_t m = 0; m < outputs; ++m) {
         const auto value = channel(m);
+        const auto sum = sums(m);
         for (size_t p = 0; p < count_; p += kLanes) {
-          vec_store(lane, value(vec_load(total + m * ld + p), 0, kLanes));
+          vec_store(lane, value(sum(p), 0, kLanes));
           for (size_t i = 0; i < std::min(kLanes, count_ - p); ++i) out[(first_ + p + i) * outputs + m] = lane[i];
         }
       }
@@ -500,11 +520,11 @@ class TileBlock {
       const size_t base = image * outputs * per_image + position;
       for (size_t m = 0; m < outputs; ++m) {
         const auto value = channel(m);
-        const float* row = total + m * ld + i;
+        const auto sum = sums(m);
         const size_t to = base + m * per_image;
         size_t q = 0;
-        for (; q + kLanes <= length; q += kLanes) vec_store(out + to + q, value(vec_load(row + q), to + q, kLanes));
-        if (q < length) vec_store_first(out + to + q, value(vec_load(row + q), to + q, length - q), length - q);
+        for (; q + kLanes <= length; q += kLanes) vec_store(out + to + q, value(sum(i + q), to + q, kLanes));
+        if (q < length) vec_store_first(out + to + q, value(sum(i + q), to + q, length - q), length - q);
       }
       i += length;
     }
@@ -512,6 +532,8 @@ class TileBlock {
 
   const TileLayer& l_;
   Scratch& b_;
+  bool single_ = false;  // one input tile and one output tile
+  bool direct_ = false;  // the sums are round 0's product (write applies accumulate's step to it)
   size_t first_, count_;
   BlockInput input_;
   const float* slab_bases_[kBlockVectors / kLanes] = {};  // where round 0 reads the patch rows (panel nullptr)
