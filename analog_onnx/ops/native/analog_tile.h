@@ -216,7 +216,7 @@ struct TileLayer {
 // more), one vector a column.
 struct Scratch {
   BlockInput::Buffers input;
-  std::vector<float> panel, rerun_panel, product, total, inverse, quotient, scale, back, noise, spread;
+  LineFloats panel, rerun_panel, product, total, inverse, quotient, scale, back, noise, spread;
   std::vector<int32_t> saturated;
   std::vector<size_t> pending, again;
 };

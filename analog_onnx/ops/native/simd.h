@@ -7,6 +7,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
+#include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #define ANALOG_SIMD 512
@@ -15,6 +17,23 @@
 #endif
 
 namespace analog {
+
+// Storage that starts a cache line (malloc only promises 16 bytes): buffers whose rows are whole
+// lines apart then have every row, and every vector load and store of one, within lines.
+template <typename T>
+struct LineAllocator {
+  using value_type = T;
+  LineAllocator() = default;
+  template <typename U>
+  LineAllocator(const LineAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64})); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{64}); }
+  template <typename U>
+  bool operator==(const LineAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const LineAllocator<U>&) const { return false; }
+};
+using LineFloats = std::vector<float, LineAllocator<float>>;
 
 #if ANALOG_SIMD == 512
 using VecF = __m512;

@@ -59,10 +59,10 @@ class BlockInput {
     int64_t length, corner;  // corner: slab index of the first vector's patch corner
   };
   struct Buffers {
-    std::vector<float> slab, raw;
+    LineFloats slab, raw;
     std::vector<int64_t> offsets, corners;  // per element of the tile, per column
     std::vector<Run> runs;
-    std::vector<float> peaks;   // per slab position, the abs-max over the tile's channels
+    LineFloats peaks;           // per slab position, the abs-max over the tile's channels
     std::vector<int64_t> taps;  // per kernel tap, its offset in a plane of peaks
   };
 
