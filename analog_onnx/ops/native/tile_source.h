@@ -60,6 +60,7 @@ class BlockInput {
   };
   struct Buffers {
     LineFloats slab, raw;
+    LineFloats inside;  // per column of a slab row, all bits set where it holds an input column
     std::vector<int64_t> offsets, corners;  // per element of the tile, per column
     std::vector<Run> runs;
     LineFloats peaks;           // per slab position, the abs-max over the tile's channels
@@ -331,17 +332,34 @@ class BlockInput {
       for (int64_t b = 0; b < (y1 - y0) * width * static_cast<int64_t>(sizeof(float)); b += 64) _mm_prefetch(rows_of + b, _MM_HINT_T0);
     };
     for (size_t c = c0; c < std::min(c1, c0 + kAhead); ++c) prefetch(c);
+    // the slab columns that hold input columns (all bits set), and the padding (zeros)
+    b_.inside.resize(static_cast<size_t>(row_stride_));
+    for (int64_t q = 0; q < row_stride_; q += lanes)
+      vec_store(b_.inside.data() + q, vec_window_bits(static_cast<int>(std::clamp<int64_t>(pad - q, 0, lanes)),
+                                                      static_cast<int>(std::clamp<int64_t>(width + pad - q, 0, lanes))));
+    // (in locals: the stores may alias any memory, members would be read again for every vector)
+    const float* const inside = b_.inside.data();
+    const float* const x = s.x;
+    const float* const x_end = s.x + s.size;
+    const int64_t height = s.height, row_stride = row_stride_, plane = plane_;
     for (size_t c = c0; c < c1; ++c) {
-      const float* channel = s.x + (image * s.channels + c) * s.height * width;
+      const float* channel = x + (image * s.channels + c) * height * width;
       if (c + kAhead < c1) prefetch(c + kAhead);
       for (int64_t r = 0; r < rows; ++r) {
-        float* row = segment + static_cast<int64_t>(c - c0) * plane_ + r * row_stride_;
+        float* row = segment + static_cast<int64_t>(c - c0) * plane + r * row_stride;
         const int64_t y = y_low + r;
+        if (y < 0 || y >= height) {
+          for (int64_t q = 0; q < row_stride; q += lanes) vec_store(row + q, vec_zero());
+          continue;
+        }
         const float* from = channel + y * width - pad;  // slab column q holds from[q] (input column q - pad)
-        for (int64_t q = 0; q < row_stride_; q += lanes) {
-          // input columns q - pad + l in [0, width) are read, the rest are zeros
+        if (from >= x && from + row_stride <= x_end) {  // whole loads, the padding's lanes zeroed
+          for (int64_t q = 0; q < row_stride; q += lanes) vec_store(row + q, vec_and(vec_load(from + q), vec_load(inside + q)));
+          continue;
+        }
+        for (int64_t q = 0; q < row_stride; q += lanes) {  // at the ends of X: only the input's lanes are read
           const int64_t low = std::clamp<int64_t>(pad - q, 0, lanes), high = std::clamp<int64_t>(width + pad - q, 0, lanes);
-          vec_store(row + q, y >= 0 && y < s.height ? window(from + q, low, high) : vec_zero());
+          vec_store(row + q, window(from + q, low, high, x, x_end));
         }
       }
     }
@@ -381,11 +399,12 @@ class BlockInput {
     }
   }
 
-  // Lanes [low, high) of p[0, kLanes), zeros elsewhere; only those lanes need be readable.
-  VecF window(const float* p, int64_t low, int64_t high) const {
+  // Lanes [low, high) of p[0, kLanes), zeros elsewhere; only those lanes need be readable, of X =
+  // [x, x_end).
+  static VecF window(const float* p, int64_t low, int64_t high, const float* x, const float* x_end) {
     if (low == 0 && high == static_cast<int64_t>(kLanes)) return vec_load(p);
     if (high <= low) return vec_zero();
-    if (p >= src_.x && p + kLanes <= src_.x + src_.size) {  // a whole load, masked in registers (masked loads are slow)
+    if (p >= x && p + kLanes <= x_end) {  // a whole load, masked in registers (masked loads are slow)
       VecF value = vec_load(p);
       asm("" : "+v"(value));  // or the compiler folds load and mask into a masked load again
       return vec_window(value, static_cast<int>(low), static_cast<int>(high));
