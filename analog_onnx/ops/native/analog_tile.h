@@ -123,22 +123,6 @@ struct ChannelEpilogue {
   bool relu;
   const float* residual = nullptr;  // laid out as the output, or nullptr
 
-  // The epilogue of one output channel, its constants in registers for a whole row of lanes (the
-  // stores of a row may alias any memory, so what a loop reads through a pointer is read again
-  // for every vector).
-  struct Channel {
-    VecF scale, shift;
-    bool relu;
-    const float* residual;
-    // std::max(y * scale + shift (+ residual), 0.0f) (or without the ReLU) on every lane; `at`:
-    // where the lanes go in the output, `lanes` of them (the residual is read no further)
-    VecF apply(VecF y, size_t at, size_t lanes) const {
-      VecF v = vec_add(vec_mul(y, scale), shift);
-      if (residual != nullptr) v = vec_add(v, lanes == kLanes ? vec_load(residual + at) : vec_load_first(residual + at, lanes));
-      return relu ? vec_max(vec_zero(), v) : v;
-    }
-  };
-  Channel channel(size_t m) const { return {vec_broadcast(scale[m]), vec_broadcast(shift[m]), relu, residual}; }
 };
 
 // -- the weights ---------------------------------------------------------------------------------
@@ -482,31 +466,34 @@ class TileBlock {
   // Step 7: the epilogue, and the block into out.
   void write(float* out) const {
     const size_t outputs = l_.outputs;
-    // output channel m's sums from column p on: the total, or (direct) round 0's product as
-    // accumulate would have added it to sums of zero, 0 + (y * back) * alpha
-    const bool direct = direct_;
-    const float* back = b_.back.data();
-    auto sums = [=, sums = direct ? b_.product.data() : b_.total.data()](size_t m) {
-      const float* row = sums + m * ld;
-      const VecF alpha = vec_broadcast(direct ? l_.tiles[0].alpha[m] : 1.0f);
-      return [=](size_t p) {
-        const VecF y = vec_load(row + p);
-        return direct ? vec_add(vec_mul(vec_mul(y, vec_load(back + p)), alpha), vec_zero()) : y;
-      };
-    };
+    // (everything in locals, per output row in registers: the stores may alias any memory, and
+    // what a loop reads through a pointer or a copied closure would be read again per vector)
     const ChannelEpilogue* epilogue = l_.epilogue;
-    // output channel m's epilogue (none: the values as they are)
-    auto channel = [epilogue](size_t m) {
-      const ChannelEpilogue::Channel c = epilogue != nullptr ? epilogue->channel(m) : ChannelEpilogue::Channel{};
-      return [c, fused = epilogue != nullptr](VecF v, size_t at, size_t lanes) { return fused ? c.apply(v, at, lanes) : v; };
+    const bool fused = epilogue != nullptr, relu = fused && epilogue->relu, direct = direct_;
+    const float* residual = fused ? epilogue->residual : nullptr;
+    const float* sums = direct ? b_.product.data() : b_.total.data();
+    const float* back = b_.back.data();
+    const size_t row = ld;
+    // output m's lanes from column p, written at `at` (`lanes` of them): its sum (direct: round
+    // 0's product as accumulate would have added it to zeros, 0 + (y * back) * alpha), then
+    // std::max(y * scale + shift (+ residual), 0.0f) (or without the ReLU), unless no epilogue is fused
+    auto value = [&](size_t m, VecF alpha, VecF scale, VecF shift, size_t p, size_t at, size_t lanes) {
+      VecF v = vec_load(sums + m * row + p);
+      if (direct) v = vec_add(vec_mul(vec_mul(v, vec_load(back + p)), alpha), vec_zero());
+      if (!fused) return v;
+      v = vec_add(vec_mul(v, scale), shift);
+      if (residual != nullptr) v = vec_add(v, lanes == kLanes ? vec_load(residual + at) : vec_load_first(residual + at, lanes));
+      return relu ? vec_max(vec_zero(), v) : v;
     };
+    auto alpha = [&](size_t m) { return vec_broadcast(direct ? l_.tiles[0].alpha[m] : 1.0f); };
+    auto scale = [&](size_t m) { return vec_broadcast(fused ? epilogue->scale[m] : 1.0f); };
+    auto shift = [&](size_t m) { return vec_broadcast(fused ? epilogue->shift[m] : 0.0f); };
     if (!l_.src.conv) {  // (no residual: only a convolution takes one)
       alignas(64) float lane[kLanes];
       for (size_t m = 0; m < outputs; ++m) {
-        const auto value = channel(m);
-        const auto sum = sums(m);
+        const VecF a = alpha(m), c = scale(m), d = shift(m);
         for (size_t p = 0; p < count_; p += kLanes) {
-          vec_store(lane, value(sum(p), 0, kLanes));
+          vec_store(lane, value(m, a, c, d, p, 0, kLanes));
           for (size_t i = 0; i < std::min(kLanes, count_ - p); ++i) out[(first_ + p + i) * outputs + m] = lane[i];
         }
       }
@@ -519,12 +506,11 @@ class TileBlock {
       const size_t length = std::min(count_ - i, per_image - position);
       const size_t base = image * outputs * per_image + position;
       for (size_t m = 0; m < outputs; ++m) {
-        const auto value = channel(m);
-        const auto sum = sums(m);
+        const VecF a = alpha(m), c = scale(m), d = shift(m);
         const size_t to = base + m * per_image;
         size_t q = 0;
-        for (; q + kLanes <= length; q += kLanes) vec_store(out + to + q, value(sum(i + q), to + q, kLanes));
-        if (q < length) vec_store_first(out + to + q, value(sum(i + q), to + q, length - q), length - q);
+        for (; q + kLanes <= length; q += kLanes) vec_store(out + to + q, value(m, a, c, d, i + q, to + q, kLanes));
+        if (q < length) vec_store_first(out + to + q, value(m, a, c, d, i + q, to + q, length - q), length - q);
       }
       i += length;
     }
