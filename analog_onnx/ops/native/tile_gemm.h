@@ -86,8 +86,11 @@ template <typename Panel>
 inline void gemm(size_t k, size_t rows, size_t vectors, const float* a, Panel p, float* c, size_t ldc) {
   if (k == 0)  // an empty sum (a tile of no inputs) is 0; the loop below would write nothing
     for (size_t i = 0; i < rows; ++i) std::fill(c + i * ldc, c + i * ldc + vectors * kLanes, 0.0f);
-  for (size_t q = 0; q < k; q += kDepth) {
-    const size_t depth = std::min(kDepth, k - q);
+  // passes of equal depth (288 as 144 + 144, not 256 + 32: a short pass pays the accumulators'
+  // loads and stores for few steps)
+  const size_t passes = (k + kDepth - 1) / kDepth, even = passes == 0 ? 0 : (k + passes - 1) / passes;
+  for (size_t q = 0; q < k; q += even) {
+    const size_t depth = std::min(even, k - q);
     for (size_t i = 0; i < rows; i += kBlockRows) {
       const float* ai = a + i * k + q * kBlockRows;
       float* ci = c + i * ldc;
