@@ -572,6 +572,42 @@ def test_native_tile_convolution_reads_patches_like_the_function_body(seed, w_no
     assert np.isclose(native, function, rtol=1e-4, atol=1e-4).mean() > 0.99
 
 
+# the tile attributes a narrow-output case sets on the transformed file's AnalogTile
+NARROW_SETTINGS = {"default": {},
+                   "split-saturating": {"max_input_size": 20, "max_output_size": 3, "out_bound": 0.5},
+                   "pass-through": {"noise_management": 0, "inp_bits": 0, "out_bits": 0, "out_noise": 0.0,
+                                    "inp_bound": float("inf"), "out_bound": float("inf")}}
+
+
+@pytest.mark.native
+@pytest.mark.parametrize(("size", "pads", "dilation"),
+                         [(8, [1, 1, 1, 1], 1), (4, [1, 1, 1, 1], 1), (8, [2, 2, 2, 2], 2)])
+@pytest.mark.parametrize("settings", NARROW_SETTINGS)
+def test_native_tile_convolution_of_outputs_narrower_than_a_vector(size, pads, dilation, settings, rng):
+    """Outputs as wide as the image and narrower than a SIMD vector (8 wide with AVX-512, 4 with
+    either) read a slab laid out per kernel column, where a vector spans output rows: the numbers of
+    the function bodies over blocks of several images, with tiles that split channels and bound
+    management, and pass-through, where the product is read straight from the slab and written
+    without a total."""
+    weight = (rng.standard_normal((10, 6, 3, 3)) * 0.5).astype(np.float32)
+    graph = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=pads, dilations=[dilation] * 2)],
+                         "conv", [h.make_tensor_value_info("x", TensorProto.FLOAT, [7, 6, size, size])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                         [onnx.numpy_helper.from_array(weight, "w")])
+    model = transform_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]), load_preset("aihwkit-default"))
+    for node in (n for n in model.graph.node if n.op_type == "AnalogTile"):
+        for attribute in node.attribute:
+            if attribute.name in NARROW_SETTINGS[settings]:
+                value = NARROW_SETTINGS[settings][attribute.name]
+                setattr(attribute, "f" if isinstance(value, float) else "i", value)
+    assert [n.op_type for n in native_graph.prepare(model).graph.node if n.domain == DOMAIN] == ["AnalogTileConv"]
+    feeds = {"x": rng.standard_normal((7, 6, size, size)).astype(np.float32), "seed": np.array(4, np.int64)}
+    native = make_session(model, native=True).run(None, feeds)[0]
+    function = make_session(model, native=False).run(None, feeds)[0]
+    assert native.shape == function.shape == (7, 10, size, size)
+    assert np.isclose(native, function, rtol=1e-4, atol=1e-4).mean() > 0.99
+
+
 @pytest.mark.native
 @pytest.mark.parametrize("outputs", [5, 16, 24, 48, 64, 100])
 def test_native_tile_register_blocks_cover_every_output_width(outputs, rng):
