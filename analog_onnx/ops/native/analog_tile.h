@@ -488,13 +488,28 @@ class TileBlock {
     auto alpha = [&](size_t m) { return vec_broadcast(direct ? l_.tiles[0].alpha[m] : 1.0f); };
     auto scale = [&](size_t m) { return vec_broadcast(fused ? epilogue->scale[m] : 1.0f); };
     auto shift = [&](size_t m) { return vec_broadcast(fused ? epilogue->shift[m] : 0.0f); };
-    if (!l_.src.conv) {  // (no residual: only a convolution takes one)
+    if (!l_.src.conv) {  // rows of outputs (no residual: only a convolution takes one)
+      // kLanes outputs of kLanes vectors at a time, turned in L1 ([vector][output]) so that each
+      // vector's outputs go out as one contiguous store, not kLanes stores a row apart
+      alignas(64) float turned[kLanes][kLanes];
       alignas(64) float lane[kLanes];
-      for (size_t m = 0; m < outputs; ++m) {
-        const VecF a = alpha(m), c = scale(m), d = shift(m);
-        for (size_t p = 0; p < count_; p += kLanes) {
-          vec_store(lane, value(m, a, c, d, p, 0, kLanes));
-          for (size_t i = 0; i < std::min(kLanes, count_ - p); ++i) out[(first_ + p + i) * outputs + m] = lane[i];
+      const size_t count = count_, first = first_;
+      for (size_t m0 = 0; m0 < outputs; m0 += kLanes) {
+        const size_t width = std::min(kLanes, outputs - m0);
+        for (size_t p = 0; p < count; p += kLanes) {
+          for (size_t j = 0; j < width; ++j) {
+            const size_t m = m0 + j;
+            vec_store(lane, value(m, alpha(m), scale(m), shift(m), p, 0, kLanes));
+            for (size_t i = 0; i < kLanes; ++i) turned[i][j] = lane[i];
+          }
+          for (size_t i = 0; i < std::min(kLanes, count - p); ++i) {
+            float* row = out + (first + p + i) * outputs + m0;
+            if (width == kLanes) {
+              vec_store(row, vec_load(turned[i]));
+            } else {
+              vec_store_first(row, vec_load(turned[i]), width);
+            }
+          }
         }
       }
       return;
