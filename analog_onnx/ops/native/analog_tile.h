@@ -473,12 +473,12 @@ class TileBlock {
     const float* residual = fused ? epilogue->residual : nullptr;
     const float* sums = direct ? b_.product.data() : b_.total.data();
     const float* back = b_.back.data();
-    const size_t row = ld;
+    const size_t stride = ld;  // between output rows of the sums
     // output m's lanes from column p, written at `at` (`lanes` of them): its sum (direct: round
     // 0's product as accumulate would have added it to zeros, 0 + (y * back) * alpha), then
     // std::max(y * scale + shift (+ residual), 0.0f) (or without the ReLU), unless no epilogue is fused
     auto value = [&](size_t m, VecF alpha, VecF scale, VecF shift, size_t p, size_t at, size_t lanes) {
-      VecF v = vec_load(sums + m * row + p);
+      VecF v = vec_load(sums + m * stride + p);
       if (direct) v = vec_add(vec_mul(vec_mul(v, vec_load(back + p)), alpha), vec_zero());
       if (!fused) return v;
       v = vec_add(vec_mul(v, scale), shift);
