@@ -355,11 +355,8 @@ class BlockInput {
         const float* from = channel + y * width - pad;  // slab column q holds from[q] (input column q - pad)
         if (from >= x && from + row_stride <= x_end) {  // whole loads, the padding's lanes zeroed
           for (int64_t q = 0; q < row_stride; q += lanes) vec_store(row + q, vec_and(vec_load(from + q), vec_load(inside + q)));
-          continue;
-        }
-        for (int64_t q = 0; q < row_stride; q += lanes) {  // at the ends of X: only the input's lanes are read
-          const int64_t low = std::clamp<int64_t>(pad - q, 0, lanes), high = std::clamp<int64_t>(width + pad - q, 0, lanes);
-          vec_store(row + q, window(from + q, low, high, x, x_end));
+        } else {  // at the ends of X: only the input's lanes are read
+          for (int64_t q = 0; q < row_stride; q += lanes) vec_store(row + q, vec_load_masked(from + q, vec_load(inside + q)));
         }
       }
     }
@@ -397,19 +394,6 @@ class BlockInput {
         }
       }
     }
-  }
-
-  // Lanes [low, high) of p[0, kLanes), zeros elsewhere; only those lanes need be readable, of X =
-  // [x, x_end).
-  static VecF window(const float* p, int64_t low, int64_t high, const float* x, const float* x_end) {
-    if (low == 0 && high == static_cast<int64_t>(kLanes)) return vec_load(p);
-    if (high <= low) return vec_zero();
-    if (p >= x && p + kLanes <= x_end) {  // a whole load, masked in registers (masked loads are slow)
-      VecF value = vec_load(p);
-      asm("" : "+v"(value));  // or the compiler folds load and mask into a masked load again
-      return vec_window(value, static_cast<int>(low), static_cast<int>(high));
-    }
-    return vec_load_window(p, static_cast<int>(low), static_cast<int>(high));
   }
 
   const VectorSource& src_;
