@@ -13,12 +13,15 @@
 #include "fast_math.h"
 #include "simd.h"
 
+#if !defined(ANALOG_SIMD)
+#error "the generator's transform needs AVX2 and FMA (or AVX-512)"
+#endif
+
 namespace analog {
 
 constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;
 constexpr uint64_t kKeyHigh = 0xC8E4FD154CE32F6Dull;
 constexpr uint64_t kKeyLow = 0xB5AD4ECEDA1CE2A9ull;
-constexpr float kTwoPi = 6.283185307179586f;
 constexpr float kInv2Pow24 = 1.0f / 16777216.0f;
 
 // Elements per generation block: small enough for the stack and L1, large enough to vectorize.
@@ -165,21 +168,19 @@ inline void draw_bits(const Products& y, uint64_t key, VecI& first, VecI& second
 }
 #endif
 
-#if defined(ANALOG_SIMD)
-// The uniforms of the lanes' counters: u1 in (0, 1) and u2 in [0, 1) from 24 bits of each draw.
-inline void uniform_lanes(const Products& y, uint64_t key, VecF& u1, VecF& u2) {
-  VecI first, second;
-  draw_bits(y, key, first, second);
-  const VecF scale = vec_broadcast(kInv2Pow24);
-  u1 = vec_mul(vec_add(vec_from_int(first), vec_broadcast(0.5f)), scale);
-  u2 = vec_mul(vec_from_int(second), scale);
+// What the lanes' counters draw: u1 in (0, 1) from 24 bits of the first draw, and the angle in
+// steps of 2^-24 turns (24 bits of the second). (k + 1/2) 2^-24 rounds once in either form.
+inline void draw_lanes(const Products& y, uint64_t key, VecF& u1, VecI& steps) {
+  VecI first;
+  draw_bits(y, key, first, steps);
+  u1 = vec_fma(vec_from_int(first), vec_broadcast(kInv2Pow24), vec_broadcast(0.5f * kInv2Pow24));
 }
 
-inline VecF box_muller_radius(VecF u1) { return vec_sqrt(vec_mul(vec_broadcast(-2.0f), vec_log_positive(u1))); }
+inline VecF box_muller_radius(VecF u1) { return vec_sqrt(vec_minus_two_log(u1)); }
 
-inline void box_muller(VecF radius, VecF u2, VecF& even, VecF& odd) {
+inline void box_muller(VecF radius, VecI steps, VecF& even, VecF& odd) {
   VecF c, s;
-  vec_sincos_turn(vec_mul(vec_broadcast(kTwoPi), u2), c, s);
+  vec_sincos_steps(steps, c, s);
   even = vec_mul(radius, c);
   odd = vec_mul(radius, s);
 }
@@ -187,11 +188,11 @@ inline void box_muller(VecF radius, VecF u2, VecF& even, VecF& odd) {
 // The Box-Muller pairs of the lanes' counters (rng.normal_pairs): even is normal 2c of the stream,
 // odd normal 2c + 1, bit for bit as the scalar path computes them.
 inline void normal_pair_lanes(const Products& y, uint64_t key, VecF& even, VecF& odd) {
-  VecF u1, u2;
-  uniform_lanes(y, key, u1, u2);
-  box_muller(box_muller_radius(u1), u2, even, odd);
+  VecF u1;
+  VecI steps;
+  draw_lanes(y, key, u1, steps);
+  box_muller(box_muller_radius(u1), steps, even, odd);
 }
-#endif
 
 // The Box-Muller pairs of counters [first, first + n), n <= kBlock (rng.normal_pairs): even[k]
 // is normal 2(first + k) of the stream and odd[k] normal 2(first + k) + 1. With 32 registers one
@@ -210,19 +211,20 @@ inline void normal_pairs(uint64_t key, uint64_t first, size_t n, float* __restri
       vec_store_first(even + i, c, n - i), vec_store_first(odd + i, s, n - i);
     }
   }
-#elif ANALOG_SIMD == 256
+#else
   alignas(32) float radius[kBlock + kLanes];
-  alignas(32) float angle[kBlock + kLanes];
+  alignas(32) int32_t steps[kBlock + kLanes];
   Products y = products(first * key, key);
   for (size_t j = 0; j < n; j += kLanes, y = products_plus(y, kLanes * key)) {
-    VecF u1, u2;
-    uniform_lanes(y, key, u1, u2);
-    vec_store(radius + j, u1), vec_store(angle + j, u2);
+    VecF u1;
+    VecI angle;
+    draw_lanes(y, key, u1, angle);
+    vec_store(radius + j, u1), veci_store(steps + j, angle);
   }
   for (size_t j = 0; j < n; j += kLanes) vec_store(radius + j, box_muller_radius(vec_load(radius + j)));
   for (; i < n; i += kLanes) {
     VecF c, s;
-    box_muller(vec_load(radius + i), vec_load(angle + i), c, s);
+    box_muller(vec_load(radius + i), veci_load(steps + i), c, s);
     if (i + kLanes <= n) {
       vec_store(even + i, c), vec_store(odd + i, s);
     } else {
@@ -230,16 +232,6 @@ inline void normal_pairs(uint64_t key, uint64_t first, size_t n, float* __restri
     }
   }
 #endif
-  for (; i < n; ++i) {
-    const Draws bits = squares_pair_of_product((first + i) * key, key);
-    const float u1 = (static_cast<float>(static_cast<int32_t>(bits.first >> 8)) + 0.5f) * kInv2Pow24;
-    const float u2 = static_cast<float>(static_cast<int32_t>(bits.second >> 8)) * kInv2Pow24;
-    const float radius = __builtin_sqrtf(-2.0f * log_positive(u1));
-    float c, s;
-    sincos_turn(kTwoPi * u2, c, s);
-    even[i] = radius * c;
-    odd[i] = radius * s;
-  }
 }
 
 // Room for the normals of one block: kBlock, one more where the block starts mid-pair, and whole
@@ -265,17 +257,11 @@ inline const float* normals(uint64_t key, uint64_t first, size_t n, float* __res
   alignas(64) float even[kBlock / 2 + 1 + 16];
   alignas(64) float odd[kBlock / 2 + 1 + 16];
   normal_pairs(key, first / 2, pairs, even, odd);
-#if ANALOG_SIMD == 256
   for (; k < pairs; k += kLanes) {
     VecF low, high;
     vec_interleave(vec_load(even + k), vec_load(odd + k), low, high);
     vec_store(buffer + 2 * k, low);
     vec_store(buffer + 2 * k + kLanes, high);
-  }
-#endif
-  for (; k < pairs; ++k) {
-    buffer[2 * k] = even[k];
-    buffer[2 * k + 1] = odd[k];
   }
 #endif
   return buffer + skip;

@@ -1,10 +1,13 @@
-// Branch-free float32 log and sincos for the Box-Muller transform, written so that GCC vectorizes
-// the loops that call them (no libm calls, no branches, no lookup tables).
+// Branch-free float32 -2 ln x and sincos for the Box-Muller transform on every lane of a SIMD
+// vector, and the float bits of scalars.
 //
-// Accuracy is about one ulp on the ranges used here (log on (0, 1], sincos on [0, 2*pi)), so the
-// native noise matches the numpy reference and the ONNX function bodies to float tolerance. The
-// polynomials are the plain Taylor series (log through atanh), truncated where the remainder is
-// far below float32 resolution on the reduced ranges.
+// Both reduce their argument to a short interval around one of 16 table points, then sum a short
+// Taylor series: a 16-float table is one register, read per lane by one permute (two and a blend
+// with AVX2), so there is no division, and the series are short (to r^5 and t^6, where a reduction
+// to [sqrt(1/2), sqrt(2)) and to quadrants needed a division and series to s^11 and t^10). Accuracy is about one ulp on the ranges used here (x a uniform draw in
+// (0, 1], the angle a whole number of 2^-24 turns), so the native normals match the numpy
+// reference and the ONNX function bodies to float tolerance. The series are truncated where the
+// remainder is below a third of an ulp on the reduced ranges.
 #pragma once
 
 #include <cstdint>
@@ -13,12 +16,6 @@
 #include "simd.h"
 
 namespace analog {
-
-#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
-inline float madd(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
-#else
-inline float madd(float a, float b, float c) { return a * b + c; }
-#endif
 
 inline int32_t float_bits(float x) {
   int32_t i;
@@ -32,92 +29,74 @@ inline float bits_float(int32_t i) {
   return x;
 }
 
-// ln 2 split so that e * kLn2High is exact for |e| < 2^8
-constexpr float kLn2High = 0.693145751953125f;
-constexpr float kLn2Low = 1.428606765330187e-06f;
-constexpr float kSqrt2 = 1.41421356f;
+// -- -2 ln x ---------------------------------------------------------------------------------------
+// x = 2^e m with m in [3/4, 3/2), then m = c (1 + r) with c = j / 16 the nearest sixteenth (j = 12
+// ... 24, so |r| < 1/24): m - c is exact, and near x = 1 (c = 1) so is r, which keeps the result's
+// relative accuracy where it is small. -2 ln x = -2 e ln 2 - 2 ln c - 2 ln(1 + r), the last a
+// series to r^5. The tables hold 1 / c and -2 ln c at j mod 16 (the entries 9 to 11 are unused).
+alignas(64) constexpr float kLogInverse[16] = {
+    1.000000000e+00f, 9.411764741e-01f, 8.888888955e-01f, 8.421052694e-01f,
+    8.000000119e-01f, 7.619047761e-01f, 7.272727489e-01f, 6.956521869e-01f,
+    6.666666865e-01f, 0.0f, 0.0f, 0.0f,
+    1.333333373e+00f, 1.230769277e+00f, 1.142857194e+00f, 1.066666722e+00f};
+alignas(64) constexpr float kLogCenter[16] = {
+    0.0f, -1.212492436e-01f, -2.355660647e-01f, -3.437005281e-01f,
+    -4.462870955e-01f, -5.438674092e-01f, -6.369074583e-01f, -7.258110046e-01f,
+    -8.109301925e-01f, 0.0f, 0.0f, 0.0f,
+    5.753641725e-01f, 4.152787328e-01f, 2.670627832e-01f, 1.290770471e-01f};
+// -2 ln 2 split so that e * kMinusTwoLn2High is exact for |e| < 2^8
+constexpr float kMinusTwoLn2High = -1.38629150390625f;
+constexpr float kMinusTwoLn2Low = -2.857213531e-06f;
+constexpr int32_t kThreeQuartersBits = 0x3f400000;
 
-// Natural log of a positive normal float: x = 2^e * m with m in [sqrt(1/2), sqrt(2)), and
-// log(m) = 2 atanh(s) with s = (m - 1) / (m + 1), |s| < 0.172.
-inline float log_positive(float x) {
-  const int32_t bits = float_bits(x);
-  int32_t e = ((bits >> 23) & 0xff) - 127;
-  float m = bits_float((bits & 0x007fffff) | 0x3f800000);
-  const bool high = m > kSqrt2;
-  m = high ? m * 0.5f : m;
-  e = high ? e + 1 : e;
-  const float s = (m - 1.0f) / (m + 1.0f);
-  const float s2 = s * s;
-  const float series = madd(s2, madd(s2, madd(s2, madd(s2, 1.0f / 11, 1.0f / 9), 1.0f / 7), 1.0f / 5), 1.0f / 3);
-  const float log_m = 2.0f * madd(s * s2, series, s);
-  const float ef = static_cast<float>(e);
-  return madd(ef, kLn2High, madd(ef, kLn2Low, log_m));
-}
+// -- cos and sin of 2 pi k / 2^24 ----------------------------------------------------------------
+// k's top 4 bits pick one of 16 sectors of the turn, its low 20 the angle t from the sector's
+// middle (|t| <= pi / 16); cos and sin of the sum from the middle's (tables) and t's (series to
+// t^6 and t^5). The angle is exact in k, so unlike cos(2 pi u) in float32 there is no rounding of
+// 2 pi u to carry.
+alignas(64) constexpr float kSectorCos[16] = {
+    9.807852507e-01f, 8.314695954e-01f, 5.555702448e-01f, 1.950903237e-01f,
+    -1.950903237e-01f, -5.555702448e-01f, -8.314695954e-01f, -9.807852507e-01f,
+    -9.807852507e-01f, -8.314695954e-01f, -5.555702448e-01f, -1.950903237e-01f,
+    1.950903237e-01f, 5.555702448e-01f, 8.314695954e-01f, 9.807852507e-01f};
+alignas(64) constexpr float kSectorSin[16] = {
+    1.950903237e-01f, 5.555702448e-01f, 8.314695954e-01f, 9.807852507e-01f,
+    9.807852507e-01f, 8.314695954e-01f, 5.555702448e-01f, 1.950903237e-01f,
+    -1.950903237e-01f, -5.555702448e-01f, -8.314695954e-01f, -9.807852507e-01f,
+    -9.807852507e-01f, -8.314695954e-01f, -5.555702448e-01f, -1.950903237e-01f};
+constexpr float kRadiansPerStep = 3.745070387e-07f;  // 2 pi / 2^24
+constexpr int32_t kSectorSteps = 1 << 20, kHalfSector = 1 << 19;
 
-// cos and sin of a in [0, 2*pi): quadrant reduction by pi/2 (three-part Cody-Waite constants; the
-// first two have 20 significant bits, so j * part is exact for j <= 4), then Taylor polynomials on [-pi/4, pi/4].
-constexpr float kTwoOverPi = 0.636619772367581f;
-constexpr float kPio2A = 1.5707950592041016f;
-constexpr float kPio2B = 1.2675900507019833e-06f;
-constexpr float kPio2C = 7.443547731314504e-13f;
-
-inline void sincos_turn(float a, float& cos_out, float& sin_out) {
-  const float j = __builtin_rintf(a * kTwoOverPi);
-  const float r = ((a - j * kPio2A) - j * kPio2B) - j * kPio2C;
-  const float r2 = r * r;
-  const float sin_poly = madd(r2, madd(r2, madd(r2, 1.0f / 362880, -1.0f / 5040), 1.0f / 120), -1.0f / 6);
-  const float s = madd(r * r2, sin_poly, r);
-  const float cos_poly = madd(r2, madd(r2, madd(r2, -1.0f / 3628800, 1.0f / 40320), -1.0f / 720), 1.0f / 24);
-  const float c = madd(r2 * r2, cos_poly, madd(r2, -0.5f, 1.0f));
-  const int32_t q = static_cast<int32_t>(j);
-  const bool swap = (q & 1) != 0;
-  const int32_t cos_sign = ((q + 1) & 2) << 30;  // negative in quadrants 1 and 2
-  const int32_t sin_sign = (q & 2) << 30;         // negative in quadrants 2 and 3
-  cos_out = bits_float(float_bits(swap ? s : c) ^ cos_sign);
-  sin_out = bits_float(float_bits(swap ? c : s) ^ sin_sign);
-}
-
-#if defined(ANALOG_SIMD)
-// log_positive and sincos_turn on every lane, operation for operation (so bit for bit) as above.
-inline VecF vec_log_positive(VecF x) {
+// -2 ln x of a positive normal float x in every lane
+inline VecF vec_minus_two_log(VecF x) {
   const VecI bits = vec_bits(x);
-  VecI e = veci_sub(veci_and(veci_shift_right<23>(bits), veci_broadcast(0xff)), veci_broadcast(127));
-  VecF m = vec_from_bits(veci_or(veci_and(bits, veci_broadcast(0x007fffff)), veci_broadcast(0x3f800000)));
-  const VecI high = vec_greater(m, vec_broadcast(kSqrt2));
-  m = vec_select_nonzero(high, vec_mul(m, vec_broadcast(0.5f)), m);
-  e = veci_sub(e, high);  // high is -1 where set
-  const VecF one = vec_broadcast(1.0f);
-  const VecF s = vec_div(vec_sub(m, one), vec_add(m, one));
-  const VecF s2 = vec_mul(s, s);
-  VecF series = vec_fma(s2, vec_broadcast(1.0f / 11), vec_broadcast(1.0f / 9));
-  series = vec_fma(s2, series, vec_broadcast(1.0f / 7));
-  series = vec_fma(s2, series, vec_broadcast(1.0f / 5));
-  series = vec_fma(s2, series, vec_broadcast(1.0f / 3));
-  const VecF log_m = vec_mul(vec_broadcast(2.0f), vec_fma(vec_mul(s, s2), series, s));
+  const VecI e = veci_shift_right_arithmetic<23>(veci_sub(bits, veci_broadcast(kThreeQuartersBits)));
+  const VecF m = vec_from_bits(veci_sub(bits, veci_shift_left<23>(e)));
+  const VecF j = vec_round(vec_mul(m, vec_broadcast(16.0f)));
+  const VecI at = vec_to_int_exact(j);
+  const VecF r = vec_mul(vec_sub(m, vec_mul(j, vec_broadcast(0.0625f))), vec_lookup16(kLogInverse, at));
+  VecF series = vec_fma(r, vec_broadcast(-0.4f), vec_broadcast(0.5f));
+  series = vec_fma(r, series, vec_broadcast(-2.0f / 3));
+  series = vec_fma(r, series, vec_broadcast(1.0f));
+  series = vec_fma(r, series, vec_broadcast(-2.0f));
   const VecF ef = vec_from_int(e);
-  return vec_fma(ef, vec_broadcast(kLn2High), vec_fma(ef, vec_broadcast(kLn2Low), log_m));
+  return vec_fma(ef, vec_broadcast(kMinusTwoLn2High),
+                 vec_fma(ef, vec_broadcast(kMinusTwoLn2Low), vec_fma(r, series, vec_lookup16(kLogCenter, at))));
 }
 
-inline void vec_sincos_turn(VecF a, VecF& cos_out, VecF& sin_out) {
-  const VecF j = vec_round(vec_mul(a, vec_broadcast(kTwoOverPi)));
-  const VecF r = vec_sub(vec_sub(vec_sub(a, vec_mul(j, vec_broadcast(kPio2A))), vec_mul(j, vec_broadcast(kPio2B))),
-                         vec_mul(j, vec_broadcast(kPio2C)));
-  const VecF r2 = vec_mul(r, r);
-  VecF sin_poly = vec_fma(r2, vec_broadcast(1.0f / 362880), vec_broadcast(-1.0f / 5040));
-  sin_poly = vec_fma(r2, sin_poly, vec_broadcast(1.0f / 120));
-  sin_poly = vec_fma(r2, sin_poly, vec_broadcast(-1.0f / 6));
-  const VecF s = vec_fma(vec_mul(r, r2), sin_poly, r);
-  VecF cos_poly = vec_fma(r2, vec_broadcast(-1.0f / 3628800), vec_broadcast(1.0f / 40320));
-  cos_poly = vec_fma(r2, cos_poly, vec_broadcast(-1.0f / 720));
-  cos_poly = vec_fma(r2, cos_poly, vec_broadcast(1.0f / 24));
-  const VecF c = vec_fma(vec_mul(r2, r2), cos_poly, vec_fma(r2, vec_broadcast(-0.5f), vec_broadcast(1.0f)));
-  const VecI q = vec_to_int_exact(j);
-  const VecI swap = veci_and(q, veci_broadcast(1));
-  const VecI cos_sign = veci_shift_left<30>(veci_and(veci_add(q, veci_broadcast(1)), veci_broadcast(2)));
-  const VecI sin_sign = veci_shift_left<30>(veci_and(q, veci_broadcast(2)));
-  cos_out = vec_from_bits(veci_xor(vec_bits(vec_select_nonzero(swap, s, c)), cos_sign));
-  sin_out = vec_from_bits(veci_xor(vec_bits(vec_select_nonzero(swap, c, s)), sin_sign));
+// cos and sin of 2 pi k / 2^24 in every lane, 0 <= k < 2^24
+inline void vec_sincos_steps(VecI k, VecF& cos_out, VecF& sin_out) {
+  const VecI sector = veci_shift_right<20>(k);
+  const VecI steps = veci_sub(veci_and(k, veci_broadcast(kSectorSteps - 1)), veci_broadcast(kHalfSector));
+  const VecF t = vec_mul(vec_from_int(steps), vec_broadcast(kRadiansPerStep));
+  const VecF t2 = vec_mul(t, t);
+  const VecF sin_t = vec_fma(vec_mul(t, t2), vec_fma(t2, vec_broadcast(1.0f / 120), vec_broadcast(-1.0f / 6)), t);
+  VecF cos_t = vec_fma(t2, vec_broadcast(-1.0f / 720), vec_broadcast(1.0f / 24));
+  cos_t = vec_fma(t2, cos_t, vec_broadcast(-0.5f));
+  cos_t = vec_fma(t2, cos_t, vec_broadcast(1.0f));
+  const VecF c = vec_lookup16(kSectorCos, sector), s = vec_lookup16(kSectorSin, sector);
+  cos_out = vec_fnma(s, sin_t, vec_mul(c, cos_t));
+  sin_out = vec_fma(s, cos_t, vec_mul(c, sin_t));
 }
-#endif
 
 }  // namespace analog

@@ -45,6 +45,7 @@ inline VecF vec_load(const float* p) { return _mm512_loadu_ps(p); }
 inline void vec_store(float* p, VecF v) { _mm512_storeu_ps(p, v); }
 inline VecF vec_broadcast(float x) { return _mm512_set1_ps(x); }
 inline VecF vec_fma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
+inline VecF vec_fnma(VecF a, VecF b, VecF c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
 inline VecF vec_mul(VecF a, VecF b) { return _mm512_mul_ps(a, b); }
 inline VecF vec_add(VecF a, VecF b) { return _mm512_add_ps(a, b); }
 inline VecF vec_sub(VecF a, VecF b) { return _mm512_sub_ps(a, b); }
@@ -98,6 +99,8 @@ inline VecF vec_load_stride2(const float* p) {
 inline VecI vec_bits(VecF a) { return _mm512_castps_si512(a); }
 inline VecF vec_from_bits(VecI a) { return _mm512_castsi512_ps(a); }
 inline VecI veci_broadcast(int32_t x) { return _mm512_set1_epi32(x); }
+inline VecI veci_load(const int32_t* p) { return _mm512_loadu_si512(p); }
+inline void veci_store(int32_t* p, VecI v) { _mm512_storeu_si512(p, v); }
 inline VecI veci_add(VecI a, VecI b) { return _mm512_add_epi32(a, b); }
 inline VecI veci_and(VecI a, VecI b) { return _mm512_and_si512(a, b); }
 inline VecI veci_or(VecI a, VecI b) { return _mm512_or_si512(a, b); }
@@ -107,6 +110,8 @@ template <int n> VecI veci_shift_left(VecI a) { return _mm512_maskz_slli_epi32(0
 template <int n> VecI veci_shift_right(VecI a) { return _mm512_maskz_srli_epi32(0xffff, a, n); }  // logical
 template <int n> VecI veci_shift_right_arithmetic(VecI a) { return _mm512_maskz_srai_epi32(0xffff, a, n); }
 inline VecF vec_from_int(VecI a) { return _mm512_maskz_cvtepi32_ps(0xffff, a); }
+// table[index & 15] in every lane, from 16 floats on a 64-byte boundary
+inline VecF vec_lookup16(const float* table, VecI index) { return _mm512_permutexvar_ps(index, _mm512_load_ps(table)); }
 inline VecI vec_to_int_exact(VecF a) { return _mm512_maskz_cvtps_epi32(0xffff, a); }  // a holds an integer
 // a where the lane of `flag` is not zero, else b
 inline VecF vec_select_nonzero(VecI flag, VecF a, VecF b) {
@@ -131,6 +136,7 @@ inline VecF vec_load(const float* p) { return _mm256_loadu_ps(p); }
 inline void vec_store(float* p, VecF v) { _mm256_storeu_ps(p, v); }
 inline VecF vec_broadcast(float x) { return _mm256_set1_ps(x); }
 inline VecF vec_fma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
+inline VecF vec_fnma(VecF a, VecF b, VecF c) { return _mm256_fnmadd_ps(a, b, c); }
 inline VecF vec_mul(VecF a, VecF b) { return _mm256_mul_ps(a, b); }
 inline VecF vec_add(VecF a, VecF b) { return _mm256_add_ps(a, b); }
 inline VecF vec_sub(VecF a, VecF b) { return _mm256_sub_ps(a, b); }
@@ -166,6 +172,8 @@ inline VecF vec_load_stride2(const float* p) {
 inline VecI vec_bits(VecF a) { return _mm256_castps_si256(a); }
 inline VecF vec_from_bits(VecI a) { return _mm256_castsi256_ps(a); }
 inline VecI veci_broadcast(int32_t x) { return _mm256_set1_epi32(x); }
+inline VecI veci_load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline void veci_store(int32_t* p, VecI v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
 inline VecI veci_add(VecI a, VecI b) { return _mm256_add_epi32(a, b); }
 inline VecI veci_and(VecI a, VecI b) { return _mm256_and_si256(a, b); }
 inline VecI veci_or(VecI a, VecI b) { return _mm256_or_si256(a, b); }
@@ -175,6 +183,11 @@ template <int n> VecI veci_shift_left(VecI a) { return _mm256_slli_epi32(a, n); 
 template <int n> VecI veci_shift_right(VecI a) { return _mm256_srli_epi32(a, n); }
 template <int n> VecI veci_shift_right_arithmetic(VecI a) { return _mm256_srai_epi32(a, n); }
 inline VecF vec_from_int(VecI a) { return _mm256_cvtepi32_ps(a); }
+inline VecF vec_lookup16(const float* table, VecI index) {  // a permute per half, then bit 3 picks
+  const VecF low = _mm256_permutevar8x32_ps(_mm256_load_ps(table), index);
+  const VecF high = _mm256_permutevar8x32_ps(_mm256_load_ps(table + 8), index);
+  return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(index, 28)));
+}
 inline VecI vec_to_int_exact(VecF a) { return _mm256_cvtps_epi32(a); }
 inline VecF vec_select_nonzero(VecI flag, VecF a, VecF b) {
   const VecI zero = _mm256_cmpeq_epi32(flag, _mm256_setzero_si256());
