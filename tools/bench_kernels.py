@@ -2,7 +2,8 @@
 
 Prints, in one run:
 
-1. ns per element of each op through the native kernels and through the ONNX function bodies;
+1. CPU ns per element of each op through the native kernels (and the baseline library) and
+   through the ONNX function bodies;
 2. a ResNet-20 (CIFAR shape 3x32x32, random weights: timing needs no training) at batch 256
    with 2 intra-op threads: clean onnxruntime, then transformed with ``aihwkit-default``,
    ``aihwkit-pcm`` (one programmed chip read a day after programming: the chip is computed on
@@ -62,7 +63,7 @@ from analog_onnx.ops import DOMAIN, OPSET_VERSION
 from analog_onnx.ops.functions import function_protos
 from analog_onnx.ops.native.build import library_path
 from analog_onnx.ops.schema import OPS, SCHEMAS, OpSchema
-from analog_onnx.runtime import make_session, session_options
+from analog_onnx.runtime import session_options
 from analog_onnx.transform import transform_model
 
 IMAGE = (3, 32, 32)
@@ -97,22 +98,28 @@ def op_model(op: OpSchema, attributes: dict, feeds: dict[str, np.ndarray]) -> on
     return helper.make_model(graph, opset_imports=opsets, functions=function_protos(17))
 
 
-def bench_ops(batch: int, threads: int, rounds: int) -> None:
+def bench_ops(batch: int, threads: int, rounds: int, baseline: str | None, function_bodies: bool) -> None:
+    """CPU ns per element of each op natively (and with the baseline library when there is one)
+    and through its function body, the columns in interleaved rounds."""
     shape = (batch, 16, 32, 32)  # the largest activation of a CIFAR ResNet-20
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     weight = (np.random.default_rng(1).standard_normal((16, shape[-1])) * 0.2).astype(np.float32)
     given = {"X": x, "Y": x, "W": weight, "S": np.ones((batch, 1), np.float32),
              "noise_scale": np.array(1.0, np.float32), "seed": np.array(1, np.int64), **CHIP}
-    print(f"per op, tensor {shape}, {threads} threads: ns per element")
-    print(f"  {'op':30s} {'native':>8s} {'function':>9s} {'speed-up':>9s}")
+    columns = {"native": (True, None)} | ({"baseline": (True, baseline)} if baseline else {}) \
+        | ({"function bodies": (False, None)} if function_bodies else {})
+    print(f"per op, tensor {shape}, {threads} threads: CPU ns per element (fastest of {rounds} interleaved rounds)")
+    print(f"  {'op':30s} " + " ".join(f"{label:>15s}" for label in columns) + "   x native")
     for label, (op, attributes) in OP_CASES.items():
         feeds = {name: given[name] for name in op.inputs}
         model = op_model(op, attributes, feeds)
-        times = {}
-        for native in (True, False):
-            session = make_session(model, threads=threads, native=native)
-            times[native] = fastest(lambda s=session, f=feeds: s.run(None, f), rounds if native else 2) / x.size * 1e9
-        print(f"  {label:30s} {times[True]:8.2f} {times[False]:9.2f} {times[False] / times[True]:8.1f}x")
+        sessions = {column: counted_session(model, threads, native, library)
+                    for column, (native, library) in columns.items()}
+        cpu = interleaved({column: lambda s=session, f=feeds: s.run(None, f) for column, session in sessions.items()},
+                          rounds)[1]
+        ratios = " ".join(f"{cpu[column] / cpu['native']:6.2f}" for column in columns if column != "native")
+        times = " ".join(f"{cpu[column] / x.size * 1e9:15.2f}" for column in columns)
+        print(f"  {label:30s} {times}   {ratios}")
 
 
 # ResNet-20's convolutions (input channels, output channels, input size, kernel, stride) and how
@@ -403,8 +410,7 @@ def main() -> None:
     if args.layers:
         bench_layers(args.batch, args.threads, args.rounds, args.baseline)
         return
-    if not args.no_function_bodies:
-        bench_ops(args.batch, args.threads, args.rounds)
+    bench_ops(args.batch, args.threads, args.rounds, args.baseline, not args.no_function_bodies)
     bench_resnet(args.batch, args.threads, args.rounds, args.profile, args.baseline, not args.no_function_bodies)
     bench_transformer(args.tokens, args.sequences, args.threads, args.rounds, args.baseline)
 
