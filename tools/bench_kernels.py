@@ -24,10 +24,9 @@ Prints, in one run:
 
 ``--baseline LIBRARY`` adds every native row once more with another build of the kernel library
 (say, of the previous commit: ``ANALOG_ONNX_CACHE=DIR analog-onnx kernels build`` with the old
-sources on ``PYTHONPATH``), run in the same interleaved rounds, so that a change is measured
-before and after in one run: the baseline runs each graph as prepared before the residual fusion
-(its AnalogTileConv has no input R). ``--no-function-bodies`` leaves out the function-body rows (tens of
-times slower than the rest).
+sources on ``PYTHONPATH``), run in the same interleaved rounds on the same prepared graphs, so
+that a change is measured before and after in one run. ``--no-function-bodies`` leaves out the
+function-body rows (tens of times slower than the rest).
 
 Variants run in interleaved rounds and each reports its fastest round, in wall time and in CPU
 time of all threads (pool threads sleep instead of spinning), so that other load on the machine
@@ -227,7 +226,7 @@ def pass_through(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def without_residual_fusion(model: onnx.ModelProto) -> onnx.ModelProto:
     """The native graph of ``model`` without native_graph's residual fusion: each residual Add and
-    its ReLU a pass of their own, as before that fusion (and as an older library can run it)."""
+    its ReLU a pass of their own."""
     with mock.patch.object(native_graph, "_fuse_residuals", lambda work: False):
         return native_graph.prepare(model)
 
@@ -295,18 +294,15 @@ def interleaved(runs: dict[str, Callable[[], object]], rounds: int) -> tuple[dic
 
 def bench_network(title: str, variants: dict[str, tuple[onnx.ModelProto, bool]], feeds: dict[str, np.ndarray],
                   threads: int, rounds: int, baseline: str | None,
-                  extra: dict[str, Callable[[], object]] | None = None,
-                  older: dict[str, onnx.ModelProto] | None = None) -> None:
+                  extra: dict[str, Callable[[], object]] | None = None) -> None:
     """Times the variants (model, native) against the first, clean one, in interleaved rounds;
-    every native variant also with the ``baseline`` library when there is one (running the graph
-    of ``older`` where it has one for the variant's label)."""
+    every native variant also with the ``baseline`` library when there is one."""
     runs = {}
     for label, (model, native) in variants.items():
         for suffix, library in {"": None, " [baseline]": baseline if native else None}.items():
             if suffix and library is None:
                 continue
-            session = counted_session(model if not suffix else (older or {}).get(label, model), threads, native,
-                                      library)
+            session = counted_session(model, threads, native, library)
             # the controls have defaults, so onnxruntime lists them as overridable initializers, not inputs
             names = {i.name for i in (*session.get_inputs(), *session.get_overridable_initializers())}
             given = {k: v for k, v in feeds.items() if k in names}
@@ -327,12 +323,10 @@ def bench_resnet(batch: int, threads: int, rounds: int, profile: bool, baseline:
     clean = resnet20()
     x = np.random.default_rng(0).random((batch, *IMAGE), dtype=np.float32)
     variants: dict[str, tuple[onnx.ModelProto, bool]] = {"clean onnxruntime": (clean, False)}
-    older: dict[str, onnx.ModelProto] = {}
 
     def add_native(label: str, model: onnx.ModelProto) -> None:
-        """``model`` as make_session runs it, and as it ran before the residual fusion."""
+        """``model`` as make_session runs it."""
         variants[label] = (native_graph.prepare(model), True)
-        older[label] = without_residual_fusion(model)
 
     for preset in PRESETS:
         analog = transform_model(clean, load_preset(preset))
@@ -353,7 +347,7 @@ def bench_resnet(batch: int, threads: int, rounds: int, profile: bool, baseline:
     extra = {"aihwkit TorchInferenceRPUConfig": aihwkit} if aihwkit is not None else {}
     feeds = {clean.graph.input[0].name: x, "seed": np.array(1, np.int64), **CHIP}
     bench_network(f"ResNet-20, batch {batch} of {'x'.join(map(str, IMAGE))}", variants, feeds, threads, rounds,
-                  baseline, extra, older)
+                  baseline, extra)
     if aihwkit is None:
         print("  (aihwkit not importable: its TorchInferenceRPUConfig row is left out)")
     if profile:
