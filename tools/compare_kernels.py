@@ -10,8 +10,8 @@ build`` with the old sources on ``PYTHONPATH``) and running
 ``AnalogTileEpilogue`` and ``AnalogTileConv`` on dense and convolution cases (odd sizes, strides,
 dilations, asymmetric padding, several tiles, saturating bound management, noise on and off, W a
 constant and W an input), every op-schema case of the tile, and a whole ResNet-20 under
-``aihwkit-default`` at a fixed seed (the old library runs it as prepared before the residual
-fusion, which it may not know), and prints every case whose outputs differ in any bit.
+``aihwkit-default`` at a fixed seed (both libraries run the same prepared graphs), and prints
+every case whose outputs differ in any bit.
 Exit status 1 when one does.
 """
 
@@ -24,7 +24,6 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
-from bench_kernels import without_residual_fusion
 from onnx import helper, numpy_helper
 
 from analog_onnx import native_graph
@@ -98,9 +97,8 @@ def cases():
         yield f"AnalogTileConv {x.shape} {w.shape} s{stride} p{pads} d{dilation} {label}", model, feeds
 
 
-def resnet20() -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, np.ndarray]]:
-    """The network as an older library runs it (each residual Add and ReLU a node of its own) and
-    as the current one does (fused into the tiles), and its feeds."""
+def resnet20() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The network as a native session runs it, and its feeds."""
     import torch
 
     from analog_onnx.train.export import to_onnx
@@ -110,8 +108,7 @@ def resnet20() -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, np.ndarray]]
     clean = to_onnx(build_model("resnet20", (3, 32, 32), 10), (3, 32, 32)).model
     analog = transform_model(clean, load_preset("aihwkit-default"))
     x = np.random.default_rng(0).random((32, 3, 32, 32), dtype=np.float32)
-    return without_residual_fusion(analog), native_graph.prepare(analog), {clean.graph.input[0].name: x,
-                                                                            "seed": np.array(7, np.int64)}
+    return native_graph.prepare(analog), {clean.graph.input[0].name: x, "seed": np.array(7, np.int64)}
 
 
 def main() -> None:
@@ -120,10 +117,8 @@ def main() -> None:
     parser.add_argument("new", nargs="?", default=str(library_path()))
     args = parser.parse_args()
     differing = total = 0
-    tiles = [(name, model, model, feeds) for name, model, feeds in cases()]
-    for name, old_model, new_model, feeds in [*tiles, ("ResNet-20 aihwkit-default, batch 32, seed 7", *resnet20())]:
-        old, new = (session(model, library).run(None, feeds)[0]
-                    for model, library in ((old_model, args.old), (new_model, args.new)))
+    for name, model, feeds in [*cases(), ("ResNet-20 aihwkit-default, batch 32, seed 7", *resnet20())]:
+        old, new = (session(model, library).run(None, feeds)[0] for library in (args.old, args.new))
         total += 1
         if old.tobytes() != new.tobytes():
             differing += 1
