@@ -416,13 +416,14 @@ class TileBlock {
         base = products(y);
       }
       const VecF sigma = spread != nullptr ? vec_load(spread + p0) : vec_broadcast(l_.sigma);
-      for (size_t pair = m0 / 2; 2 * pair < m1; ++pair) {
-        VecF even, odd;
-        normal_pair_lanes(products_plus(base, pair * key), key, even, odd);
-        float* row = product + 2 * pair * ld + p0;
-        if (2 * pair >= m0) vec_store(row, vec_add(vec_load(row), vec_mul(sigma, even)));
-        if (2 * pair + 1 < m1) vec_store(row + ld, vec_add(vec_load(row + ld), vec_mul(sigma, odd)));
-      }
+      const size_t pair0 = m0 / 2, stride = ld;
+      for_each_pair_vector(products_plus(base, pair0 * key), key, key, (m1 + 1) / 2 - pair0,
+                           [=](size_t j, VecF even, VecF odd) {
+                             const size_t m = 2 * (pair0 + j);
+                             float* row = product + m * stride + p0;
+                             if (m >= m0) vec_store(row, vec_add(vec_load(row), vec_mul(sigma, even)));
+                             if (m + 1 < m1) vec_store(row + stride, vec_add(vec_load(row + stride), vec_mul(sigma, odd)));
+                           });
     }
   }
 
