@@ -589,6 +589,27 @@ def test_native_tile_convolution_reads_patches_like_the_function_body(seed, w_no
     assert np.isclose(native, function, rtol=1e-4, atol=1e-4).mean() > 0.99
 
 
+@pytest.mark.native
+@pytest.mark.parametrize(("images", "size"), [(32, (64, 64)), (132, (31, 33))])
+def test_native_tile_convolution_streams_a_large_output_with_the_same_bits(images, size, rng):
+    """An output of 8 MiB or more goes out with streaming stores (where a channel's run starts a
+    vector: 64 x 64 images; 31 x 33 ones mostly do not): the first images give the bits they give
+    in a batch small enough to be stored as usual, noise and bound management included."""
+    weight = rng.standard_normal((16, 4, 1, 1)).astype(np.float32)
+    shape = [images, 4, *size]
+    graph = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], name="conv")], "conv",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, *size])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                         [onnx.numpy_helper.from_array(weight, "w")])
+    model = transform_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]), load_preset("aihwkit-default"))
+    session = make_session(model, native=True)
+    x = rng.standard_normal(shape).astype(np.float32)
+    large = session.run(None, {"x": x, "seed": np.array(6, np.int64)})[0]
+    small = session.run(None, {"x": x[:8], "seed": np.array(6, np.int64)})[0]
+    assert large.nbytes >= 8 << 20 > small.nbytes
+    np.testing.assert_array_equal(large[:8], small)
+
+
 # the tile attributes a narrow-output case sets on the transformed file's AnalogTile
 NARROW_SETTINGS = {"default": {},
                    "split-saturating": {"max_input_size": 20, "max_output_size": 3, "out_bound": 0.5},

@@ -115,6 +115,13 @@ struct Converter {
   }
 };
 
+// Whether an output of `bytes` goes out with streaming stores: a large output is mostly out of the
+// caches by the time the next layer reads it (the layer's input, output and residual stream
+// through them), so a store need not read each line first. On ResNet-20 (a 32 MiB L3) streaming
+// made the network 2% to 4% faster at 8 and 16 MiB per output, 3% slower pass-through at 4 MiB.
+// (The threshold is fixed: sysconf's cache sizes are those of the host in a virtual machine.)
+inline bool streams_output(size_t bytes) { return bytes >= (size_t{8} << 20); }
+
 // The layer's digital epilogue per output channel (native_graph.fuse_epilogues): y*scale + shift,
 // then a residual input of the output's shape added (native_graph.fuse_residuals), then ReLU.
 struct ChannelEpilogue {
@@ -182,13 +189,15 @@ struct TileLayer {
   Converter dac, adc;
   std::vector<std::pair<size_t, size_t>> out_ranges;
   size_t widest;  // the longest input tile
+  bool stream;    // write a convolution's output with streaming stores (streams_output)
 
   TileLayer(const VectorSource& src_, const std::vector<PackedTile>& tiles_, size_t outputs_, size_t vectors_,
             const TileSettings& s_, float noise_scale, uint64_t key_, const ChannelEpilogue* epilogue_)
       : src(src_), tiles(tiles_), outputs(outputs_), vectors(vectors_), s(s_), sigma(noise_scale * s_.out_noise),
         sigma_w(noise_scale * s_.w_noise), key(key_),
         epilogue(epilogue_), dac(s_.inp_bits, s_.inp_bound), adc(s_.out_bits, s_.out_bound),
-        out_ranges(split_ranges(outputs_, s_.max_output_size)), widest(0) {
+        out_ranges(split_ranges(outputs_, s_.max_output_size)), widest(0),
+        stream(streams_output(outputs_ * vectors_ * sizeof(float))) {
     for (const auto& t : tiles) widest = std::max(widest, t.end - t.begin);
   }
   // The panel is the raw input: no abs-max scaling and a DAC that changes nothing.
@@ -475,6 +484,7 @@ class TileBlock {
     const float* sums = direct ? b_.product.data() : b_.total.data();
     const float* back = b_.back.data();
     const size_t stride = ld;  // between output rows of the sums
+    const bool stream = l_.stream;
     // output m's lanes from column p, written at `at` (`lanes` of them): its sum (direct: round
     // 0's product as accumulate would have added it to zeros, 0 + (y * back) * alpha), then
     // std::max(y * scale + shift (+ residual), 0.0f) (or without the ReLU), unless no epilogue is fused
@@ -525,11 +535,15 @@ class TileBlock {
         const VecF a = alpha(m), c = scale(m), d = shift(m);
         const size_t to = base + m * per_image;
         size_t q = 0;
+        if (stream && reinterpret_cast<uintptr_t>(out + to) % sizeof(VecF) == 0) {
+          for (; q + kLanes <= length; q += kLanes) vec_stream(out + to + q, value(m, a, c, d, i + q, to + q, kLanes));
+        }
         for (; q + kLanes <= length; q += kLanes) vec_store(out + to + q, value(m, a, c, d, i + q, to + q, kLanes));
         if (q < length) vec_store_first(out + to + q, value(m, a, c, d, i + q, to + q, length - q), length - q);
       }
       i += length;
     }
+    if (stream) vec_stream_fence();
   }
 
   const TileLayer& l_;

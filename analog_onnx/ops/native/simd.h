@@ -43,6 +43,7 @@ constexpr size_t kRegisters = 32;
 inline VecF vec_zero() { return _mm512_setzero_ps(); }
 inline VecF vec_load(const float* p) { return _mm512_loadu_ps(p); }
 inline void vec_store(float* p, VecF v) { _mm512_storeu_ps(p, v); }
+inline void vec_stream(float* p, VecF v) { _mm512_stream_ps(p, v); }  // p aligned to the vector
 inline VecF vec_broadcast(float x) { return _mm512_set1_ps(x); }
 inline VecF vec_fma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
 inline VecF vec_fnma(VecF a, VecF b, VecF c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
@@ -134,6 +135,7 @@ constexpr size_t kRegisters = 16;
 inline VecF vec_zero() { return _mm256_setzero_ps(); }
 inline VecF vec_load(const float* p) { return _mm256_loadu_ps(p); }
 inline void vec_store(float* p, VecF v) { _mm256_storeu_ps(p, v); }
+inline void vec_stream(float* p, VecF v) { _mm256_stream_ps(p, v); }  // p aligned to the vector
 inline VecF vec_broadcast(float x) { return _mm256_set1_ps(x); }
 inline VecF vec_fma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
 inline VecF vec_fnma(VecF a, VecF b, VecF c) { return _mm256_fnmadd_ps(a, b, c); }
@@ -200,5 +202,9 @@ inline void vec_interleave(VecF even, VecF odd, VecF& low, VecF& high) {
   high = _mm256_permute2f128_ps(a, b, 0x31);
 }
 #endif
+
+// vec_stream stores bypass the caches (no read of the line before it is written) and are not
+// ordered with other stores: a kernel that streams ends with this fence.
+inline void vec_stream_fence() { _mm_sfence(); }
 
 }  // namespace analog
