@@ -186,8 +186,8 @@ inline void box_muller(VecF radius, VecI steps, VecF& even, VecF& odd) {
   odd = vec_mul(radius, s);
 }
 
-// The Box-Muller pairs of the lanes' counters (rng.normal_pairs): even is normal 2c of the stream,
-// odd normal 2c + 1, bit for bit as the scalar path computes them.
+// The Box-Muller pairs of the lanes' counters (rng.normal_pairs, to float tolerance): even is
+// normal 2c of the stream, odd normal 2c + 1.
 inline void normal_pair_lanes(const Products& y, uint64_t key, VecF& even, VecF& odd) {
   VecF u1;
   VecI steps;
