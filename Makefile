@@ -18,7 +18,7 @@ $(VENV)/.base: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.base
-	@echo "== set-up: the development tools (pytest, ruff, ray, scipy, mnist1d)"
+	@echo "== set-up: the development tools (pytest, ruff, ray, scipy, mnist1d, tokenizers)"
 	$(BIN)/pip install --progress-bar on -e '.[dev]'
 	touch $@
 
