@@ -10,6 +10,9 @@ exactly when given the same normals) and in distribution.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -564,6 +567,21 @@ def test_native_tile_dac_of_scaled_vectors_rounds_half_steps_like_numpy(peak):
     feeds = {"X": x, "W": np.eye(8, dtype=np.float32), **controls(0.0, 1)}
     want = run("reference", SCHEMAS["AnalogTile"], attributes, feeds)[0]
     np.testing.assert_array_equal(run("native", SCHEMAS["AnalogTile"], attributes, feeds)[0], want)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize(("bound", "levels"), [("1", "63"), ("1.5", "127")])
+def test_dac_quotient_without_division_rounds_like_the_division_for_every_float(bound, levels, tmp_path):
+    """The noise-managed DAC's division-free quotient (Markstein's correction) gives the division's
+    level for every float input of |a| <= 1.01: tools/check_dac_quotient.cc, compiled as the kernels
+    are (the system g++), tries all of them."""
+    checker = tmp_path / "check_dac_quotient"
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    subprocess.run([compiler, "-O2", "-march=native", "-ffp-contract=off", "-o", str(checker),
+                    str(Path(__file__).parent.parent / "tools" / "check_dac_quotient.cc")], check=True)
+    result = subprocess.run([str(checker), bound, levels], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    assert " 0 levels not the division's" in result.stdout
 
 
 @pytest.mark.native
