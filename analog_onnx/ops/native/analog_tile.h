@@ -298,7 +298,7 @@ class TileBlock {
       // least 1: the clip changes nothing and is left out. The quotient a / step (a = x * scale)
       // needs no division and no check: q = a * (1 / step) corrected by q + (a - step q) * (1 /
       // step), the residual exact in an FMA, is the correctly rounded quotient (Markstein's
-      // correction step; tools/check_dac_quotient.cc tries every float a in [0, 1.01] for a
+      // correction step; tools/check_dac_quotient.cc tries every float a in [-1.01, 1.01] for a
       // bound and a number of levels). Checking q instead sent 8% of ResNet-20's vectors, and
       // 18% under PCM weights, to the division, at a mispredicted branch each.
       input_.pack(panel, [=](size_t p) {
