@@ -10,8 +10,6 @@ exactly when given the same normals) and in distribution.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from analog_onnx.ops import DOMAIN, OPSET_VERSION, functions
 from analog_onnx.ops import reference as ref
 from analog_onnx.ops import torch_twins as tw
 from analog_onnx.ops.functions import DEVICE_BLOCK, function_protos
+from analog_onnx.ops.native import build
 from analog_onnx.ops.rng import INV_2_24, noise_normals, normals, squares_pair, stream_key
 from analog_onnx.ops.schema import OPS, SCHEMAS, OpSchema, Required
 from analog_onnx.runtime import make_session, session_options
@@ -576,7 +575,8 @@ def test_dac_quotient_without_division_rounds_like_the_division_for_every_float(
     level for every float input of |a| <= 1.01: tools/check_dac_quotient.cc, compiled as the kernels
     are (the system g++), tries all of them."""
     checker = tmp_path / "check_dac_quotient"
-    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    compiler = build.compiler()
+    assert compiler is not None, "no C++ compiler (set CXX)"
     subprocess.run([compiler, "-O2", "-march=native", "-ffp-contract=off", "-o", str(checker),
                     str(Path(__file__).parent.parent / "tools" / "check_dac_quotient.cc")], check=True)
     result = subprocess.run([str(checker), bound, levels], capture_output=True, text=True)

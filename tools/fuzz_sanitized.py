@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--keep", help="build the sanitized library into this folder and keep it")
     args = parser.parse_args()
-    compiler = shutil.which(os.environ.get("CXX", "g++")) or sys.exit("no C++ compiler (set CXX)")
+    compiler = build.compiler() or sys.exit("no C++ compiler (set CXX)")
     if native_library_path() is None:  # the tests' gate asks for the regular build, or skips them all
         sys.exit("the native kernels of these sources are not built: run `analog-onnx kernels build` first")
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="analog-onnx-asan-"))

@@ -55,6 +55,11 @@ CXXFLAGS = (
 EXTRA_FLAGS_VARIABLE = "ANALOG_ONNX_CXXFLAGS"
 
 
+def compiler() -> str | None:
+    """The C++ compiler: ``$CXX`` or g++, as found on PATH (None when there is none)."""
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
 def compiler_flags() -> tuple[str, ...]:
     """CXXFLAGS and the extra flags of ``$ANALOG_ONNX_CXXFLAGS``."""
     return (*CXXFLAGS, *os.environ.get(EXTRA_FLAGS_VARIABLE, "").split())
@@ -183,8 +188,8 @@ def build_library(*, force: bool = False) -> tuple[Path, bool]:
         raise AnalogError(problem)
     if target.is_file() and not force and damage(target) is None:
         return target, False
-    compiler = shutil.which(os.environ.get("CXX", "g++"))
-    if compiler is None:
+    cxx = compiler()
+    if cxx is None:
         raise AnalogError("building the native kernels needs a C++17 compiler: install g++ (or set CXX)")
     try:
         include = headers.include_dir(cache_dir())
@@ -193,7 +198,7 @@ def build_library(*, force: bool = False) -> tuple[Path, bool]:
         raise AnalogError(f"cannot write the native kernels into {cache_dir()}: {e.strerror}; "
                           "set ANALOG_ONNX_CACHE to a writable folder") from None
     with atomic_outputs(target.parent / RECORD_NAME, target, force=True) as (record, scratch):
-        compile_library(compiler, include, scratch)
+        compile_library(cxx, include, scratch)
         problem = load_problem(scratch)
         if problem:
             raise AnalogError(f"the freshly built native kernels do not load: {problem}")
