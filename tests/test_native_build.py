@@ -1,21 +1,30 @@
-"""Building the native library: pinned headers, the cache path, the CLI's build/status."""
+"""Building the native library: pinned headers, the cache path, the CLI's build/status, the step clock."""
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto
+from onnx import helper as h
 from typer.testing import CliRunner
 
+from analog_onnx import native_graph
 from analog_onnx.cache import cache_dir
 from analog_onnx.cli import app
+from analog_onnx.config import load_preset
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import NATIVE_OPS
 from analog_onnx.ops.native import build, headers
-from analog_onnx.runtime import native_required
+from analog_onnx.runtime import make_session, native_required, session_options
+from analog_onnx.transform import transform_model
 
 USER_CACHE = cache_dir()  # before any test points the cache elsewhere
 MEMBER = "package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers/{}"
@@ -104,3 +113,45 @@ def test_build_into_a_fresh_cache_and_report_it(empty_cache, monkeypatch):
     assert status["ops"] == list(NATIVE_OPS) and status["ort_api_version"] >= 17
     again = CliRunner().invoke(app, ["kernels", "build"])
     assert "up to date" in again.output
+
+
+@pytest.mark.slow
+@pytest.mark.native
+def test_a_step_clock_build_counts_the_tiles_steps_and_computes_the_same_bits(tmp_path, monkeypatch):
+    """tools/bench_steps.py's library: built with -DANALOG_STEP_CLOCK (keyed apart from the
+    regular build), it gives the regular build's outputs bit for bit and counts ticks in every step
+    that an aihwkit-default convolution runs."""
+    rng = np.random.default_rng(3)
+    graph = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "conv",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8, 16, 16])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                         [onnx.numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "w")])
+    model = transform_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]), load_preset("aihwkit-default"))
+    feeds = {"x": rng.standard_normal((4, 8, 16, 16)).astype(np.float32), "seed": np.array(2, np.int64)}
+    regular = make_session(model, native=True)
+    want = regular.run(None, feeds)[0]
+
+    shared = headers.cached_dir(USER_CACHE)
+    if headers.verified(shared):
+        monkeypatch.setenv("ORT_INCLUDE_DIR", str(shared))
+    monkeypatch.setenv("ANALOG_ONNX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(build.EXTRA_FLAGS_VARIABLE, "-DANALOG_STEP_CLOCK")
+    path, built = build.build_library()
+    assert built and path.is_relative_to(tmp_path)
+    clock = ctypes.CDLL(str(path))
+    clock.analog_step_ticks.restype = ctypes.c_uint64
+    clock.analog_step_ticks.argtypes = (ctypes.c_size_t, ctypes.c_int)
+    clock.analog_ticks_per_second.restype = ctypes.c_double
+    clock.analog_multiply_adds_per_second.restype = ctypes.c_double
+    options = session_options(1, native=False)
+    options.register_custom_ops_library(str(path))
+    session = ort.InferenceSession(native_graph.prepare(model).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    for step in range(8):
+        clock.analog_step_ticks(step, 1)
+    np.testing.assert_array_equal(session.run(None, feeds)[0], want)
+    ticks = [clock.analog_step_ticks(step, 0) for step in range(8)]
+    # read, abs-max, pack, product, noise, ADC and sums, write ran (reruns may not)
+    assert all(ticks[step] > 0 for step in (0, 1, 2, 3, 4, 5, 7)), ticks
+    assert clock.analog_ticks_per_second() > 1e8
+    assert clock.analog_multiply_adds_per_second() > 1e9

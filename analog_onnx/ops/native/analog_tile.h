@@ -27,6 +27,7 @@
 #include "ort_glue.h"
 #include "quantize.h"
 #include "simd.h"
+#include "step_clock.h"
 #include "tile_gemm.h"
 #include "tile_source.h"
 
@@ -250,7 +251,7 @@ class TileBlock {
       const float* panel = read(l_.tiles[t]);
       for (const auto& [m0, m1] : l_.out_ranges) output_tile(t, m0, m1, panel);
     }
-    write(out);
+    timed(Step::kWrite, [&] { write(out); });
   }
 
  private:
@@ -264,19 +265,21 @@ class TileBlock {
   // and round 0's panel (the micro-kernel reads the raw vectors straight from the input, when no
   // DAC or scale changes them and the input allows it: panel nullptr).
   const float* read(const PackedTile& tile) {
-    input_.read(tile.begin, tile.end);
+    timed(Step::kRead, [&] { input_.read(tile.begin, tile.end); });
     float* inverse = b_.inverse.data();
     if (l_.s.noise_management) {
-      input_.abs_max(inverse);
-      for (size_t i = 0; i < count_; ++i) inverse[i] = 1.0f / scale_from_abs_max(inverse[i]);
+      timed(Step::kAbsMax, [&] {
+        input_.abs_max(inverse);
+        for (size_t i = 0; i < count_; ++i) inverse[i] = 1.0f / scale_from_abs_max(inverse[i]);
+      });
     } else {
       std::fill(inverse, inverse + count_, 1.0f);
     }
-    if (!l_.raw_panel()) return pack_round0();
+    if (!l_.raw_panel()) return timed(Step::kPack, [&] { return pack_round0(); });
     if (input_.raw_panel() != nullptr) return input_.raw_panel();
     // the weight noise reads the panel (column_sigma), so there must be one
     if (l_.sigma_w == 0.0f && input_.slab_rows(slab_bases_, &slab_offsets_)) return nullptr;
-    input_.pack(b_.panel.data(), [](size_t) { return [](VecF x) { return x; }; });
+    timed(Step::kPack, [&] { input_.pack(b_.panel.data(), [](size_t) { return [](VecF x) { return x; }; }); });
     return b_.panel.data();
   }
 
@@ -349,17 +352,18 @@ class TileBlock {
     Columns columns{nullptr, count_};
     for (int64_t r = 0; r < l_.s.bm_rounds && columns.used > 0; ++r) {
       if (r > 0) {
-        pack(tile.end - tile.begin, r, columns, b_.rerun_panel.data());
+        timed(Step::kRerunPack, [&] { pack(tile.end - tile.begin, r, columns, b_.rerun_panel.data()); });
         panel = b_.rerun_panel.data();
       } else {  // round 0's scales (an earlier output tile's reruns may have overwritten them)
         std::copy(b_.inverse.begin(), b_.inverse.begin() + count_, b_.scale.begin());
       }
       for (size_t p = 0; p < columns.used; ++p) b_.back[p] = 1.0f / b_.scale[p];
       const size_t row0 = m0 / kBlockRows * kBlockRows;
-      multiply(tile, panel, row0, m1, columns);
-      if (l_.sigma != 0.0f || l_.sigma_w != 0.0f) add_noise(r, t, m0, m1, row0, columns, column_sigma(panel, tile, columns));
+      timed(Step::kProduct, [&] { multiply(tile, panel, row0, m1, columns); });
+      if (l_.sigma != 0.0f || l_.sigma_w != 0.0f)
+        timed(Step::kNoise, [&] { add_noise(r, t, m0, m1, row0, columns, column_sigma(panel, tile, columns)); });
       const bool last_round = r == l_.s.bm_rounds - 1;
-      const bool any_saturated = convert(m0, m1, row0, columns) && !last_round;
+      const bool any_saturated = timed(Step::kConvert, [&] { return convert(m0, m1, row0, columns); }) && !last_round;
       if (single_ && r == 0) {  // one tile each way: round 0's product is the sums, unless a vector reruns
         if (!any_saturated) {
           direct_ = true;
@@ -367,7 +371,7 @@ class TileBlock {
         }
         std::fill(b_.total.begin(), b_.total.end(), 0.0f);
       }
-      accumulate(tile, m0, m1, row0, columns, any_saturated);
+      timed(Step::kConvert, [&] { accumulate(tile, m0, m1, row0, columns, any_saturated); });
       if (!any_saturated) break;
       b_.again.clear();
       for (size_t p = 0; p < columns.used; ++p)

@@ -7,6 +7,7 @@
 // thrown on the intra-op pool's threads are carried to the caller by parallel_for (ort_glue.h).
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -17,6 +18,8 @@
 
 #include "kernels.h"
 #include "ort_glue.h"
+#include "simd.h"
+#include "step_clock.h"
 
 #if !defined(ANALOG_ONNX_DOMAIN) || !defined(ANALOG_ONNX_OPSET)
 #error "build with analog_onnx/ops/native/build.py, which defines ANALOG_ONNX_DOMAIN and ANALOG_ONNX_OPSET"
@@ -245,6 +248,41 @@ Domains& domains() {
 
 }  // namespace
 }  // namespace analog
+
+#if defined(ANALOG_STEP_CLOCK)
+// The step clock of a -DANALOG_STEP_CLOCK build (step_clock.h), for tools/bench_kernels.py: the
+// ticks of a step summed over threads (reset: then set to 0), and ticks per second.
+ANALOG_EXPORT uint64_t analog_step_ticks(size_t step, int reset) {
+  return step < analog::kSteps ? analog::step_ticks(step, reset != 0) : 0;
+}
+ANALOG_EXPORT double analog_ticks_per_second() {
+  const auto start = std::chrono::steady_clock::now();
+  const uint64_t ticks = __rdtsc();
+  while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(100)) {
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return static_cast<double>(__rdtsc() - ticks) / seconds;
+}
+// One thread's multiply-adds per second at the build's SIMD width: independent chains of FMAs,
+// as many as hide their latency, for about 100 ms. The product's floor is its multiply-adds at
+// this rate.
+ANALOG_EXPORT double analog_multiply_adds_per_second() {
+  constexpr int kChains = 16;
+  analog::VecF chain[kChains];
+  for (int i = 0; i < kChains; ++i) chain[i] = analog::vec_broadcast(0.001f * static_cast<float>(i));
+  const analog::VecF a = analog::vec_broadcast(0.9999f), b = analog::vec_broadcast(1e-4f);
+  constexpr long kSteps = 4000000;
+  const auto start = std::chrono::steady_clock::now();
+  for (long step = 0; step < kSteps; ++step)
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) chain[i] = analog::vec_fma(chain[i], a, b);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  static volatile float sink;  // the chains' results are used, so they are computed
+  alignas(64) float lanes[analog::kLanes];
+  for (int i = 0; i < kChains; ++i) analog::vec_store(lanes, chain[i]), sink = lanes[0];
+  return static_cast<double>(kSteps) * kChains * analog::kLanes / seconds;
+}
+#endif
 
 ANALOG_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   using namespace analog;
