@@ -134,19 +134,17 @@ struct ChannelEpilogue {
 };
 
 // -- the weights ---------------------------------------------------------------------------------
-// Packed weights of one input tile, mapped (divided by the mapping scales): per block of
-// kBlockRows outputs, k-major ([block][e - begin][row]), outputs past the last zero; and the
-// mapping scales per output.
+// Packed weights of one input tile, mapped (divided by the mapping scales): per register block of
+// block_rows(outputs) outputs, k-major ([block][e - begin][row]), outputs past the last zero; and
+// the mapping scales per output.
 struct PackedTile {
   size_t begin, end;
   std::vector<float> weights;  // rows x (end - begin), rows = outputs padded to a whole block
   std::vector<float> alpha;    // per output
 };
 
-inline size_t padded_rows(size_t outputs) { return (outputs + kBlockRows - 1) / kBlockRows * kBlockRows; }
-
 inline std::vector<PackedTile> pack_weights(const float* w, size_t outputs, size_t k, const TileSettings& s) {
-  const size_t rows = padded_rows(outputs);
+  const size_t block = block_rows(outputs), rows = padded_rows(outputs, block);
   std::vector<PackedTile> tiles;
   const auto out_ranges = split_ranges(outputs, s.max_output_size);
   for (auto [k0, k1] : split_ranges(k, s.max_input_size)) {
@@ -168,8 +166,8 @@ inline std::vector<PackedTile> pack_weights(const float* w, size_t outputs, size
       }
     }
     for (size_t m = 0; m < outputs; ++m) {
-      float* packed = tile.weights.data() + (m / kBlockRows) * kBlockRows * width + m % kBlockRows;
-      for (size_t e = k0; e < k1; ++e) packed[(e - k0) * kBlockRows] = w[m * k + e] / tile.alpha[m];
+      float* packed = tile.weights.data() + (m / block) * block * width + m % block;
+      for (size_t e = k0; e < k1; ++e) packed[(e - k0) * block] = w[m * k + e] / tile.alpha[m];
     }
     tiles.push_back(std::move(tile));
   }
@@ -189,6 +187,7 @@ struct TileLayer {
   const ChannelEpilogue* epilogue;
   Converter dac, adc;
   std::vector<std::pair<size_t, size_t>> out_ranges;
+  size_t block;   // outputs per register block (block_rows)
   size_t widest;  // the longest input tile
   bool stream;    // write a convolution's output with streaming stores (streams_output)
 
@@ -197,7 +196,7 @@ struct TileLayer {
       : src(src_), tiles(tiles_), outputs(outputs_), vectors(vectors_), s(s_), sigma(noise_scale * s_.out_noise),
         sigma_w(noise_scale * s_.w_noise), key(key_),
         epilogue(epilogue_), dac(s_.inp_bits, s_.inp_bound), adc(s_.out_bits, s_.out_bound),
-        out_ranges(split_ranges(outputs_, s_.max_output_size)), widest(0),
+        out_ranges(split_ranges(outputs_, s_.max_output_size)), block(block_rows(outputs_)), widest(0),
         stream(streams_output(outputs_ * vectors_ * sizeof(float))) {
     for (const auto& t : tiles) widest = std::max(widest, t.end - t.begin);
   }
@@ -236,7 +235,7 @@ class TileBlock {
   TileBlock(const TileLayer& layer, Scratch& b, size_t first, size_t last)
       : ld((layer.src.conv ? kBlockVectors : kDenseBlockVectors) + kLineFloats), l_(layer), b_(b), first_(first),
         count_(last - first), input_(layer.src, first, last - first, ld, b.input) {
-    const size_t widest = l_.widest * ld + kLanes, rows = std::min(padded_rows(l_.outputs), widest_output_tile());
+    const size_t widest = l_.widest * ld + kLanes, rows = std::min(padded_rows(l_.outputs, l_.block), widest_output_tile());
     b_.panel.resize(widest), b_.rerun_panel.resize(widest);
     b_.product.resize(rows * ld), b_.total.resize(l_.outputs * ld + kLanes);
     b_.inverse.resize(ld + kLanes), b_.quotient.resize(ld + kLanes), b_.scale.resize(ld), b_.back.resize(ld);
@@ -257,7 +256,7 @@ class TileBlock {
  private:
   size_t widest_output_tile() const {
     size_t widest = 0;
-    for (const auto& [m0, m1] : l_.out_ranges) widest = std::max(widest, padded_rows(m1 - m0) + kBlockRows);
+    for (const auto& [m0, m1] : l_.out_ranges) widest = std::max(widest, padded_rows(m1 - m0, l_.block) + l_.block);
     return widest;
   }
 
@@ -358,7 +357,7 @@ class TileBlock {
         std::copy(b_.inverse.begin(), b_.inverse.begin() + count_, b_.scale.begin());
       }
       for (size_t p = 0; p < columns.used; ++p) b_.back[p] = 1.0f / b_.scale[p];
-      const size_t row0 = m0 / kBlockRows * kBlockRows;
+      const size_t row0 = m0 / l_.block * l_.block;
       timed(Step::kProduct, [&] { multiply(tile, panel, row0, m1, columns); });
       if (l_.sigma != 0.0f || l_.sigma_w != 0.0f)
         timed(Step::kNoise, [&] { add_noise(r, t, m0, m1, row0, columns, column_sigma(panel, tile, columns)); });
@@ -384,12 +383,12 @@ class TileBlock {
   // Step 3: product rows [row0, m1) (whole register blocks) for the columns, from the panel (or
   // straight from the input slab: panel nullptr).
   void multiply(const PackedTile& tile, const float* panel, size_t row0, size_t m1, Columns columns) {
-    const size_t width = tile.end - tile.begin, rows = padded_rows(m1) - row0, vectors = columns.lanes() / kLanes;
+    const size_t width = tile.end - tile.begin, rows = padded_rows(m1, l_.block) - row0, vectors = columns.lanes() / kLanes;
     const float* weights = tile.weights.data() + row0 * width;
     if (panel == nullptr) {
-      gemm(width, rows, vectors, weights, SlabRows{slab_bases_, slab_offsets_}, b_.product.data(), ld);
+      gemm(l_.block, width, rows, vectors, weights, SlabRows{slab_bases_, slab_offsets_}, b_.product.data(), ld);
     } else {
-      gemm(width, rows, vectors, weights, PanelRows{panel, ld}, b_.product.data(), ld);
+      gemm(l_.block, width, rows, vectors, weights, PanelRows{panel, ld}, b_.product.data(), ld);
     }
   }
 

@@ -264,17 +264,18 @@ ANALOG_EXPORT double analog_ticks_per_second() {
   return static_cast<double>(__rdtsc() - ticks) / seconds;
 }
 // One thread's multiply-adds per second at the build's SIMD width: independent chains of FMAs,
-// as many as hide their latency, for about 100 ms. The product's floor is its multiply-adds at
+// enough to hide their latency (two units of 4 cycles need 8) and few enough for AVX2's 16
+// registers with the two constants, for about 100 ms. The product's floor is its multiply-adds at
 // this rate.
 ANALOG_EXPORT double analog_multiply_adds_per_second() {
-  constexpr int kChains = 16;
+  constexpr int kChains = 12;
   analog::VecF chain[kChains];
   for (int i = 0; i < kChains; ++i) chain[i] = analog::vec_broadcast(0.001f * static_cast<float>(i));
   const analog::VecF a = analog::vec_broadcast(0.9999f), b = analog::vec_broadcast(1e-4f);
   constexpr long kSteps = 4000000;
   const auto start = std::chrono::steady_clock::now();
   for (long step = 0; step < kSteps; ++step)
-#pragma GCC unroll 16
+#pragma GCC unroll 12
     for (int i = 0; i < kChains; ++i) chain[i] = analog::vec_fma(chain[i], a, b);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   static volatile float sink;  // the chains' results are used, so they are computed
