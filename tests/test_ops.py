@@ -667,8 +667,9 @@ def test_native_tile_convolution_of_outputs_narrower_than_a_vector(size, pads, d
 @pytest.mark.native
 @pytest.mark.parametrize("outputs", [5, 16, 24, 48, 64, 100])
 def test_native_tile_register_blocks_cover_every_output_width(outputs, rng):
-    """Outputs are padded to whole register blocks (8 with AVX-512, 6 with AVX2), and 301 vectors
-    end in a short block whose last SIMD vectors take the one-vector-wide micro-kernel."""
+    """Outputs are padded to whole register blocks (8 with AVX-512; with AVX2 6 x 2 where that pads
+    nothing, as at 24 and 48, else 4 x 3), and 301 vectors end in a short block whose last SIMD
+    vectors take the one-vector-wide micro-kernel."""
     attributes = SCHEMAS["AnalogTile"].cases["aihwkit-default"]
     feeds = {"X": rng.standard_normal((301, 70)).astype(np.float32),
              "W": (rng.standard_normal((outputs, 70)) * 0.3).astype(np.float32), **controls(1.0, 9)}
