@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from bench_kernels import IMAGE, counted_session, pass_through, resnet20
+from bench_kernels import IMAGE, counted_session, fastest, pass_through, resnet20
 from onnx import numpy_helper, shape_inference
 
 from analog_onnx import native_graph
@@ -93,8 +93,7 @@ def main() -> None:
     x = np.random.default_rng(0).random((args.batch, *IMAGE), dtype=np.float32)
     feeds = {clean.graph.input[0].name: x}
     clean_session = counted_session(clean, args.threads, native=False)
-    clean_session.run(None, feeds)
-    clean_cpu = min(_cpu(clean_session, feeds) for _ in range(args.rounds))
+    clean_cpu = fastest(lambda: clean_session.run(None, feeds), args.rounds, time.process_time)
     columns = {}
     for label, model in (("pass-through", pass_through(analog)), ("aihwkit-default", analog)):
         session = counted_session(native_graph.prepare(model), args.threads, True, str(path))
@@ -120,12 +119,6 @@ def main() -> None:
           f"({clean_cpu / floor:.2f}x the floor)")
     products = (f"{label} {seconds[3] / floor:.2f}x" for label, (seconds, _) in columns.items())
     print(f"the tile's product, x the floor: {', '.join(products)}")
-
-
-def _cpu(session, feeds: dict) -> float:
-    start = time.process_time()
-    session.run(None, feeds)
-    return time.process_time() - start
 
 
 if __name__ == "__main__":

@@ -250,7 +250,7 @@ Domains& domains() {
 }  // namespace analog
 
 #if defined(ANALOG_STEP_CLOCK)
-// The step clock of a -DANALOG_STEP_CLOCK build (step_clock.h), for tools/bench_kernels.py: the
+// The step clock of a -DANALOG_STEP_CLOCK build (step_clock.h), for tools/bench_steps.py: the
 // ticks of a step summed over threads (reset: then set to 0), and ticks per second.
 ANALOG_EXPORT uint64_t analog_step_ticks(size_t step, int reset) {
   return step < analog::kSteps ? analog::step_ticks(step, reset != 0) : 0;
