@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import pickle
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -96,6 +98,43 @@ def test_non_finite_samples_are_refused(tmp_path, bad, run_cli):
     model = Path(__file__).parents[1] / "models" / "digits-mlp-baseline.onnx"
     code, _, err = run_cli("evaluate", model, "-d", f"npz:{tmp_path / 'd.npz'}", "-p", "hardening-additive")
     assert code == 2 and "contain NaN" in err and len(err.strip().splitlines()) == 1
+
+
+def no_warnings_load(spec: str) -> None:
+    """``load_dataset(spec)`` with every warning an error: a bad file must be one error line, nothing else."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(spec)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([2**63 + 5, 1], np.uint64), "label 9223372036854775813 is too large"),
+    (np.array([2**64 - 1, 1], np.uint64), "label 18446744073709551615 is too large"),
+    (np.array([1e30, 1.0]), r"label 1e\+30 is too large"),
+    (np.array([-3.0, 1.0]), "labels must be >= 0, found -3.0"),
+    (np.array([2**31 - 1, 0], np.int32), "label 2147483647 is too large: a model here has at most 1048576 classes"),
+])
+def test_labels_are_checked_in_their_own_dtype(tmp_path, labels, message):
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 3), np.float32), y=labels)
+    with pytest.raises(AnalogError, match=f"^npz:d.npz: {message}"):
+        no_warnings_load(f"npz:{tmp_path / 'd.npz'}")
+
+
+def test_cifar_and_token_values_past_int64_are_reported_as_they_are(tmp_path):
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": np.array([2**63 + 5, 1], np.uint64)}
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch))
+    with pytest.raises(AnalogError, match="label 9223372036854775813 is out of range for 10 classes"):
+        no_warnings_load(f"cifar10:{tmp_path}")
+    ids = np.array([[1, 2, 3], [2, 2, 3]], np.uint64)
+    for arrays, message in (({"input_ids": np.array([[1, 2, 3], [2**63, 2, 3]], np.uint64)},
+                             "token id 9223372036854775808 is too large"),
+                            ({"input_ids": ids, "labels": np.array([2**64 - 1, 0], np.uint64)},
+                             "class label 18446744073709551615 is too large"),
+                            ({"input_ids": ids, "vocab_size": np.int64(2**40)},
+                             "vocab_size must be one integer from 2")):
+        np.savez(tmp_path / "t.npz", **arrays)
+        with pytest.raises(AnalogError, match=message):
+            no_warnings_load(f"tokens:{tmp_path / 't.npz'}")
 
 
 def test_nan_scores_are_wrong_in_top1_and_topk():

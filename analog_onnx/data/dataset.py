@@ -13,6 +13,7 @@ from analog_onnx.errors import AnalogError
 
 MAX_BYTES_ENV = "ANALOG_ONNX_MAX_DATA_BYTES"
 DEFAULT_MAX_BYTES = 1 << 30  # one array; MNIST is 47 MB, CIFAR-100's training images 150 MB
+MAX_CLASSES = 1 << 20  # a classifier has one output per class: a label past this is a damaged file, not data
 
 
 def max_data_bytes() -> int:
@@ -93,19 +94,26 @@ def checked_dataset(x: np.ndarray, y: np.ndarray, name: str, num_classes: int | 
                           f"for {len(x)} samples")
     if len(y) == 0:
         raise AnalogError(f"{name}: no samples")
-    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-        y = y.astype(np.int64)
-    if y.dtype.kind not in "iub":
+    whole = y.dtype.kind in "iub" or (y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all())
+    if not whole:
         raise AnalogError(f"{name}: labels must be integers, got dtype {y.dtype}")
-    y = y.astype(np.int64)
-    if y.min() < 0:
-        raise AnalogError(f"{name}: labels must be >= 0, found {int(y.min())}")
-    largest = int(y.max())
-    if num_classes is None:
-        num_classes = largest + 1
-    elif largest >= num_classes:
-        raise AnalogError(f"{name}: label {largest} is out of range for {num_classes} classes")
-    return Dataset(np.ascontiguousarray(x, dtype=np.float32), y, num_classes, name)
+    if num_classes is not None and y.max() >= num_classes:
+        raise AnalogError(f"{name}: label {y.max().item()} is out of range for {num_classes} classes")
+    y = as_int64(y, "label", name)
+    classes = int(y.max()) + 1 if num_classes is None else num_classes
+    return Dataset(np.ascontiguousarray(x, dtype=np.float32), y, classes, name)
+
+
+def as_int64(values: np.ndarray, what: str, name: str, lowest: int | None = 0) -> np.ndarray:
+    """Whole-numbered ``values`` (labels, token ids) as int64, their range checked in their own dtype
+    first: a cast wraps uint64 past int64 to negative numbers and makes garbage of huge floats."""
+    smallest, largest = values.min().item(), values.max().item()
+    if lowest is not None and smallest < lowest:
+        raise AnalogError(f"{name}: {what}s must be >= {lowest}, found {smallest}")
+    if largest >= MAX_CLASSES:
+        raise AnalogError(f"{name}: {what} {largest} is too large: a model here has at most {MAX_CLASSES} "
+                          "classes or tokens (one output each)")
+    return values.astype(np.int64)
 
 
 def checked_token_dataset(ids: np.ndarray, labels: np.ndarray, name: str, vocabulary: int | None = None,
@@ -124,8 +132,8 @@ def checked_token_dataset(ids: np.ndarray, labels: np.ndarray, name: str, vocabu
     if labels.shape not in (ids.shape, ids.shape[:1]):
         raise AnalogError(f"{name}: labels of shape {list(labels.shape)} fit neither the windows "
                           f"{list(ids.shape)} (next-token targets) nor one class per window [{len(ids)}]")
-    if ids.min() < 0:
-        raise AnalogError(f"{name}: token ids must be >= 0, found {int(ids.min())}")
+    ids = as_int64(ids, "token id", name)
+    labels = as_int64(labels, "target", name, None) if labels.ndim == 2 else as_int64(labels, "class label", name)
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != ids.shape or mask.dtype.kind not in "iub" or not np.isin(mask, (0, 1)).all():
@@ -139,14 +147,12 @@ def checked_token_dataset(ids: np.ndarray, labels: np.ndarray, name: str, vocabu
     if vocabulary is not None and int(ids.max()) >= vocabulary:
         raise AnalogError(f"{name}: token id {int(ids.max())} is out of range for a vocabulary of {vocabulary}")
     if labels.ndim == 1:  # sequence classification: classes are the labels'
-        if labels.min() < 0:
-            raise AnalogError(f"{name}: class labels must be >= 0, found {int(labels.min())}")
         classes = int(labels.max()) + 1
     else:  # next-token targets are tokens
         classes = vocabulary if vocabulary is not None else max(int(ids.max()), int(labels.max())) + 1
         if int(labels.max()) >= classes:
             raise AnalogError(f"{name}: target {int(labels.max())} is out of range for a vocabulary of {classes}")
-    return Dataset(ids.astype(np.int64), labels.astype(np.int64), classes, name,
+    return Dataset(ids, labels, classes, name,
                    None if mask is None else mask.astype(np.int64))
 
 

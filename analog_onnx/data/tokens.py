@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analog_onnx.data.dataset import Dataset, check_declared_size, checked_token_dataset, existing_path
+from analog_onnx.data.dataset import MAX_CLASSES, Dataset, check_declared_size, checked_token_dataset, existing_path
 from analog_onnx.data.npz import HEADER_READERS, check_declared_sizes
 from analog_onnx.errors import AnalogError
 
@@ -68,8 +68,9 @@ def read_tokens(path: str | None, split: str) -> Dataset:
         raise AnalogError(f"{name}: not a readable .npy or .npz file: {e}") from None
     ids = arrays["input_ids"]
     vocabulary = arrays.get("vocab_size")
-    if vocabulary is not None and (vocabulary.ndim != 0 or vocabulary.dtype.kind not in "iu" or vocabulary < 2):
-        raise AnalogError(f"{name}: vocab_size must be one integer >= 2")
+    if vocabulary is not None and (vocabulary.ndim != 0 or vocabulary.dtype.kind not in "iu"
+                                   or not 2 <= vocabulary <= MAX_CLASSES):
+        raise AnalogError(f"{name}: vocab_size must be one integer from 2 to {MAX_CLASSES}")
     labels = arrays.get("labels")
     if labels is None:
         labels = next_tokens(ids) if ids.ndim == 2 and ids.dtype.kind in "iu" else ids
