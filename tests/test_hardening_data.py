@@ -137,6 +137,14 @@ def test_cifar_and_token_values_past_int64_are_reported_as_they_are(tmp_path):
             no_warnings_load(f"tokens:{tmp_path / 't.npz'}")
 
 
+def test_idx_values_past_float32_are_named_as_such(tmp_path):
+    images = np.full((2, 2, 2), 1e300, ">f8")
+    write_mnist(tmp_path, idx_header(0x0E, images.shape) + images.tobytes(), idx_header(0x08, (2,)) + bytes(2),
+                compressed=False)
+    with pytest.raises(AnalogError, match=r"^mnist: samples hold 1e\+300, beyond the float32 range"):
+        no_warnings_load(f"mnist:{tmp_path}")
+
+
 def test_nan_scores_are_wrong_in_top1_and_topk():
     labels = np.array([0, 1, 2, 3])
     scores = np.full((4, 10), np.nan, np.float32)

@@ -69,6 +69,6 @@ def read_mnist(path: str | None, split: str) -> Dataset:
     labels = _read(_find(root, prefix, "labels", 1))
     if images.ndim != 3:
         raise AnalogError(f"mnist: images must be [N, H, W], got {list(images.shape)}")
-    scale = np.float32(255.0) if images.dtype == np.uint8 else np.float32(1.0)
-    x = images.astype(np.float32)[:, None] / scale
+    # other types go as they are: checked_dataset refuses values past float32's range before it casts
+    x = images[:, None] / np.float32(255.0) if images.dtype == np.uint8 else images[:, None]
     return checked_dataset(x, labels, "mnist")
