@@ -100,6 +100,17 @@ def test_non_finite_samples_are_refused(tmp_path, bad, run_cli):
     assert code == 2 and "contain NaN" in err and len(err.strip().splitlines()) == 1
 
 
+def test_samples_without_values_are_refused(tmp_path, run_cli):
+    np.savez(tmp_path / "d.npz", x=np.zeros((40, 1, 0, 8), np.float32), y=np.arange(40) % 2)
+    with pytest.raises(AnalogError, match=r"samples must have at least one value, got shape \[40, 1, 0, 8\]"):
+        load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    write_mnist(tmp_path, idx_header(0x08, (4, 0, 28)), idx_header(0x08, (4,)) + bytes(4), compressed=False)
+    with pytest.raises(AnalogError, match="^mnist: samples must have at least one value"):
+        load_dataset(f"mnist:{tmp_path}")
+    code, _, err = run_cli("train", "-d", f"npz:{tmp_path / 'd.npz'}", "-o", tmp_path / "m.onnx")
+    assert code == 2 and "at least one value" in err and len(err.strip().splitlines()) == 1
+
+
 def no_warnings_load(spec: str) -> None:
     """``load_dataset(spec)`` with every warning an error: a bad file must be one error line, nothing else."""
     with warnings.catch_warnings():

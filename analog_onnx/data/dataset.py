@@ -47,7 +47,10 @@ class Dataset:
     mask: np.ndarray | None = None  # int64 [N, T], token data only
 
     def __post_init__(self) -> None:
-        """Samples with NaN or infinity would be scored as if they meant something: refuse them."""
+        """Empty samples (a 0 in the shape) and samples with NaN or infinity would be trained on and
+        scored as if they meant something: refuse them."""
+        if 0 in self.x.shape[1:]:
+            raise AnalogError(f"{self.name}: samples must have at least one value, got shape {list(self.x.shape)}")
         if self.x.dtype.kind == "f" and len(self.x):
             bad = int(np.count_nonzero(~np.isfinite(self.x).reshape(len(self.x), -1).all(axis=1)))
             if bad:
