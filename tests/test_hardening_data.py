@@ -156,6 +156,16 @@ def test_idx_values_past_float32_are_named_as_such(tmp_path):
         no_warnings_load(f"mnist:{tmp_path}")
 
 
+@pytest.mark.parametrize("kind", ["digits", "mnist1d"])
+def test_a_path_for_a_kind_that_takes_none_is_refused(tmp_path, kind, run_cli):
+    for spec in (f"{kind}:{tmp_path / 'missing'}", f"{kind}:"):
+        with pytest.raises(AnalogError, match=f"^data kind {kind} takes no path, got '{kind}:"):
+            load_dataset(spec)
+    code, _, err = run_cli("train", "-d", f"{kind}:{tmp_path / 'missing'}", "-o", tmp_path / "m.onnx")
+    assert code == 2 and "takes no path" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_nan_scores_are_wrong_in_top1_and_topk():
     labels = np.array([0, 1, 2, 3])
     scores = np.full((4, 10), np.nan, np.float32)

@@ -61,16 +61,20 @@ READERS: dict[str, Callable[[str | None, str], Dataset]] = {
 }
 
 
+PATHLESS = ("digits", "mnist1d")  # bundled or generated: a path would be silently ignored
 PATHS = {"npz": False, "tokens": False, "cifar10": True, "cifar100": True, "mnist": True,
          "imagefolder": True}  # path: a folder?
 
 
 def check_data_spec(spec: str) -> None:
-    """Refuse, without reading any data, a ``KIND[:PATH]`` of an unknown kind or a missing path."""
+    """Refuse, without reading any data, a ``KIND[:PATH]`` of an unknown kind, a missing path, or a
+    path for a kind that takes none."""
     expect(spec, str, "data spec")
-    kind, _, path = spec.partition(":")
+    kind, colon, path = spec.partition(":")
     if kind not in READERS:
         raise AnalogError(f"unknown data kind {kind!r}; known: {', '.join(sorted(READERS))}")
+    if kind in PATHLESS and colon:
+        raise AnalogError(f"data kind {kind} takes no path, got {spec!r}: use --data {kind}")
     if kind in PATHS:
         existing_path(path or None, kind, directory=PATHS[kind])
     if kind == "text":
