@@ -166,6 +166,18 @@ def test_a_path_for_a_kind_that_takes_none_is_refused(tmp_path, kind, run_cli):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_cifar_reads_protocol_5_pickles_and_still_refuses_other_numpy_globals(tmp_path):
+    images = (np.arange(2 * 3072) % 256).astype(np.uint8).reshape(2, 3072)
+    batch = {b"data": images, b"labels": np.array([7, 2])}
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=5))
+    data = load_dataset(f"cifar10:{tmp_path}")
+    np.testing.assert_array_equal(data.x.reshape(2, -1), images / np.float32(255.0))
+    assert data.y.tolist() == [7, 2]
+    (tmp_path / "test_batch").write_bytes(b"cnumpy._core.numeric\nisclose\n.")  # GLOBAL, STOP
+    with pytest.raises(AnalogError, match="not a plain data pickle .refusing to load numpy._core.numeric.isclose"):
+        load_dataset(f"cifar10:{tmp_path}")
+
+
 def test_nan_scores_are_wrong_in_top1_and_topk():
     labels = np.array([0, 1, 2, 3])
     scores = np.full((4, 10), np.nan, np.float32)

@@ -2,7 +2,8 @@
 
 Those batches are pickles, and unpickling runs code named in the file. The files may come from
 anywhere, so :class:`SafeUnpickler` resolves only the few globals a pickled numpy array needs
-(and a latin-1 bytes helper); anything else, such as ``os.system``, is refused before it runs.
+at any protocol (5, Python 3.14's default, rebuilds arrays with ``_frombuffer``) and a latin-1
+bytes helper; anything else, such as ``os.system``, is refused before it runs.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct, wherever it lives
+    frombuffer = np.ndarray.__reduce_ex__(np.zeros(1), 5)[0]  # protocol 5's; refuses object dtypes
     scalar = np.float64(0).__reduce__()[0]
     allowed: dict[tuple[str, str], Any] = {("_codecs", "encode"): _latin1_bytes}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = reconstruct
         allowed[(module, "scalar")] = scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = frombuffer
     for module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "ndarray")] = np.ndarray
         allowed[(module, "dtype")] = np.dtype
