@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
+import re
 import struct
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -176,6 +179,69 @@ def test_cifar_reads_protocol_5_pickles_and_still_refuses_other_numpy_globals(tm
     (tmp_path / "test_batch").write_bytes(b"cnumpy._core.numeric\nisclose\n.")  # GLOBAL, STOP
     with pytest.raises(AnalogError, match="not a plain data pickle .refusing to load numpy._core.numeric.isclose"):
         load_dataset(f"cifar10:{tmp_path}")
+
+
+def write_pngs(root: Path, names: list[str]) -> None:
+    from PIL import Image
+
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((4, 4), len(name), np.uint8)).save(root / name)
+
+
+def load_error(spec: str, fifo: Path) -> str:
+    """The error ``load_dataset(spec)`` raises; fails the test if the reader blocks opening ``fifo``
+    (a writer is opened then, so the stuck reader sees the end of the pipe and finishes)."""
+    errors: list[str] = []
+
+    def load() -> None:
+        try:
+            load_dataset(spec)
+            errors.append("no error")
+        except AnalogError as e:
+            errors.append(str(e))
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(30)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join()
+        pytest.fail(f"{spec} blocked opening the FIFO {fifo.name}")
+    return errors[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("spec, fifo, message", [
+    ("imagefolder:f", "f/b/x.png", "^imagefolder: b/x.png is not a regular file"),
+    ("npz:f/d.npz", "f/d.npz", "is not a file"),
+    ("tokens:f/t.npy", "f/t.npy", "is not a file"),
+    ("cifar10:f", "f/test_batch", "lacks test_batch"),
+    ("mnist:f", "f/t10k-images-idx3-ubyte", "has no t10k-images-idx3-ubyte"),
+    ("text:f/t.txt", "f/t.txt", "is not a file, a folder or a glob"),
+])
+def test_no_reader_opens_a_fifo(tmp_path, monkeypatch, spec, fifo, message):
+    monkeypatch.chdir(tmp_path)
+    write_pngs(tmp_path / "f", ["a/0.png", "b/0.png"])
+    os.mkfifo(fifo)
+    assert re.search(message, load_error(spec, tmp_path / fifo))
+
+
+def test_imagefolder_reads_sub_folders_and_refuses_an_empty_class(tmp_path, run_cli):
+    write_pngs(tmp_path, ["a/0.png", "a/deeper/1.png", "a/x.png/2.png", "b/0.png"])
+    (tmp_path / "a" / "._0.png").write_bytes(b"macOS metadata, not an image")
+    (tmp_path / "a" / "deeper" / "up").symlink_to(tmp_path / "a")  # a loop: each folder is read once
+    (tmp_path / "b" / "link.png").symlink_to(tmp_path / "b" / "0.png")
+    data = load_dataset(f"imagefolder:{tmp_path}")
+    assert data.y.tolist() == [0, 0, 0, 1, 1] and data.num_classes == 2
+    pixels = [round(float(v) * 255) for v in data.x[:, 0, 0, 0]]
+    assert pixels == [7, 14, 13, 7, 7]  # each image holds the length of its name; link.png is b/0.png
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("not an image")
+    with pytest.raises(AnalogError, match="^imagefolder: class folder c has no images"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    code, _, err = run_cli("train", "-d", f"imagefolder:{tmp_path}", "-o", tmp_path / "m.onnx")
+    assert code == 2 and "class folder c has no images" in err and len(err.strip().splitlines()) == 1
 
 
 def test_nan_scores_are_wrong_in_top1_and_topk():
