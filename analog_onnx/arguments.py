@@ -64,7 +64,10 @@ def _matches(value: Any, hint: Any) -> bool:
 
 
 def _is(value: Any, kind: Any) -> bool:
-    """Generic aliases count by their origin; a bool is no number and an int is a float."""
+    """Generic aliases count by their origin, ``list[X]`` also by its items; a bool is no number and
+    an int is a float."""
+    if typing.get_origin(kind) is list and typing.get_args(kind):
+        return isinstance(value, list) and all(_matches(v, typing.get_args(kind)[0]) for v in value)
     kind = typing.get_origin(kind) or kind
     if kind is Any:
         return True
@@ -83,10 +86,32 @@ def expect(value: Any, kinds: Any, what: str) -> Any:
     """``value`` when it has one of the types ``kinds`` (a class, ``X | Y`` or a tuple), else one
     error naming ``what`` and the types wanted."""
     if not _matches(value, kinds):
-        wanted = " or ".join("None" if k is type(None) else getattr(typing.get_origin(k) or k, "__name__", str(k))
-                             for k in _parts(kinds))
-        raise AnalogError(f"{what} must be {wanted}, got {type(value).__name__} {_shown(value)}")
+        raise AnalogError(f"{what} must be {_named(kinds)}, got {type(value).__name__} {_shown(value)}")
     return value
+
+
+def _named(hint: Any) -> str:
+    """A type hint in words: ``int | None`` is "int or None", ``list[str]`` is "list of str"."""
+    return " or ".join(_type_name(kind) for kind in _parts(hint))
+
+
+def _type_name(kind: Any) -> str:
+    if kind is type(None):
+        return "None"
+    if typing.get_origin(kind) is list and typing.get_args(kind):
+        return f"list of {_named(typing.get_args(kind)[0])}"
+    return getattr(typing.get_origin(kind) or kind, "__name__", str(kind))
+
+
+def check_table(table: dict[str, Any], types: dict[str, Any], where: str) -> dict[str, Any]:
+    """``table`` (read from a file) when each key is one of ``types`` and its value has that type,
+    else one error naming the first bad key: a wrong type is caught here, not as a TypeError deeper in."""
+    unknown = sorted(set(table) - set(types))
+    if unknown:
+        raise AnalogError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(types))}")
+    for key, value in table.items():
+        expect(value, types[key], f"{where} {key}")
+    return table
 
 
 def _shown(value: Any) -> str:
