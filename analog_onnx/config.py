@@ -24,7 +24,7 @@ import tomli_w
 import tomllib
 
 from analog_onnx import effects, vocabulary
-from analog_onnx.arguments import float32_problem
+from analog_onnx.arguments import float32_problem, spelled
 from analog_onnx.devices.config import DeviceConfig
 from analog_onnx.errors import AnalogError, ConfigError
 from analog_onnx.files import read_small_text, write_text
@@ -189,7 +189,7 @@ class AnalogConfig:
         for assignment in assignments:
             key, sep, raw = assignment.partition("=")
             if not sep:
-                raise ConfigError(f"--set expects key=value, got {assignment!r}")
+                raise ConfigError(f"{spelled('set')} expects key=value, got {assignment!r}")
             for section, name, value in _settings(key.strip(), raw.strip(), data):
                 target = data[section] if section else data
                 target[name] = _coerce(value, target[name], f"{section}.{name}" if section else name)
