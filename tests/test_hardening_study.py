@@ -4,6 +4,9 @@ run again, never lost results or a traceback; figures of a changed study are not
 
 from __future__ import annotations
 
+import datetime
+import functools
+import operator
 import warnings
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -14,9 +17,10 @@ from helpers import one_line_error
 
 pytest.importorskip("torch")
 
+from analog_onnx.errors import AnalogError  # noqa: E402
 from analog_onnx.study import cells, collect, load_spec, run_study, write_report  # noqa: E402
 from analog_onnx.study import runner as study_runner  # noqa: E402
-from analog_onnx.study.spec import SpecError  # noqa: E402
+from analog_onnx.study.spec import SpecError, parse_spec  # noqa: E402
 
 SPEC = """
 [study]
@@ -173,3 +177,77 @@ def test_a_bad_training_value_in_a_study_file_is_named_by_its_key_not_a_flag(run
     path.write_text(path.read_text().replace("epochs = 1", "epochs = 1\nlr = -1"))
     code, _, err = run_cli("study", path, "--out", tmp_path / "out")
     assert code == 2 and "method baseline, arch mlp: lr must be finite and >= 0, got -1" in err and "--lr" not in err
+
+
+NIT_AND_QAT = """
+[[method]]
+name = "nit"
+kind = "nit"
+preset = "hardening-additive"
+set = ["noise.additive=0.5"]
+
+[[method]]
+name = "qat"
+kind = "qat"
+range_scale = 1.0
+
+[[verdicts.claim]]
+name = "nit"
+method = "nit"
+versus = "baseline"
+"""
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (('set = ["noise.additive=0.5"]', "set = true"), "method nit set must be list of str, got bool True"),
+    (('set = ["noise.additive=0.5"]', 'set = "noise.additive=0.5"'),
+     "method nit set must be list of str, got str 'noise.additive=0.5'"),
+    (('set = ["noise.additive=0.5"]', 'set = ["noise"]'), "method nit: set expects key=value, got 'noise'"),
+    (("range_scale = 1.0", "bits = {}\nrange_scale = 1.0"), "method qat bits must be int or list of int, got dict {}"),
+    (('method = "nit"', "method = []"), "[[verdicts.claim]] #1 method must be str, got list []"),
+    (('versus = "baseline"', "versus = []"), "[[verdicts.claim]] #1 versus must be str, got list []"),
+], ids=["set bool", "set string", "set no =", "bits table", "claim method list", "claim versus list"])
+def test_a_value_of_the_wrong_type_is_one_line_naming_its_key(run_cli, tmp_path, change, message):
+    path = spec_file(tmp_path)
+    path.write_text(path.read_text() + NIT_AND_QAT.replace(*change))
+    one_line_error(run_cli("study", path, "--out", tmp_path / "out"), message)
+    assert "--set" not in run_cli("study", path, "--out", tmp_path / "out")[2]
+
+
+def _base_spec() -> dict:
+    return {"study": {"name": "s", "data": "digits", "archs": ["mlp"], "seeds": [0], "description": "d"},
+            "train": {"epochs": 1, "limit": 64, "per_arch": {"mlp": {"batch_size": 32}}},
+            "method": [{"name": "baseline", "kind": "baseline"},
+                       {"name": "nit", "kind": "nit", "preset": "hardening-additive", "set": ["noise.additive=0.5"],
+                        "noise_scale": 0.5},
+                       {"name": "qat", "kind": "qat", "bits": 8, "range_scale": 1.0}],
+            "evaluate": {"hardware": ["hardening-additive"], "noise_scales": "0,1", "repeats": 1, "seed": 0,
+                         "limit": 10, "batch_size": 10, "report_levels": [1.0]},
+            "verdicts": {"margin": 1.1, "alpha": 0.05, "correction": "holm",
+                         "claim": [{"name": "c", "statement": "s", "kind": "ratio", "method": "nit",
+                                    "versus": "baseline", "hardware": ["hardening-additive"], "archs": ["mlp"],
+                                    "need": "any"}]}}
+
+
+def _key_paths(table: dict | list, path: tuple = ()) -> list[tuple]:
+    """Every key and list index of a parsed study file, at any depth."""
+    items = table.items() if isinstance(table, dict) else enumerate(table)
+    return [p for key, value in items
+            for p in [(*path, key), *(_key_paths(value, (*path, key)) if isinstance(value, dict | list) else [])]]
+
+
+@pytest.mark.parametrize("value", [True, 7, 1.5, "x", [], [1], ["a"], [[1]], {}, {"a": 1},
+                                   datetime.datetime(2020, 1, 1), datetime.time(1, 2)], ids=repr)
+def test_every_key_takes_any_toml_value_or_names_itself(value):
+    """No value of any TOML type, at any key, gets past parsing as a TypeError: it is taken, or
+    refused in one line naming the key."""
+    parse_spec(_base_spec())
+    for path in _key_paths(_base_spec()):
+        raw = _base_spec()
+        functools.reduce(operator.getitem, path[:-1], raw)[path[-1]] = value
+        key = next(k for k in reversed(path) if isinstance(k, str))  # a list item is named by its list's key
+        try:
+            parse_spec(raw)
+        except AnalogError as e:
+            renamed = "is not a method" in str(e)  # a method a claim names was renamed
+            assert "\n" not in str(e) and (key in str(e) or renamed), (path, str(e))

@@ -96,7 +96,7 @@ def _no_work(monkeypatch) -> None:
     (("noise_scales = \"0,0.1,1,10\"", "noise_scales = \"0,-1\""), "noise scales must be >= 0"),
     (("[evaluate]", "[evaluat]"), "unknown key 'evaluat'"),
     (("repeats = 2", "repeats = 0"), "[evaluate] repeats must be an integer from 1"),
-    (("epochs = 2", "epochs = \"two\""), "method baseline, arch mlp:"),
+    (("epochs = 2", "epochs = \"two\""), "[train] epochs must be int, got str 'two'"),
     (("[[method]]", "[[methodz]]"), "unknown key 'methodz'"),
     (('data = "digits"', 'data = "digitz"'), "[study] data: unknown data 'digitz'"),
     (('preset = "hardening-additive"', 'preset = "hardening-additive"\nconfig = "x.toml"'), "not both"),

@@ -49,13 +49,15 @@ import itertools
 import json
 import math
 import re
+import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
-from analog_onnx.arguments import expect, spelled_as
+from analog_onnx.arguments import check_table, expect, spelled_as
 from analog_onnx.config import MAX_INT, AnalogConfig, named_config
 from analog_onnx.data import READERS, check_data_spec
 from analog_onnx.errors import AnalogError
@@ -71,16 +73,18 @@ class SpecError(AnalogError):
 # TrainConfig fields a study sets itself, per cell; the rest may be given in [train]
 _CELL_FIELDS = {"arch", "data", "out", "method", "seed", "hardware", "noise_scale", "ramp_epochs", "noise_spread",
                 "bits", "act_scale", "weight_bits", "export"}
-# what a [[method]] may say besides name and kind
-_METHOD_FIELDS = {"preset", "config", "set", "noise_scale", "ramp_epochs", "noise_spread", "bits", "act_scale",
-                  "weight_bits", "range_scale"}
+# the TrainConfig fields a [[method]] may set
+_METHOD_TRAIN_FIELDS = ("noise_scale", "ramp_epochs", "noise_spread", "bits", "act_scale", "weight_bits")
 # keys a method may give as a list, each value a method of the family, and its name's suffix
 _SWEPT = {"bits": "b", "range_scale": "r", "noise_scale": "s"}
 # the Hardening-DNNs paper's activation range per bit width: max_val = M[bits] * range_scale
 # (UniHD-CEG/VANT, models_noisy/*_qat.py, min_max_dict, the unsigned column)
 PAPER_RANGE = {4: 15, 8: 256, 16: 65536}
-_EVALUATE_FIELDS = {"hardware", "noise_scales", "repeats", "seed", "limit", "batch_size", "report_levels"}
-_STUDY_FIELDS = {"name", "data", "archs", "seeds", "description"}
+# every table's keys and the type of each value: a wrong type anywhere is one line naming its key
+_STUDY_TYPES = {"name": str, "data": str, "archs": list[str], "seeds": list[int], "description": str}
+_LEVELS = str | float | list[float]  # noise levels: text such as "0,log:1e-2:1e2:9", one number or a list
+_EVALUATE_TYPES = {"hardware": list[str], "noise_scales": _LEVELS, "repeats": int, "seed": int, "limit": int,
+                   "batch_size": int, "report_levels": _LEVELS}
 SEED_LIMIT = 2**63  # seeds are int64 in the trainer and in evaluate
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # labels become folder names
 
@@ -174,41 +178,40 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def parse_spec(raw: dict[str, Any], text: str = "") -> Spec:
-    _known(raw, {"study", "train", "method", "evaluate", "verdicts"}, "top level")
-    study = _table(raw, "study")
-    _known(study, _STUDY_FIELDS, "[study]")
+    with spelled_as(str):  # the study file's keys are the fields' names, whoever reads it (the CLI spells flags)
+        return _parse(raw, text)
+
+
+def _parse(raw: dict[str, Any], text: str) -> Spec:
+    check_table(raw, dict.fromkeys(("study", "train", "method", "evaluate", "verdicts"), Any), "top level")
+    study = check_table(_table(raw, "study"), _STUDY_TYPES, "[study]")
     name = _label(_required(study, "name", "[study]"), "[study] name")
     data = _required(study, "data", "[study]")
-    if not isinstance(data, str) or data.partition(":")[0] not in READERS:
+    if data.partition(":")[0] not in READERS:
         kinds = ", ".join(sorted(READERS))
         raise SpecError(f"[study] data: unknown data {data!r}; use KIND[:PATH] with KIND one of {kinds}")
     try:  # a missing folder is found now, not by every cell
         check_data_spec(data)
     except AnalogError as e:
         raise SpecError(f"[study] data: {e}") from None
-    archs = tuple(_string_list(_required(study, "archs", "[study]"), "[study] archs"))
+    archs = tuple(_required(study, "archs", "[study]"))
     if not archs:
         raise SpecError("[study] archs is empty")
     _distinct(list(archs), "[study] archs")
     seeds = tuple(_int_list(_required(study, "seeds", "[study]"), "[study] seeds", SEED_LIMIT))
-    train = _table(raw, "train", required=False)
+    train = check_table(_table(raw, "train", required=False), {**_train_types(), "per_arch": dict}, "[train]")
     per_arch = train.pop("per_arch", {})
-    if not isinstance(per_arch, dict):
-        raise SpecError("[train] per_arch must be a table of tables, e.g. [train.per_arch.resnet20]")
-    _check_train_keys(train, "[train]")
     for arch, overrides in per_arch.items():
         if arch not in archs:
             raise SpecError(f"[train.per_arch.{arch}]: {arch} is not in [study] archs")
         if not isinstance(overrides, dict):
             raise SpecError(f"[train.per_arch.{arch}] must be a table")
-        _check_train_keys(overrides, f"[train.per_arch.{arch}]")
+        check_table(overrides, _train_types(), f"[train.per_arch.{arch}]")
     methods = tuple(m for i, entry in enumerate(_method_tables(raw)) for m in _methods(entry, i))
     _distinct([m.name for m in methods], "method names")
-    evaluate = _table(raw, "evaluate")
-    _known(evaluate, _EVALUATE_FIELDS, "[evaluate]")
-    hardware_names = _string_list(_required(evaluate, "hardware", "[evaluate]"), "[evaluate] hardware")
+    evaluate = check_table(_table(raw, "evaluate"), _EVALUATE_TYPES, "[evaluate]")
     hardware = {}
-    for entry in hardware_names:
+    for entry in _required(evaluate, "hardware", "[evaluate]"):
         config = _hardware(entry, "[evaluate] hardware")
         label = _label(config.name, f"[evaluate] hardware {entry}: the config's name")  # names folders
         if label in hardware:
@@ -235,7 +238,7 @@ def parse_spec(raw: dict[str, Any], text: str = "") -> Spec:
                         for arch in archs for method in methods for seed in seeds)
     eval_cells = tuple(_eval_cell(cell, label, config, noise_scales, run, evaluate_code)
                        for cell in train_cells for label, config in hardware.items())
-    return Spec(name=name, description=str(study.get("description", "")), data=data, archs=archs, seeds=seeds,
+    return Spec(name=name, description=study.get("description", ""), data=data, archs=archs, seeds=seeds,
                 methods=methods, hardware=hardware, noise_scales=noise_scales, report_levels=report_levels,
                 evaluate=run, verdicts=verdicts, train_cells=train_cells, eval_cells=eval_cells, text=text)
 
@@ -246,10 +249,9 @@ def _train_cell(data: str, arch: str, method: Method, seed: int, train: dict[str
 
     if arch not in BUILDERS:
         raise SpecError(f"[study] archs: unknown architecture {arch!r}; use one of {', '.join(sorted(BUILDERS))}")
-    try:  # the study file's keys are the fields' names, whoever runs the study (the CLI spells flags)
-        with spelled_as(str):
-            config = TrainConfig(arch=arch, data=data, method=method.kind, seed=seed, **train, **method.settings)
-            config.validate()
+    try:
+        config = TrainConfig(arch=arch, data=data, method=method.kind, seed=seed, **train, **method.settings)
+        config.validate()
     except (AnalogError, TypeError, ValueError) as e:
         raise SpecError(f"method {method.name}, arch {arch}: {e}") from None
     settings = {k: v for k, v in asdict(config).items() if k != "out"}
@@ -265,43 +267,43 @@ def _eval_cell(train: TrainCell, hardware: str, config: dict[str, Any], levels: 
 
 def _methods(entry: Any, index: int) -> list[Method]:
     """One [[method]] table: one method, or one per combination of its listed values."""
+    where = f"[[method]] #{index + 1}"
     if not isinstance(entry, dict):
-        raise SpecError(f"[[method]] #{index + 1} must be a table")
+        raise SpecError(f"{where} must be a table")
+    family = _label(_required(entry, "name", where), f"{where} name")
+    check_table(entry, _method_types(), f"method {family}")
     listed = [k for k in _SWEPT if isinstance(entry.get(k), list)]
     if not listed:
-        return [_method(entry, index)]
-    family = _label(_required(entry, "name", f"[[method]] #{index + 1}"), f"[[method]] #{index + 1} name")
+        return [_method(entry, family)]
     for key in listed:
-        if not entry[key] or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in entry[key]):
+        if not entry[key]:
             raise SpecError(f"method {family}: {key} must be a non-empty list of numbers")
         _distinct(list(entry[key]), f"method {family}: {key}")
     members = []
     for values in itertools.product(*(entry[k] for k in listed)):
         swept = tuple(zip(listed, values, strict=True))
         name = "-".join([family, *(f"{_SWEPT[k]}{v:g}" for k, v in swept)])
-        member = _method({**entry, **dict(swept), "name": name}, index)
+        member = _method({**entry, **dict(swept)}, name)
         members.append(Method(member.name, member.kind, member.train_hardware, member.settings, family, swept))
     return members
 
 
-def _method(entry: dict[str, Any], index: int) -> Method:
+def _method(entry: dict[str, Any], name: str) -> Method:
+    """One method of ``entry`` (its keys' types checked), named ``name``."""
     from analog_onnx.train.trainer import METHODS
 
-    where = f"[[method]] #{index + 1}"
-    name = _label(_required(entry, "name", where), f"{where} name")
     where = f"method {name}"
     kind = _required(entry, "kind", where)
     if kind not in METHODS:
         raise SpecError(f"{where}: kind {kind!r} is not a training method; use one of {', '.join(METHODS)}")
-    _known(entry, {"name", "kind"} | _METHOD_FIELDS, where)
-    settings = {k: v for k, v in entry.items() if k in _METHOD_FIELDS - {"preset", "config", "set", "range_scale"}}
+    settings = {k: v for k, v in entry.items() if k in _METHOD_TRAIN_FIELDS}
     if "range_scale" in entry:
         settings["act_scale"] = _paper_step(entry, where)
     train_hardware = "none"
     if "preset" in entry and "config" in entry:
         raise SpecError(f"{where}: give preset or config, not both")
     if "preset" in entry or "config" in entry:
-        config = _hardware(entry.get("preset") or entry.get("config"), where, overrides=entry.get("set", []))
+        config = _hardware(entry["preset"] if "preset" in entry else entry["config"], where, entry.get("set", []))
         settings["hardware"] = config.to_dict()
         train_hardware = config.name
     elif "set" in entry:
@@ -322,12 +324,10 @@ def _paper_step(entry: dict[str, Any], where: str) -> float:
     return PAPER_RANGE[bits] * float(scale) / ((1 << bits) - 1)
 
 
-def _hardware(entry: Any, where: str, overrides: Any = ()) -> AnalogConfig:
+def _hardware(entry: str, where: str, overrides: Sequence[str] = ()) -> AnalogConfig:
     """A preset name or a TOML/JSON config file, with optional KEY=VALUE overrides."""
-    if not isinstance(entry, str):
-        raise SpecError(f"{where}: hardware must be a preset name or a config file, got {entry!r}")
     try:
-        return named_config(entry, _string_list(list(overrides), f"{where} set"))
+        return named_config(entry, overrides)
     except AnalogError as e:
         raise SpecError(f"{where}: {e}") from None
 
@@ -339,17 +339,22 @@ def _method_tables(raw: dict[str, Any]) -> list[Any]:
     return methods
 
 
-def _check_train_keys(table: dict[str, Any], where: str) -> None:
+def _train_types() -> dict[str, Any]:
+    """The TrainConfig fields [train] may set, and their types."""
     from analog_onnx.train.trainer import TrainConfig
 
-    allowed = {f.name for f in fields(TrainConfig)} - _CELL_FIELDS
-    _known(table, allowed, where)
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in fields(TrainConfig) if f.name not in _CELL_FIELDS}
 
 
-def _known(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise SpecError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(allowed))}")
+def _method_types() -> dict[str, Any]:
+    """What a [[method]] may say, and its type; a swept key may also be a list."""
+    from analog_onnx.train.trainer import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    types = {"name": str, "kind": str, "preset": str, "config": str, "set": list[str], "range_scale": float,
+             **{k: hints[k] for k in _METHOD_TRAIN_FIELDS}}
+    return {k: t | list[t] if k in _SWEPT else t for k, t in types.items()}
 
 
 def _table(raw: dict[str, Any], name: str, required: bool = True) -> dict[str, Any]:
@@ -371,12 +376,6 @@ def _required(table: dict[str, Any], key: str, where: str) -> Any:
 def _label(value: Any, where: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise SpecError(f"{where} must be letters, digits, '.', '_', '+' or '-', got {value!r}")
-    return value
-
-
-def _string_list(value: Any, where: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SpecError(f"{where} must be a list of strings")
     return value
 
 

@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from analog_onnx.arguments import check_table
 from analog_onnx.errors import AnalogError
 from analog_onnx.study.depth import DEPTH
 
@@ -49,6 +50,10 @@ CLAIM_KINDS = ("ratio", "depth")
 NEEDS = ("any", "all")
 CORRECTIONS = ("holm", "none")
 ENVELOPE = "-envelope"  # the suffix of a NIT family's envelope method
+# the keys of [verdicts] and of a claim, with their types
+_RULES_TYPES = {"margin": float, "alpha": float, "correction": str, "claim": list[dict]}
+_CLAIM_TYPES = {"name": str, "statement": str, "kind": str, "method": str, "versus": str, "hardware": list[str],
+                "archs": list[str], "need": str}
 
 
 class RulesError(AnalogError):
@@ -86,19 +91,17 @@ def parse_rules(raw: Any, methods: Sequence[Any], archs: tuple[str, ...], hardwa
     """The [verdicts] table, checked against the study's methods, architectures and hardware."""
     if not isinstance(raw, dict):
         raise RulesError("[verdicts] must be a table")
-    unknown = sorted(set(raw) - {"margin", "alpha", "correction", "claim"})
-    if unknown:
-        raise RulesError(f"[verdicts]: unknown key {unknown[0]!r}; known: alpha, claim, correction, margin")
+    check_table(raw, _RULES_TYPES, "[verdicts]")
     margin, alpha = raw.get("margin", 1.1), raw.get("alpha", 0.05)
-    if not _number(margin) or not 1 < margin < math.inf:
+    if not 1 < margin < math.inf:
         raise RulesError(f"[verdicts] margin must be a ratio > 1, got {margin!r}")
-    if not _number(alpha) or not 0 < alpha < 1:
+    if not 0 < alpha < 1:
         raise RulesError(f"[verdicts] alpha must be in (0, 1), got {alpha!r}")
     correction = raw.get("correction", "holm")
     if correction not in CORRECTIONS:
         raise RulesError(f"[verdicts] correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
     entries = raw.get("claim")
-    if not isinstance(entries, list) or not entries:
+    if not entries:
         raise RulesError("[verdicts]: add at least one [[verdicts.claim]]")
     names = {m.name for m in methods}
     families: dict[str, list[str]] = {}
@@ -121,14 +124,9 @@ def is_envelope_family(members: Sequence[Any]) -> bool:
 def _claim(entry: Any, index: int, names: set[str], families: dict[str, list[str]], archs: tuple[str, ...],
            hardware: tuple[str, ...]) -> Claim:
     where = f"[[verdicts.claim]] #{index + 1}"
-    if not isinstance(entry, dict):
-        raise RulesError(f"{where} must be a table")
-    known = {"name", "statement", "kind", "method", "versus", "hardware", "archs", "need"}
-    unknown = sorted(set(entry) - known)
-    if unknown:
-        raise RulesError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    check_table(entry, _CLAIM_TYPES, where)
     name = entry.get("name")
-    if not isinstance(name, str) or not name:
+    if not name:
         raise RulesError(f"{where}: name must be a non-empty string")
     where = f"claim {name}"
     kind, need = entry.get("kind", "ratio"), entry.get("need", "all")
@@ -148,17 +146,13 @@ def _claim(entry: Any, index: int, names: set[str], families: dict[str, list[str
         shallow = [a for a in chosen_archs if a not in DEPTH]
         if shallow or len({DEPTH[a] for a in chosen_archs}) < 2:
             raise RulesError(f"{where}: a depth claim needs two or more architectures of known, different depth")
-    return Claim(name, str(entry.get("statement", "")), kind, members, versus, chosen_hardware, chosen_archs, need)
+    return Claim(name, entry.get("statement", ""), kind, members, versus, chosen_hardware, chosen_archs, need)
 
 
 def _subset(value: Any, allowed: tuple[str, ...], where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v in allowed for v in value):
+    if not value or not all(v in allowed for v in value):
         raise RulesError(f"{where} must be a non-empty list of {', '.join(allowed)}")
     return tuple(value)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # -- statistics -------------------------------------------------------------------------------
