@@ -251,3 +251,17 @@ def test_every_key_takes_any_toml_value_or_names_itself(value):
         except AnalogError as e:
             renamed = "is not a method" in str(e)  # a method a claim names was renamed
             assert "\n" not in str(e) and (key in str(e) or renamed), (path, str(e))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (('name = "a"', 'name = "a\\n"'), "[study] name must be letters"),
+    (('name = "baseline"', 'name = "baseline\\n"'), "[[method]] #1 name must be letters"),
+    (('hardware = ["hardening-additive"]', 'hardware = ["{config}"]'), "the config's name must be letters"),
+], ids=["study", "method", "hardware config"])
+def test_a_name_with_a_final_newline_names_no_folder(run_cli, tmp_path, change, message):
+    config = tmp_path / "chip.toml"
+    config.write_text('name = "chip\\n"\nbase = "hardening-additive"\n')
+    path = spec_file(tmp_path)
+    path.write_text(path.read_text().replace(change[0], change[1].format(config=config)))
+    one_line_error(run_cli("study", path, "--out", tmp_path / "out"), message)
+    assert not (tmp_path / "out").exists()

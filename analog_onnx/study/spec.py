@@ -86,7 +86,7 @@ _LEVELS = str | float | list[float]  # noise levels: text such as "0,log:1e-2:1e
 _EVALUATE_TYPES = {"hardware": list[str], "noise_scales": _LEVELS, "repeats": int, "seed": int, "limit": int,
                    "batch_size": int, "report_levels": _LEVELS}
 SEED_LIMIT = 2**63  # seeds are int64 in the trainer and in evaluate
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # labels become folder names
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # labels become folder names (fullmatch: "$" takes a final "\n")
 
 
 def cell_key(settings: dict[str, Any]) -> str:
@@ -374,7 +374,7 @@ def _required(table: dict[str, Any], key: str, where: str) -> Any:
 
 
 def _label(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise SpecError(f"{where} must be letters, digits, '.', '_', '+' or '-', got {value!r}")
     return value
 
