@@ -105,15 +105,21 @@ def test_a_damaged_record_means_the_cell_is_not_done(tmp_path, damage):
     assert results.row("mlp", "baseline", "hardening-additive").seeds == (1,)
 
 
-def test_a_training_without_its_model_is_not_done(tmp_path):
+def test_a_training_without_the_model_it_wrote_is_not_done(tmp_path):
     spec = load_spec(spec_file(tmp_path))
     cell = spec.train_cells[0]
     folder = tmp_path / cell.folder
     folder.mkdir(parents=True)
-    cells.write_json(folder / cells.RECORD, {"key": cell.key, "status": "done"})
-    assert cells.read_record(folder, cell.key, "train") is None
     (folder / cells.MODEL).write_bytes(b"onnx")
+    cells.write_json(folder / cells.RECORD, {"key": cell.key, "status": "done"})
+    assert cells.read_record(folder, cell.key, "train") is None  # no checksum: written before the model
+    cells.write_json(folder / cells.RECORD, {"key": cell.key, "status": "done",
+                                             "model_sha256": cells.model_digest(folder)})
     assert cells.read_record(folder, cell.key, "train") is not None
+    (folder / cells.MODEL).write_bytes(b"garbage")
+    assert cells.read_record(folder, cell.key, "train") is None
+    (folder / cells.MODEL).unlink()
+    assert cells.read_record(folder, cell.key, "train") is None
 
 
 @pytest.mark.parametrize(("change", "message"), [

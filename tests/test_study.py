@@ -182,6 +182,18 @@ def test_an_interrupted_training_continues_from_its_last_epoch(monkeypatch, fini
     assert json.loads(lines[1])["train_loss"] == pytest.approx(json.loads(uninterrupted[1])["train_loss"])
 
 
+def test_a_damaged_model_is_trained_again(finished, tmp_path) -> None:
+    out = _copy(finished, tmp_path)
+    spec = _spec(tmp_path)
+    cell = spec.eval_cells[0]
+    (out / cell.train.folder / cells.MODEL).write_text("garbage\n")
+    (out / cell.folder / cells.RECORD).unlink()
+    run = run_study(spec, out)
+    assert (run.trained, run.evaluated, run.failures) == (1, 1, [])
+    onnx = pytest.importorskip("onnx")
+    onnx.load(out / cell.train.folder / cells.MODEL)
+
+
 def test_a_record_from_other_settings_is_not_taken_as_done(finished, tmp_path) -> None:
     spec = _spec(tmp_path)
     cell = spec.eval_cells[0]

@@ -1,7 +1,8 @@
 """Running one cell: train a model, or evaluate a trained model on one hardware.
 
 A cell is a folder; ``record.json`` in it is written last, atomically, and means "done". A rerun
-skips a folder with a record whose key matches. A training folder without a record but with a
+skips a folder with a record whose key matches; a training's record also holds its model's sha256,
+so a model damaged or replaced after training makes the cell run again. A training folder without a record but with a
 ``last.pt`` was interrupted and continues from its last epoch (the trainer's resume); any other
 partial folder starts over. The functions here run in worker processes (or Ray tasks), so they
 take and return plain data.
@@ -9,6 +10,7 @@ take and return plain data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -40,7 +42,7 @@ class Task:
 def read_record(folder: str | Path, key: str, kind: str) -> dict[str, Any] | None:
     """The record of a ``kind`` cell ("train" or "evaluate") when it is done with these settings and
     holds what its readers use, else None: a damaged, edited or foreign record means the cell is
-    run again, never a crash. A training is done only while its model file is there."""
+    run again, never a crash. A training is done only while its model file is the one it wrote."""
     folder = Path(folder)
     try:
         record = json.loads((folder / RECORD).read_text())
@@ -48,8 +50,21 @@ def read_record(folder: str | Path, key: str, kind: str) -> dict[str, Any] | Non
         return None
     if not isinstance(record, dict) or record.get("key") != key or record.get("status") != "done":
         return None
-    complete = (folder / MODEL).is_file() if kind == "train" else _evaluation_complete(record)
+    if kind == "train":
+        digest = model_digest(folder)
+        complete = digest is not None and record.get("model_sha256") == digest
+    else:
+        complete = _evaluation_complete(record)
     return record if complete else None
+
+
+def model_digest(folder: str | Path) -> str | None:
+    """The sha256 of the training's model in ``folder``, or None when it cannot be read."""
+    try:
+        with open(Path(folder) / MODEL, "rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 def _evaluation_complete(record: dict[str, Any]) -> bool:
@@ -92,7 +107,8 @@ def _train(task: Task, folder: Path) -> dict[str, Any]:
     resume = (folder / "last.pt").is_file()
     result = train(config, resume=resume, force=not resume, progress=False, verbose=False)
     return {"resumed": resume, "best": result.best, "last": result.history[-1],
-            "model": str(Path(result.model_path).relative_to(folder)) if result.model_path else None}
+            "model": str(Path(result.model_path).relative_to(folder)) if result.model_path else None,
+            "model_sha256": model_digest(folder)}
 
 
 def _evaluate(task: Task, folder: Path) -> dict[str, Any]:
