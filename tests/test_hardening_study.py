@@ -271,3 +271,27 @@ def test_a_name_with_a_final_newline_names_no_folder(run_cli, tmp_path, change, 
     path.write_text(path.read_text().replace(change[0], change[1].format(config=config)))
     one_line_error(run_cli("study", path, "--out", tmp_path / "out"), message)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("limit = 0", "method baseline, arch mlp: limit must be >= 1, got 0"),
+    ("eval_limit = -1", "eval_limit must be >= 1, got -1"),
+    ('augment = "flip"', "unknown augment 'flip'"),
+    ('device = "gpu"', "unknown device 'gpu'"),
+    ('device = "cuda:999"', "unknown device 'cuda:999'"),
+    ('init = "no/such.pt"', "init 'no/such.pt' is not a file"),
+], ids=["limit", "eval_limit", "augment", "device", "device index", "init"])
+def test_a_training_value_the_trainer_would_refuse_is_refused_when_the_study_is_read(run_cli, tmp_path, line,
+                                                                                      message):
+    path = spec_file(tmp_path)
+    path.write_text(path.read_text().replace("epochs = 1", f"epochs = 1\n{line}"))
+    one_line_error(run_cli("study", path, "--out", tmp_path / "out"), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_cuda_device_this_machine_lacks_is_refused_before_any_training(run_cli, tmp_path):
+    path = spec_file(tmp_path)
+    path.write_text(path.read_text().replace("epochs = 1", 'epochs = 1\ndevice = "cuda:99"'))
+    result = run_cli("study", path, "--out", tmp_path / "out")
+    one_line_error(result, "[train] device 'cuda:99': this machine has")
+    assert "--device" not in result[2] and not list((tmp_path / "out").glob("train/*"))

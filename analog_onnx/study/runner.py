@@ -68,6 +68,7 @@ def run_study(spec: Spec, out: str | Path, *, workers: int = 1, backend: str = "
     board = Board(spec, waiting | {c.key for c in pending_eval}, root)
     if backend == "local" or ray_address is None:  # on this machine: at most one cell per core
         workers = max(1, min(workers, _cores(), len(pending_train) + len(pending_eval)))
+        _check_devices(pending_train)
     threads = max(1, _cores() // workers) if backend == "local" else 1
     if not pending_train and not pending_eval:
         run.seconds = time.perf_counter() - started
@@ -140,6 +141,17 @@ def _label(cell: TrainCell | EvalCell) -> str:
     if isinstance(cell, TrainCell):
         return f"train {cell.arch} {cell.method.name} seed {cell.seed}"
     return f"evaluate {cell.train.arch} {cell.train.method.name} seed {cell.train.seed} on {cell.hardware}"
+
+
+def _check_devices(cells: list[TrainCell]) -> None:
+    """A CUDA device this machine lacks would fail each training that asks for it: refused before any
+    work, naming the study's key (a Ray cluster's machines are not this one: not checked there)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    for device in map(torch.device, sorted({c.config["device"] for c in cells} - {"auto"})):
+        if device.type == "cuda" and (device.index or 0) >= count:
+            raise AnalogError(f"[train] device '{device}': this machine has {count} CUDA device(s)")
 
 
 def _cores() -> int:
