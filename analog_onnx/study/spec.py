@@ -53,7 +53,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomllib
 
@@ -64,6 +64,9 @@ from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.levels import noise_levels
 from analog_onnx.evaluate.runner import MAX_REPEATS
 from analog_onnx.files import read_small_text
+
+if TYPE_CHECKING:
+    from analog_onnx.train.trainer import TrainConfig
 
 
 class SpecError(AnalogError):
@@ -260,7 +263,7 @@ def _train_cell(data: str, arch: str, method: Method, seed: int, train: dict[str
     return TrainCell(arch, method, seed, settings, key, code)
 
 
-def _trainable(config: Any) -> None:
+def _trainable(config: TrainConfig) -> None:
     """What a TrainConfig's validate() leaves to the start of training, checked now, or every cell of the
     study would fail with it: sample limits, the augmentation, the device's spelling (whether this
     machine has it is the runner's check) and the checkpoint to start from."""
