@@ -83,3 +83,16 @@ def test_a_bad_training_value_names_its_flag(run_cli, tmp_path, args, message):
     code, _, err = run_cli("train", "--arch", "mlp", "--data", "digits", "--epochs", "1", "--out", tmp_path / "r",
                            "--no-progress", "--device", "cpu", *args)
     assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+TINY = ("train", "--arch", "mlp", "--data", "digits", "--epochs", "1", "--limit", "200", "--no-progress",
+        "--device", "cpu")
+
+
+def test_the_largest_seed_trains_and_an_ordinary_seed_keeps_its_batches(run_cli, tmp_path):
+    from analog_onnx.train.pipeline import train_batches
+
+    code, _, err = run_cli(*TINY, "--no-export", "--seed", str(2**63 - 1), "--out", tmp_path / "r")
+    assert code == 0 and (tmp_path / "r" / "last.pt").is_file(), err
+    expected = torch.randperm(300, generator=torch.Generator().manual_seed(7 * 100003 + 2))  # stored results
+    assert torch.equal(next(train_batches(300, 300, seed=7, epoch=2, rank=0, world=1)), expected)

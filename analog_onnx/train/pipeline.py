@@ -107,8 +107,9 @@ class DeviceData:
 def train_batches(n: int, batch_size: int, *, seed: int, epoch: int, rank: int, world: int
                   ) -> Iterator[torch.Tensor]:
     """Index batches of one epoch for one process: the same seeded permutation everywhere, each
-    global batch split evenly across processes, the incomplete last batch dropped."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    global batch split evenly across processes, the incomplete last batch dropped. The generator's
+    seed is taken mod 2**63, so any seed fits it and an ordinary seed keeps its permutations."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 100003 + epoch) % 2**63))
     local = batch_size // world
     for start in range(0, n - batch_size + 1, batch_size):
         yield order[start + rank * local: start + (rank + 1) * local]
