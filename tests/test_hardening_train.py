@@ -96,3 +96,25 @@ def test_the_largest_seed_trains_and_an_ordinary_seed_keeps_its_batches(run_cli,
     assert code == 0 and (tmp_path / "r" / "last.pt").is_file(), err
     expected = torch.randperm(300, generator=torch.Generator().manual_seed(7 * 100003 + 2))  # stored results
     assert torch.equal(next(train_batches(300, 300, seed=7, epoch=2, rank=0, world=1)), expected)
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+@pytest.mark.parametrize("name", ["--eval-limit", "--limit"])
+def test_a_limit_below_one_is_refused(run_cli, tmp_path, name, value):
+    """-5 would silently drop the last five samples (a slice), 0 would silently drop them all."""
+    code, _, err = run_cli(*TINY, name, value, "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and f"{name} must be >= 1, got {value}" in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_empty_validation_split_is_refused_unless_the_last_epoch_is_kept(run_cli, tmp_path):
+    """One sample per class: nothing to hold out, so "best on validation" would mean nothing."""
+    import numpy as np
+
+    np.savez(tmp_path / "one-each.npz", x=np.eye(8, dtype=np.float32), y=np.arange(8))
+    args = (*TINY, "--data", f"npz:{tmp_path / 'one-each.npz'}", "--no-export")
+    code, _, err = run_cli(*args, "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "the validation split is empty" in err, err
+    assert "--select last" in err and not (tmp_path / "r").exists()
+    code, _, err = run_cli(*args, "--epochs", "2", "--select", "last", "--out", tmp_path / "last")
+    assert code == 0 and (tmp_path / "last" / "best.pt").is_file(), err

@@ -131,8 +131,8 @@ class TrainConfig:
                               ("select", SELECTIONS)):
             if getattr(self, name) not in allowed:
                 raise AnalogError(f"unknown {spelled(name)} {getattr(self, name)!r}; use one of {', '.join(allowed)}")
-        for name in ("epochs", "batch_size", "eval_repeats"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "batch_size", "eval_repeats", "limit", "eval_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AnalogError(f"{spelled(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("noise_scale", "ramp_epochs", "noise_spread", "lr", "weight_decay"):
             if not 0 <= getattr(self, name) < math.inf:
@@ -556,11 +556,15 @@ def _load(config: TrainConfig) -> tuple[Dataset, Dataset]:
         if data.x.shape[1:] != held.x.shape[1:]:
             raise AnalogError(f"train and validation samples differ in shape: {data.x.shape[1:]} vs "
                               f"{held.x.shape[1:]}")
-        return data, held
-    train_index, val_index = validation_split(data.y, config.val_fraction, config.seed)
-    val_index = val_index[:config.eval_limit] if config.eval_limit is not None else val_index
-    return tuple(Dataset(data.x[i], data.y[i], data.num_classes, data.name)  # type: ignore[return-value]
-                 for i in (train_index, val_index))
+    else:
+        train_index, val_index = validation_split(data.y, config.val_fraction, config.seed)
+        val_index = val_index[:config.eval_limit] if config.eval_limit is not None else val_index
+        data, held = (Dataset(data.x[i], data.y[i], data.num_classes, data.name) for i in (train_index, val_index))
+    if not len(held) and config.select == "val":  # nothing to select on: "best" would be any epoch
+        raise AnalogError(f"the validation split is empty: {config.data} holds out no sample (a class needs at least "
+                          f"2 training samples to give one); keep the last epoch with {spelled('select')} last, "
+                          "or give more data")
+    return data, held
 
 
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
