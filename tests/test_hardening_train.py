@@ -118,3 +118,24 @@ def test_an_empty_validation_split_is_refused_unless_the_last_epoch_is_kept(run_
     assert "--select last" in err and not (tmp_path / "r").exists()
     code, _, err = run_cli(*args, "--epochs", "2", "--select", "last", "--out", tmp_path / "last")
     assert code == 0 and (tmp_path / "last" / "best.pt").is_file(), err
+
+
+def test_a_qat_range_beyond_float32_is_refused_before_training(run_cli, tmp_path):
+    code, _, err = run_cli(*TINY, "--method", "qat", "--bits", "24", "--act-scale", "1e38", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "is beyond float32" in err and "--act-scale" in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_diverging_run_stops_with_one_line_and_valid_metrics(run_cli, tmp_path):
+    """Not the export's "disagrees with torch: nan"; metrics.jsonl records the epoch with null, not NaN."""
+    import json
+
+    def strict(token: str) -> None:
+        raise AssertionError(f"{token} in metrics.jsonl")
+
+    code, _, err = run_cli(*TINY, "--lr", "1e30", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "training diverged: validation loss is nan at epoch 1; lower the learning rate" in err
+    entries = [json.loads(line, parse_constant=strict) for line in (tmp_path / "r" / "metrics.jsonl").open()]
+    assert entries[-1]["epoch"] == 1 and entries[-1]["val_loss"] is None
+    assert not (tmp_path / "r" / "model.onnx").exists() and not (tmp_path / "r" / "best.pt").exists()

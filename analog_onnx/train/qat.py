@@ -12,12 +12,14 @@ The quantizers are part of the model: export keeps them (see ``export.py``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from analog_onnx.arguments import FLOAT32_MAX
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import torch_twins as tw
 from analog_onnx.ops.grid import levels
@@ -37,6 +39,12 @@ class QatSpec:
             raise AnalogError("QAT bits must be between 2 and 24")
         if not self.act_scale > 0:
             raise AnalogError(f"--act-scale must be > 0, got {self.act_scale}")
+        with np.errstate(over="ignore"):
+            finite = math.isfinite(self.act_bound)
+        if not finite:  # an infinite bound trains to NaN and fails only at export
+            raise AnalogError(f"QAT's largest activation, (2^bits-1)*act_scale = "
+                              f"{levels(self.bits, 0) * float(self.act_scale):.3g} (--bits {self.bits}, "
+                              f"--act-scale {self.act_scale}), is beyond float32's {FLOAT32_MAX:.3g}")
 
     @property
     def act_bound(self) -> float:

@@ -387,6 +387,10 @@ class _Run:
                        "noise_scale": self._noise_level(epoch + 1.0), "lr": self.optimizer.param_groups[0]["lr"],
                        "seconds": time.perf_counter() - started}
             self.history.append(metrics)
+            problem = self._divergence(metrics)
+            if problem is not None:  # stop here: export would only report a NaN mismatch
+                self._write_metrics()
+                raise AnalogError(f"training diverged: {problem} at epoch {epoch + 1}; lower the learning rate")
             self._after_epoch(metrics)
         self.world.barrier()
         model_path = self._export() if c.export and self.world.rank == 0 else None
@@ -438,6 +442,15 @@ class _Run:
                     bar.update(task, advance=1, description=f"loss {loss_sum / count:.4f}")
         loss_sum, correct, count = w.total([loss_sum, correct, count])
         return loss_sum / count, correct / count
+
+    def _divergence(self, metrics: dict[str, Any]) -> str | None:
+        """Why the model is no longer usable (a non-finite loss or weight), or None."""
+        for key, what in (("train_loss", "loss"), ("val_loss", "validation loss")):
+            if metrics[key] is not None and not math.isfinite(metrics[key]):
+                return f"{what} is {metrics[key]}"
+        if not all(bool(p.isfinite().all()) for p in self.model.parameters()):
+            return "a weight is not finite"
+        return None
 
     def _autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -497,7 +510,14 @@ class _Run:
         save_checkpoint(state, self.out / "last.pt")
         if improved:
             save_checkpoint(state, self.out / "best.pt")
-        lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in self.history)
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        """``metrics.jsonl``, one line per epoch; a non-finite number is null (JSON has no NaN)."""
+        if self.world.rank != 0:
+            return
+        lines = "".join(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                    for k, v in entry.items()}, sort_keys=True) + "\n" for entry in self.history)
         write_text(self.out / "metrics.jsonl", lines, force=True)
 
     def _export(self) -> Path:
