@@ -8,7 +8,8 @@ writing (a full disk, a quota, a read-only file system) is one :class:`AnalogErr
 output, and the targets stay as they were. Every file gets
 the mode the user's umask gives an ordinary file, whatever mode the writing library chose. An
 output that is a folder, one of the inputs, or an existing file without ``force`` is refused
-before anything is written.
+before anything is written. A set of files made over a long time (a training run) is written
+into a staging folder by :func:`replacing_files` and replaces the old set only once complete.
 
 Reading: :func:`read_small_text` reads a user's text file (a config) only when it is a regular
 file of bounded size, so ``-c /dev/zero`` or a FIFO cannot make a command read forever.
@@ -103,6 +104,31 @@ def atomic_output(target: PathLike, *, force: bool = False, inputs: Collection[P
     """:func:`atomic_outputs` for one file."""
     with atomic_outputs(target, force=force, inputs=inputs) as (scratch,):
         yield scratch
+
+
+@contextmanager
+def replacing_files(folder: PathLike, names: Collection[str]) -> Iterator[Path]:
+    """Yield an empty staging folder inside ``folder`` for a new set of the files ``names``. When
+    the block ends normally the new set replaces the old one in ``folder`` (an old file the new
+    set lacks is removed: nothing of the old set passes for part of the new one); when it does
+    not, the staging folder vanishes and the old set stays as it was."""
+    folder = Path(folder).expanduser()
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".replacing.", suffix=".tmp", dir=folder))
+    except OSError as e:
+        raise AnalogError(f"cannot write into {folder}: {e.strerror}") from None
+    try:
+        yield staging
+        try:
+            for name in names:
+                if (staging / name).exists():
+                    os.replace(staging / name, folder / name)
+                else:
+                    (folder / name).unlink(missing_ok=True)
+        except OSError as error:
+            raise AnalogError(f"cannot write into {folder}: {error.strerror or first_line(error)}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_with(target: PathLike, write: Callable[[BinaryIO], Any], *, force: bool = False,

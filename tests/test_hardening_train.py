@@ -139,3 +139,18 @@ def test_a_diverging_run_stops_with_one_line_and_valid_metrics(run_cli, tmp_path
     entries = [json.loads(line, parse_constant=strict) for line in (tmp_path / "r" / "metrics.jsonl").open()]
     assert entries[-1]["epoch"] == 1 and entries[-1]["val_loss"] is None
     assert not (tmp_path / "r" / "model.onnx").exists() and not (tmp_path / "r" / "best.pt").exists()
+
+
+def test_force_keeps_the_previous_run_when_the_new_one_fails_while_training(run_cli, previous_run):
+    code, _, err = run_cli(*TINY, "--lr", "1e30", "--out", previous_run, "--force")
+    assert code == 2 and "training diverged" in err, err
+    assert {p.name: p.read_text() for p in previous_run.iterdir()} == {n: f"previous {n}" for n in RUN_FILES}
+
+
+def test_force_replaces_the_previous_run_once_the_new_one_has_succeeded(run_cli, previous_run):
+    (previous_run / "notes.txt").write_text("mine")
+    code, _, err = run_cli(*TINY, "--no-export", "--out", previous_run, "--force")
+    assert code == 0, err
+    assert sorted(p.name for p in previous_run.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl", "notes.txt"]
+    assert (previous_run / "notes.txt").read_text() == "mine"  # not the old run's: left alone
+    assert torch.load(previous_run / "last.pt", weights_only=True)["epoch"] == 1

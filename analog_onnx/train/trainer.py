@@ -40,7 +40,7 @@ from analog_onnx.arguments import check_fields, expect, float32_problem, spelled
 from analog_onnx.config import MAX_INT, AnalogConfig
 from analog_onnx.data import VALIDATION_KINDS, Dataset, load_dataset
 from analog_onnx.errors import AnalogError
-from analog_onnx.files import first_line, write_text
+from analog_onnx.files import first_line, replacing_files, write_text
 from analog_onnx.text import shown
 from analog_onnx.train.checkpoint import CUSTOM_ARCH, load_checkpoint, save_checkpoint
 from analog_onnx.train.export import add_metadata, check_export, to_onnx
@@ -168,7 +168,8 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, resume: bool =
     """Train ``config.arch`` (or your own ``model``) on ``config.data``; see the module docstring.
 
     An ``out`` folder that already holds a run is continued with ``resume`` or restarted with
-    ``force``, never silently overwritten.
+    ``force``, never silently overwritten; a forced run is written aside and replaces the old
+    one only when it has succeeded, so a failed one leaves the old run as it was.
     """
     expect(config, TrainConfig, "config (a TrainConfig)").validate()
     out = Path(config.out).expanduser()
@@ -180,7 +181,10 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, resume: bool =
         raise AnalogError(f"{out} holds a run; pass --resume to continue it or --force to start over")
     world = Distributed.start(config.device)
     try:
-        return _Run(config, world, model, resume, progress and world.rank == 0, verbose and world.rank == 0).run()
+        staged = force and not resume and world.rank == 0 and any((out / name).exists() for name in RUN_FILES)
+        with replacing_files(out, RUN_FILES) if staged else nullcontext(out) as folder:
+            return _Run(config, world, model, resume, folder, progress and world.rank == 0,
+                        verbose and world.rank == 0).run()
     finally:
         world.stop()
 
@@ -253,10 +257,11 @@ def _seed_for(seed: int, epoch: int, rank: int) -> int:
 
 class _Run:
     def __init__(self, config: TrainConfig, world: Distributed, model: nn.Module | None, resume: bool,
-                 progress: bool, verbose: bool) -> None:
+                 folder: Path, progress: bool, verbose: bool) -> None:
         self.config, self.world, self.progress = config, world, progress
         self.console = Console(quiet=not verbose, soft_wrap=True, emoji=False)
-        self.out = Path(config.out).expanduser()
+        self.out = Path(config.out).expanduser()  # the run's folder, as the user knows it
+        self.folder = folder  # where its files are written: ``out``, or a staging folder (--force)
         train_set, val_set = _load(config)
         self.validation = {"fraction": config.val_fraction, "samples": len(val_set), "seed": config.seed,
                            "stratified": True}
@@ -303,10 +308,7 @@ class _Run:
         self.best: dict[str, Any] = {}
         self.start_epoch = 0
         if world.rank == 0:  # only now, with data, model and settings checked, touch the folder
-            self.out.mkdir(parents=True, exist_ok=True)
-            if not resume:  # --force: nothing of an earlier run survives to be mistaken for this one
-                for name in RUN_FILES:
-                    (self.out / name).unlink(missing_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
 
@@ -507,9 +509,9 @@ class _Run:
         if self.world.rank != 0:
             return
         state = self._state(metrics["epoch"])
-        save_checkpoint(state, self.out / "last.pt")
+        save_checkpoint(state, self.folder / "last.pt")
         if improved:
-            save_checkpoint(state, self.out / "best.pt")
+            save_checkpoint(state, self.folder / "best.pt")
         self._write_metrics()
 
     def _write_metrics(self) -> None:
@@ -518,13 +520,13 @@ class _Run:
             return
         lines = "".join(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
                                     for k, v in entry.items()}, sort_keys=True) + "\n" for entry in self.history)
-        write_text(self.out / "metrics.jsonl", lines, force=True)
+        write_text(self.folder / "metrics.jsonl", lines, force=True)
 
     def _export(self) -> Path:
         """Export ``best.pt`` to ``model.onnx``, checked against torch on training samples."""
         from analog_onnx.transform import save_model
 
-        best = load_checkpoint(self.out / "best.pt")
+        best = load_checkpoint(self.folder / "best.pt")
         plain = copy.deepcopy(self.model).cpu()
         plain.load_state_dict(best["state_dict"])
         exported = to_onnx(plain, self.in_shape, qat=self.qat, tokens=self.tokens)
@@ -534,8 +536,8 @@ class _Run:
         add_metadata(exported.model, mean=normalization.mean if normalization else None,
                      std=normalization.std if normalization else None, train=best["record"],
                      tokens=self._token_record())
+        save_model(exported.model, self.folder / "model.onnx", force=True)
         path = self.out / "model.onnx"
-        save_model(exported.model, path, force=True)
         self.console.print(f"exported {shown(path)} (best epoch {self.best['epoch']}, "
                            f"max |ORT - torch| {difference:.2g})")
         return path
