@@ -85,6 +85,7 @@ def test_a_bad_training_value_names_its_flag(run_cli, tmp_path, args, message):
     assert code == 2 and err.count("\n") == 1 and message in err, err
 
 
+# a run of seconds; a later flag overrides one of these (the last of a flag wins)
 TINY = ("train", "--arch", "mlp", "--data", "digits", "--epochs", "1", "--limit", "200", "--no-progress",
         "--device", "cpu")
 
@@ -154,3 +155,19 @@ def test_force_replaces_the_previous_run_once_the_new_one_has_succeeded(run_cli,
     assert sorted(p.name for p in previous_run.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl", "notes.txt"]
     assert (previous_run / "notes.txt").read_text() == "mine"  # not the old run's: left alone
     assert torch.load(previous_run / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_label_or_vocabulary_too_large_to_allocate_is_refused(run_cli, tmp_path):
+    """Labels up to 2**31-1 used to ask for a 2 TB output layer, a vocabulary of 1e11 for 12 TB."""
+    import numpy as np
+
+    y = np.arange(40) % 2
+    y[0] = 2**31 - 1
+    np.savez(tmp_path / "labels.npz", x=np.ones((40, 5), np.float32), y=y)
+    code, _, err = run_cli(*TINY, "--data", f"npz:{tmp_path / 'labels.npz'}", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "2,147,483,648 classes" in err and "1,048,576" in err, err
+    np.savez(tmp_path / "tokens.npz", input_ids=np.ones((20, 9), np.int64), vocab_size=np.int64(10**11))
+    code, _, err = run_cli(*TINY, "--arch", "gpt-micro", "--data", f"tokens:{tmp_path / 'tokens.npz'}",
+                           "--out", tmp_path / "t")
+    assert code == 2 and err.count("\n") == 1 and "a vocabulary of 100,000,000,000 tokens" in err, err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "t").exists()
