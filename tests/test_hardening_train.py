@@ -171,3 +171,65 @@ def test_a_label_or_vocabulary_too_large_to_allocate_is_refused(run_cli, tmp_pat
                            "--out", tmp_path / "t")
     assert code == 2 and err.count("\n") == 1 and "a vocabulary of 100,000,000,000 tokens" in err, err
     assert not (tmp_path / "r").exists() and not (tmp_path / "t").exists()
+
+
+@pytest.fixture(scope="module")
+def qat_run(tmp_path_factory) -> Path:
+    """A tiny trained QAT run (so its checkpoints have every entry), made once for the tests below."""
+    from analog_onnx.train.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("qat") / "run"
+    train(TrainConfig(arch="mlp", data="digits", out=str(out), method="qat", epochs=1, limit=200, device="cpu",
+                      export=False), progress=False, verbose=False)
+    return out
+
+
+def _damaged(run: Path, folder: Path, **entries) -> Path:
+    """A copy of the run's last.pt with some entries replaced, as last.pt of ``folder``."""
+    state = torch.load(run / "last.pt", weights_only=True)
+    state.update(entries)
+    folder.mkdir()
+    torch.save(state, folder / "last.pt")
+    return folder / "last.pt"
+
+
+@pytest.mark.parametrize(("entries", "message"), [
+    ({"qat": {"foo": 1}}, "entry 'qat' must be None or a dict of bits, act_scale and weight_bits"),
+    ({"qat": {"bits": "eight", "act_scale": 0.1, "weight_bits": 8}}, "entry 'qat' must be None or a dict"),
+    ({"qat": {"bits": 24, "act_scale": 1e38, "weight_bits": 8}}, "entry 'qat' is not a valid QAT setting"),
+    ({"normalization": {"mean": [0.0]}}, "entry 'normalization' must hold mean and std lists"),
+    ({"normalization": {"mean": [0.0] * 3, "std": [1.0] * 3}},
+     "entry 'normalization' must hold mean and std lists of one finite number per input channel (1)"),
+    ({"normalization": {"mean": [0.0], "std": [0.0]}}, "entry 'normalization' has a std that is not > 0"),
+    ({"record": {"x": b"\x00"}}, "entry 'record' is not plain JSON data"),
+    ({"record": {"x": {1, 2}}}, "entry 'record' is not plain JSON data"),
+    ({"in_shape": ["x"]}, "entry 'in_shape' must be a list of positive sizes"),
+])
+def test_export_and_init_refuse_a_damaged_checkpoint_entry(run_cli, qat_run, tmp_path, entries, message):
+    """Each used to crash inside export (a traceback) or write a model evaluate cannot use."""
+    path = _damaged(qat_run, tmp_path / "damaged", **entries)
+    code, _, err = run_cli("export", path)
+    assert code == 2 and err.count("\n") == 1 and f"damaged checkpoint {path}: {message}" in err, err
+    assert not path.with_suffix(".onnx").exists()
+    code, _, err = run_cli(*TINY, "--method", "qat", "--init", path, "--out", tmp_path / "tuned")
+    assert code == 2 and err.count("\n") == 1 and message in err and not (tmp_path / "tuned").exists(), err
+
+
+@pytest.mark.parametrize(("entries", "message"), [
+    ({"scheduler": None}, "entry 'scheduler' must be a dict"),
+    ({"optimizer": None}, "entry 'optimizer' must be a dict of state and param_groups"),
+    ({"epoch": "one"}, "entry 'epoch' must be the number of epochs trained"),
+    ({"history": "x"}, "entry 'history' must be a list of one dict of numbers per epoch trained"),
+    ({"optimizer": "groups"}, "its training state does not fit this run (loaded state dict has a different number"),
+    ({"optimizer": "shapes"}, "its optimizer state does not fit this run's weights"),
+])
+def test_resume_refuses_a_damaged_training_state(run_cli, qat_run, tmp_path, entries, message):
+    state = torch.load(qat_run / "last.pt", weights_only=True)["optimizer"]
+    if entries.get("optimizer") == "groups":
+        entries = {"optimizer": {**state, "param_groups": state["param_groups"][:1]}}
+    elif entries.get("optimizer") == "shapes":
+        entries = {"optimizer": {**state, "state": {0: {"momentum_buffer": torch.zeros(3)}}}}
+    path = _damaged(qat_run, tmp_path / "run", **entries)
+    code, _, err = run_cli(*TINY, "--method", "qat", "--no-export", "--epochs", "2", "--resume", "--out", path.parent)
+    assert code == 2 and err.count("\n") == 1 and f"damaged checkpoint {path}: {message}" in err, err
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]

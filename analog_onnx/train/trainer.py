@@ -363,16 +363,23 @@ class _Run:
 
     def _resume(self) -> None:
         path = self.out / "last.pt"
-        state = load_checkpoint(path, self.world.device)
+        state = load_checkpoint(path, self.world.device, resume=True)
         saved = {k: v for k, v in state["config"].items() if k not in ("out", "device", "epochs")}
         mine = {k: v for k, v in asdict(self.config).items() if k in saved}
         if saved != mine:
-            changed = sorted(k for k in saved if saved[k] != mine[k])
+            changed = sorted(str(k) for k in saved if saved[k] != mine.get(k))
             raise AnalogError(f"cannot resume {path}: it was trained with other settings ({', '.join(changed)})")
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        try:
+            self.model.load_state_dict(state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as e:  # torch's checks, pages long
+            raise AnalogError(f"damaged checkpoint {path}: its training state does not fit this run "
+                              f"({first_line(e)})") from None
+        if any(isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape
+               for p, entry in self.optimizer.state.items() for v in entry.values()):  # torch loads these unchecked
+            raise AnalogError(f"damaged checkpoint {path}: its optimizer state does not fit this run's weights")
         self.history, self.best, self.start_epoch = state["history"], state["best"], int(state["epoch"])
         self.console.print(f"resuming {shown(path)} after epoch {self.start_epoch}")
 
