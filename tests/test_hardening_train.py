@@ -233,3 +233,10 @@ def test_resume_refuses_a_damaged_training_state(run_cli, qat_run, tmp_path, ent
     code, _, err = run_cli(*TINY, "--method", "qat", "--no-export", "--epochs", "2", "--resume", "--out", path.parent)
     assert code == 2 and err.count("\n") == 1 and f"damaged checkpoint {path}: {message}" in err, err
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("folder", [".", "/", ""])
+def test_export_of_a_folder_is_one_line(run_cli, folder):
+    """A folder has no name to derive the output's from (with_suffix raised a ValueError)."""
+    code, _, err = run_cli("export", folder)
+    assert code == 2 and err.count("\n") == 1 and "is a folder; give the checkpoint file" in err, err

@@ -88,8 +88,10 @@ def export(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     """Export a checkpoint to ONNX: noise left out, QAT quantizers kept, checked against torch."""
+    from analog_onnx.train.checkpoint import checkpoint_file
     from analog_onnx.train.export import export_checkpoint
 
+    checkpoint = checkpoint_file(checkpoint)  # first: a folder has no name to derive the output's from
     output = output or checkpoint.with_suffix(".onnx")
     check_output(output, force=force, inputs=[checkpoint])  # before the export's work, not after it
     difference = export_checkpoint(checkpoint, output, force=force)

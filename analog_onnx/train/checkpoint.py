@@ -161,13 +161,22 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         torch.save({"format": FORMAT, **state}, handle)  # to a file of ours: a write error stays an OSError
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` when it is a file, else one error: a folder is no checkpoint (and has no name to
+    derive an output's from: ``export .``)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise AnalogError(f"checkpoint {path} is a folder; give the checkpoint file (best.pt or last.pt)")
+    if not path.is_file():
+        raise AnalogError(f"no such checkpoint: {path}")
+    return path
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, resume: bool = False
                     ) -> dict[str, Any]:
     """The checkpoint at ``path``, every entry a reader uses checked (with ``resume``, also the
     training state), so a damaged one is one error rather than a crash or an unusable export."""
-    path = Path(path)
-    if not path.is_file():
-        raise AnalogError(f"no such checkpoint: {path}")
+    path = checkpoint_file(path)
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:  # torch explains weights_only over a page; name the object instead
