@@ -56,7 +56,8 @@ def train(
     init: Path = typer.Option(None, "--init", help="Fine-tune: start from the weights of this checkpoint "
                               "(another run's best.pt; a fresh optimizer and schedule)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
-    force: bool = typer.Option(False, "--force", help="Start over in an --out folder that holds a run."),
+    force: bool = typer.Option(False, "--force", help="Start over in an --out folder that holds a run "
+                               "(replaced once the new run has succeeded)."),
     export: bool = typer.Option(True, "--export/--no-export", help="Write model.onnx from best.pt at the end."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
