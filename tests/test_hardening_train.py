@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ pytest.importorskip("torch")
 
 import torch  # noqa: E402
 
+from analog_onnx.errors import AnalogError  # noqa: E402
 from analog_onnx.train.checkpoint import FORMAT  # noqa: E402
 
 RUN_FILES = ("last.pt", "best.pt", "model.onnx", "metrics.jsonl")
@@ -158,19 +160,25 @@ def test_force_replaces_the_previous_run_once_the_new_one_has_succeeded(run_cli,
 
 
 def test_a_label_or_vocabulary_too_large_to_allocate_is_refused(run_cli, tmp_path):
-    """Labels up to 2**31-1 used to ask for a 2 TB output layer, a vocabulary of 1e11 for 12 TB."""
+    """Labels up to 2**31-1 used to ask for a 2 TB output layer, a vocabulary of 1e11 for 12 TB: the
+    readers refuse them, and build_model refuses such a model whatever it is built from."""
     import numpy as np
+
+    from analog_onnx.train.zoo import build_model
 
     y = np.arange(40) % 2
     y[0] = 2**31 - 1
     np.savez(tmp_path / "labels.npz", x=np.ones((40, 5), np.float32), y=y)
     code, _, err = run_cli(*TINY, "--data", f"npz:{tmp_path / 'labels.npz'}", "--out", tmp_path / "r")
-    assert code == 2 and err.count("\n") == 1 and "2,147,483,648 classes" in err and "1,048,576" in err, err
+    assert code == 2 and err.count("\n") == 1 and "label 2147483647 is too large" in err, err
     np.savez(tmp_path / "tokens.npz", input_ids=np.ones((20, 9), np.int64), vocab_size=np.int64(10**11))
     code, _, err = run_cli(*TINY, "--arch", "gpt-micro", "--data", f"tokens:{tmp_path / 'tokens.npz'}",
                            "--out", tmp_path / "t")
-    assert code == 2 and err.count("\n") == 1 and "a vocabulary of 100,000,000,000 tokens" in err, err
+    assert code == 2 and err.count("\n") == 1 and "vocab_size must be one integer from 2 to 1048576" in err, err
     assert not (tmp_path / "r").exists() and not (tmp_path / "t").exists()
+    for arch, what in (("mlp", "the largest label + 1: 1,048,577"), ("gpt-micro", "a vocabulary of 1,048,577")):
+        with pytest.raises(AnalogError, match=re.escape(f"{arch} takes at most 1,048,576 outputs, got {what}")):
+            build_model(arch, (8,), 2**20 + 1)
 
 
 @pytest.fixture(scope="module")

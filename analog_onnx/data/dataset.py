@@ -13,7 +13,7 @@ from analog_onnx.errors import AnalogError
 
 MAX_BYTES_ENV = "ANALOG_ONNX_MAX_DATA_BYTES"
 DEFAULT_MAX_BYTES = 1 << 30  # one array; MNIST is 47 MB, CIFAR-100's training images 150 MB
-MAX_CLASSES = 1 << 20  # a classifier has one output per class: a label past this is a damaged file, not data
+MAX_CLASSES = 1 << 20  # one output each: beyond real label sets and vocabularies, far below what cannot be allocated
 
 
 def max_data_bytes() -> int:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from analog_onnx.data.dataset import MAX_CLASSES
 from analog_onnx.errors import AnalogError
 
 Shape = tuple[int, ...]
@@ -265,10 +266,6 @@ class GPT(nn.Module):
 
 
 TOKEN_ARCHS = ("gpt-micro", "gpt-mini")  # models that read token ids, not float samples
-# the most outputs a model may have: far beyond real label sets and vocabularies, far below a size
-# that cannot be allocated (labels up to 2**31-1 would ask the MLP's last layer for 2 TB)
-MAX_CLASSES = 2**20
-MAX_VOCABULARY = 2**24
 
 BUILDERS: dict[str, Callable[[Shape, int], nn.Module]] = {
     "mlp": MLP,
@@ -292,12 +289,9 @@ def build_model(arch: str, in_shape: tuple[int, ...], num_classes: int) -> nn.Mo
         raise AnalogError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
     if num_classes < 2:
         raise AnalogError(f"need at least 2 classes, got {num_classes}")
-    if arch in TOKEN_ARCHS and num_classes > MAX_VOCABULARY:
-        raise AnalogError(f"a vocabulary of {num_classes:,} tokens is more than {arch} takes "
-                          f"(at most {MAX_VOCABULARY:,})")
-    if arch not in TOKEN_ARCHS and num_classes > MAX_CLASSES:
-        raise AnalogError(f"{num_classes:,} classes (the largest label + 1) are more than {arch} takes "
-                          f"(at most {MAX_CLASSES:,})")
+    if num_classes > MAX_CLASSES:  # the data readers' bound, for models built from other sources
+        what = "a vocabulary of" if arch in TOKEN_ARCHS else "the largest label + 1:"
+        raise AnalogError(f"{arch} takes at most {MAX_CLASSES:,} outputs, got {what} {num_classes:,}")
     return BUILDERS[arch](tuple(int(d) for d in in_shape), num_classes)
 
 
