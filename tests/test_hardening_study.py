@@ -279,7 +279,7 @@ def test_a_name_with_a_final_newline_names_no_folder(run_cli, tmp_path, change, 
     ('augment = "flip"', "unknown augment 'flip'"),
     ('device = "gpu"', "unknown device 'gpu'"),
     ('device = "cuda:999"', "unknown device 'cuda:999'"),
-    ('init = "no/such.pt"', "init 'no/such.pt' is not a file"),
+    ('init = "no/such.pt"', "init: no such checkpoint: no/such.pt"),
 ], ids=["limit", "eval_limit", "augment", "device", "device index", "init"])
 def test_a_training_value_the_trainer_would_refuse_is_refused_when_the_study_is_read(run_cli, tmp_path, line,
                                                                                       message):

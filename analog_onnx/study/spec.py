@@ -53,7 +53,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tomllib
 
@@ -64,9 +64,6 @@ from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.levels import noise_levels
 from analog_onnx.evaluate.runner import MAX_REPEATS
 from analog_onnx.files import read_small_text
-
-if TYPE_CHECKING:
-    from analog_onnx.train.trainer import TrainConfig
 
 
 class SpecError(AnalogError):
@@ -255,35 +252,11 @@ def _train_cell(data: str, arch: str, method: Method, seed: int, train: dict[str
     try:
         config = TrainConfig(arch=arch, data=data, method=method.kind, seed=seed, **train, **method.settings)
         config.validate()
-        _trainable(config)
     except (AnalogError, TypeError, ValueError) as e:
         raise SpecError(f"method {method.name}, arch {arch}: {e}") from None
     settings = {k: v for k, v in asdict(config).items() if k != "out"}
     key = cell_key({**{k: v for k, v in settings.items() if k != "device"}, "code": code})
     return TrainCell(arch, method, seed, settings, key, code)
-
-
-def _trainable(config: TrainConfig) -> None:
-    """What a TrainConfig's validate() leaves to the start of training, checked now, or every cell of the
-    study would fail with it: sample limits, the augmentation, the device's spelling (whether this
-    machine has it is the runner's check) and the checkpoint to start from."""
-    import torch
-
-    from analog_onnx.train.pipeline import AUGMENTATIONS
-
-    for name in ("limit", "eval_limit"):
-        if getattr(config, name) is not None and getattr(config, name) < 1:
-            raise SpecError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if config.augment not in AUGMENTATIONS:
-        raise SpecError(f"unknown augment {config.augment!r}; use one of {', '.join(AUGMENTATIONS)}")
-    try:  # torch keeps the index in 8 bits: "cuda:999" would be cuda:-25
-        known = config.device == "auto" or str(torch.device(config.device)) == config.device
-    except RuntimeError:
-        known = False
-    if not known:
-        raise SpecError(f"unknown device {config.device!r}; use auto, cpu, cuda or cuda:N")
-    if config.init is not None and not Path(config.init).expanduser().is_file():
-        raise SpecError(f"init {config.init!r} is not a file")
 
 
 def _eval_cell(train: TrainCell, hardware: str, config: dict[str, Any], levels: tuple[float, ...],

@@ -46,6 +46,7 @@ from analog_onnx.train.checkpoint import CUSTOM_ARCH, load_checkpoint, save_chec
 from analog_onnx.train.export import add_metadata, check_export, to_onnx
 from analog_onnx.train.hardware import Hardware, attach_hardware
 from analog_onnx.train.pipeline import (
+    AUGMENTATIONS,
     DeviceData,
     Normalization,
     augment,
@@ -151,6 +152,12 @@ class TrainConfig:
         if not 0 <= self.val_fraction < 1 or (self.select == "val" and self.val_fraction == 0):
             raise AnalogError(f"{spelled('val_fraction')} must be in [0, 1), and > 0 to select on it (with "
                               f"{spelled('select')} val), got {self.val_fraction}")
+        if self.augment not in AUGMENTATIONS:
+            raise AnalogError(f"unknown {spelled('augment')} {self.augment!r}; use one of {', '.join(AUGMENTATIONS)}")
+        if self.device != "auto":
+            spelled_device(self.device)
+        if self.init is not None and not Path(self.init).expanduser().is_file():
+            raise AnalogError(f"{spelled('init')}: no such checkpoint: {shown(self.init)}")
         self.qat_spec()  # validates the QAT numbers
 
 
@@ -229,12 +236,21 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """``auto``: the process's GPU when CUDA is present, else the CPU."""
     if device == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    resolved = spelled_device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise AnalogError(f"{spelled('device')} {device!r} asked for CUDA, but torch sees no CUDA device")
+    return resolved
+
+
+def spelled_device(device: str) -> torch.device:
+    """``device`` as torch reads it, refused unless torch reads it as written: torch keeps a
+    device's index in 8 bits, so "cuda:999" would quietly be cuda:-25."""
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise AnalogError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise AnalogError("--device cuda asked for, but torch sees no CUDA device")
+        resolved = None
+    if resolved is None or str(resolved) != device:
+        raise AnalogError(f"unknown {spelled('device')} {device!r}; use auto, cpu, cuda or cuda:N")
     return resolved
 
 
