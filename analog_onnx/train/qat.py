@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analog_onnx.arguments import FLOAT32_MAX
+from analog_onnx.arguments import FLOAT32_MAX, spelled
 from analog_onnx.errors import AnalogError
 from analog_onnx.ops import torch_twins as tw
 from analog_onnx.ops.grid import levels
@@ -36,15 +36,15 @@ class QatSpec:
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 24 or not (self.weight_bits == 0 or 2 <= self.weight_bits <= 24):
-            raise AnalogError("QAT bits must be between 2 and 24")
+            raise AnalogError(f"QAT {spelled('bits')} and {spelled('weight_bits')} must be between 2 and 24")
         if not self.act_scale > 0:
-            raise AnalogError(f"--act-scale must be > 0, got {self.act_scale}")
+            raise AnalogError(f"{spelled('act_scale')} must be > 0, got {self.act_scale}")
         with np.errstate(over="ignore"):
             finite = math.isfinite(self.act_bound)
         if not finite:  # an infinite bound trains to NaN and fails only at export
             raise AnalogError(f"QAT's largest activation, (2^bits-1)*act_scale = "
-                              f"{levels(self.bits, 0) * float(self.act_scale):.3g} (--bits {self.bits}, "
-                              f"--act-scale {self.act_scale}), is beyond float32's {FLOAT32_MAX:.3g}")
+                              f"{levels(self.bits, 0) * float(self.act_scale):.3g} ({spelled('bits')} {self.bits}, "
+                              f"{spelled('act_scale')} {self.act_scale}), is beyond float32's {FLOAT32_MAX:.3g}")
 
     @property
     def act_bound(self) -> float:

@@ -145,10 +145,10 @@ class TrainConfig:
         hardware = self.hardware_config()
         if self.uses_noise and (hardware is None or not hardware.has_noise or self.noise_scale == 0):
             raise AnalogError(f"method {self.method} trains with noise: give a hardware config with noise "
-                              "(e.g. --preset hardening-additive) and a --noise-scale > 0")
+                              f"(e.g. the preset hardening-additive) and a {spelled('noise_scale')} > 0")
         if self.method == "hwa" and not hardware.device.enabled:
             raise AnalogError("method hwa trains with the devices' programming noise: give a hardware config "
-                              "with a [device] model (e.g. --preset aihwkit-pcm)")
+                              "with a [device] model (e.g. the preset aihwkit-pcm)")
         if not 0 <= self.val_fraction < 1 or (self.select == "val" and self.val_fraction == 0):
             raise AnalogError(f"{spelled('val_fraction')} must be in [0, 1), and > 0 to select on it (with "
                               f"{spelled('select')} val), got {self.val_fraction}")
@@ -626,7 +626,7 @@ def _amp_dtype(config: TrainConfig, device: torch.device, console: Console) -> t
     if not config.amp:
         return None
     if device.type != "cuda":
-        console.print("--amp needs a CUDA device; training in float32")
+        console.print(f"{spelled('amp')} needs a CUDA device; training in float32")
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
