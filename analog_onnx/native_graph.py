@@ -49,6 +49,7 @@ import onnx_ir as ir
 
 from analog_onnx.errors import ModelError
 from analog_onnx.ops import DOMAIN, OPS, reference
+from analog_onnx.ops.nodes import check_nodes
 from analog_onnx.ops.schema import ChainStep
 from analog_onnx.passes.common import take_over
 from analog_onnx.passes.names import Names
@@ -67,6 +68,7 @@ def prepare(model: ModelLike, folder: str | Path | None = None) -> ModelLike:
     if folder is not None and not isinstance(model, str | Path):
         ir.external_data.set_base_dir(work.graph, Path(folder).resolve())
     _refuse_stored_weights(work)
+    check_nodes(work.graph)  # the rewrites read our nodes' inputs and attributes as the schema declares them
     changed = _fold_constant_quantizers(work)
     changed = _fuse_tile_convolutions(work) or changed
     changed = _fuse_epilogues(work) or changed

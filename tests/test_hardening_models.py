@@ -3,8 +3,10 @@ evaluate scores only classifiers."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,11 @@ import pytest
 from onnx import TensorProto, numpy_helper
 from onnx import helper as h
 
+from analog_onnx import native_graph
+from analog_onnx.config import load_preset
 from analog_onnx.errors import ModelError
 from analog_onnx.evaluate import RunSettings, evaluate
-from analog_onnx.transform import read_analog_metadata
+from analog_onnx.transform import read_analog_metadata, transform_model
 
 MODEL = Path(__file__).parents[1] / "models" / "digits-mlp-baseline.onnx"
 
@@ -89,6 +93,59 @@ def test_bad_models_are_one_line_in_transform_and_inspect(run_cli, tmp_path, cas
         code, _, err = run_cli(*args)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args[0], err)
     assert not (tmp_path / "out.onnx").exists()
+
+
+def attribute(name: str, value: object) -> Callable[[onnx.NodeProto], None]:
+    """An edit that gives a node the attribute ``name`` = ``value``, in place of any it has."""
+    def edit(node: onnx.NodeProto) -> None:
+        kept = [a for a in node.attribute if a.name != name]
+        del node.attribute[:]
+        node.attribute.extend([*kept, h.make_attribute(name, value)])
+    return edit
+
+
+def drop(field: str, start: int) -> Callable[[onnx.NodeProto], None]:
+    """An edit that removes a node's inputs or outputs from ``start`` on."""
+    return lambda node: getattr(node, field).__delitem__(slice(start, None))
+
+
+# (preset, op, edit of the first node of that op, the error) for transformed models edited by hand
+NODE_EDITS = {
+    "tile bound a string": ("aihwkit-default", "AnalogTile", attribute("inp_bound", "big"),
+                            "attribute inp_bound must be a float, not a string"),
+    "tile size a float": ("aihwkit-default", "AnalogTile", attribute("max_input_size", 2.5),
+                          "attribute max_input_size must be an integer, not a float"),
+    "tile rounds out of range": ("aihwkit-default", "AnalogTile", attribute("bm_rounds", 0),
+                                 "attribute bm_rounds must be an integer from 1 to 62, got 0"),
+    "tile unknown attribute": ("aihwkit-default", "AnalogTile", attribute("bogus", 1),
+                               "attribute bogus is not one of AnalogTile's"),
+    "tile without weights": ("aihwkit-default", "AnalogTile", drop("input", 1), "input W is missing"),
+    "tile with an input more": ("aihwkit-default", "AnalogTile", lambda node: node.input.append("x"),
+                                "has 5 inputs, more than its 4 (X, W, noise_scale, seed)"),
+    "device named by a number": ("aihwkit-pcm", "DeviceWeights", attribute("device", 3),
+                                 "attribute device must be a string, not an integer"),
+    "device without its time": ("aihwkit-pcm", "DeviceWeights", drop("input", 4), "input t_inference is missing"),
+    "noise sigma a list": ("hardening-additive", "Noise", attribute("sigma_add", [0.1, 0.2]),
+                           "attribute sigma_add must be a float, not a list of floats"),
+    "noise without a seed": ("hardening-additive", "Noise", drop("input", 2), "input seed is missing"),
+}
+
+
+@pytest.mark.parametrize("case", NODE_EDITS)
+def test_an_edited_analog_node_is_one_line_in_inspect_evaluate_and_sessions(run_cli, tmp_path, case):
+    """Each analog node is held to its op's schema before inspect renders it or a native session
+    rewrites it: an edited one was a traceback in both (the kernels refused only some edits)."""
+    preset, op, edit, message = NODE_EDITS[case]
+    analog = transform_model(matmul(), load_preset(preset))
+    edit(next(n for n in analog.graph.node if n.op_type == op))
+    path = tmp_path / "edited.onnx"
+    onnx.save(analog, path)
+    for args in (("inspect", path), ("evaluate", path, "--data", "digits", "--limit", "16", "-n", "1", "-r", "1")):
+        code, _, err = run_cli(*args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (args[0], err)
+        assert f"ai.analog.{op} node " in err and message in err, (args[0], err)
+    with pytest.raises(ModelError, match=re.escape(message)):
+        native_graph.prepare(path)
 
 
 def test_metadata_of_our_own_models_still_reads():

@@ -1,15 +1,23 @@
 """The ops on hostile values and shapes, in every implementation: subnormal abs-max, empty
-batches, layers without inputs."""
+batches, layers without inputs; nodes their op's schema does not admit."""
 
 from __future__ import annotations
 
+import math
+import re
+
 import numpy as np
+import onnx_ir as ir
 import pytest
 import torch
 from helpers import op_model
 
+from analog_onnx.errors import ModelError
+from analog_onnx.ops import DOMAIN, OPS
 from analog_onnx.ops import reference as ref
 from analog_onnx.ops import torch_twins as tw
+from analog_onnx.ops.nodes import check_nodes
+from analog_onnx.ops.schema import SCHEMAS
 from analog_onnx.runtime import make_session
 
 NATIVE = pytest.param("native", marks=pytest.mark.native)
@@ -90,3 +98,41 @@ def test_an_empty_batch_gives_an_empty_result(op, attributes, feeds, implementat
     want = getattr(ref, {"AnalogTile": "analog_tile", "MvmInput": "mvm_input", "Noise": "noise"}[op])(
         *feeds.values(), **attributes)
     assert got.shape == (want[0] if isinstance(want, tuple) else want).shape and got.size == 0
+
+
+def one_node(op: str, inputs: list[str], attributes: dict, outputs: int | None = None) -> ir.Graph:
+    """A graph of one node of ``op``; an input named "" is left out."""
+    values = {name: ir.Value(name=name) for name in inputs if name}
+    node = ir.node(op, [values.get(name) for name in inputs], attributes, domain=DOMAIN, name="the node",
+                   num_outputs=outputs or (len(SCHEMAS[op].outputs) if op in SCHEMAS else 1))
+    return ir.Graph(list(values.values()), node.outputs, nodes=[node])
+
+
+@pytest.mark.parametrize("op, case", [(op, case) for op in OPS for case in op.cases],
+                         ids=lambda value: value.name if hasattr(value, "name") else value)
+def test_every_declared_case_passes_the_node_check(op, case):
+    check_nodes(one_node(op.name, list(op.inputs), op.cases[case]))
+
+
+@pytest.mark.parametrize("op, inputs", [("AnalogTileEpilogue", ["X", "", "noise_scale", "seed"]),
+                                        ("NoiseChain", ["X", "noise_scale", "seed"]),
+                                        ("StoredWeights", [])])
+def test_an_optional_input_may_be_left_out(op, inputs):
+    chain = {"steps": [0], "sigma_add": [0.1], "sigma_mul": [0.0], "streams": [0]} if op == "NoiseChain" else {}
+    check_nodes(one_node(op, inputs, chain))
+
+
+@pytest.mark.parametrize("op, inputs, attributes, outputs, message", [
+    ("NoiseChain", ["X", "noise_scale", "seed"], {"steps": [0], "sigma_add": [0.1], "sigma_mul": [0.0]}, None,
+     "attribute streams is required"),
+    ("AnalogTileConv", ["X", "W", "noise_scale", "seed", "scale", "shift"], {"pads": [1, 1]}, None,
+     "attribute pads must have 4 values, got 2"),
+    ("MvmOutput", ["Y", "S", "noise_scale", "seed"], {"out_noise": math.nan}, None,
+     "attribute out_noise must be a finite number >= 0, got nan"),
+    ("MvmInput", ["X"], {}, 1, "has 1 outputs, not 2 (Xn, S)"),
+    ("Quantize", ["X"], {"bits": 4, "axis": "1"}, None, "attribute axis must be an integer, not a string"),
+    ("Nope", ["X"], {}, None, "ai.analog has no op Nope"),
+])
+def test_a_node_its_schema_does_not_admit_is_named(op, inputs, attributes, outputs, message):
+    with pytest.raises(ModelError, match=re.escape(f"ai.analog.{op} node 'the node': {message}") + "$"):
+        check_nodes(one_node(op, inputs, attributes, outputs))

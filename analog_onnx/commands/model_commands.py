@@ -125,8 +125,10 @@ def describe(model: onnx.ModelProto | ir.Model) -> dict:
 
     from analog_onnx import transform as tf
     from analog_onnx.ops import DOMAIN
+    from analog_onnx.ops.nodes import check_nodes
 
     model = model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
+    check_nodes(model.graph)  # the rows read our nodes' inputs and attributes as the schema declares them
     meta = tf.read_analog_metadata(model)
     info: dict = {
         "opset": model.opset_imports.get("", model.opset_imports.get("ai.onnx")),

@@ -21,6 +21,7 @@ from analog_onnx.arguments import expect
 from analog_onnx.config import AnalogConfig
 from analog_onnx.data.preprocess import Normalization, from_model, token_context
 from analog_onnx.errors import ModelError
+from analog_onnx.ops.nodes import check_nodes
 from analog_onnx.transform import (
     load_model_within,
     read_analog_metadata,
@@ -76,7 +77,8 @@ def prepare_model(model: ModelSource, config: AnalogConfig | None, name: str) ->
         analog, config_source = transform_model(clean, config), "given"
     else:
         clean = strip_model(proto)
-        if config is None:
+        if config is None:  # run as it is: its analog nodes must be as the ops declare them, native or not
+            check_nodes((proto if isinstance(proto, ir.Model) else ir.serde.deserialize_model(proto)).graph)
             analog, config, config_source = proto, meta.config, "model metadata"
         else:
             notes.append(f"{name} was transformed with config {meta.config.name!r}; "

@@ -1,12 +1,12 @@
 """The op set, declared once: what every implementation, benchmark and conformance test reads.
 
-Each ``OpSchema`` gives an op's inputs and outputs (names as the function bodies use them), its
-attributes with their defaults (a ``Required`` kind for none), which attributes are noise sigmas (a
-case with all of them 0 is deterministic), whether it exists only in the native library, and
-named example ``cases`` (attribute sets): the configurations the presets emit (``benchmarked``)
-and the corners worth testing. The four implementations are found by name: ``functions.<Name>`` (ONNX function
-body), ``reference.<snake_name>`` (numpy), ``torch_twins.<snake_name>`` and the native kernel
-registered as ``<Name>``.
+Each ``OpSchema`` gives an op's inputs and outputs (names as the function bodies use them; which
+inputs a node may leave out), its attributes with their defaults (a ``Required`` kind for none),
+which attributes are noise sigmas (a case with all of them 0 is deterministic), whether it exists
+only in the native library, and named example ``cases`` (attribute sets): the configurations the
+presets emit (``benchmarked``) and the corners worth testing. The four implementations are found
+by name: ``functions.<Name>`` (ONNX function body), ``reference.<snake_name>`` (numpy),
+``torch_twins.<snake_name>`` and the native kernel registered as ``<Name>``.
 
 Each numeric attribute also has its ``Interval`` of valid values. The native kernels read their
 attributes from this declaration (``native/generate.py`` writes it into a header at build time):
@@ -101,6 +101,7 @@ class OpSchema:
     attributes: dict[str, int | float | str | tuple[int, ...] | tuple[float, ...] | Required]  # name -> default
     intervals: dict[str, Interval]  # every numeric attribute's valid values
     sigmas: tuple[str, ...] = ()  # attributes that are noise sigmas (times the noise_scale input)
+    optional: tuple[str, ...] = ()  # inputs a node may leave out (every other one it must give)
     native_only: bool = False  # put in place by native sessions only; never in a file
     native: bool = True  # has a native kernel (else native sessions run its function body)
     product: bool = False  # computes a matrix product: summation order differs between implementations
@@ -201,7 +202,7 @@ OPS: tuple[OpSchema, ...] = (
               "streams": Required("ints")},
              {"steps": Interval(min(ChainStep), max(ChainStep)), "sigma_add": FINITE_NON_NEGATIVE,
               "sigma_mul": FINITE_NON_NEGATIVE, "streams": STREAM},
-             sigmas=("sigma_add", "sigma_mul"), native_only=True),
+             sigmas=("sigma_add", "sigma_mul"), optional=("scale", "shift", "R"), native_only=True),
     OpSchema("AnalogTile", ("X", "W", "noise_scale", "seed"), ("Y",),
              _TILE_ATTRIBUTES, _TILE_INTERVALS, sigmas=_TILE_SIGMAS, product=True,
              cases={"aihwkit-default": {"inp_bits": 7, "out_noise": 0.06, "out_bits": 9, "out_bound": 12.0,
@@ -222,11 +223,12 @@ OPS: tuple[OpSchema, ...] = (
     OpSchema("AnalogTileEpilogue", ("X", "W", "noise_scale", "seed", "scale", "shift"), ("Y",),
              {**_TILE_ATTRIBUTES, "relu": 0, **_STORED_WEIGHTS},
              {**_TILE_INTERVALS, **_EPILOGUE, **_STORED_WEIGHTS_INTERVALS}, sigmas=_TILE_SIGMAS,
-             native_only=True, product=True),
+             optional=("W", "scale", "shift"), native_only=True, product=True),
     OpSchema("AnalogTileConv", ("X", "W", "noise_scale", "seed", "scale", "shift", "R"), ("Y",),
              {**_TILE_ATTRIBUTES, "pads": (0, 0, 0, 0), "strides": (1, 1), "dilations": (1, 1), "relu": 0},
              {**_TILE_INTERVALS, "pads": PADDING, "strides": GEOMETRY, "dilations": GEOMETRY, **_EPILOGUE},
-             sigmas=_TILE_SIGMAS, native_only=True, product=True),
-    OpSchema("StoredWeights", ("after",), ("W",), _STORED_WEIGHTS, _STORED_WEIGHTS_INTERVALS, native_only=True),
+             sigmas=_TILE_SIGMAS, optional=("R",), native_only=True, product=True),
+    OpSchema("StoredWeights", ("after",), ("W",), _STORED_WEIGHTS, _STORED_WEIGHTS_INTERVALS, optional=("after",),
+             native_only=True),
 )
 SCHEMAS = {op.name: op for op in OPS}
