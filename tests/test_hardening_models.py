@@ -168,6 +168,19 @@ def test_a_sequence_output_is_not_scored_as_classes():
                  settings=RunSettings(repeats=1, seed=0))
 
 
+def test_an_output_whose_rows_do_not_follow_the_batch_is_one_line():
+    """Scores [1, 10] whatever the batch: the one-sample probe passes, a batch of 16 cannot be scored."""
+    weight = numpy_helper.from_array(np.ones((4, 10), np.float32), "w")
+    rows = numpy_helper.from_array(np.array([1, 10], np.int64), "rows")
+    nodes = [h.make_node("Shape", ["x"], ["s"]), h.make_node("Cast", ["s"], ["f"], to=TensorProto.FLOAT),
+             h.make_node("MatMul", ["f", "w"], ["m"], name="mm"), h.make_node("Expand", ["m", "rows"], ["y"])]
+    proto = model(nodes, [tensor("x", TensorProto.FLOAT, ["n", 1, 8, 8])], [tensor("y", TensorProto.FLOAT, ["n", 10])],
+                  [weight, rows])
+    with pytest.raises(ModelError, match=r"first output y has shape \[1, 10\] for a batch of 16 samples"):
+        evaluate(proto, "digits", config="aihwkit-default", noise_scales=[1.0], limit=40,
+                 settings=RunSettings(repeats=1, seed=0, batch_size=16))
+
+
 @pytest.mark.native
 def test_a_kernel_refusing_a_node_is_one_line_with_the_file_text_escaped(tmp_path):
     """onnxruntime also logged the refusal it raised, in colour and with the node name raw: two

@@ -181,6 +181,10 @@ class Evaluator:
             except Exception as error:  # onnxruntime's own types: a shape only some batches have, a kernel's refusal
                 raise ModelError(f"onnxruntime failed on samples {start} to {start + len(batch) - 1}: "
                                  f"{first_line(error)}") from None
-            logits = logits.reshape(len(feed[variant.input_name]), -1)[:len(batch)]
+            rows = len(feed[variant.input_name])
+            if logits.ndim == 0 or logits.shape[0] != rows:  # the one-sample probe cannot see this
+                raise ModelError(f"first output {variant.output_name} has shape {list(logits.shape)} for a batch "
+                                 f"of {rows} samples; evaluate needs one row of scores per sample")
+            logits = logits.reshape(rows, -1)[:len(batch)]
             counts += count_correct(logits, labels[start:start + len(batch)], p.top_k)
         return counts
