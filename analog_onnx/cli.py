@@ -51,16 +51,24 @@ def main(args: list[str] | None = None) -> None:
     unwind_on_sigterm()
     try:
         with spelled_as(flag):  # what the commands call names their values by the flags
-            app(args=args, prog_name="analog-onnx")
+            # not standalone: the parser's errors come here instead of as its usage block
+            status = app(args=args, prog_name="analog-onnx", standalone_mode=False)
     except AnalogError as error:
         _fail(str(error))
     except OSError as error:  # the machine's, not the program's: a full disk, a lost mount, no permission
         _fail((error.strerror or first_line(error)) + (f": {error.filename}" if error.filename else ""))
+    except typer.TyperException as error:  # the parser's: an unknown option or command, a bad value, no argument
+        if type(error).__name__ == "NoArgsIsHelpError":  # `analog-onnx` alone: the help (typer tells it so too)
+            error.show()
+            sys.exit(error.exit_code)
+        _fail(error.format_message(), error.exit_code)
+    if isinstance(status, int) and status:  # typer.Exit(code), Ctrl-C (130)
+        sys.exit(status)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, status: int = 2) -> None:
     print(f"analog-onnx: error: {printable(message)}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,27 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["inspect"], "Missing argument 'model'."),
+    (["inspect", "--bogus"], "No such option: --bogus"),
+    (["bogus"], "No such command 'bogus'."),
+    (["kernels", "bogus"], "No such command 'bogus'."),
+    (["evaluate", "MODEL", "-d", "digits", "-r", "abc"], "Invalid value for '--repeats' / '-r': "),
+    (["sensitivity", "MODEL", "-d", "digits", "--noise-scale", "abc"], "Invalid value for '--noise-scale': "),
+    (["inspect", "UNREADABLE"], "Invalid value for 'model': "),
+])
+def test_the_parsers_mistakes_are_one_line_exit_2(run_cli, model_file, monkeypatch, args, message):
+    """Usage, a 'Try --help' line, a blank and the error were four lines, unlike every other mistake."""
+    access = os.access
+    unreadable = model_file if "UNREADABLE" in args else None
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: path != unreadable and access(path, mode, **kw))
+    code, out, err = run_cli(*(model_file if arg in ("MODEL", "UNREADABLE") else arg for arg in args))
+    assert code == 2 and out == "", err
+    assert err.startswith(f"analog-onnx: error: {message}") and err.count("\n") == 1, err
+
+
+def test_help_is_still_the_parsers(run_cli):
+    code, out, err = run_cli("evaluate", "--help")
+    assert code == 0 and err == "" and out.startswith("Usage: analog-onnx evaluate [OPTIONS]")
