@@ -11,6 +11,8 @@ import onnx
 import pytest
 from helpers import digits_mlp
 
+from analog_onnx.evaluate.models import model_names
+
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
@@ -91,3 +93,16 @@ def test_the_installed_command_reports_a_shape_mismatch(model_file, tmp_path):
     # the last line is the error (a line before it may say the native kernels are not built)
     assert done.stderr.strip().splitlines()[-1] == (
         "analog-onnx: error: data npz:wrong.npz gives samples of shape 3x5 (15 values) but mlp input x expects 64")
+
+
+def test_a_model_given_twice_is_refused(run_cli, model_file):
+    """The same file twice scores the same numbers twice (a sweep's draws are common to its models)."""
+    again = f"{model_file.parent}/./{model_file.name}"  # spelled otherwise, the same file
+    code, out, err = run_cli("evaluate", model_file, again, "--data", "digits")
+    assert code == 2 and out == "" and err == f"analog-onnx: error: model {model_file} is given twice\n"
+
+
+def test_models_of_one_stem_are_named_by_their_folders_then_counted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert model_names(["m.onnx", "sub/m.onnx"]) == [f"{tmp_path.name}/m", "sub/m"]  # not "/m"
+    assert model_names(["a/x/m.onnx", "b/x/m.onnx", "c/x/m.onnx"]) == ["x/m", "x/m#2", "x/m#3"]

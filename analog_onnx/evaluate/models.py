@@ -90,23 +90,34 @@ def prepare_model(model: ModelSource, config: AnalogConfig | None, name: str) ->
 
 
 def model_sources(models: Any) -> list[ModelSource]:
-    """One model or a sequence of them, each a file path or an ``onnx.ModelProto``."""
+    """One model or a sequence of them, each a file path or an ``onnx.ModelProto``; a file at most
+    once (twice, it would score the same numbers twice: a sweep's draws are common to its models)."""
     many = isinstance(models, Sequence) and not isinstance(models, str)
     sources = list(models) if many else [models]
+    seen: set[Path] = set()
     for source in sources:
         expect(source, (str, Path, onnx.ModelProto), "a model")
+        if not isinstance(source, onnx.ModelProto):
+            if Path(source).resolve() in seen:
+                raise ModelError(f"model {source} is given twice")
+            seen.add(Path(source).resolve())
     return sources
 
 
 def model_names(models: list[ModelSource]) -> list[str]:
-    """Short distinct names for the report: file stems, made unique with the parent folder or an index."""
+    """Short distinct names for the report: file stems; stems that collide get their folder's name
+    (``a/m`` and ``b/m``), then a count (``m#2``)."""
     stems = [Path(m).name.removesuffix(".onnx") if not isinstance(m, onnx.ModelProto) else f"model{i}"
              for i, m in enumerate(models)]
-    names = []
-    for i, (model, stem) in enumerate(zip(models, stems, strict=True)):
+    names: list[str] = []
+    for model, stem in zip(models, stems, strict=True):
         if stems.count(stem) > 1 and not isinstance(model, onnx.ModelProto):
-            stem = f"{Path(model).parent.name}/{stem}"
-        names.append(stem if stem not in names else f"{stem}#{i}")
+            stem = f"{Path(model).resolve().parent.name}/{stem}"  # resolved: "m.onnx" has a folder too
+        name, count = stem, 1
+        while name in names:
+            count += 1
+            name = f"{stem}#{count}"
+        names.append(name)
     return names
 
 
