@@ -29,6 +29,7 @@ from analog_onnx.files import atomic_output, atomic_outputs, first_line
 from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.add_controls import AddControlInputsPass
 from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, METADATA_KEYS, NODE_KEYS, SITES_KEY, VERSION_KEY
+from analog_onnx.passes.name_nodes import NameNodesPass
 from analog_onnx.passes.qonnx_to_standard import QonnxToStandardPass
 from analog_onnx.passes.sites import DigitalNode, Site, digital_nodes, find_sites, node_labels
 from analog_onnx.passes.strip_analog import StripAnalogPass
@@ -108,13 +109,15 @@ def _like(result: ir.Model, original: onnx.ModelProto | ir.Model) -> onnx.ModelP
 
 def standard_model(model: onnx.ModelProto | ir.Model) -> onnx.ModelProto | ir.Model:
     """``model`` as standard ONNX the transform works on (a new object; the input is not changed):
-    opsets below ``MIN_OPSET`` upgraded, QONNX quantizers converted (passes/qonnx_to_standard.py)."""
+    opsets below ``MIN_OPSET`` upgraded, QONNX quantizers converted (passes/qonnx_to_standard.py),
+    every node of the main graph named uniquely (passes/name_nodes.py: sites are named after them)."""
     return _like(_standardized(_working_copy(model)), model)
 
 
 def _standardized(model: ir.Model) -> ir.Model:
     model = _upgraded(model)
     QonnxToStandardPass()(model)
+    NameNodesPass()(model)
     return model
 
 

@@ -222,3 +222,40 @@ def test_strip_looks_at_the_graph_a_fixed_number_of_times(monkeypatch):
     monkeypatch.setattr(ir.Graph, "__iter__", counted)
     assert len(strip_model(analog).graph.node) == 40
     assert walks < 10
+
+
+def three_layers(names: list[str]) -> onnx.ModelProto:
+    """Conv -> Flatten -> Gemm -> two MatMuls, each a graph output; the nodes named ``names``."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("wc", (2, 1, 3, 3)), ("wg", (8, 32)), ("bg", (8,)), ("wm", (8, 3)), ("wn", (8, 3)))]
+    nodes = [h.make_node("Conv", ["x", "wc"], ["c"], pads=[1, 1, 1, 1]), h.make_node("Flatten", ["c"], ["f"]),
+             h.make_node("Gemm", ["f", "wg", "bg"], ["g"], transB=1), h.make_node("MatMul", ["g", "wm"], ["y"]),
+             h.make_node("MatMul", ["g", "wn"], ["z"])]
+    for node, name in zip(nodes, names, strict=True):
+        node.name = name
+    return model(nodes, [value("x", ["n", 1, 4, 4])], [value("y", ["n", 3]), value("z", ["n", 3])], weights)
+
+
+@pytest.mark.parametrize("native", ENGINES)
+@pytest.mark.parametrize("preset", ["aihwkit-pcm", "reram-wan2022"])
+@pytest.mark.parametrize("names", [[""] * 5, ["layer"] * 5, ["y", "", "y", "", "z"]],
+                         ids=["unnamed", "one name", "outputs' names"])
+def test_layers_without_names_of_their_own_get_their_device_weights(preset, names, native):
+    """A layer is found by its node's name: an unnamed one lost its device weights once its tile
+    renamed its output, and layers named alike chained their DeviceWeights into each other."""
+    analog = transform_model(three_layers(names), load_preset(preset))
+    tiles = [n for n in analog.graph.node if n.op_type == "AnalogTile"]
+    devices = {n.output[0]: n for n in analog.graph.node if n.op_type == "DeviceWeights"}
+    assert len(tiles) == len(devices) == 4 and len(set(read_analog_metadata(analog).sites)) == 4
+    assert {tile.input[1] for tile in tiles} == set(devices)  # each tile reads its own chip weights
+    assert all(device.input[0] not in devices for device in devices.values())
+    twin = transform_model(three_layers(["conv", "flatten", "gemm", "mm", "mm2"]), load_preset(preset))
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 1, 4, 4)).astype(np.float32),
+             "seed": np.array(3, np.int64), "chip_seed": np.array(4, np.int64)}
+    for scale in (0.0, 1.0):  # the same numbers as a model with names of its own, with and without noise
+        scaled = {**feeds, "noise_scale": np.array(scale, np.float32)}
+        for got, want in zip(make_session(analog, native=native).run(None, scaled),
+                             make_session(twin, native=native).run(None, scaled), strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert structure(strip_model(analog)) == structure(three_layers(names))

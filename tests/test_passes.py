@@ -26,6 +26,7 @@ from analog_onnx.passes.insert_activation_noise import InsertActivationNoisePass
 from analog_onnx.passes.insert_analog_tile import InsertAnalogTilePass
 from analog_onnx.passes.insert_device_weights import InsertDeviceWeightsPass
 from analog_onnx.passes.insert_mvm_periphery import InsertMvmPeripheryPass
+from analog_onnx.passes.name_nodes import NameNodesPass
 from analog_onnx.passes.names import Names
 from analog_onnx.passes.quantize_weights import QuantizeWeightsPass
 from analog_onnx.passes.sites import find_sites
@@ -301,11 +302,24 @@ def test_hostile_names_give_a_valid_model_with_the_same_numbers(preset):
     assert strip_model(transformed).SerializeToString() == same_model.SerializeToString()
 
 
+def test_name_nodes_pass_gives_every_node_a_name_of_its_own():
+    model = gemm_relu(names={"relu": "gemm"})
+    model.graph.node.append(h.make_node("Identity", ["y"], ["h_1"]))  # unnamed: named after its output
+    model.graph.node.append(h.make_node("Identity", ["y"], ["gemm"]))  # its output's name is a node's
+    model.graph.node.append(h.make_node("Identity", ["y"], []))
+    work = as_ir(model)
+    with pytest.raises(ir.passes.PreconditionError, match="Relu node 'gemm' has no name of its own"):
+        InsertActivationNoisePass(load_preset("hardening-additive"))(with_controls(model))
+    assert NameNodesPass()(work).modified and not NameNodesPass()(work).modified
+    assert [n.name for n in work.graph] == ["gemm", "gemm_1", "h_1", "gemm_2", "Identity"]
+
+
 def test_duplicate_node_names_in_the_model_get_distinct_inserted_names():
     model = gemm_relu(names={"relu": "gemm"})
     transformed = transform_model(model, load_preset("hardening-additive"))
     added = [n.name for n in transformed.graph.node if n.domain == DOMAIN]
-    assert added == ["x/analog_noise", "gemm/analog_noise", "gemm/analog_noise_1"]
+    assert added == ["x/analog_noise", "gemm/analog_noise", "gemm_1/analog_noise"]
+    assert read_analog_metadata(transformed).sites == ["x", "gemm", "gemm_1"]
     values = [o for n in transformed.graph.node for o in n.output]
     assert len(set(values)) == len(values)
 

@@ -10,6 +10,7 @@ import onnx_ir as ir
 
 from analog_onnx.config import AnalogConfig
 from analog_onnx.ops import DOMAIN
+from analog_onnx.passes.name_nodes import unnamed_or_shared
 from analog_onnx.passes.names import Names
 
 ROLE_KEY = "analog_onnx.role"  # node metadata: what an inserted node is for (strip reads it)
@@ -54,6 +55,10 @@ class EffectPass(ir.passes.InPlacePass):
 
     def requires(self, model: ir.Model) -> None:
         control_inputs(model, self.controls)
+        node = unnamed_or_shared(model.graph)
+        if node is not None:
+            raise ir.passes.PreconditionError(f"{node.op_type} node {node.name!r} has no name of its own: "
+                                              "run NameNodesPass first")
 
 
 def next_stream(graph: ir.Graph) -> int:
