@@ -90,11 +90,12 @@ def test_converter_failure_is_one_model_error():
 def test_cli_says_so_in_one_line(rng, tmp_path):
     source, output = tmp_path / "old.onnx", tmp_path / "old.analog.onnx"
     onnx.save(opset9_cnn(rng), source)
-    command = [sys.executable, "-c", CLI, "transform", str(source), "-p", "hardening-additive", "-o", str(output)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "upgraded to opset 13" in lines[0], done.stderr
+    for args in (["transform", str(source), "-p", "hardening-additive", "-o", str(output)], ["inspect", str(source)]):
+        done = subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "upgraded to opset 13" in lines[0], (args[0], done.stderr)
+    assert "Gemm" in done.stdout  # inspect lists the layers of the upgraded model
     assert onnx.load(source).opset_import[0].version == 9
     assert {o.domain: o.version for o in onnx.load(output).opset_import}[""] == MIN_OPSET
 

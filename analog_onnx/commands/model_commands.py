@@ -142,11 +142,12 @@ def describe(model: onnx.ModelProto | ir.Model) -> dict:
         info["digital"] = _digital(tf.strip_model(model), meta.config)
         return info
     probe = cfg.AnalogConfig.from_dict({"placement": {"where": "mvm"}, "forward": {"out_noise": 1.0}})
+    standard = tf.standard_model(model)  # once: an old opset's upgrade warns each time it is done
     info["analog_layers"] = [
         {"name": s.name, "op_type": s.op_type, "weight_shape": list(s.weight.shape) if s.weight is not None else []}
-        for s in tf.analog_sites(model, probe)
+        for s in tf.analog_sites(standard, probe)
     ]
-    info["digital"] = _digital(model, probe)
+    info["digital"] = _digital(standard, probe)
     return info
 
 
