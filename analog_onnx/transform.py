@@ -8,6 +8,7 @@ into one clear :class:`~analog_onnx.errors.ModelError` and never leave half-writ
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -217,6 +218,7 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
     sites = arguments.names(sites, "sites") if sites is not None else None
     work = _transformable(_working_copy(model))
     _check_includes(work, config)
+    _check_op_types(work, config)
     found = _sites(work, config)
     _check_float32(found)
     unknown = set(sites or ()) - {s.name for s in found}
@@ -252,6 +254,32 @@ def _check_includes(model: ir.Model, config: AnalogConfig) -> None:
             listed = ", ".join(candidates[:8]) + (" ..." if len(candidates) > 8 else "")
             raise ModelError(f"--include {pattern!r} matches none of the sites of this config"
                              f"{': ' + listed if candidates else ' (there are none)'}")
+
+
+def _check_op_types(model: ir.Model, config: AnalogConfig) -> None:
+    """The op types a config lists must be ONNX operators, and an excluded one must be the op type
+    of a site (before any selection): a misspelled one must not leave layers analog unseen."""
+    p = config.placement
+    for op_type in p.op_types if p.where == "activations" else ():
+        if not onnx.defs.has(op_type):
+            operators = [schema.name for schema in onnx.defs.get_all_schemas() if schema.domain == ""]
+            raise ConfigError(f"placement.op_types: {op_type!r} is no ONNX operator{_did_you_mean(op_type, operators)}")
+    if not p.exclude_op_types:
+        return
+    unselected = config.with_placement(include=[], exclude=[], exclude_op_types=[], keep_first_digital=False,
+                                       keep_last_digital=False)
+    present = sorted({s.op_type for s in _sites(model, unselected) if s.node is not None})
+    for op_type in p.exclude_op_types:
+        if op_type not in present:
+            raise ModelError(f"--exclude-op-type {op_type!r} matches none of the sites of this config, whose op "
+                             f"types are {', '.join(present) or 'none'}{_did_you_mean(op_type, present)}")
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    """``; did you mean X?`` for the known name spelled like ``name`` but for case, or the nearest."""
+    by_case = {k.lower(): k for k in known}
+    hint = by_case.get(name.lower()) or next(iter(difflib.get_close_matches(name, known, n=1)), None)
+    return f"; did you mean {hint}?" if hint else ""
 
 
 def _check_arguments(model: Any, config: Any) -> None:
