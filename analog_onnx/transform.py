@@ -32,7 +32,7 @@ from analog_onnx.passes.add_controls import AddControlInputsPass
 from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, METADATA_KEYS, NODE_KEYS, SITES_KEY, VERSION_KEY
 from analog_onnx.passes.name_nodes import NameNodesPass
 from analog_onnx.passes.qonnx_to_standard import QonnxToStandardPass
-from analog_onnx.passes.sites import DigitalNode, Site, digital_nodes, find_sites, node_labels
+from analog_onnx.passes.sites import DigitalNode, Site, digital_nodes, find_sites, nested_nodes, node_labels
 from analog_onnx.passes.strip_analog import StripAnalogPass
 from analog_onnx.passes.write_metadata import WriteMetadataPass
 
@@ -198,10 +198,11 @@ def analog_sites(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> lis
 
 def digital_layers(model: onnx.ModelProto | ir.Model, config: AnalogConfig) -> list[DigitalNode]:
     """The nodes that read a constant matrix and that ``transform_model`` leaves digital under
-    ``config`` ("mvm" placement), with the reason, found on the standard model as the transform
-    finds its sites."""
+    ``config`` ("mvm" placement), then the layers inside subgraphs and functions, with the
+    reason, found on the standard model as the transform finds its sites."""
     _check_arguments(model, config)
-    return digital_nodes(_standardized(_working_copy(model)).graph, config)
+    standard = _standardized(_working_copy(model))
+    return digital_nodes(standard.graph, config) + nested_nodes(standard, config)
 
 
 def _sites(model: ir.Model, config: AnalogConfig) -> list[Site]:
@@ -221,6 +222,7 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
     _check_op_types(work, config)
     found = _sites(work, config)
     _check_float32(found)
+    _check_nested(work, config, found, warn=sites is None)
     unknown = set(sites or ()) - {s.name for s in found}
     if unknown:
         raise ModelError(f"unknown site(s): {', '.join(sorted(unknown))}")
@@ -240,6 +242,23 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
             raise error.__cause__ from None
         raise
     return _like(work, model)
+
+
+def _check_nested(model: ir.Model, config: AnalogConfig, found: list[Site], *, warn: bool) -> None:
+    """Candidates inside subgraphs or functions stay digital: an error when they are all the model
+    has (its "analog" form would be the clean model), else a warning (``warn``: a caller that names
+    its sites chose them from ``analog_sites`` already)."""
+    nested = nested_nodes(model, config) if enabled_effects(config) else []
+    if not nested:
+        return
+    what = "layers" if config.placement.where == "mvm" else "nodes of the op types of placement.op_types"
+    listed = ", ".join(repr(n.name) for n in nested[:4]) + (" ..." if len(nested) > 4 else "")
+    message = (f"{len(nested)} {what} inside If/Loop/Scan subgraphs or model-local functions ({listed}) "
+               "are not supported and stay digital")
+    if not found:
+        raise ModelError(f"no sites of this config in the main graph; {message}")
+    if warn:
+        log.warning("%s", message)
 
 
 def _check_includes(model: ir.Model, config: AnalogConfig) -> None:

@@ -259,3 +259,44 @@ def test_layers_without_names_of_their_own_get_their_device_weights(preset, name
                              make_session(twin, native=native).run(None, scaled), strict=True):
             np.testing.assert_array_equal(got, want)
     assert structure(strip_model(analog)) == structure(three_layers(names))
+
+
+def nested_layers(main_layer: bool) -> onnx.ModelProto:
+    """x [n, 64] -> the MatMul by w inside both branches of an If and inside a model-local
+    function, added up (and, with ``main_layer``, a MatMul of the main graph): digits' shapes."""
+    def branch(name: str) -> onnx.GraphProto:
+        return h.make_graph([h.make_node("MatMul", ["x", "w"], [f"{name}_y"], name=f"{name}_mm")], name, [],
+                            [value(f"{name}_y", ["n", 10])])
+
+    body = [h.make_node("MatMul", ["a", "b"], ["c"], name="inner")]
+    function = h.make_function("custom", "Linear", ["a", "b"], ["c"], body, [h.make_opsetid("", 17)])
+    nodes = [h.make_node("Constant", [], ["cond"], value=numpy_helper.from_array(np.array(True)), name="cond"),
+             h.make_node("If", ["cond"], ["t"], then_branch=branch("then"), else_branch=branch("else"), name="if"),
+             h.make_node("Linear", ["x", "w"], ["u"], domain="custom", name="linear"),
+             h.make_node("Add", ["t", "u"], ["y"], name="add")]
+    if main_layer:
+        nodes += [h.make_node("MatMul", ["x", "w"], ["m"], name="mm"), h.make_node("Add", ["y", "m"], ["z"])]
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 10)).astype(np.float32), "w")
+    graph = h.make_graph(nodes, "g", [value("x", ["n", 64])], [value("z" if main_layer else "y", ["n", 10])], [weight])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("custom", 1)],
+                        functions=[function])
+
+
+def test_layers_inside_subgraphs_and_functions_are_listed_as_digital_and_never_pass_for_analog(caplog):
+    """The transform wrapped none of them and said "0 sites": evaluate then scored the clean model
+    at every noise level, as if it were perfectly robust."""
+    reasons = {row["name"]: row["reason"] for row in describe(nested_layers(main_layer=False))["digital"]}
+    assert reasons == {"then_mm": "inside the then_branch of If node 'if': subgraphs and functions are not transformed",
+                       "else_mm": "inside the else_branch of If node 'if': subgraphs and functions are not transformed",
+                       "inner": "inside function 'Linear': subgraphs and functions are not transformed"}
+    message = "no sites of this config in the main graph; 3 layers inside If/Loop/Scan subgraphs or model-local"
+    with pytest.raises(ModelError, match=message):
+        transform_model(nested_layers(main_layer=False), load_preset("aihwkit-pcm"))
+    with pytest.raises(ModelError, match=message):
+        evaluate(nested_layers(main_layer=False), "digits", config="aihwkit-default",
+                 settings=RunSettings(repeats=1, seed=0), limit=4)
+    analog = transform_model(nested_layers(main_layer=True), load_preset("aihwkit-default"))
+    assert read_analog_metadata(analog).sites == ["mm"]
+    assert "3 layers inside If/Loop/Scan subgraphs or model-local functions ('else_mm', 'then_mm', 'inner') are " \
+           "not supported and stay digital" in caplog.text
+

@@ -7,7 +7,7 @@ nothing); with ``activation_matmul`` a MatMul of two activations counts too. Pla
 wraps analog layers; placement "activations" perturbs the outputs of every node whose op type is
 listed (and the network inputs). Include/exclude regexes, excluded op types and
 keep-first/last-digital apply to both. Only the top-level graph is searched: subgraphs of
-If/Loop are left intact.
+If/Loop/Scan and model-local functions are left intact, and ``nested_nodes`` names what they hold.
 
 - Include/exclude regexes match a node's name, or the module path the exporter recorded for it
   (``pkg.torch.onnx.name_scopes``: ``blocks.0.attn.qkv``; its ``namespace``), so a dynamo export
@@ -227,6 +227,31 @@ def digital_nodes(graph: ir.Graph, config: AnalogConfig) -> list[DigitalNode]:
             continue
         if reason is not None:
             found.append(DigitalNode(name, node.op_type, reason))
+    return found
+
+
+def nested_nodes(model: ir.Model, config: AnalogConfig) -> list[DigitalNode]:
+    """The nodes of the op types ``config`` places at (analog layers' for "mvm") inside If/Loop/Scan
+    subgraphs and model-local functions: the passes work on the main graph only, so these stay
+    digital, and the transform and ``inspect`` say so rather than report a model left clean."""
+    p = config.placement
+    wanted = ANALOG_OP_TYPES if p.where == "mvm" else tuple(p.op_types)
+    found: list[DigitalNode] = []
+
+    def visit(nodes: ir.Graph | ir.Function, where: str | None) -> None:
+        for node in nodes:
+            if where is not None and node.domain == "" and node.op_type in wanted:
+                found.append(DigitalNode(site_name(node), node.op_type,
+                                         f"inside {where}: subgraphs and functions are not transformed"))
+            for attribute in node.attributes.values():
+                if attribute.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                    for graph in attribute.value if attribute.type == ir.AttributeType.GRAPHS else [attribute.value]:
+                        visit(graph, f"the {attribute.name} of {node.op_type} node {node.name!r}")
+
+    visit(model.graph, None)
+    for function in model.functions.values():
+        if function.domain != DOMAIN:  # ours are the analog ops' bodies
+            visit(function, f"function {function.name!r}")
     return found
 
 
