@@ -300,3 +300,11 @@ def test_layers_inside_subgraphs_and_functions_are_listed_as_digital_and_never_p
     assert "3 layers inside If/Loop/Scan subgraphs or model-local functions ('else_mm', 'then_mm', 'inner') are " \
            "not supported and stay digital" in caplog.text
 
+
+def test_evaluating_a_model_without_analog_ops_is_an_error():
+    """A transformed file whose config placed nothing would score its clean accuracy at every noise level."""
+    analog = transform_model(matmul(np.ones((64, 10), np.float32), ["n", 64], ["n", 10]),
+                             load_preset("aihwkit-default").with_placement(exclude=["mm"]))
+    assert read_analog_metadata(analog).sites == []
+    with pytest.raises(ModelError, match="has no analog ops under config 'aihwkit-default.*no noise to measure"):
+        evaluate(analog, "digits", settings=RunSettings(repeats=1, seed=0), limit=4)

@@ -20,7 +20,9 @@ import onnxruntime as ort
 from analog_onnx.arguments import expect
 from analog_onnx.config import AnalogConfig
 from analog_onnx.data.preprocess import Normalization, from_model, token_context
+from analog_onnx.effects import enabled_effects
 from analog_onnx.errors import ModelError
+from analog_onnx.ops import DOMAIN
 from analog_onnx.ops.nodes import check_nodes
 from analog_onnx.transform import (
     load_model_within,
@@ -85,6 +87,9 @@ def prepare_model(model: ModelSource, config: AnalogConfig | None, name: str) ->
                          f"re-transformed with {config.name!r} as asked")
             analog, config_source = transform_model(clean, config), "given"
     final = read_analog_metadata(analog)
+    nodes = analog.graph.node if isinstance(analog, onnx.ModelProto) else analog.graph
+    if enabled_effects(config) and not any(node.domain == DOMAIN for node in nodes):  # it would score as clean
+        raise ModelError(f"{name} has no analog ops under config {config.name!r}: there is no noise to measure")
     return PreparedModel(name, source, clean, analog, config, config_source, final.noise_scale_input,
                          final.seed_input, from_model(proto), notes, token_context(proto), folder)
 
