@@ -246,8 +246,8 @@ def transform_model(model: onnx.ModelProto | ir.Model, config: AnalogConfig, *,
 
 def _check_nested(model: ir.Model, config: AnalogConfig, found: list[Site], *, warn: bool) -> None:
     """Candidates inside subgraphs or functions stay digital: an error when they are all the model
-    has (its "analog" form would be the clean model), else a warning (``warn``: a caller that names
-    its sites chose them from ``analog_sites`` already)."""
+    has (its "analog" form would be the clean model), else a warning unless ``warn`` is off (a
+    caller naming its sites, as a sensitivity sweep does per site, transformed the whole model first)."""
     nested = nested_nodes(model, config) if enabled_effects(config) else []
     if not nested:
         return
