@@ -7,8 +7,10 @@ including the ``SystemExit`` that :func:`unwind_on_sigterm` makes of SIGTERM. An
 writing (a full disk, a quota, a read-only file system) is one :class:`AnalogError` naming the
 output, and the targets stay as they were. Every file gets
 the mode the user's umask gives an ordinary file, whatever mode the writing library chose. An
-output that is a folder, one of the inputs, or an existing file without ``force`` is refused
-before anything is written. A set of files made over a long time (a training run) is written
+output that is a folder, a FIFO, socket or device (replacing it would swap the node itself for
+a file), one of the inputs, or an existing file without ``force`` is refused before anything is
+written; a symbolic link to a regular file is replaced itself with ``force``, never the file it
+names. A set of files made over a long time (a training run) is written
 into a staging folder by :func:`replacing_files` and replaces the old set only once complete.
 
 Reading: :func:`read_small_text` reads a user's text file (a config) only when it is a regular
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -42,6 +45,16 @@ def unwind_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, terminate)
 
 
+def node_kind(path: Path) -> str:
+    """What a file-system entry that is neither a folder nor a regular file is, in words."""
+    mode = path.stat().st_mode
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file"
+
+
 def first_line(error: BaseException) -> str:
     """The first non-empty line of an exception's message (libraries write pages), or its type."""
     text = str(error).strip()
@@ -49,13 +62,17 @@ def first_line(error: BaseException) -> str:
 
 
 def check_output(path: PathLike, *, force: bool = False, inputs: Collection[PathLike] = ()) -> Path:
-    """``path`` as an output file, or one clear error: a folder, an input, or existing without force."""
+    """``path`` as an output file, or one clear error: a folder, not a regular file (replacing a
+    FIFO or a device would swap the node itself for a file), an input, or existing without force.
+    A symbolic link to a regular file is replaced itself with ``force``; the file it names stays."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise AnalogError(f"output {path} is a folder; give a file name")
-    if path.exists():
+    if path.exists() and not path.is_file():
+        raise AnalogError(f"output {path} is {node_kind(path)}, not a regular file; give a file name")
+    if path.exists() or path.is_symlink():  # a dangling link is there too
         for source in inputs:
-            if Path(source).exists() and os.path.samefile(path, source):
+            if path.exists() and Path(source).exists() and os.path.samefile(path, source):
                 raise AnalogError(f"output {path} is an input of this command; choose another output")
         if not force:
             raise AnalogError(f"output {path} exists; pass --force to overwrite it")

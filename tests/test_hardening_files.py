@@ -163,3 +163,32 @@ def test_atomic_output_refuses_an_input_and_cleans_up_on_interrupt(tmp_path):
         scratch.write_bytes(b"partial")
         raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.bin"]
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused_even_with_force(run_cli, tmp_path):
+    """Replacing a FIFO (or a device) swaps the node itself for a regular file."""
+    fifo = tmp_path / "fifo.onnx"
+    os.mkfifo(fifo)
+    code, _, err = run_cli("transform", MODELS / "digits-mlp-baseline.onnx", "-o", fifo, "-p", "ideal", "--force")
+    assert code == 2 and "is a FIFO, not a regular file" in err and len(err.strip().splitlines()) == 1, err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    report = tmp_path / "report"
+    report.mkdir()
+    os.mkfifo(report / "results.csv")
+    code, _, err = run_cli("evaluate", MODELS / "digits-mlp-baseline.onnx", "-d", "digits", "-p", "ideal", "-n", "1",
+                           "-r", "1", "--limit", "20", "-o", report, "--force")
+    assert code == 2 and "results.csv is a FIFO" in err, err
+    assert stat.S_ISFIFO((report / "results.csv").stat().st_mode) and sorted(os.listdir(report)) == ["results.csv"]
+
+
+def test_a_link_as_output_is_replaced_itself_and_the_file_it_names_stays(tmp_path):
+    kept = tmp_path / "kept.txt"
+    kept.write_text("mine")
+    link = tmp_path / "out.txt"
+    link.symlink_to(kept)
+    dangling = tmp_path / "dangling.txt"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(AnalogError, match="exists; pass --force"):
+        write_with(dangling, lambda handle: handle.write(b"new"))
+    write_with(link, lambda handle: handle.write(b"new"), force=True)
+    assert not link.is_symlink() and link.read_text() == "new" and kept.read_text() == "mine"
