@@ -61,11 +61,20 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def output_file(text: str) -> Path:
+    """The output file ``text`` names. One that ends in a separator, ``.`` or ``..`` names a folder:
+    refused here, as typed, because ``Path`` drops a trailing separator (``new/`` becomes ``new``)."""
+    if os.path.basename(text) in ("", ".", ".."):
+        raise AnalogError(f"output {text} names a folder; give a file name")
+    return Path(text)
+
+
 def check_output(path: PathLike, *, force: bool = False, inputs: Collection[PathLike] = ()) -> Path:
     """``path`` as an output file, or one clear error: a folder, not a regular file (replacing a
     FIFO or a device would swap the node itself for a file), an input, or existing without force.
-    A symbolic link to a regular file is replaced itself with ``force``; the file it names stays."""
-    path = Path(path).expanduser()
+    A symbolic link to a regular file is replaced itself with ``force``; the file it names stays.
+    A string is read as typed (:func:`output_file`)."""
+    path = (output_file(path) if isinstance(path, str) else Path(path)).expanduser()
     if path.is_dir():
         raise AnalogError(f"output {path} is a folder; give a file name")
     if path.exists() and not path.is_file():

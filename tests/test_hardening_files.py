@@ -192,3 +192,14 @@ def test_a_link_as_output_is_replaced_itself_and_the_file_it_names_stays(tmp_pat
         write_with(dangling, lambda handle: handle.write(b"new"))
     write_with(link, lambda handle: handle.write(b"new"), force=True)
     assert not link.is_symlink() and link.read_text() == "new" and kept.read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", ["new/", "new/.", "."])
+def test_an_output_named_as_a_folder_is_refused_not_written_as_a_file(run_cli, tmp_path, monkeypatch, name):
+    """``Path`` drops a trailing separator: ``-o new/`` wrote a file called ``new``."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("transform", MODELS / "digits-mlp-baseline.onnx", "-o", name, "-p", "ideal")
+    assert code == 2 and f"output {name} names a folder" in err and len(err.strip().splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(AnalogError, match="names a folder"):
+        write_with(name, lambda handle: handle.write(b"x"))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from analog_onnx import config as cfg
-from analog_onnx.files import check_output
+from analog_onnx.files import check_output, output_file
 from analog_onnx.text import console, printable, shown
 
 if TYPE_CHECKING:  # onnx and the transform load when a command that needs them runs: `--help` starts fast
@@ -23,6 +23,11 @@ ConfigOption = typer.Option(None, "--config", "-c",
 PresetOption = typer.Option(None, "--preset", "-p", help="Named hardware preset (see `analog-onnx presets`).")
 SetOption = typer.Option(None, "--set", metavar="KEY=VALUE",
                          help="Override a config key: KEY=VALUE (repeatable), e.g. out_noise=0.04.")
+
+
+def output_option(help: str) -> Any:
+    """``--output/-o FILE``, read as typed: ``Path`` would make ``new/`` a file named ``new``."""
+    return typer.Option(None, "--output", "-o", parser=output_file, metavar="<path>", help=help)
 
 
 def presets(name: str = typer.Argument(None, help="Show this preset as TOML.")) -> None:
@@ -38,7 +43,7 @@ def presets(name: str = typer.Argument(None, help="Show this preset as TOML.")) 
 
 def transform(
     model: Path = typer.Argument(..., help="The ONNX model to make analog."),
-    output: Path = typer.Option(None, "--output", "-o", help="Output file [default: MODEL.analog.onnx]."),
+    output: Path = output_option("Output file [default: MODEL.analog.onnx]."),
     preset: str = PresetOption,
     config_file: Path = ConfigOption,
     overrides: list[str] = SetOption,
@@ -218,7 +223,7 @@ def _digital(model: onnx.ModelProto | ir.Model, config: cfg.AnalogConfig) -> lis
 
 def strip(
     model: Path = typer.Argument(..., help="A transformed model."),
-    output: Path = typer.Option(None, "--output", "-o", help="Output file [default: MODEL.clean.onnx]."),
+    output: Path = output_option("Output file [default: MODEL.clean.onnx]."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     """Remove everything analog-onnx inserted: back to the original graph."""

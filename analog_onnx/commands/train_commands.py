@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from analog_onnx import config as cfg
-from analog_onnx.commands.model_commands import ConfigOption, PresetOption, SetOption
+from analog_onnx.commands.model_commands import ConfigOption, PresetOption, SetOption, output_option
 from analog_onnx.errors import AnalogError
 from analog_onnx.files import check_output
 from analog_onnx.text import printable
@@ -85,7 +85,7 @@ def train(
 
 def export(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by train (best.pt or last.pt)."),
-    output: Path = typer.Option(None, "--output", "-o", help="Output file (default: CHECKPOINT with .onnx)."),
+    output: Path = output_option("Output file (default: CHECKPOINT with .onnx)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     """Export a checkpoint to ONNX: noise left out, QAT quantizers kept, checked against torch."""
