@@ -13,8 +13,10 @@ written; a symbolic link to a regular file is replaced itself with ``force``, ne
 names. A set of files made over a long time (a training run) is written
 into a staging folder by :func:`replacing_files` and replaces the old set only once complete.
 
-Reading: :func:`read_small_text` reads a user's text file (a config) only when it is a regular
-file of bounded size, so ``-c /dev/zero`` or a FIFO cannot make a command read forever.
+Reading: :func:`readable_file` lets a command read only a regular file it can open, and says
+what the path is otherwise (a folder, a FIFO, unreadable); :func:`read_small_text` reads a user's
+text file (a config) only when it is also of bounded size, so ``-c /dev/zero`` or a FIFO cannot
+make a command read forever.
 """
 
 from __future__ import annotations
@@ -174,12 +176,28 @@ def write_text(target: PathLike, text: str, **kwargs: Any) -> Path:
 
 
 
+def readable_file(path: PathLike, what: str) -> Path:
+    """``path`` as a regular file this process may read, or one error that says what it is
+    instead: missing, a folder, a FIFO (reading one can block forever) or a device, unreadable."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise AnalogError(f"{path} is a folder, not a {what}")
+    if not path.exists():
+        raise AnalogError(f"no such {what}: {path}")
+    if not path.is_file():
+        raise AnalogError(f"{path} is {node_kind(path)}, not a {what}")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise AnalogError(f"cannot read {what} {path}: {e.strerror}") from None
+    return path
+
+
 def read_small_text(path: PathLike, what: str, limit: int = MAX_TEXT_BYTES) -> str:
     """The UTF-8 text of a regular file of at most ``limit`` bytes; anything else is one error."""
-    path = Path(path).expanduser()
+    path = readable_file(path, what)
     try:
-        if not path.is_file():
-            raise AnalogError(f"{what} {path} is not a regular file" if path.exists() else f"no such {what}: {path}")
         with open(path, "rb") as handle:
             raw = handle.read(limit + 1)
     except OSError as e:

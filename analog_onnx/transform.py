@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from analog_onnx import arguments
 from analog_onnx.config import AnalogConfig
 from analog_onnx.effects import enabled_effects
 from analog_onnx.errors import AnalogError, ConfigError, ModelError
-from analog_onnx.files import atomic_output, atomic_outputs, first_line
+from analog_onnx.files import atomic_output, atomic_outputs, first_line, readable_file
 from analog_onnx.ops import DOMAIN
 from analog_onnx.passes.add_controls import AddControlInputsPass
 from analog_onnx.passes.common import CONFIG_KEY, INPUTS_KEY, METADATA_KEYS, NODE_KEYS, SITES_KEY, VERSION_KEY
@@ -314,14 +314,13 @@ INLINE_LIMIT = 1 << 30  # bytes of initializers above which a model we write kee
 # (protobuf refuses a file over 2 GB; the margin is for what the transform adds)
 EXTERNAL_THRESHOLD = 1024  # bytes: larger initializers go to PATH.data; shape constants stay inline,
 # where onnxruntime's shape inference must read them (it cannot read external data)
+MODEL_FORMAT = "protobuf"  # what we read and write, whatever the file's name (onnx guesses a format from it)
 
 
 def _checked_file(path: str | Path) -> Path:
     """``path`` as an ONNX file that onnx's checker accepts, or one clear ModelError. The checker
     reads the file by path before Python does, so the two copies are never in memory together."""
-    path = Path(arguments.expect(path, (str, Path), "path"))
-    if not path.is_file():
-        raise ModelError(f"no such model file: {path}")
+    path = readable_file(arguments.expect(path, (str, Path), "path"), "model file")
     try:  # by path: works past protobuf's 2 GB limit; catches truncated files, cycles, dangling inputs,
         onnx.checker.check_model(str(path))  # tensors without data
     except onnx.checker.ValidationError as e:
@@ -329,16 +328,52 @@ def _checked_file(path: str | Path) -> Path:
     return path
 
 
-def _parsed(path: Path, read: Callable[[str], onnx.ModelProto | ir.Model]) -> Any:
+def _parsed(path: Path) -> onnx.ModelProto:
+    """The file's model with its tensors in data files left there, each checked to fit in its file.
+    Read as binary protobuf whatever the name: onnx would read a ``.json`` file as JSON text."""
     try:
-        model = read(str(path))
+        model = onnx.load(str(path), format=MODEL_FORMAT, load_external_data=False)
     except Exception as e:  # protobuf raises several types for truncated or foreign files
         raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
-    graph = model.graph
-    nodes, outputs = (len(graph), graph.outputs) if isinstance(graph, ir.Graph) else (graph.node, graph.output)
-    if not nodes and not outputs:
+    if not model.graph.node and not model.graph.output:
         raise ModelError(f"{path} is not an ONNX model (no graph)")
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            _check_external(tensor, path)
     return model
+
+
+def _check_external(tensor: onnx.TensorProto, model: Path) -> None:
+    """A tensor's bytes must lie within its data file, and a ``length`` must be its shape's size:
+    else a pass fails deep in onnx_ir or numpy, or a transform copies the wrong bytes into its output.
+    (onnx's checker has made sure the file exists and is a regular file.)"""
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    where = f"{model}: tensor {tensor.name}"
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else None
+    except ValueError:
+        raise ModelError(f"{where}: its external data offset and length must be whole numbers") from None
+    location = entries.get("location", "")
+    needed = _tensor_bytes(tensor)
+    shape = f"its shape {list(tensor.dims)} of {ir.DataType(tensor.data_type).name.lower()}"
+    if offset < 0:
+        raise ModelError(f"{where}: external data offset {offset} is negative")
+    if length is not None and length != needed:
+        raise ModelError(f"{where}: external data length {length} does not match {shape} ({needed} bytes)")
+    available = max((model.parent / location).stat().st_size - offset, 0)
+    if needed > available:
+        raise ModelError(f"{where}: {location} holds {available} bytes from offset {offset}; {shape} needs {needed}")
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """The bytes of a tensor's data, from its shape and type (4-bit types packed two to a byte)."""
+    try:
+        bits = ir.DataType(tensor.data_type).bitwidth
+    except (ValueError, TypeError):  # a type onnx_ir does not know, or strings, which have no fixed size
+        raise ModelError(f"tensor {tensor.name}: data type {tensor.data_type} has no fixed size to read "
+                         "from a data file") from None
+    return math.ceil(math.prod(tensor.dims) * bits / 8)
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
@@ -348,26 +383,18 @@ def load_model(path: str | Path) -> onnx.ModelProto:
 
 def load_model_within(path: str | Path, limit: float) -> onnx.ModelProto | ir.Model:
     """``load_model``'s model, or ``read_model``'s graph (weights left in their data files) when
-    the file and the external data its tensors name pass ``limit`` bytes. The file is parsed once
-    for a model within it, as ``load_model`` parses it."""
+    the file and the external data its tensors name pass ``limit`` bytes. The file is parsed once."""
     path = _checked_file(path)
-    model = _parsed(path, lambda name: onnx.load(name, load_external_data=False))
-    external = sum(_external_bytes(t) for t in model.graph.initializer
+    model = _parsed(path)
+    external = sum(_tensor_bytes(t) for t in model.graph.initializer
                    if t.data_location == onnx.TensorProto.EXTERNAL)
     if path.stat().st_size + external > limit:
-        return read_model(path)
+        return _with_files(model, path)
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except Exception as e:  # a missing, truncated or foreign data file
+    except Exception as e:  # a data file that changed or became unreadable since it was checked
         raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
     return model
-
-
-def _external_bytes(tensor: onnx.TensorProto) -> int:
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def read_model(path: str | Path) -> ir.Model:
@@ -375,7 +402,17 @@ def read_model(path: str | Path) -> ir.Model:
     mapped only when a pass reads them (a model of any size costs its graph, not its weights);
     any problem is one clear ModelError."""
     path = _checked_file(path)
-    return _parsed(path, ir.load)
+    return _with_files(_parsed(path), path)
+
+
+def _with_files(model: onnx.ModelProto, path: Path) -> ir.Model:
+    """``model`` as onnx_ir, its external tensors found beside ``path`` (what ``ir.load`` does)."""
+    try:
+        work = ir.serde.deserialize_model(model)
+    except Exception as e:  # onnx_ir refuses what the checker lets through
+        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from None
+    ir.external_data.set_base_dir(work.graph, path.parent)
+    return work
 
 
 def save_model(model: onnx.ModelProto | ir.Model, path: str | Path, *, force: bool = False,
@@ -389,7 +426,8 @@ def save_model(model: onnx.ModelProto | ir.Model, path: str | Path, *, force: bo
     path = Path(path)
     if not external_data:
         with atomic_output(path, force=force, inputs=inputs) as scratch:
-            onnx.save_model(model if isinstance(model, onnx.ModelProto) else ir.serde.serialize_model(model), scratch)
+            onnx.save_model(model if isinstance(model, onnx.ModelProto) else ir.serde.serialize_model(model), scratch,
+                            format=MODEL_FORMAT)
             if check:
                 _check_written(scratch)
         return
@@ -397,7 +435,8 @@ def save_model(model: onnx.ModelProto | ir.Model, path: str | Path, *, force: bo
     work = model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
     with atomic_outputs(data, path, force=force, inputs=inputs) as (data_scratch, model_scratch):
         # the data file is named relative to the model file, never looked up from the current folder
-        ir.save(work, model_scratch, external_data=data.name, size_threshold_bytes=EXTERNAL_THRESHOLD)
+        ir.save(work, model_scratch, format=MODEL_FORMAT, external_data=data.name,
+                size_threshold_bytes=EXTERNAL_THRESHOLD)
         data_scratch.touch()  # a model without large initializers writes no data file
         if check:
             _check_written(model_scratch)
@@ -432,7 +471,7 @@ def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
 
 def external_data_files(path: str | Path) -> list[Path]:
     """The files an ONNX file keeps tensors in, beside it (empty for a self-contained model)."""
-    model = onnx.load(str(path), load_external_data=False)
+    model = _parsed(readable_file(path, "model file"))
     locations = {entry.value for tensor in _tensors(model.graph)
                  if tensor.data_location == onnx.TensorProto.EXTERNAL
                  for entry in tensor.external_data if entry.key == "location"}

@@ -3,6 +3,7 @@ evaluate scores only classifiers."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -198,3 +199,60 @@ def test_a_kernel_refusing_a_node_is_one_line_with_the_file_text_escaped(tmp_pat
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "bm_rounds must be an integer from 1 to 62, got 70" in result.stderr and "\x1b" not in result.stderr
+
+
+def external_matmul(folder: Path, entries: dict[str, int], data_bytes: int = 2560) -> Path:
+    """``matmul()`` with its weight w [64, 10] float32 in ``d.bin``, the first ``data_bytes`` of it
+    written, ``entries`` (offset, length) in the external data record."""
+    proto = matmul()
+    weight = proto.graph.initializer[0]
+    (folder / "d.bin").write_bytes(weight.raw_data[:data_bytes])
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in {"location": "d.bin", **entries}.items():
+        weight.external_data.add(key=key, value=str(value))
+    onnx.save_model(proto, folder / "m.onnx")
+    return folder / "m.onnx"
+
+
+EXTERNAL_CASES = {
+    "file too short": ({}, 100, "d.bin holds 100 bytes from offset 0; its shape [64, 10] of float needs 2560"),
+    "offset past the end": ({"offset": 10**9}, 2560, "d.bin holds 0 bytes from offset 1000000000"),
+    "negative offset": ({"offset": -5}, 2560, "external data offset -5 is negative"),
+    "length too small": ({"length": 7}, 2560, "external data length 7 does not match its shape [64, 10] of float"),
+    "length too large": ({"length": 5120}, 5120, "external data length 5120 does not match"),
+}
+
+
+@pytest.mark.parametrize("case", EXTERNAL_CASES)
+def test_external_data_that_does_not_fit_its_tensor_is_one_line_everywhere(run_cli, tmp_path, case):
+    """onnx_ir raised from deep inside (inspect, transform), a pass failed in numpy (evaluate), or
+    transform copied 7 bytes into an output that then could not be loaded."""
+    entries, data_bytes, message = EXTERNAL_CASES[case]
+    path = external_matmul(tmp_path, entries, data_bytes)
+    commands = [("inspect", path), ("transform", path, "-o", tmp_path / "x.onnx", "-p", "aihwkit-default")]
+    if case.startswith("length"):
+        commands.append(("evaluate", path, "-d", "digits", "-p", "aihwkit-default", "-n", "1", "-r", "1",
+                         "--limit", "20"))
+    for args in commands:
+        code, _, err = run_cli(*args)
+        assert code == 2 and f"m.onnx: tensor w: {message}" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.bin", "m.onnx"]
+
+
+def test_a_model_file_is_read_and_written_as_protobuf_whatever_its_name(run_cli, tmp_path):
+    """onnx guesses a format from the name: a model called m.json was parsed as JSON text."""
+    (tmp_path / "m.json").write_bytes(MODEL.read_bytes())
+    assert run_cli("inspect", tmp_path / "m.json")[0] == 0
+    code, _, err = run_cli("transform", tmp_path / "m.json", "-o", tmp_path / "a.json", "-p", "aihwkit-default")
+    assert code == 0, err
+    assert len(onnx.load(tmp_path / "a.json", format="protobuf").graph.node) > 0
+
+
+def test_a_folder_or_a_fifo_given_as_the_model_says_what_it_is(run_cli, tmp_path):
+    os.mkfifo(tmp_path / "fifo.onnx")
+    (tmp_path / "dir.onnx").mkdir()
+    for name, what in (("fifo.onnx", "is a FIFO, not a model file"), ("dir.onnx", "is a folder, not a model file")):
+        for args in (("inspect",), ("evaluate", "-d", "digits", "-p", "ideal", "--limit", "20")):
+            code, _, err = run_cli(args[0], tmp_path / name, *args[1:])
+            assert code == 2 and what in err and len(err.strip().splitlines()) == 1, err
