@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from helpers import one_line_error
@@ -101,3 +103,40 @@ def test_force_replaces_the_whole_report_and_keeps_other_files(run_cli, tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["accuracy_vs_noise.png", "notes.txt", "report.json",
                                                      "results.csv", "sensitivity.json"]
     assert json.loads((out / "report.json").read_text())["settings"]["t_inference"] == [100.0]
+
+
+def _digits_npz(path: Path) -> None:
+    from analog_onnx.data import load_dataset
+
+    data = load_dataset("digits", limit=20)
+    np.savez(path, x=data.x.reshape(len(data), -1), y=data.y)
+
+
+@pytest.mark.parametrize("case", ["model", "hard link to the model", "data", "config"])
+def test_a_report_file_that_is_an_input_is_refused_even_with_force(run_cli, tmp_path, case):
+    """--out DIR --force replaced the run's own model, data or config when it bore a report file's name."""
+    out = tmp_path / "r"
+    out.mkdir()
+    args = ["evaluate", MODEL, "-d", "digits", "-p", "hardening-additive", "-n", "0.5,1", "-r", "1",
+            "--limit", "20", "-o", out, "--force"]
+    if case == "model":
+        victim = out / "results.csv"
+        victim.write_bytes(MODEL.read_bytes())
+        args[1] = victim
+    elif case == "hard link to the model":
+        (tmp_path / "m.onnx").write_bytes(MODEL.read_bytes())
+        victim = out / "accuracy_vs_noise.png"
+        os.link(tmp_path / "m.onnx", victim)
+        args[1] = tmp_path / "m.onnx"
+    elif case == "data":
+        victim = out / "report.json"
+        with open(victim, "wb") as handle:
+            _digits_npz(handle)
+        args[3] = f"npz:{victim}"
+    else:
+        victim = out / "sensitivity.json"
+        victim.write_text(json.dumps({"name": "mine", "forward": {"out_noise": 0.04}}))
+        args = ["sensitivity", MODEL, "-d", "digits", "-c", victim, "-r", "1", "--limit", "20", "-o", out, "--force"]
+    before = victim.read_bytes()
+    one_line_error(run_cli(*args), f"output {victim} is an input of this command")
+    assert victim.read_bytes() == before and [p.name for p in out.iterdir()] == [victim.name]

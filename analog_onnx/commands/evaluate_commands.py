@@ -55,12 +55,28 @@ def _settings(repeats: int, seed: int | None, batch_size: int, top_k: int | None
                        threads=threads, backend=backend, workers=workers, ray_address=ray_address)
 
 
-def _write(report: EvaluationReport | SensitivityReport, out: Path | None, force: bool) -> None:
+def _inputs(models: list[Path], config_file: Path | None, data: str) -> list[Path]:
+    """The files a run reads, which no report file may replace: the models and their data files,
+    the config, and the data's file or the files in its folder (a text corpus's, its tokenizer's)."""
+    from analog_onnx.data.text import parse_options
+    from analog_onnx.transform import external_data_files
+
+    kind, _, location = data.partition(":")
+    options: dict[str, str] = {}
+    if kind == "text" and location:
+        location, options = parse_options(location, kind)
+    named = [Path(p).expanduser() for p in (location, options.get("tokenizer", "")) if p]
+    data_files = [file for path in named for file in (path.iterdir() if path.is_dir() else [path])]
+    return [*models, *(f for m in models for f in external_data_files(m)), *([config_file] if config_file else []),
+            *data_files]
+
+
+def _write(report: EvaluationReport | SensitivityReport, out: Path | None, force: bool, inputs: list[Path]) -> None:
     """Write the report's files into ``out`` (when given) and say which."""
     if out is not None:
         from analog_onnx.evaluate.report_files import write_report
 
-        written = write_report(report, out, force=force)
+        written = write_report(report, out, force=force, inputs=inputs)
         typer.echo(printable(f"wrote {', '.join(str(p) for p in written)}"))
 
 
@@ -99,7 +115,7 @@ def evaluate(
 ) -> None:
     """Monte Carlo accuracy of MODELS at each noise level: mean, std, 95% CI, midpoint noise."""
     from analog_onnx.evaluate.console import print_evaluation, progress_bar
-    from analog_onnx.evaluate.report_files import check_output_dir
+    from analog_onnx.evaluate.report_files import EVALUATION_FILES, check_output_dir
     from analog_onnx.evaluate.sweep import evaluate as run_evaluation
 
     if chips is not None and repeats is not None:
@@ -108,15 +124,17 @@ def evaluate(
         raise AnalogError(f"--chips must be >= 1, got {chips}")
     total = chips * reads if chips is not None else (5 * reads if repeats is None else repeats)
     settings = _settings(total, seed, batch_size, top_k, threads, backend, workers, ray_address, reads)
+    inputs: list[Path] = []
     if out is not None:
-        check_output_dir(out, force=force)
+        inputs = _inputs(models, config_file, data)
+        check_output_dir(out, force=force, inputs=inputs, names=EVALUATION_FILES)
     with progress_bar(text.console(stderr=True), "evaluating") as progress:
         report = run_evaluation(models, data, config=_config(preset, config_file, overrides),
                                 noise_scales=noise_scales, settings=settings, split=split, limit=limit, mean=mean,
                                 std=std, t_inference=t_inference, drift_compensation=drift_compensation,
                                 progress=progress)
     print_evaluation(report, text.console())
-    _write(report, out, force)
+    _write(report, out, force, inputs)
 
 
 def sensitivity(
@@ -144,18 +162,20 @@ def sensitivity(
 ) -> None:
     """Noise in one analog site at a time: which layers to keep digital or protect."""
     from analog_onnx.evaluate.console import print_sensitivity, progress_bar
-    from analog_onnx.evaluate.report_files import check_output_dir
+    from analog_onnx.evaluate.report_files import SENSITIVITY_FILES, check_output_dir
     from analog_onnx.evaluate.sensitivity import sensitivity as run_sensitivity
 
     settings = _settings(repeats, seed, batch_size, None, threads, backend, workers, ray_address)
+    inputs: list[Path] = []
     if out is not None:
-        check_output_dir(out, force=force)
+        inputs = _inputs([model], config_file, data)
+        check_output_dir(out, force=force, inputs=inputs, names=SENSITIVITY_FILES)
     with progress_bar(text.console(stderr=True), "sites") as progress:
         report = run_sensitivity(model, data, config=_config(preset, config_file, overrides), noise_scale=noise_scale,
                                  midpoint=midpoint, noise_scales=noise_scales, settings=settings, split=split,
                                  limit=limit, mean=mean, std=std, progress=progress)
     print_sensitivity(report, text.console())
-    _write(report, out, force)
+    _write(report, out, force, inputs)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,7 @@ import csv
 import io
 import json
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,29 +26,31 @@ from analog_onnx.arguments import expect, spelled
 from analog_onnx.errors import AnalogError
 from analog_onnx.evaluate.metrics import Summary
 from analog_onnx.evaluate.report import EvaluationReport, SensitivityReport
-from analog_onnx.files import atomic_outputs
+from analog_onnx.files import atomic_outputs, check_output
 from analog_onnx.text import printable
 
 EVALUATION_FILES = ("report.json", "results.csv", "accuracy_vs_noise.png", "accuracy_vs_time.png")
 SENSITIVITY_FILES = ("sensitivity.json", "sensitivity.png")
 
 
-def write_report(report: EvaluationReport | SensitivityReport, out: str | Path, *, force: bool = False) -> list[Path]:
+def write_report(report: EvaluationReport | SensitivityReport, out: str | Path, *, force: bool = False,
+                 inputs: Collection[str | Path] = ()) -> list[Path]:
     """Write the report's files into the folder ``out`` together (all or none); returns their paths.
 
     A file of the same kind of report that this one does not write (``accuracy_vs_time.png`` of an
     earlier run with several times) is removed, so the folder never mixes two runs; files of the
     other kind, and anything else, are left alone. A folder this call created is removed again when
-    writing fails."""
+    writing fails. Nothing is written or removed when any file of the kind is one of ``inputs``
+    (the files the run read)."""
     expect(report, (EvaluationReport, SensitivityReport), "report")
     expect(out, (str, Path), "out")
     folder = Path(out).expanduser()
     created = not folder.exists()
-    folder = prepare_output_dir(out, force=force)
-    files = _report_files(report)
     kind = SENSITIVITY_FILES if isinstance(report, SensitivityReport) else EVALUATION_FILES
+    folder = prepare_output_dir(out, force=force, inputs=inputs, names=kind)
+    files = _report_files(report)
     try:
-        with atomic_outputs(*(folder / name for name in files), force=True) as scratch:
+        with atomic_outputs(*(folder / name for name in files), force=True, inputs=inputs) as scratch:
             for path, write in zip(scratch, files.values(), strict=True):
                 with open(path, "wb") as handle:
                     write(handle)
@@ -101,19 +103,25 @@ def dumps_json(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
 
-def check_output_dir(out: str | Path, *, force: bool) -> Path:
-    """Fail early (before any work) when ``out`` cannot take our files."""
+def check_output_dir(out: str | Path, *, force: bool, inputs: Collection[str | Path] = (),
+                     names: Collection[str] = ()) -> Path:
+    """Fail early (before any work) when ``out`` cannot take our files ``names``: each must be free
+    to replace (:func:`~analog_onnx.files.check_output`), and none of them one of ``inputs``."""
     folder = Path(out).expanduser()
     if folder.exists() and not folder.is_dir():
         raise AnalogError(f"{spelled('out')} {out} exists and is not a directory")
     if folder.is_dir() and any(folder.iterdir()) and not force:
         force = spelled("force") if spelled("force") != "force" else "force=True"  # the flag, or the keyword
         raise AnalogError(f"{spelled('out')} {out} exists and is not empty; pass {force} to write into it")
+    if folder.is_dir():
+        for name in names:
+            check_output(folder / name, force=True, inputs=inputs)
     return folder
 
 
-def prepare_output_dir(out: str | Path, *, force: bool) -> Path:
-    folder = check_output_dir(out, force=force)
+def prepare_output_dir(out: str | Path, *, force: bool, inputs: Collection[str | Path] = (),
+                       names: Collection[str] = ()) -> Path:
+    folder = check_output_dir(out, force=force, inputs=inputs, names=names)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
