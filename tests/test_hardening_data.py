@@ -270,3 +270,23 @@ def test_all_nan_logits_score_zero_and_are_counted():
     assert report.models[0].clean_accuracy == 0.0
     assert point.accuracy.mean == 0.0 and point.topk.mean == 0.0
     assert point.nonfinite_outputs == 60 and report.to_dict()["points"][0]["nonfinite_outputs"] == 60
+
+
+@pytest.mark.parametrize("kind", ["npz", "tokens"])
+def test_an_unreadable_data_file_says_so(tmp_path, monkeypatch, kind):
+    """zipfile.is_zipfile swallows the refusal: an unreadable archive was 'not a zip file'. (The
+    refusal is simulated: the tests may run as root, who reads any file.)"""
+    import builtins
+
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.zeros((2, 4), np.float32), y=np.zeros(2, np.int64), input_ids=np.zeros((2, 4), np.int64))
+    real_open = builtins.open
+
+    def refusing(file, *args, **kwargs):
+        if str(file) == str(data):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing)
+    with pytest.raises(AnalogError, match=f"cannot read {kind} file .*d.npz: Permission denied"):
+        load_dataset(f"{kind}:{data}")

@@ -10,6 +10,7 @@ import numpy as np
 
 from analog_onnx.arguments import FLOAT32_MAX, spelled
 from analog_onnx.errors import AnalogError
+from analog_onnx.files import readable_file
 
 MAX_BYTES_ENV = "ANALOG_ONNX_MAX_DATA_BYTES"
 DEFAULT_MAX_BYTES = 1 << 30  # one array; MNIST is 47 MB, CIFAR-100's training images 150 MB
@@ -160,7 +161,8 @@ def checked_token_dataset(ids: np.ndarray, labels: np.ndarray, name: str, vocabu
 
 
 def existing_path(path: str | None, kind: str, *, directory: bool) -> Path:
-    """The user's ``KIND:PATH`` path, ``~`` expanded, checked to exist as a file or directory."""
+    """The user's ``KIND:PATH`` path, ``~`` expanded, checked to exist as a file (one this process
+    may read) or directory."""
     what = "DIR" if directory else "FILE"
     if not path:
         raise AnalogError(f"data kind {kind} needs a path: --data {kind}:{what}")
@@ -169,4 +171,4 @@ def existing_path(path: str | None, kind: str, *, directory: bool) -> Path:
         raise AnalogError(f"{kind}: {path} is not a directory")
     if not directory and not resolved.is_file():
         raise AnalogError(f"{kind}: {path} is not a file")
-    return resolved
+    return resolved if directory else readable_file(resolved, f"{kind} file")  # is_zipfile hides a refusal
