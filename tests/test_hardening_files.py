@@ -203,3 +203,11 @@ def test_an_output_named_as_a_folder_is_refused_not_written_as_a_file(run_cli, t
     assert os.listdir(tmp_path) == []
     with pytest.raises(AnalogError, match="names a folder"):
         write_with(name, lambda handle: handle.write(b"x"))
+
+
+def test_transform_never_writes_over_its_config(run_cli, tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text('{"name": "mine", "forward": {"out_noise": 0.04}}')
+    code, _, err = run_cli("transform", MODELS / "digits-mlp-baseline.onnx", "-c", config, "-o", config, "--force")
+    assert code == 2 and f"output {config} is an input" in err, err
+    assert config.read_text() == '{"name": "mine", "forward": {"out_noise": 0.04}}'

@@ -72,9 +72,9 @@ def transform(
         activation_matmul=p.activation_matmul or activation_matmul)
     output = output or model.with_name(model.name.removesuffix(".onnx") + ".analog.onnx")
     source = tf.read_model(model)
-    data_files, external = _check_outputs(output, model, source, force)
+    inputs, external = _check_outputs(output, model, source, force, config_file)
     result = tf.transform_model(source, config)
-    _save(result, output, model, data_files, external, force)
+    _save(result, output, inputs, external, force)
     sites = tf.read_analog_metadata(result).sites
     inserted = Counter(n.op_type for n in result.graph if n.domain == DOMAIN)
     summary = ", ".join(f"{count} {op}" for op, count in sorted(inserted.items())) or "no ops (nothing changes numbers)"
@@ -232,32 +232,33 @@ def strip(
     stem = model.name.removesuffix(".onnx").removesuffix(".analog")
     output = output or model.with_name(stem + ".clean.onnx")
     source = tf.read_model(model)
-    data_files, external = _check_outputs(output, model, source, force)
+    inputs, external = _check_outputs(output, model, source, force)
     result = tf.strip_model(source)
-    _save(result, output, model, data_files, external, force)
+    _save(result, output, inputs, external, force)
     typer.echo(printable(f"{output}: {len(result.graph)} nodes, analog ops removed"))
 
 
-def _check_outputs(output: Path, model: Path, source: ir.Model, force: bool) -> tuple[list[Path], bool]:
+def _check_outputs(output: Path, model: Path, source: ir.Model, force: bool, config_file: Path | None = None
+                   ) -> tuple[list[Path], bool]:
     """Fail before any work when an output (the model, or its .data file when the output keeps its
-    tensors outside) would clobber an input or an existing file. Returns the input's data files
-    and whether the output keeps its large tensors in a data file: when the input does, or when
-    they would not fit in one protobuf file."""
+    tensors outside) would clobber an input (the model, its data files, the config) or an existing
+    file. Returns the inputs and whether the output keeps its large tensors in a data file: when
+    the input does, or when they would not fit in one protobuf file."""
     from analog_onnx import transform as tf
 
     data_files = tf.external_data_files(model)
     external = bool(data_files) or tf.initializer_bytes(source) > tf.INLINE_LIMIT
-    inputs = [model, *data_files]
+    inputs = [model, *data_files, *([config_file] if config_file else [])]
     check_output(output, force=force, inputs=inputs)
     if external:
         check_output(output.with_name(f"{output.name}.data"), force=force, inputs=inputs)
-    return data_files, external
+    return inputs, external
 
 
-def _save(result: ir.Model, output: Path, model: Path, data_files: list[Path], external: bool, force: bool) -> None:
+def _save(result: ir.Model, output: Path, inputs: list[Path], external: bool, force: bool) -> None:
     from analog_onnx import transform as tf
 
-    tf.save_model(result, output, force=force, inputs=[model, *data_files], external_data=external, check=True)
+    tf.save_model(result, output, force=force, inputs=inputs, external_data=external, check=True)
 
 
 def register(app: typer.Typer) -> None:
