@@ -13,10 +13,11 @@ its caller knows it: the Python parameter, or the CLI's flag while the CLI runs 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -27,6 +28,15 @@ from analog_onnx.errors import AnalogError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _SPELLING: ContextVar[Callable[[str], str]] = ContextVar("spelling", default=str)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the known name spelled like ``name`` but for case, else the
+    nearest one; "" when none is near."""
+    known = list(known)
+    nearest = difflib.get_close_matches(name, known, n=1)
+    hint = {k.lower(): k for k in known}.get(name.lower()) or (nearest[0] if nearest else None)
+    return f" (did you mean {hint}?)" if hint else ""
 
 
 def spelled(name: str) -> str:

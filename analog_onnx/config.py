@@ -10,7 +10,6 @@ torch twins.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import re
@@ -24,7 +23,7 @@ import tomli_w
 import tomllib
 
 from analog_onnx import effects, vocabulary
-from analog_onnx.arguments import float32_problem, spelled
+from analog_onnx.arguments import did_you_mean, float32_problem, spelled
 from analog_onnx.devices.config import DeviceConfig
 from analog_onnx.errors import AnalogError, ConfigError
 from analog_onnx.files import read_small_text, write_text
@@ -304,9 +303,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             home = _home_section(key) if not prefix else None
             if home:
                 raise ConfigError(f"config key {key} belongs under [{home}] (as {home}.{key})")
-            hint = difflib.get_close_matches(key, [*fields, *vocabulary.BY_NAME], n=1)
-            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
-            raise ConfigError(f"unknown config key {prefix}{key}{suggestion}")
+            raise ConfigError(f"unknown config key {prefix}{key}{did_you_mean(key, [*fields, *vocabulary.BY_NAME])}")
         default = getattr(cls(), key)
         if dataclasses.is_dataclass(default):
             kwargs[key] = _build(type(default), value, f"{prefix}{key}.")
@@ -359,8 +356,7 @@ def _resolve_key(key: str, data: dict[str, Any]) -> tuple[str, str]:
             raise ConfigError(f"config key {key} is ambiguous: say {' or '.join(f'{o}.{key}' for o in owners)}")
     known = [*_flat_keys(data), *(k for k, v in data.items() if not isinstance(v, dict)), *vocabulary.BY_NAME]
     known += [k.partition(".")[2] for k in _flat_keys(data)]
-    hint = difflib.get_close_matches(key, known, n=1)
-    raise ConfigError(f"unknown config key {key}" + (f" (did you mean {hint[0]}?)" if hint else ""))
+    raise ConfigError(f"unknown config key {key}{did_you_mean(key, known)}")
 
 
 def _flat_keys(data: dict[str, Any]) -> list[str]:
@@ -422,9 +418,8 @@ ConfigLike = AnalogConfig | str | Path  # a config, a preset name, or a TOML/JSO
 
 def load_preset(name: str) -> AnalogConfig:
     if name not in preset_names():
-        hint = difflib.get_close_matches(name, preset_names(), n=1)
-        suggestion = f" (did you mean {hint[0]}?)" if hint else ""
-        raise ConfigError(f"unknown preset {name!r}{suggestion}; known: {', '.join(preset_names())}")
+        raise ConfigError(f"unknown preset {name!r}{did_you_mean(name, preset_names())}; known: "
+                          f"{', '.join(preset_names())}")
     text = resources.files("analog_onnx.presets").joinpath(f"{name}.toml").read_text()
     return AnalogConfig.from_dict(tomllib.loads(text))
 

@@ -8,7 +8,6 @@ into one clear :class:`~analog_onnx.errors.ModelError` and never leave half-writ
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
@@ -284,14 +283,7 @@ def _check_op_types(config: AnalogConfig) -> None:
     for key, op_type in listed:
         if not onnx.defs.has(op_type):
             operators = [schema.name for schema in onnx.defs.get_all_schemas() if schema.domain == ""]
-            raise ConfigError(f"{key}: {op_type!r} is no ONNX operator{_did_you_mean(op_type, operators)}")
-
-
-def _did_you_mean(name: str, known: list[str]) -> str:
-    """``; did you mean X?`` for the known name spelled like ``name`` but for case, or the nearest."""
-    by_case = {k.lower(): k for k in known}
-    hint = by_case.get(name.lower()) or next(iter(difflib.get_close_matches(name, known, n=1)), None)
-    return f"; did you mean {hint}?" if hint else ""
+            raise ConfigError(f"{key}: {op_type!r} is no ONNX operator{arguments.did_you_mean(op_type, operators)}")
 
 
 def _check_arguments(model: Any, config: Any) -> None:

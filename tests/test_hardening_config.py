@@ -115,11 +115,11 @@ def test_an_include_that_matches_nothing_is_an_error(run_cli, tmp_path):
 
 @pytest.mark.parametrize(("preset", "args", "message"), [
     ("aihwkit-default", ["--exclude-op-type", "gemm"],
-     "placement.exclude_op_types: 'gemm' is no ONNX operator; did you mean Gemm?"),
+     "placement.exclude_op_types: 'gemm' is no ONNX operator (did you mean Gemm?)"),
     ("hardening-additive", ["--exclude-op-type", "relu"],
-     "placement.exclude_op_types: 'relu' is no ONNX operator; did you mean Relu?"),
+     "placement.exclude_op_types: 'relu' is no ONNX operator (did you mean Relu?)"),
     ("hardening-additive", ["--set", 'op_types=["relu", "Gemm"]'],
-     "placement.op_types: 'relu' is no ONNX operator; did you mean Relu?"),
+     "placement.op_types: 'relu' is no ONNX operator (did you mean Relu?)"),
 ], ids=["wrong case", "activations", "no operator"])
 def test_a_misspelled_op_type_is_an_error(run_cli, tmp_path, preset, args, message):
     """As an --include that matches nothing: a misspelled op type left its layers analog unseen."""
